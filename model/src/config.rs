@@ -1,0 +1,342 @@
+//! Tally's configuration: one TOML file, every scalar field overridable by a `TALLY_*`
+//! environment variable named after its path (`[ingest] listen` is `TALLY_INGEST_LISTEN`),
+//! with defaults that run everything embedded under one data directory.
+//!
+//! Reading the file and the environment is the binary's job; this module only parses.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::tenant::{ApiKey, Tenant};
+
+/// Every environment variable that overrides a field starts with this.
+pub const ENV_PREFIX: &str = "TALLY_";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of every embedded store: the spool, the view store, the local object store.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The HTTP collector.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// The event log (the spool when embedded).
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The demo tenant created when no tenant is declared.
+    #[serde(default)]
+    pub demo: DemoConfig,
+    /// Tenants, by name. None declared: `tally up` creates the demo tenant.
+    #[serde(default, rename = "tenant")]
+    pub tenants: BTreeMap<String, Tenant>,
+    /// API keys of the declared tenants.
+    #[serde(default, rename = "api_key")]
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// The HTTP collector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Address the HTTP server listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Largest request body accepted, in bytes; larger gets 413.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Largest single event accepted, in bytes of its JSON.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// How far in the future an event time may be, in seconds.
+    #[serde(default = "default_max_future_secs")]
+    pub max_future_secs: u64,
+    /// How old an event time may be when it arrives (the allowed lateness), in seconds.
+    #[serde(default = "default_max_lateness_secs")]
+    pub max_lateness_secs: u64,
+    /// HTTP worker threads; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+/// The event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Partitions of the event stream; a user's events stay in one.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Partitions of the rejected stream.
+    #[serde(default = "default_rejected_partitions")]
+    pub rejected_partitions: u32,
+    /// A segment file rolls over past this size, in bytes.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Sealed segments older than this are deleted once every registered consumer is past them.
+    #[serde(default = "default_retention_hours")]
+    pub retention_hours: u64,
+}
+
+/// The demo tenant's keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Write key; empty: reuse `<data-dir>/demo-keys.txt` or generate one.
+    #[serde(default)]
+    pub write_key: String,
+    /// Read key; empty: reuse `<data-dir>/demo-keys.txt` or generate one.
+    #[serde(default)]
+    pub read_key: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("tally-data")
+}
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+const fn default_max_request_bytes() -> usize {
+    500 * 1024
+}
+const fn default_max_event_bytes() -> usize {
+    32 * 1024
+}
+const fn default_max_future_secs() -> u64 {
+    24 * 3600
+}
+const fn default_max_lateness_secs() -> u64 {
+    24 * 3600
+}
+const fn default_partitions() -> u32 {
+    4
+}
+const fn default_rejected_partitions() -> u32 {
+    1
+}
+const fn default_segment_bytes() -> u64 {
+    128 * 1024 * 1024
+}
+const fn default_retention_hours() -> u64 {
+    7 * 24
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Config::default_section()
+    }
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        Config::default_section()
+    }
+}
+
+/// Why a configuration could not be read.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The TOML is malformed or names unknown fields.
+    #[error("invalid configuration: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// An environment variable does not parse as its field's type.
+    #[error("environment variable {var}={value:?} must be {expected}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// Its value.
+        value: String,
+        /// The type it must have.
+        expected: &'static str,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    fn default_section<T: serde::de::DeserializeOwned>() -> T {
+        toml::from_str("").expect("every field has a default")
+    }
+
+    /// Parses a TOML document, then applies `TALLY_*` overrides from `env`
+    /// (pass `std::env::vars()`). Variables that name no field are ignored, so other
+    /// `TALLY_*` settings (test hooks, backend URIs) can share the prefix.
+    pub fn parse(
+        toml_text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut document: toml::Table = toml::from_str(toml_text)?;
+        // Merge the document over the defaults so every scalar path exists to be overridden.
+        let defaults =
+            toml::Table::try_from(Config::default()).expect("Config serializes to a table");
+        let mut merged = defaults;
+        merge_tables(&mut merged, std::mem::take(&mut document));
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        apply_env(&mut merged, ENV_PREFIX.trim_end_matches('_'), &env)?;
+        let config: Config = merged.try_into()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
+        if self.log.partitions == 0 || self.log.rejected_partitions == 0 {
+            return invalid("log.partitions and log.rejected_partitions must be at least 1");
+        }
+        if self.log.segment_bytes < 4096 {
+            return invalid("log.segment_bytes must be at least 4096");
+        }
+        if self.ingest.max_event_bytes > self.ingest.max_request_bytes {
+            return invalid("ingest.max_event_bytes must not exceed ingest.max_request_bytes");
+        }
+        Ok(())
+    }
+}
+
+fn merge_tables(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge_tables(base_table, overlay_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    path: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (key, value) in table.iter_mut() {
+        let var = format!("{path}_{}", key.to_uppercase());
+        match value {
+            toml::Value::Table(inner) => apply_env(inner, &var, env)?,
+            scalar => {
+                if let Some(text) = env.get(&var) {
+                    *scalar = parse_like(scalar, &var, text)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_like(current: &toml::Value, var: &str, text: &str) -> Result<toml::Value, ConfigError> {
+    let error = |expected| ConfigError::Env {
+        var: var.to_owned(),
+        value: text.to_owned(),
+        expected,
+    };
+    Ok(match current {
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(text.trim().parse().map_err(|_| error("an integer"))?)
+        }
+        toml::Value::Float(_) => {
+            toml::Value::Float(text.trim().parse().map_err(|_| error("a number"))?)
+        }
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(text.trim().parse().map_err(|_| error("true or false"))?)
+        }
+        _ => toml::Value::String(text.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn default_config_round_trips_and_runs_embedded() {
+        let config = Config::default();
+        assert_eq!(config.ingest.listen, "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("tally-data"));
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(Config::parse(&text, []).unwrap(), config);
+    }
+
+    #[test]
+    fn environment_overrides_every_scalar_path() {
+        let config = Config::parse(
+            "[ingest]\nlisten = \"0.0.0.0:1\"\n",
+            env(&[
+                ("TALLY_INGEST_LISTEN", "127.0.0.1:9999"),
+                ("TALLY_LOG_PARTITIONS", "16"),
+                ("TALLY_DATA_DIR", "/tmp/x"),
+                ("TALLY_DEMO_WRITE_KEY", "secret"),
+                ("TALLY_SCYLLA_URI", "ignored: names no field"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.ingest.listen, "127.0.0.1:9999");
+        assert_eq!(config.log.partitions, 16);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.demo.write_key, "secret");
+    }
+
+    #[test]
+    fn errors_name_the_variable_or_field() {
+        let err = Config::parse("", env(&[("TALLY_LOG_PARTITIONS", "many")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable TALLY_LOG_PARTITIONS=\"many\" must be an integer"
+        );
+        let err = Config::parse("[log]\npartitons = 3\n", []).unwrap_err();
+        assert!(err.to_string().contains("partitons"), "{err}");
+        let err = Config::parse("[log]\npartitions = 0\n", []).unwrap_err();
+        assert!(err.to_string().contains("log.partitions"), "{err}");
+    }
+
+    #[test]
+    fn tenants_and_keys_are_declared_in_the_file() {
+        let config = Config::parse(
+            r#"
+            [tenant.acme.registry.tags.plan]
+            type = "string"
+            [tenant.acme.registry.event_types.signup]
+            optional = ["plan"]
+            [tenant.acme.registry.sources.web]
+            event_types = ["*"]
+            [[tenant.acme.view]]
+            name = "signups"
+            events = ["signup"]
+            dimensions = ["plan"]
+            measures = ["count"]
+            granularity = "hour"
+            [[api_key]]
+            key = "k1"
+            tenant = "acme"
+            source = "web"
+            scopes = ["write"]
+            "#,
+            [],
+        )
+        .unwrap();
+        let catalog = crate::Catalog::new(config.tenants, config.api_keys).unwrap();
+        assert_eq!(catalog.key("k1").unwrap().tenant, "acme");
+        assert_eq!(catalog.tenants["acme"].views[0].name, "signups");
+    }
+}

@@ -1,0 +1,42 @@
+//! The contract every Tally layer shares. Pure data and functions: no I/O, no async.
+//!
+//! - [`event`]: the [`Event`] a client sends once ingest has validated and stamped it, and the
+//!   [`RejectedEvent`] kept with its reasons when it could not be accepted.
+//! - [`registry`]: the per-tenant tag registry (governance) and event validation.
+//! - [`tenant`]: tenants, API keys and their scopes, and the demo catalog.
+//! - [`view`] and [`state`]: view specs, declared once and compiled by both the speed and the
+//!   batch layer, and the mergeable [`AggregateState`] they both produce.
+//! - [`time`] and [`layout`]: UTC time buckets and the raw partition layout in object storage.
+//! - [`config`]: the one TOML file, overridable by `TALLY_*` environment variables.
+//!
+//! ```
+//! use tally_model::{Granularity, ViewSpec, Measure};
+//!
+//! let view: ViewSpec = toml::from_str(r#"
+//!     name = "events_by_type"
+//!     events = ["*"]
+//!     dimensions = ["event_type"]
+//!     measures = ["count", "uniq(user_id)"]
+//!     granularity = "minute"
+//! "#).unwrap();
+//! assert_eq!(view.measures[1], Measure::Uniq("user_id".into()));
+//! assert_eq!(Granularity::Hour.bucket_start(3_600_000 + 42), 3_600_000);
+//! ```
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod event;
+pub mod layout;
+pub mod registry;
+pub mod state;
+pub mod tenant;
+pub mod time;
+pub mod view;
+
+pub use config::{Config, ConfigError};
+pub use event::{Event, Millis, RejectedEvent, TagValue, partition_of};
+pub use registry::{TagKind, TagRegistry, ValidationContext};
+pub use state::{AggregateState, MeasureState, StateDecodeError, StateSummary};
+pub use tenant::{ApiKey, Catalog, Scope, Tenant};
+pub use time::Granularity;
+pub use view::{Measure, ViewSpec};

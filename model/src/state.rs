@@ -1,0 +1,603 @@
+//! The aggregate state of one (view, bucket, dimension values): count, exact sum, min, max,
+//! an HLL sketch per `uniq` and a KLL sketch per `quantiles`, from Apache DataSketches so
+//! the sketch bytes are readable by Druid, Pinot and Spark.
+//!
+//! States merge associatively and commutatively, so minutes roll up to hours and days at
+//! query time, and the speed and batch layers can build them in any order. Sums are kept in
+//! integer millionths so that their merge is exact whatever the order; sketch bytes may differ
+//! with merge order (an HLL list's order, KLL's randomized compaction), their estimates do not
+//! beyond the sketches' error bounds.
+
+use datasketches::common::SearchCriteria;
+use datasketches::hll::{HllSketch, HllType, HllUnion};
+use datasketches::kll::{KllFloat, KllSketch};
+use thiserror::Error;
+
+use crate::event::FieldValue;
+use crate::view::Measure;
+
+/// log2 of the HLL register count: 4096 registers, about 1.6 % standard error.
+pub const HLL_LG_K: u8 = 12;
+/// KLL accuracy parameter: about 1.3 % normalized rank error.
+pub const KLL_K: u16 = 200;
+/// Sums are kept as integers in these units of the value.
+const SUM_SCALE: f64 = 1e6;
+const ENCODING_VERSION: u8 = 1;
+
+/// The state of one (view, bucket, dimension values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateState {
+    /// Events counted.
+    pub count: u64,
+    /// One entry per non-`count` measure of the view, in the view's order.
+    pub measures: Vec<MeasureState>,
+}
+
+/// The state of one measure.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MeasureState {
+    /// `sum(tag)`: the sum in millionths, and how many events carried the tag.
+    Sum {
+        /// Sum of the values × 10⁶, rounded per value.
+        micros: i128,
+        /// Events that carried the tag (the divisor of an average).
+        n: u64,
+    },
+    /// `min(tag)`.
+    Min(Option<f64>),
+    /// `max(tag)`.
+    Max(Option<f64>),
+    /// `uniq(field)`.
+    Uniq(HllSketch),
+    /// `quantiles(tag)`.
+    Quantiles(KllSketch<KllFloat<f64>>),
+}
+
+/// Why two states could not be merged.
+#[derive(Debug, Error, PartialEq)]
+#[non_exhaustive]
+pub enum MergeError {
+    /// The states belong to views with different measures.
+    #[error(
+        "cannot merge states of different shapes ({left} vs {right}); were they built from different view versions?"
+    )]
+    ShapeMismatch {
+        /// Description of the left state's measures.
+        left: String,
+        /// Description of the right state's measures.
+        right: String,
+    },
+}
+
+/// Why bytes could not be decoded as a state.
+#[derive(Debug, Error, PartialEq)]
+#[non_exhaustive]
+pub enum StateDecodeError {
+    /// The bytes end early.
+    #[error("aggregate state is truncated at byte {at}")]
+    Truncated {
+        /// Where the input ran out.
+        at: usize,
+    },
+    /// The encoding version is unknown.
+    #[error("aggregate state has encoding version {0}; this build reads version 1")]
+    Version(u8),
+    /// A measure tag is unknown.
+    #[error("aggregate state has unknown measure tag {0}")]
+    MeasureTag(u8),
+    /// A sketch inside is corrupt.
+    #[error("aggregate state holds a corrupt sketch: {0}")]
+    Sketch(String),
+    /// Bytes remain after the state.
+    #[error("aggregate state has {0} trailing bytes")]
+    Trailing(usize),
+}
+
+impl AggregateState {
+    /// An empty state for these measures.
+    pub fn for_measures(measures: &[Measure]) -> Self {
+        let measures = measures
+            .iter()
+            .filter_map(|measure| match measure {
+                Measure::Count => None,
+                Measure::Sum(_) => Some(MeasureState::Sum { micros: 0, n: 0 }),
+                Measure::Min(_) => Some(MeasureState::Min(None)),
+                Measure::Max(_) => Some(MeasureState::Max(None)),
+                Measure::Uniq(_) => Some(MeasureState::Uniq(new_hll())),
+                Measure::Quantiles(_) => Some(MeasureState::Quantiles(new_kll())),
+            })
+            .collect();
+        AggregateState { count: 0, measures }
+    }
+
+    /// Merges `other` into `self`.
+    pub fn merge(&mut self, other: &AggregateState) -> Result<(), MergeError> {
+        let same_shape = self.measures.len() == other.measures.len()
+            && self
+                .measures
+                .iter()
+                .zip(&other.measures)
+                .all(|(a, b)| std::mem::discriminant(a) == std::mem::discriminant(b));
+        if !same_shape {
+            return Err(MergeError::ShapeMismatch {
+                left: self.shape(),
+                right: other.shape(),
+            });
+        }
+        self.count += other.count;
+        for (mine, theirs) in self.measures.iter_mut().zip(&other.measures) {
+            mine.merge(theirs);
+        }
+        Ok(())
+    }
+
+    fn shape(&self) -> String {
+        let names: Vec<&str> = self.measures.iter().map(MeasureState::kind_name).collect();
+        format!("[{}]", names.join(", "))
+    }
+
+    /// The stable binary encoding: a version byte, the count, then each measure as a tag
+    /// byte and its payload; sketches in their DataSketches serialization.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 16 * self.measures.len());
+        out.push(ENCODING_VERSION);
+        put_varint(&mut out, self.count);
+        put_varint(&mut out, self.measures.len() as u64);
+        for measure in &self.measures {
+            match measure {
+                MeasureState::Sum { micros, n } => {
+                    out.push(1);
+                    out.extend_from_slice(&micros.to_le_bytes());
+                    put_varint(&mut out, *n);
+                }
+                MeasureState::Min(value) | MeasureState::Max(value) => {
+                    out.push(if matches!(measure, MeasureState::Min(_)) {
+                        2
+                    } else {
+                        3
+                    });
+                    match value {
+                        Some(v) => {
+                            out.push(1);
+                            out.extend_from_slice(&v.to_le_bytes());
+                        }
+                        None => out.push(0),
+                    }
+                }
+                MeasureState::Uniq(sketch) => put_sketch(&mut out, 4, &sketch.serialize()),
+                MeasureState::Quantiles(sketch) => put_sketch(&mut out, 5, &sketch.serialize()),
+            }
+        }
+        out
+    }
+
+    /// Decodes [`encode`](Self::encode)'s output.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StateDecodeError> {
+        let mut input = Reader { bytes, at: 0 };
+        let version = input.byte()?;
+        if version != ENCODING_VERSION {
+            return Err(StateDecodeError::Version(version));
+        }
+        let count = input.varint()?;
+        let measure_count = input.varint()?;
+        let mut measures = Vec::with_capacity(measure_count.min(64) as usize);
+        for _ in 0..measure_count {
+            let measure = match input.byte()? {
+                1 => MeasureState::Sum {
+                    micros: i128::from_le_bytes(input.array()?),
+                    n: input.varint()?,
+                },
+                tag @ (2 | 3) => {
+                    let value = match input.byte()? {
+                        0 => None,
+                        _ => Some(f64::from_le_bytes(input.array()?)),
+                    };
+                    if tag == 2 {
+                        MeasureState::Min(value)
+                    } else {
+                        MeasureState::Max(value)
+                    }
+                }
+                4 => MeasureState::Uniq(
+                    HllSketch::deserialize(input.sized()?)
+                        .map_err(|e| StateDecodeError::Sketch(e.to_string()))?,
+                ),
+                5 => MeasureState::Quantiles(
+                    KllSketch::deserialize(input.sized()?)
+                        .map_err(|e| StateDecodeError::Sketch(e.to_string()))?,
+                ),
+                tag => return Err(StateDecodeError::MeasureTag(tag)),
+            };
+            measures.push(measure);
+        }
+        if input.at != bytes.len() {
+            return Err(StateDecodeError::Trailing(bytes.len() - input.at));
+        }
+        Ok(AggregateState { count, measures })
+    }
+
+    /// The numbers a person reads off the state.
+    pub fn summary(&self) -> StateSummary {
+        StateSummary {
+            count: self.count,
+            measures: self.measures.iter().map(MeasureState::summary).collect(),
+        }
+    }
+}
+
+impl MeasureState {
+    /// Adds one field value; non-numeric values are ignored by numeric measures.
+    pub fn add(&mut self, value: FieldValue<'_>) {
+        match self {
+            MeasureState::Sum { micros, n } => {
+                if let Some(v) = value.as_f64() {
+                    *micros += to_micros(v);
+                    *n += 1;
+                }
+            }
+            MeasureState::Min(min) => {
+                if let Some(v) = value.as_f64() {
+                    *min = Some(min.map_or(v, |m| m.min(v)));
+                }
+            }
+            MeasureState::Max(max) => {
+                if let Some(v) = value.as_f64() {
+                    *max = Some(max.map_or(v, |m| m.max(v)));
+                }
+            }
+            MeasureState::Uniq(sketch) => match value {
+                FieldValue::Str(s) => sketch.update(s),
+                FieldValue::Tag(tag) => sketch.update(tag.to_string()),
+            },
+            MeasureState::Quantiles(sketch) => {
+                if let Some(v) = value.as_f64().and_then(|v| KllFloat::<f64>::new(v).ok()) {
+                    sketch.update(v);
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &MeasureState) {
+        match (self, other) {
+            (MeasureState::Sum { micros, n }, MeasureState::Sum { micros: m2, n: n2 }) => {
+                *micros += m2;
+                *n += n2;
+            }
+            (MeasureState::Min(a), MeasureState::Min(b)) => *a = pick_present(*a, *b, f64::min),
+            (MeasureState::Max(a), MeasureState::Max(b)) => *a = pick_present(*a, *b, f64::max),
+            (MeasureState::Uniq(a), MeasureState::Uniq(b)) => {
+                let mut union = HllUnion::new(HLL_LG_K).expect("HLL_LG_K is within 4..=21");
+                union.update(a);
+                union.update(b);
+                *a = union.to_sketch(HllType::Hll8);
+            }
+            (MeasureState::Quantiles(a), MeasureState::Quantiles(b)) => {
+                a.merge(b)
+                    .expect("every KLL sketch here is built with KLL_K");
+            }
+            _ => unreachable!("AggregateState::merge checks shapes first"),
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self {
+            MeasureState::Sum { .. } => "sum",
+            MeasureState::Min(_) => "min",
+            MeasureState::Max(_) => "max",
+            MeasureState::Uniq(_) => "uniq",
+            MeasureState::Quantiles(_) => "quantiles",
+        }
+    }
+
+    fn summary(&self) -> MeasureSummary {
+        match self {
+            MeasureState::Sum { micros, n } => MeasureSummary::Sum {
+                sum: *micros as f64 / SUM_SCALE,
+                n: *n,
+            },
+            MeasureState::Min(v) => MeasureSummary::Min(*v),
+            MeasureState::Max(v) => MeasureSummary::Max(*v),
+            MeasureState::Uniq(sketch) => MeasureSummary::Uniq(sketch.composite_estimate()),
+            MeasureState::Quantiles(sketch) => {
+                let quantile = |rank| {
+                    sketch
+                        .quantile(rank, SearchCriteria::Inclusive)
+                        .ok()
+                        .flatten()
+                        .map(KllFloat::into_inner)
+                };
+                MeasureSummary::Quantiles {
+                    n: sketch.n(),
+                    p50: quantile(0.5),
+                    p90: quantile(0.9),
+                    p99: quantile(0.99),
+                }
+            }
+        }
+    }
+}
+
+/// The readable numbers of a state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateSummary {
+    /// Events counted.
+    pub count: u64,
+    /// One per non-`count` measure.
+    pub measures: Vec<MeasureSummary>,
+}
+
+/// The readable numbers of one measure.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MeasureSummary {
+    /// The sum and the number of values in it.
+    Sum {
+        /// The sum.
+        sum: f64,
+        /// Values summed.
+        n: u64,
+    },
+    /// The smallest value seen.
+    Min(Option<f64>),
+    /// The largest value seen.
+    Max(Option<f64>),
+    /// Estimated distinct values (HLL composite estimate: independent of merge order).
+    Uniq(f64),
+    /// Estimated quantiles.
+    Quantiles {
+        /// Values seen.
+        n: u64,
+        /// Median.
+        p50: Option<f64>,
+        /// 90th percentile.
+        p90: Option<f64>,
+        /// 99th percentile.
+        p99: Option<f64>,
+    },
+}
+
+fn new_hll() -> HllSketch {
+    HllSketch::new(HLL_LG_K, HllType::Hll8).expect("HLL_LG_K is within 4..=21")
+}
+
+fn new_kll() -> KllSketch<KllFloat<f64>> {
+    KllSketch::new(KLL_K).expect("KLL_K is within 8..=65535")
+}
+
+fn to_micros(value: f64) -> i128 {
+    (value * SUM_SCALE).round() as i128
+}
+
+fn pick_present(a: Option<f64>, b: Option<f64>, pick: fn(f64, f64) -> f64) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(pick(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn put_sketch(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.push(tag);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StateDecodeError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len());
+        let end = end.ok_or(StateDecodeError::Truncated {
+            at: self.bytes.len(),
+        })?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn byte(&mut self) -> Result<u8, StateDecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], StateDecodeError> {
+        Ok(self.take(N)?.try_into().expect("take returns N bytes"))
+    }
+
+    fn varint(&mut self) -> Result<u64, StateDecodeError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(StateDecodeError::Truncated { at: self.at })
+    }
+
+    fn sized(&mut self) -> Result<&'a [u8], StateDecodeError> {
+        let len = self.varint()?;
+        self.take(usize::try_from(len).map_err(|_| StateDecodeError::Truncated { at: self.at })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, TagValue};
+    use crate::time::{Granularity, MINUTE_MS};
+    use crate::view::ViewSpec;
+    use proptest::prelude::*;
+
+    fn view() -> ViewSpec {
+        toml::from_str(
+            r#"name = "all"
+               events = ["*"]
+               measures = ["count", "sum(revenue)", "min(revenue)", "max(revenue)", "uniq(user_id)", "quantiles(revenue)"]
+               granularity = "minute""#,
+        )
+        .unwrap()
+    }
+
+    fn event(minute: i64, user: u32, revenue: Option<f64>) -> Event {
+        Event {
+            event_id: format!("{minute}-{user}"),
+            event_type: "purchase".into(),
+            ts: minute * MINUTE_MS,
+            tenant: "t".into(),
+            user_id: format!("user-{user}"),
+            tags: revenue
+                .map(|r| ("revenue".to_owned(), TagValue::Number(r)))
+                .into_iter()
+                .collect(),
+            received_at: 0,
+            source: "s".into(),
+        }
+    }
+
+    fn state_of(events: &[Event]) -> AggregateState {
+        let view = view();
+        let mut state = view.empty_state();
+        events.iter().for_each(|e| view.accumulate(&mut state, e));
+        state
+    }
+
+    /// Equal as a reader sees them: exact count, sum, min, max; sketch estimates within their
+    /// error (KLL compaction is randomized, so its estimates may move by a rank error).
+    fn assert_equivalent(a: &AggregateState, b: &AggregateState) {
+        assert_eq!(a.count, b.count);
+        for (x, y) in a.measures.iter().zip(&b.measures) {
+            match (x, y) {
+                (MeasureState::Uniq(x), MeasureState::Uniq(y)) => {
+                    assert_eq!(x.composite_estimate(), y.composite_estimate())
+                }
+                (MeasureState::Quantiles(x), MeasureState::Quantiles(y)) => {
+                    assert_eq!(x.n(), y.n());
+                    assert_eq!(x.min_item(), y.min_item());
+                    assert_eq!(x.max_item(), y.max_item());
+                }
+                (x, y) => assert_eq!(x, y),
+            }
+        }
+    }
+
+    fn events_strategy() -> impl Strategy<Value = Vec<Event>> {
+        prop::collection::vec(
+            (0i64..180, 0u32..500, prop::option::of(-1e6f64..1e6))
+                .prop_map(|(m, u, r)| event(m, u, r)),
+            0..300,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_associative_and_commutative(a in events_strategy(), b in events_strategy(), c in events_strategy()) {
+            let (sa, sb, sc) = (state_of(&a), state_of(&b), state_of(&c));
+            let mut left = sa.clone();
+            left.merge(&sb).unwrap();
+            left.merge(&sc).unwrap();
+            let mut bc = sb.clone();
+            bc.merge(&sc).unwrap();
+            let mut right = sa.clone();
+            right.merge(&bc).unwrap();
+            assert_equivalent(&left, &right);
+            let mut ba = sb.clone();
+            ba.merge(&sa).unwrap();
+            let mut ab = sa.clone();
+            ab.merge(&sb).unwrap();
+            assert_equivalent(&ab, &ba);
+        }
+
+        #[test]
+        fn minute_states_merged_equal_the_hour_state_built_directly(events in events_strategy()) {
+            let view = view();
+            let mut minutes = std::collections::BTreeMap::<i64, AggregateState>::new();
+            let mut hours = std::collections::BTreeMap::<i64, AggregateState>::new();
+            for event in &events {
+                let minute = minutes.entry(Granularity::Minute.bucket_start(event.ts)).or_insert_with(|| view.empty_state());
+                view.accumulate(minute, event);
+                let hour = hours.entry(Granularity::Hour.bucket_start(event.ts)).or_insert_with(|| view.empty_state());
+                view.accumulate(hour, event);
+            }
+            let mut rolled_up = std::collections::BTreeMap::<i64, AggregateState>::new();
+            for (minute, state) in &minutes {
+                rolled_up.entry(Granularity::Hour.bucket_start(*minute)).or_insert_with(|| view.empty_state()).merge(state).unwrap();
+            }
+            prop_assert_eq!(rolled_up.len(), hours.len());
+            for (hour, state) in &hours {
+                assert_equivalent(&rolled_up[hour], state);
+            }
+        }
+
+        #[test]
+        fn encoding_round_trips(events in events_strategy()) {
+            let state = state_of(&events);
+            let decoded = AggregateState::decode(&state.encode()).unwrap();
+            assert_equivalent(&decoded, &state);
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = AggregateState::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn summary_reads_the_numbers() {
+        let state = state_of(&[
+            event(0, 1, Some(2.5)),
+            event(0, 2, Some(0.1)),
+            event(0, 1, None),
+        ]);
+        let summary = state.summary();
+        assert_eq!(summary.count, 3);
+        assert_eq!(summary.measures[0], MeasureSummary::Sum { sum: 2.6, n: 2 });
+        assert_eq!(summary.measures[1], MeasureSummary::Min(Some(0.1)));
+        assert_eq!(summary.measures[2], MeasureSummary::Max(Some(2.5)));
+        let MeasureSummary::Uniq(users) = summary.measures[3] else {
+            panic!("uniq")
+        };
+        assert!((users - 2.0).abs() < 0.01, "{users}");
+    }
+
+    #[test]
+    fn sums_are_exact_whatever_the_order() {
+        let values = [0.1, 0.2, 0.3, 1e9, -1e9, 0.7];
+        let forward = state_of(&values.map(|v| event(0, 0, Some(v))));
+        let backward = state_of(
+            &values
+                .map(|v| event(0, 0, Some(v)))
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(forward.measures[0], backward.measures[0]);
+        assert_eq!(
+            forward.summary().measures[0],
+            MeasureSummary::Sum { sum: 1.3, n: 6 }
+        );
+    }
+
+    #[test]
+    fn merging_different_shapes_is_an_error_not_a_panic() {
+        let mut a = AggregateState::for_measures(&[Measure::Count, Measure::Sum("x".into())]);
+        let b = AggregateState::for_measures(&[Measure::Count, Measure::Max("x".into())]);
+        assert!(matches!(a.merge(&b), Err(MergeError::ShapeMismatch { .. })));
+        assert_eq!(
+            AggregateState::decode(&[9]),
+            Err(StateDecodeError::Version(9))
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! Tenants, their API keys and scopes, and the demo catalog `tally up` starts with.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{EventTypeSpec, SourcePolicy, TagKind, TagRegistry, TagSpec};
+use crate::view::ViewSpec;
+
+/// The name of the tenant `tally up` creates when the config declares none.
+pub const DEMO_TENANT: &str = "demo";
+/// The source name of the demo write key.
+pub const DEMO_SOURCE: &str = "demo-web";
+
+/// One tenant: its governance rules and its views.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// The tag registry its events are validated against.
+    #[serde(default)]
+    pub registry: TagRegistry,
+    /// The views kept for it.
+    #[serde(default, rename = "view")]
+    pub views: Vec<ViewSpec>,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Send events.
+    Write,
+    /// Query views and raw events.
+    Read,
+    /// Change the registry, views and keys.
+    Admin,
+}
+
+/// An API key, bound to one tenant; its name is the `source` stamped on what it sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The secret the client sends as `Authorization: Bearer <key>`.
+    pub key: String,
+    /// The tenant it acts for.
+    pub tenant: String,
+    /// Its name, recorded as the `source` of the events it sends.
+    pub source: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+}
+
+impl ApiKey {
+    /// Whether the key carries `scope`.
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+}
+
+/// Every tenant and key a Tally deployment knows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Tenant name → tenant.
+    pub tenants: BTreeMap<String, Tenant>,
+    /// Key secret → key.
+    pub keys: BTreeMap<String, ApiKey>,
+}
+
+impl Catalog {
+    /// Builds a catalog, checking that every key names a known tenant and that each
+    /// tenant's registry and views are consistent.
+    pub fn new(tenants: BTreeMap<String, Tenant>, keys: Vec<ApiKey>) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        for key in &keys {
+            if !tenants.contains_key(&key.tenant) {
+                problems.push(format!(
+                    "API key '{}' names unknown tenant '{}'",
+                    key.source, key.tenant
+                ));
+            }
+        }
+        for (name, tenant) in &tenants {
+            let registry_problems = tenant.registry.check().err().unwrap_or_default();
+            let view_problems = tenant
+                .views
+                .iter()
+                .flat_map(|view| view.check(&tenant.registry).err().unwrap_or_default());
+            problems.extend(
+                registry_problems
+                    .into_iter()
+                    .chain(view_problems)
+                    .map(|p| format!("tenant '{name}': {p}")),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let keys = keys.into_iter().map(|key| (key.key.clone(), key)).collect();
+        Ok(Catalog { tenants, keys })
+    }
+
+    /// The key with this secret.
+    pub fn key(&self, secret: &str) -> Option<&ApiKey> {
+        self.keys.get(secret)
+    }
+
+    /// The demo tenant: six event types, a handful of tags, three views, one write and one
+    /// read key.
+    pub fn demo(write_key: &str, read_key: &str) -> Catalog {
+        let tag = |kind, aliases: &[&str]| TagSpec {
+            kind,
+            aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        let tags = BTreeMap::from([
+            (
+                "os_type".to_owned(),
+                tag(TagKind::String, &["os", "ostype", "os_name"]),
+            ),
+            (
+                "country".to_owned(),
+                tag(TagKind::String, &["cntry", "country_code"]),
+            ),
+            ("url".to_owned(), tag(TagKind::String, &["page_url"])),
+            ("revenue".to_owned(), tag(TagKind::Number, &["amount"])),
+            ("latency_ms".to_owned(), tag(TagKind::Number, &["latency"])),
+            (
+                "account_number".to_owned(),
+                tag(TagKind::String, &["acct_num", "account_no"]),
+            ),
+        ]);
+        let common = ["os_type", "country", "latency_ms"];
+        let event_type = |required: &[&str], extra: &[&str]| EventTypeSpec {
+            required: required.iter().map(|t| (*t).to_owned()).collect(),
+            optional: common
+                .iter()
+                .chain(extra)
+                .map(|t| (*t).to_owned())
+                .collect(),
+            retention_days: 395,
+        };
+        let event_types = BTreeMap::from([
+            ("page_view".to_owned(), event_type(&["url"], &[])),
+            ("click".to_owned(), event_type(&[], &["url"])),
+            (
+                "purchase".to_owned(),
+                event_type(&["revenue"], &["account_number"]),
+            ),
+            ("session_start".to_owned(), event_type(&[], &[])),
+            ("session_end".to_owned(), event_type(&[], &[])),
+            ("link_clicked".to_owned(), event_type(&["url"], &[])),
+        ]);
+        let sources = BTreeMap::from([(
+            DEMO_SOURCE.to_owned(),
+            SourcePolicy {
+                event_types: vec!["*".to_owned()],
+            },
+        )]);
+        let views = [
+            r#"name = "events_by_type"
+               events = ["*"]
+               dimensions = ["event_type", "os_type"]
+               measures = ["count", "uniq(user_id)"]
+               granularity = "minute""#,
+            r#"name = "revenue_by_country"
+               events = ["purchase"]
+               dimensions = ["country"]
+               measures = ["count", "sum(revenue)", "min(revenue)", "max(revenue)", "uniq(user_id)"]
+               granularity = "minute""#,
+            r#"name = "latency_by_type"
+               events = ["*"]
+               dimensions = ["event_type"]
+               measures = ["count", "quantiles(latency_ms)"]
+               granularity = "minute""#,
+        ]
+        .map(|text| toml::from_str(text).expect("demo views are valid"));
+        let tenant = Tenant {
+            registry: TagRegistry {
+                tags,
+                event_types,
+                sources,
+            },
+            views: views.into(),
+        };
+        let key = |key: &str, source: &str, scopes: Vec<Scope>| ApiKey {
+            key: key.to_owned(),
+            tenant: DEMO_TENANT.to_owned(),
+            source: source.to_owned(),
+            scopes,
+        };
+        Catalog::new(
+            BTreeMap::from([(DEMO_TENANT.to_owned(), tenant)]),
+            vec![
+                key(write_key, DEMO_SOURCE, vec![Scope::Write]),
+                key(read_key, "demo-dashboard", vec![Scope::Read]),
+            ],
+        )
+        .expect("the demo catalog is consistent")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_catalog_is_consistent_and_scoped() {
+        let catalog = Catalog::demo("wk", "rk");
+        assert!(catalog.key("wk").unwrap().allows(Scope::Write));
+        assert!(!catalog.key("rk").unwrap().allows(Scope::Write));
+        assert!(catalog.key("nope").is_none());
+        assert_eq!(catalog.tenants["demo"].views.len(), 3);
+    }
+
+    #[test]
+    fn rejects_keys_for_unknown_tenants_and_views_on_undeclared_tags() {
+        let demo = Catalog::demo("wk", "rk");
+        let mut tenant = demo.tenants["demo"].clone();
+        tenant.views[0].dimensions.push("colour".into());
+        let key = ApiKey {
+            key: "k".into(),
+            tenant: "ghost".into(),
+            source: "s".into(),
+            scopes: vec![],
+        };
+        let problems =
+            Catalog::new(BTreeMap::from([("demo".into(), tenant)]), vec![key]).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("unknown tenant 'ghost'")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("'colour'")),
+            "{problems:?}"
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! View specs: a metric declared once, as data, and compiled by both the speed and the
+//! batch layer into the same [`AggregateState`]s.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::registry::{TagKind, TagRegistry};
+use crate::state::AggregateState;
+use crate::time::Granularity;
+
+/// Fields every event has, usable as dimensions and in `uniq(...)`.
+pub const BUILT_IN_FIELDS: [&str; 3] = ["event_type", "user_id", "source"];
+
+/// One view: which events it covers, how it groups them, what it measures, how finely.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewSpec {
+    /// The view's name, unique per tenant.
+    pub name: String,
+    /// Event types it covers; `"*"` covers all.
+    pub events: Vec<String>,
+    /// Group-by keys kept in the view: built-in fields or tags.
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+    /// What it measures.
+    pub measures: Vec<Measure>,
+    /// The finest bucket kept; queries roll up from it.
+    pub granularity: Granularity,
+}
+
+impl ViewSpec {
+    /// Whether events of `event_type` feed this view.
+    pub fn covers(&self, event_type: &str) -> bool {
+        self.events.iter().any(|e| e == "*" || e == event_type)
+    }
+
+    /// The event's values for this view's dimensions; a missing tag is the empty string.
+    pub fn dimension_values(&self, event: &Event) -> Vec<String> {
+        self.dimensions
+            .iter()
+            .map(|dimension| {
+                event
+                    .field(dimension)
+                    .map(|v| v.to_dimension())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// A state holding nothing yet, shaped for this view's measures.
+    pub fn empty_state(&self) -> AggregateState {
+        AggregateState::for_measures(&self.measures)
+    }
+
+    /// Adds one event to a state of this view.
+    pub fn accumulate(&self, state: &mut AggregateState, event: &Event) {
+        state.count += 1;
+        let fields = self.measures.iter().filter_map(Measure::field);
+        for (measure_state, field) in state.measures.iter_mut().zip(fields) {
+            if let Some(value) = event.field(field) {
+                measure_state.add(value);
+            }
+        }
+    }
+
+    /// Checks the spec against the tenant's registry: every field it names exists, and
+    /// numeric measures read number tags.
+    pub fn check(&self, registry: &TagRegistry) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let kind_of = |field: &str| match BUILT_IN_FIELDS.contains(&field) {
+            true => Some(TagKind::String),
+            false => registry.tags.get(field).map(|tag| tag.kind),
+        };
+        for dimension in &self.dimensions {
+            if kind_of(dimension).is_none() {
+                problems.push(format!("view '{}': dimension '{dimension}' is neither a built-in field nor a declared tag", self.name));
+            }
+        }
+        for measure in &self.measures {
+            let Some(field) = measure.field() else {
+                continue;
+            };
+            match (kind_of(field), measure) {
+                (None, _) => problems.push(format!(
+                    "view '{}': measure '{measure}' reads '{field}', which is not declared",
+                    self.name
+                )),
+                (
+                    Some(kind),
+                    Measure::Sum(_) | Measure::Min(_) | Measure::Max(_) | Measure::Quantiles(_),
+                ) if kind != TagKind::Number => problems.push(format!(
+                    "view '{}': measure '{measure}' needs a number tag, '{field}' is not",
+                    self.name
+                )),
+                _ => {}
+            }
+        }
+        for event_type in &self.events {
+            if event_type != "*" && !registry.event_types.contains_key(event_type) {
+                problems.push(format!(
+                    "view '{}': event type '{event_type}' is not registered",
+                    self.name
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// One measure of a view. `count` lives in every state; the others read one field.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Measure {
+    /// Number of events.
+    Count,
+    /// Sum of a number tag (exact to 6 decimal places).
+    Sum(String),
+    /// Smallest value of a number tag.
+    Min(String),
+    /// Largest value of a number tag.
+    Max(String),
+    /// Distinct values of a field, estimated by an HLL sketch.
+    Uniq(String),
+    /// Distribution of a number tag, kept as a KLL sketch.
+    Quantiles(String),
+}
+
+impl Measure {
+    /// The field the measure reads, none for `count`.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Measure::Count => None,
+            Measure::Sum(f)
+            | Measure::Min(f)
+            | Measure::Max(f)
+            | Measure::Uniq(f)
+            | Measure::Quantiles(f) => Some(f),
+        }
+    }
+}
+
+impl fmt::Display for Measure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (function, field) = match self {
+            Measure::Count => return f.write_str("count"),
+            Measure::Sum(field) => ("sum", field),
+            Measure::Min(field) => ("min", field),
+            Measure::Max(field) => ("max", field),
+            Measure::Uniq(field) => ("uniq", field),
+            Measure::Quantiles(field) => ("quantiles", field),
+        };
+        write!(f, "{function}({field})")
+    }
+}
+
+impl FromStr for Measure {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "count" {
+            return Ok(Measure::Count);
+        }
+        let parsed = text.strip_suffix(')').and_then(|rest| rest.split_once('('));
+        let Some((function, field)) = parsed.filter(|(_, field)| !field.trim().is_empty()) else {
+            return Err(format!(
+                "measure '{text}' is not of the form count or function(field), e.g. sum(revenue)"
+            ));
+        };
+        let field = field.trim().to_owned();
+        match function.trim() {
+            "sum" => Ok(Measure::Sum(field)),
+            "min" => Ok(Measure::Min(field)),
+            "max" => Ok(Measure::Max(field)),
+            "uniq" => Ok(Measure::Uniq(field)),
+            "quantiles" => Ok(Measure::Quantiles(field)),
+            other => Err(format!(
+                "unknown measure function '{other}'; use count, sum, min, max, uniq or quantiles"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Measure {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<Measure> for String {
+    fn from(measure: Measure) -> String {
+        measure.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_parse_and_print_back() {
+        for text in [
+            "count",
+            "sum(revenue)",
+            "min(latency_ms)",
+            "max(x)",
+            "uniq(user_id)",
+            "quantiles(latency_ms)",
+        ] {
+            assert_eq!(text.parse::<Measure>().unwrap().to_string(), text);
+        }
+        assert!(
+            "avg(revenue)"
+                .parse::<Measure>()
+                .unwrap_err()
+                .contains("unknown measure function 'avg'")
+        );
+        assert!("sum()".parse::<Measure>().is_err());
+        assert!("revenue".parse::<Measure>().is_err());
+    }
+
+    #[test]
+    fn dimension_values_read_fields_and_tags() {
+        let view: ViewSpec = toml::from_str(
+            r#"name = "v"
+               events = ["click"]
+               dimensions = ["event_type", "os_type", "country"]
+               measures = ["count"]
+               granularity = "hour""#,
+        )
+        .unwrap();
+        let event = Event {
+            event_id: "e".into(),
+            event_type: "click".into(),
+            ts: 0,
+            tenant: "t".into(),
+            user_id: "u".into(),
+            tags: [("os_type".to_owned(), crate::TagValue::String("ios".into()))].into(),
+            received_at: 0,
+            source: "s".into(),
+        };
+        assert!(view.covers("click") && !view.covers("purchase"));
+        assert_eq!(view.dimension_values(&event), ["click", "ios", ""]);
+    }
+}
