@@ -1,1 +1,23 @@
-//! placeholder
+//! Tally's outside world, behind traits, each with an embedded default that needs no server:
+//!
+//! - [`log`]: the event log. [`log::Spool`] is the embedded, durable, partitioned log on
+//!   local disk; Kafka implements the same [`log::EventLog`] trait.
+//! - [`view_store`]: real-time view states. [`view_store::EmbeddedViewStore`] keeps them in
+//!   a redb file; ScyllaDB implements the same [`view_store::ViewStore`] trait.
+//! - [`object_store`]: raw Parquet partitions and batch views, through the `object_store`
+//!   crate: a local folder by default, S3 or HDFS in production.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tally_connectors::log::LogError> {
+//! use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
+//!
+//! let spool = Spool::open("tally-data/log/events".as_ref(), SpoolOptions::default())?;
+//! let offsets = spool.append(vec![AppendRecord { partition: 0, payload: b"{}".to_vec() }]).await?;
+//! assert_eq!(spool.read(0, offsets[0], 1)?[0].payload, b"{}");
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod log;
+pub mod object_store;
+pub mod view_store;

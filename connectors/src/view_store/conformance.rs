@@ -1,0 +1,76 @@
+//! The conformance suite every [`ViewStore`] backend passes: the embedded store always,
+//! ScyllaDB when `TALLY_SCYLLA_URI` is set.
+
+use tally_model::{AggregateState, Measure};
+
+use super::{ViewKey, ViewStore};
+
+fn key(tenant: &str, view: &str, bucket: i64, dimension: &str) -> ViewKey {
+    ViewKey {
+        tenant: tenant.into(),
+        view: view.into(),
+        bucket,
+        dimensions: vec![dimension.into()],
+    }
+}
+
+fn state(count: u64) -> AggregateState {
+    let mut state = AggregateState::for_measures(&[Measure::Count, Measure::Sum("revenue".into())]);
+    state.count = count;
+    state
+}
+
+/// Upserts replace, scans are ordered and bounded to one tenant's view, deletes cut below a bucket.
+pub fn run(store: &dyn ViewStore) {
+    let rows = [
+        (key("t1", "v", 120_000, "b"), state(3)),
+        (key("t1", "v", 60_000, "a"), state(1)),
+        (key("t1", "v", 60_000, "b"), state(2)),
+        (key("t1", "v", -60_000, "a"), state(9)),
+        (key("t1", "v2", 60_000, "a"), state(4)),
+        (key("t2", "v", 60_000, "a"), state(5)),
+    ];
+    store.upsert(&rows).unwrap();
+    let counts = |from, to| -> Vec<(i64, String, u64)> {
+        store
+            .scan("t1", "v", from..to)
+            .unwrap()
+            .into_iter()
+            .map(|(k, s)| (k.bucket, k.dimensions[0].clone(), s.count))
+            .collect()
+    };
+    assert_eq!(
+        counts(0, 180_000),
+        [
+            (60_000, "a".into(), 1),
+            (60_000, "b".into(), 2),
+            (120_000, "b".into(), 3)
+        ]
+    );
+    assert_eq!(counts(i64::MIN, 60_000), [(-60_000, "a".into(), 9)]);
+    assert_eq!(
+        counts(60_000, 120_000).len(),
+        2,
+        "the range end is exclusive"
+    );
+    store
+        .upsert(&[(key("t1", "v", 60_000, "a"), state(10))])
+        .unwrap();
+    assert_eq!(
+        counts(60_000, 60_001)[0].2,
+        10,
+        "an upsert replaces, never adds"
+    );
+    assert_eq!(store.delete_before("t1", "v", 120_000).unwrap(), 3);
+    assert_eq!(counts(i64::MIN, i64::MAX), [(120_000, "b".into(), 3)]);
+    assert_eq!(
+        store.scan("t2", "v", 0..i64::MAX).unwrap().len(),
+        1,
+        "other tenants untouched"
+    );
+    assert_eq!(
+        store.scan("t1", "v2", 0..i64::MAX).unwrap().len(),
+        1,
+        "other views untouched"
+    );
+}

@@ -1,0 +1,152 @@
+//! The embedded view store: one redb database file under the data directory.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use tally_model::{AggregateState, Millis};
+
+use super::{ViewKey, ViewStore, ViewStoreError, key};
+
+const STATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("view_states");
+
+/// Views in a redb database file. See [`ViewStore`].
+pub struct EmbeddedViewStore {
+    path: PathBuf,
+    database: Database,
+}
+
+impl EmbeddedViewStore {
+    /// Opens or creates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, ViewStoreError> {
+        let store = |database| EmbeddedViewStore {
+            path: path.to_owned(),
+            database,
+        };
+        let error = |source: redb::Error| ViewStoreError::Embedded {
+            path: path.to_owned(),
+            source: Box::new(source),
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| error(e.into()))?;
+        }
+        let database = Database::create(path).map_err(|e| error(e.into()))?;
+        let store = store(database);
+        store.write(|_| Ok(()))?;
+        Ok(store)
+    }
+
+    fn error(&self, source: impl Into<redb::Error>) -> ViewStoreError {
+        ViewStoreError::Embedded {
+            path: self.path.clone(),
+            source: Box::new(source.into()),
+        }
+    }
+
+    fn write<T>(
+        &self,
+        change: impl FnOnce(&mut redb::Table<&[u8], &[u8]>) -> Result<T, redb::Error>,
+    ) -> Result<T, ViewStoreError> {
+        let transaction = self.database.begin_write().map_err(|e| self.error(e))?;
+        let result = {
+            let mut table = transaction.open_table(STATES).map_err(|e| self.error(e))?;
+            change(&mut table).map_err(|e| self.error(e))?
+        };
+        transaction.commit().map_err(|e| self.error(e))?;
+        Ok(result)
+    }
+}
+
+impl ViewStore for EmbeddedViewStore {
+    fn upsert(&self, rows: &[(ViewKey, AggregateState)]) -> Result<(), ViewStoreError> {
+        self.write(|table| {
+            for (key, state) in rows {
+                table.insert(key::encode(key).as_slice(), state.encode().as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn scan(
+        &self,
+        tenant: &str,
+        view: &str,
+        buckets: Range<Millis>,
+    ) -> Result<Vec<(ViewKey, AggregateState)>, ViewStoreError> {
+        let prefix = key::view_prefix(tenant, view);
+        let (from, to) = (
+            key::bucket_start(&prefix, buckets.start),
+            key::bucket_start(&prefix, buckets.end),
+        );
+        let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
+        let table = transaction.open_table(STATES).map_err(|e| self.error(e))?;
+        let mut rows = Vec::new();
+        for entry in table
+            .range(from.as_slice()..to.as_slice())
+            .map_err(|e| self.error(e))?
+        {
+            let (stored_key, stored_state) = entry.map_err(|e| self.error(e))?;
+            let view_key = key::decode(stored_key.value()).ok_or_else(|| {
+                ViewStoreError::Corrupt(format!("undecodable key {:?}", stored_key.value()))
+            })?;
+            let state = AggregateState::decode(stored_state.value())
+                .map_err(|e| ViewStoreError::Corrupt(format!("{view_key:?}: {e}")))?;
+            rows.push((view_key, state));
+        }
+        Ok(rows)
+    }
+
+    fn delete_before(
+        &self,
+        tenant: &str,
+        view: &str,
+        bucket: Millis,
+    ) -> Result<u64, ViewStoreError> {
+        let prefix = key::view_prefix(tenant, view);
+        let (from, to) = (
+            key::bucket_start(&prefix, Millis::MIN),
+            key::bucket_start(&prefix, bucket),
+        );
+        self.write(|table| {
+            let mut deleted = 0;
+            table.retain_in(from.as_slice()..to.as_slice(), |_, _| {
+                deleted += 1;
+                false
+            })?;
+            Ok(deleted)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conformance;
+    use super::*;
+
+    #[test]
+    fn passes_the_view_store_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedViewStore::open(&dir.path().join("views.redb")).unwrap();
+        conformance::run(&store);
+    }
+
+    #[test]
+    fn states_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("views.redb");
+        let key = ViewKey {
+            tenant: "t".into(),
+            view: "v".into(),
+            bucket: 60_000,
+            dimensions: vec!["ios".into()],
+        };
+        let mut state = AggregateState::for_measures(&[]);
+        state.count = 5;
+        EmbeddedViewStore::open(&path)
+            .unwrap()
+            .upsert(&[(key.clone(), state.clone())])
+            .unwrap();
+        let reopened = EmbeddedViewStore::open(&path).unwrap();
+        assert_eq!(reopened.scan("t", "v", 0..120_000).unwrap(), [(key, state)]);
+    }
+}
