@@ -1,1 +1,137 @@
-//! placeholder
+//! The HTTP collector: `POST /v1/events` (JSON array or NDJSON) and the `GET /i` image beacon.
+//!
+//! Each event is validated on its own against its tenant's tag registry ([`intake`]); valid
+//! events are appended to the event log, invalid ones with their reasons to the rejected
+//! stream, and the request is answered only once both are durable. [`Collector::configure`]
+//! mounts the routes on an actix-web `App`; [`IngestMetrics`] are what it measures.
+//!
+//! ```no_run
+//! # fn wire(collector: actix_web::web::Data<tally_ingest::Collector>) {
+//! let app = actix_web::App::new().configure(tally_ingest::Collector::configure(collector));
+//! # }
+//! ```
+
+pub mod intake;
+mod routes;
+mod telemetry;
+
+use std::sync::Arc;
+
+use actix_cors::Cors;
+use actix_web::http::header;
+use actix_web::web;
+use tally_connectors::log::{AppendRecord, EventLog, LogError};
+use tally_model::config::IngestConfig;
+use tally_model::{ApiKey, Catalog, Millis, RejectedEvent, partition_of};
+
+pub use telemetry::IngestMetrics;
+
+use crate::intake::Intake;
+
+/// The collector's shared state.
+pub struct Collector {
+    catalog: Arc<Catalog>,
+    events: Arc<dyn EventLog>,
+    rejected: Arc<dyn EventLog>,
+    limits: IngestConfig,
+    metrics: Arc<IngestMetrics>,
+}
+
+impl Collector {
+    /// A collector validating against `catalog`, appending to `events` and `rejected`.
+    pub fn new(
+        catalog: Arc<Catalog>,
+        events: Arc<dyn EventLog>,
+        rejected: Arc<dyn EventLog>,
+        limits: IngestConfig,
+        metrics: Arc<IngestMetrics>,
+    ) -> Collector {
+        Collector {
+            catalog,
+            events,
+            rejected,
+            limits,
+            metrics,
+        }
+    }
+
+    /// Mounts the collector's routes, with CORS for browser senders.
+    pub fn configure(collector: web::Data<Collector>) -> impl Fn(&mut web::ServiceConfig) + Clone {
+        move |config| {
+            let cors = Cors::default()
+                .allow_any_origin()
+                .allowed_methods(["GET", "POST"])
+                .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+                .max_age(86_400);
+            config
+                .app_data(collector.clone())
+                .service(
+                    web::resource("/v1/events")
+                        .wrap(cors)
+                        .route(web::post().to(routes::post_events)),
+                )
+                .route("/i", web::get().to(routes::pixel));
+        }
+    }
+
+    /// Updates the spool-size gauges; call before exporting metrics.
+    pub fn refresh_metrics(&self) -> Result<(), LogError> {
+        self.metrics.spool("events", &self.events.stats()?);
+        self.metrics.spool("rejected", &self.rejected.stats()?);
+        Ok(())
+    }
+
+    /// Appends the accepted events and the rejects, and waits until both are durable.
+    async fn store(
+        &self,
+        key: &ApiKey,
+        received_at: Millis,
+        verdict: &Intake,
+    ) -> Result<(), LogError> {
+        let partitions = self.events.partitions();
+        let accepted = verdict
+            .accepted
+            .iter()
+            .map(|event| AppendRecord {
+                partition: partition_of(&event.tenant, &event.user_id, partitions),
+                payload: serde_json::to_vec(event).expect("events serialize"),
+            })
+            .collect::<Vec<_>>();
+        let rejected_partition = partition_of(&key.tenant, &key.source, self.rejected.partitions());
+        let rejected = verdict
+            .rejected
+            .iter()
+            .map(|rejection| {
+                let record = RejectedEvent {
+                    tenant: key.tenant.clone(),
+                    source: key.source.clone(),
+                    received_at,
+                    index: rejection.index,
+                    reasons: rejection.reasons.iter().map(ToString::to_string).collect(),
+                    payload: rejection.payload.clone(),
+                };
+                AppendRecord {
+                    partition: rejected_partition,
+                    payload: serde_json::to_vec(&record).expect("rejects serialize"),
+                }
+            })
+            .collect::<Vec<_>>();
+        // Both appends are queued before either is awaited, so their fsyncs overlap.
+        let accepted_durable = (!accepted.is_empty()).then(|| self.events.append(accepted));
+        let rejected_durable = (!rejected.is_empty()).then(|| self.rejected.append(rejected));
+        if let Some(durable) = accepted_durable {
+            durable.await?;
+        }
+        if let Some(durable) = rejected_durable {
+            durable.await?;
+        }
+        self.metrics.accepted(verdict.accepted.len());
+        for rejection in &verdict.rejected {
+            self.metrics.rejected(&rejection.reasons);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -35,7 +35,7 @@ pub mod view;
 
 pub use config::{Config, ConfigError};
 pub use event::{Event, Millis, RejectedEvent, TagValue, partition_of};
-pub use registry::{TagKind, TagRegistry, ValidationContext};
+pub use registry::{RejectReason, TagKind, TagRegistry, ValidationContext};
 pub use state::{AggregateState, MeasureState, StateDecodeError, StateSummary};
 pub use tenant::{ApiKey, Catalog, Scope, Tenant};
 pub use time::Granularity;

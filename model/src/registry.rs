@@ -95,6 +95,28 @@ pub struct SourcePolicy {
     pub event_types: Vec<String>,
 }
 
+/// Why an event was rejected: a stable code for metrics and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectReason {
+    /// Short, stable, for counting: `unknown_tag`, `missing_field`, ...
+    pub code: &'static str,
+    /// What is wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+impl RejectReason {
+    /// A reason with its code.
+    pub fn new(code: &'static str, message: String) -> Self {
+        RejectReason { code, message }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// What validation needs to know besides the submitted object.
 #[derive(Debug, Clone)]
 pub struct ValidationContext<'a> {
@@ -179,23 +201,29 @@ impl TagRegistry {
         submitted: &Value,
         context: &ValidationContext<'_>,
         new_event_id: impl FnOnce() -> String,
-    ) -> Result<Event, Vec<String>> {
+    ) -> Result<Event, Vec<RejectReason>> {
         let Value::Object(fields) = submitted else {
-            return Err(vec![format!(
-                "an event must be a JSON object, got {}",
-                json_type(submitted)
+            return Err(vec![RejectReason::new(
+                "not_an_object",
+                format!(
+                    "an event must be a JSON object, got {}",
+                    json_type(submitted)
+                ),
             )]);
         };
         let mut reasons = Vec::new();
         for name in fields.keys() {
             if SERVER_FIELDS.contains(&name.as_str()) {
-                reasons.push(format!(
+                reasons.push(RejectReason::new("server_field", format!(
                     "field '{name}' is set by the server (from the API key and receive time); remove it"
-                ));
+                )));
             } else if !EVENT_FIELDS.contains(&name.as_str()) {
-                reasons.push(format!(
-                    "unknown field '{name}'; the fields are {}, and tags go under \"tags\"",
-                    EVENT_FIELDS.join(", ")
+                reasons.push(RejectReason::new(
+                    "unknown_field",
+                    format!(
+                        "unknown field '{name}'; the fields are {}, and tags go under \"tags\"",
+                        EVENT_FIELDS.join(", ")
+                    ),
                 ));
             }
         }
@@ -212,11 +240,17 @@ impl TagRegistry {
                 )
                 .map(|name| format!(" (did you mean {name}?)"))
                 .unwrap_or_default();
-                reasons.push(format!("unknown event type '{event_type}'{hint}"));
+                reasons.push(RejectReason::new(
+                    "unknown_event_type",
+                    format!("unknown event type '{event_type}'{hint}"),
+                ));
             } else if !self.may_publish(context.source, event_type) {
-                reasons.push(format!(
-                    "source '{}' may not publish event type '{event_type}'",
-                    context.source
+                reasons.push(RejectReason::new(
+                    "source_not_allowed",
+                    format!(
+                        "source '{}' may not publish event type '{event_type}'",
+                        context.source
+                    ),
                 ));
             }
             spec
@@ -225,9 +259,9 @@ impl TagRegistry {
             None | Some(Value::Null) => BTreeMap::new(),
             Some(Value::Object(tags)) => self.validate_tags(tags, context, &mut reasons),
             Some(other) => {
-                reasons.push(format!(
-                    "\"tags\" must be an object, got {}",
-                    json_type(other)
+                reasons.push(RejectReason::new(
+                    "invalid_tags",
+                    format!("\"tags\" must be an object, got {}", json_type(other)),
                 ));
                 BTreeMap::new()
             }
@@ -235,15 +269,17 @@ impl TagRegistry {
         if let (Some(event_type), Some(spec)) = (event_type, event_spec) {
             for required in &spec.required {
                 if !tags.contains_key(required) {
-                    reasons.push(format!(
-                        "missing required tag '{required}' for event type '{event_type}'"
+                    reasons.push(RejectReason::new(
+                        "missing_tag",
+                        format!("missing required tag '{required}' for event type '{event_type}'"),
                     ));
                 }
             }
             for tag in tags.keys() {
                 if !spec.required.contains(tag) && !spec.optional.contains(tag) {
-                    reasons.push(format!(
-                        "tag '{tag}' is not declared for event type '{event_type}'"
+                    reasons.push(RejectReason::new(
+                        "undeclared_tag",
+                        format!("tag '{tag}' is not declared for event type '{event_type}'"),
                     ));
                 }
             }
@@ -267,42 +303,54 @@ impl TagRegistry {
         &self,
         value: Option<&Value>,
         context: &ValidationContext<'_>,
-        reasons: &mut Vec<String>,
+        reasons: &mut Vec<RejectReason>,
     ) -> Option<Millis> {
         let ts = match value {
             None | Some(Value::Null) => return Some(context.received_at),
             Some(Value::Number(n)) => match n.as_i64() {
                 Some(ms) => ms,
                 None => {
-                    reasons.push(format!("\"ts\" must be whole epoch milliseconds, got {n}"));
+                    reasons.push(RejectReason::new(
+                        "invalid_time",
+                        format!("\"ts\" must be whole epoch milliseconds, got {n}"),
+                    ));
                     return None;
                 }
             },
             Some(Value::String(text)) => match parse_timestamp(text) {
                 Ok(ms) => ms,
                 Err(err) => {
-                    reasons.push(format!("\"ts\": {err}"));
+                    reasons.push(RejectReason::new("invalid_time", format!("\"ts\": {err}")));
                     return None;
                 }
             },
             Some(other) => {
-                reasons.push(format!(
-                    "\"ts\" must be an RFC 3339 string or epoch milliseconds, got {}",
-                    json_type(other)
+                reasons.push(RejectReason::new(
+                    "invalid_time",
+                    format!(
+                        "\"ts\" must be an RFC 3339 string or epoch milliseconds, got {}",
+                        json_type(other)
+                    ),
                 ));
                 return None;
             }
         };
         if ts > context.received_at.saturating_add(context.max_future_ms) {
-            reasons.push(format!(
-                "event time is more than {} in the future",
-                describe_duration(context.max_future_ms)
+            reasons.push(RejectReason::new(
+                "future_time",
+                format!(
+                    "event time is more than {} in the future",
+                    describe_duration(context.max_future_ms)
+                ),
             ));
             None
         } else if ts < context.received_at.saturating_sub(context.max_age_ms) {
-            reasons.push(format!(
-                "event time is older than the allowed lateness of {}",
-                describe_duration(context.max_age_ms)
+            reasons.push(RejectReason::new(
+                "late_time",
+                format!(
+                    "event time is older than the allowed lateness of {}",
+                    describe_duration(context.max_age_ms)
+                ),
             ));
             None
         } else {
@@ -314,7 +362,7 @@ impl TagRegistry {
         &self,
         submitted: &Map<String, Value>,
         context: &ValidationContext<'_>,
-        reasons: &mut Vec<String>,
+        reasons: &mut Vec<RejectReason>,
     ) -> BTreeMap<String, TagValue> {
         let mut tags = BTreeMap::new();
         let mut seen_as: BTreeMap<&str, &str> = BTreeMap::new();
@@ -324,12 +372,16 @@ impl TagRegistry {
                     .suggest_tag(name)
                     .map(|tag| format!(" (did you mean {tag}?)"))
                     .unwrap_or_default();
-                reasons.push(format!("unknown tag '{name}'{hint}"));
+                reasons.push(RejectReason::new(
+                    "unknown_tag",
+                    format!("unknown tag '{name}'{hint}"),
+                ));
                 continue;
             };
             if let Some(first) = seen_as.insert(canonical, name) {
-                reasons.push(format!(
-                    "tags '{first}' and '{name}' are both '{canonical}'; send it once"
+                reasons.push(RejectReason::new(
+                    "duplicate_tag",
+                    format!("tags '{first}' and '{name}' are both '{canonical}'; send it once"),
                 ));
                 continue;
             }
@@ -338,10 +390,13 @@ impl TagRegistry {
                 Some(tag) => {
                     tags.insert(canonical.to_owned(), tag);
                 }
-                None => reasons.push(format!(
-                    "tag '{name}' must be a {}, got {}",
-                    kind.name(),
-                    describe_value(value)
+                None => reasons.push(RejectReason::new(
+                    "wrong_tag_type",
+                    format!(
+                        "tag '{name}' must be a {}, got {}",
+                        kind.name(),
+                        describe_value(value)
+                    ),
                 )),
             }
         }
@@ -375,10 +430,13 @@ fn required_text<'a>(
     fields: &'a Map<String, Value>,
     name: &str,
     max_len: usize,
-    reasons: &mut Vec<String>,
+    reasons: &mut Vec<RejectReason>,
 ) -> Option<&'a str> {
     if fields.get(name).is_none_or(Value::is_null) {
-        reasons.push(format!("missing \"{name}\""));
+        reasons.push(RejectReason::new(
+            "missing_field",
+            format!("missing \"{name}\""),
+        ));
         return None;
     }
     optional_text(fields, name, max_len, reasons)
@@ -388,26 +446,32 @@ fn optional_text<'a>(
     fields: &'a Map<String, Value>,
     name: &str,
     max_len: usize,
-    reasons: &mut Vec<String>,
+    reasons: &mut Vec<RejectReason>,
 ) -> Option<&'a str> {
     match fields.get(name)? {
         Value::Null => None,
         Value::String(text) if text.is_empty() => {
-            reasons.push(format!("\"{name}\" must not be empty"));
+            reasons.push(RejectReason::new(
+                "invalid_field",
+                format!("\"{name}\" must not be empty"),
+            ));
             None
         }
         Value::String(text) if text.len() > max_len => {
-            reasons.push(format!(
-                "\"{name}\" is {} bytes, over the limit of {max_len}",
-                text.len()
+            reasons.push(RejectReason::new(
+                "invalid_field",
+                format!(
+                    "\"{name}\" is {} bytes, over the limit of {max_len}",
+                    text.len()
+                ),
             ));
             None
         }
         Value::String(text) => Some(text),
         other => {
-            reasons.push(format!(
-                "\"{name}\" must be a string, got {}",
-                json_type(other)
+            reasons.push(RejectReason::new(
+                "invalid_field",
+                format!("\"{name}\" must be a string, got {}", json_type(other)),
             ));
             None
         }
@@ -480,9 +544,13 @@ mod tests {
     }
 
     fn reasons(event: Value) -> Vec<String> {
-        registry()
+        let reasons = registry()
             .validate(&event, &context(), || "x".into())
-            .unwrap_err()
+            .unwrap_err();
+        reasons
+            .into_iter()
+            .map(|r| format!("{}: {}", r.code, r.message))
+            .collect()
     }
 
     #[test]
@@ -620,9 +688,10 @@ mod tests {
         let found = registry
             .validate(&event, &kiosk, || "x".into())
             .unwrap_err();
+        assert_eq!(found[0].code, "source_not_allowed");
         assert_eq!(
-            found,
-            ["source 'kiosk' may not publish event type 'session_start'"]
+            found[0].to_string(),
+            "source 'kiosk' may not publish event type 'session_start'"
         );
         let unknown = ValidationContext {
             source: "nobody",

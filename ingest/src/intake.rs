@@ -1,0 +1,172 @@
+//! From a request body to accepted events and rejects: JSON or NDJSON parsing, the per-event
+//! size limit, and validation against the tenant's registry. No I/O.
+
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tally_model::registry::ValidationContext;
+use tally_model::{Event, RejectReason, TagRegistry};
+
+/// How the events in a body are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// A JSON array of events, or one event object.
+    Json,
+    /// One JSON event per line.
+    NdJson,
+}
+
+/// The verdict on one request.
+#[derive(Debug, Default)]
+pub struct Intake {
+    /// Valid events, ready for the log.
+    pub accepted: Vec<Event>,
+    /// Invalid events with every reason.
+    pub rejected: Vec<Rejection>,
+}
+
+/// One event that could not be accepted.
+#[derive(Debug)]
+pub struct Rejection {
+    /// Its position in the request.
+    pub index: usize,
+    /// Every reason.
+    pub reasons: Vec<RejectReason>,
+    /// The event as sent, cut to the per-event limit.
+    pub payload: String,
+}
+
+impl Rejection {
+    fn new(
+        index: usize,
+        code: &'static str,
+        message: String,
+        payload: &str,
+        max_bytes: usize,
+    ) -> Self {
+        Rejection {
+            index,
+            reasons: vec![RejectReason::new(code, message)],
+            payload: truncate(payload, max_bytes),
+        }
+    }
+
+    /// Whether the event was rejected for its size.
+    pub fn too_large(&self) -> bool {
+        self.reasons.iter().any(|r| r.code == EVENT_TOO_LARGE)
+    }
+}
+
+const EVENT_TOO_LARGE: &str = "event_too_large";
+const INVALID_JSON: &str = "invalid_json";
+
+/// Splits, sizes and validates every event in `body`. A body that is not JSON at all becomes
+/// one rejection at index 0.
+pub fn intake(
+    body: &[u8],
+    format: BodyFormat,
+    registry: &TagRegistry,
+    context: &ValidationContext<'_>,
+    max_event_bytes: usize,
+) -> Intake {
+    let mut verdict = Intake::default();
+    let judge = |index: usize, raw: Result<&str, String>, verdict: &mut Intake| {
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(message) => {
+                let payload = String::from_utf8_lossy(body);
+                verdict.rejected.push(Rejection::new(
+                    index,
+                    INVALID_JSON,
+                    message,
+                    &payload,
+                    max_event_bytes,
+                ));
+                return;
+            }
+        };
+        if raw.len() > max_event_bytes {
+            let message = format!(
+                "event is {} bytes, over the limit of {max_event_bytes} bytes per event",
+                raw.len()
+            );
+            verdict.rejected.push(Rejection::new(
+                index,
+                EVENT_TOO_LARGE,
+                message,
+                raw,
+                max_event_bytes,
+            ));
+            return;
+        }
+        let parsed = serde_json::from_str::<Value>(raw).map_err(|err| {
+            vec![RejectReason::new(
+                INVALID_JSON,
+                format!("invalid JSON: {err}"),
+            )]
+        });
+        match parsed.and_then(|value| registry.validate(&value, context, new_event_id)) {
+            Ok(event) => verdict.accepted.push(event),
+            Err(reasons) => verdict.rejected.push(Rejection {
+                index,
+                reasons,
+                payload: truncate(raw, max_event_bytes),
+            }),
+        }
+    };
+    match format {
+        BodyFormat::Json => match split_json(body) {
+            Ok(events) => {
+                for (index, raw) in events.iter().enumerate() {
+                    judge(index, Ok(raw.get()), &mut verdict);
+                }
+            }
+            Err(message) => judge(0, Err(message), &mut verdict),
+        },
+        BodyFormat::NdJson => {
+            let lines = body
+                .split(|byte| *byte == b'\n')
+                .map(|line| line.trim_ascii())
+                .filter(|line| !line.is_empty());
+            for (index, line) in lines.enumerate() {
+                match std::str::from_utf8(line) {
+                    Ok(text) => judge(index, Ok(text), &mut verdict),
+                    Err(err) => {
+                        let message = format!("line is not UTF-8: {err}");
+                        let payload = String::from_utf8_lossy(line);
+                        verdict.rejected.push(Rejection::new(
+                            index,
+                            INVALID_JSON,
+                            message,
+                            &payload,
+                            max_event_bytes,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    verdict
+}
+
+/// The events of a JSON body, each as its raw text: an array of events or one event.
+fn split_json(body: &[u8]) -> Result<Vec<&RawValue>, String> {
+    let first = body.iter().find(|byte| !byte.is_ascii_whitespace());
+    let parsed = match first {
+        None => return Err("the body is empty; send a JSON array of events".to_owned()),
+        Some(b'[') => serde_json::from_slice::<Vec<&RawValue>>(body),
+        Some(_) => serde_json::from_slice::<&RawValue>(body).map(|one| vec![one]),
+    };
+    parsed.map_err(|err| format!("invalid JSON: {err}"))
+}
+
+fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn truncate(text: &str, max_bytes: usize) -> String {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}

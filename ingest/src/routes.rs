@@ -1,0 +1,286 @@
+//! The collector's HTTP routes: the batch endpoint and the image beacon.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, ContentType};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tally_model::registry::ValidationContext;
+use tally_model::{ApiKey, Millis, Scope};
+
+use crate::Collector;
+use crate::intake::{BodyFormat, Intake, intake};
+
+/// A transparent 1×1 GIF.
+const PIXEL_GIF: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+#[derive(Serialize)]
+struct IngestReply {
+    accepted: usize,
+    rejected: Vec<RejectedReply>,
+}
+
+#[derive(Serialize)]
+struct RejectedReply {
+    index: usize,
+    reasons: Vec<String>,
+}
+
+/// `POST /v1/events`: a JSON array (or NDJSON) of events, answered once the valid ones are durable.
+pub async fn post_events(
+    request: HttpRequest,
+    body: web::Payload,
+    collector: web::Data<Collector>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let response = receive_batch(&request, body, &collector).await;
+    collector
+        .metrics
+        .request("post_events", response.status().as_u16(), started);
+    response
+}
+
+async fn receive_batch(
+    request: &HttpRequest,
+    body: web::Payload,
+    collector: &Collector,
+) -> HttpResponse {
+    let key = match authorize(request, collector) {
+        Ok(key) => key,
+        Err(response) => return response,
+    };
+    let format = match body_format(request) {
+        Ok(format) => format,
+        Err(response) => return response,
+    };
+    let limit = collector.limits.max_request_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over the limit of {limit} bytes; send smaller batches"),
+        )
+    };
+    if declared.is_some_and(|length| length > limit) {
+        return too_large();
+    }
+    let bytes = match body.to_bytes_limited(limit).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(err)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {err}"),
+            );
+        }
+        Err(_) => return too_large(),
+    };
+    let received_at = now_millis();
+    let context = collector.validation_context(&key, received_at, false);
+    let registry = &collector.catalog.tenants[&key.tenant].registry;
+    let verdict = intake(
+        &bytes,
+        format,
+        registry,
+        &context,
+        collector.limits.max_event_bytes,
+    );
+    if verdict.accepted.is_empty() && verdict.rejected.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the request holds no events; send a JSON array of events".to_owned(),
+        );
+    }
+    if let Err(err) = collector.store(&key, received_at, &verdict).await {
+        tracing::error!(error = %err, "could not store events durably");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("could not store events durably, nothing was acknowledged; retry: {err}"),
+        );
+    }
+    let status = match (
+        verdict.accepted.len(),
+        verdict.rejected.iter().any(|r| r.too_large()),
+    ) {
+        (0, true) => StatusCode::PAYLOAD_TOO_LARGE,
+        (0, false) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::ACCEPTED,
+    };
+    HttpResponse::build(status).json(reply(&verdict))
+}
+
+/// `GET /i?k=<write key>&e=<event type>&uid=<user>&<tag>=<value>...`: the image beacon.
+/// Always answers the GIF; rejects are recorded like any other.
+pub async fn pixel(request: HttpRequest, collector: web::Data<Collector>) -> HttpResponse {
+    let started = Instant::now();
+    if let Err(err) = record_pixel(&request, &collector).await {
+        tracing::debug!(error = %err, "pixel not recorded");
+    }
+    collector.metrics.request("pixel", 200, started);
+    HttpResponse::Ok()
+        .content_type("image/gif")
+        .insert_header((header::CACHE_CONTROL, "no-store, max-age=0"))
+        .body(PIXEL_GIF)
+}
+
+async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<(), String> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(request.query_string())
+        .map_err(|err| err.to_string())?
+        .into_inner();
+    let key_secret = pairs
+        .iter()
+        .find(|(name, _)| name == "k")
+        .map(|(_, value)| value.as_str())
+        .unwrap_or_default();
+    let Some(key) = collector
+        .catalog
+        .key(key_secret)
+        .filter(|key| key.allows(Scope::Write))
+        .cloned()
+    else {
+        collector.metrics.rejected(&[tally_model::RejectReason::new(
+            "unauthorized",
+            String::new(),
+        )]);
+        return Err("unknown write key".to_owned());
+    };
+    let mut event = Map::new();
+    let mut tags = Map::new();
+    for (name, value) in pairs {
+        let field = match name.as_str() {
+            "k" => continue,
+            "e" => "event_type",
+            "uid" => "user_id",
+            "eid" => "event_id",
+            "ts" => "ts",
+            _ => {
+                tags.insert(name, Value::String(value));
+                continue;
+            }
+        };
+        event.insert(field.to_owned(), Value::String(value));
+    }
+    if !tags.is_empty() {
+        event.insert("tags".to_owned(), Value::Object(tags));
+    }
+    let received_at = now_millis();
+    let context = collector.validation_context(&key, received_at, true);
+    let registry = &collector.catalog.tenants[&key.tenant].registry;
+    let body = serde_json::to_vec(&Value::Object(event)).expect("a JSON map serializes");
+    let verdict = intake(
+        &body,
+        BodyFormat::Json,
+        registry,
+        &context,
+        collector.limits.max_event_bytes,
+    );
+    collector
+        .store(&key, received_at, &verdict)
+        .await
+        .map_err(|err| err.to_string())
+}
+
+/// The API key of the request, if it may write.
+fn authorize(request: &HttpRequest, collector: &Collector) -> Result<ApiKey, HttpResponse> {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let Some(secret) = header.and_then(|value| value.strip_prefix("Bearer ")) else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <write key>".to_owned(),
+        ));
+    };
+    match collector.catalog.key(secret.trim()) {
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unknown API key".to_owned(),
+        )),
+        Some(key) if !key.allows(Scope::Write) => Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "API key '{}' may not send events: it lacks the write scope",
+                key.source
+            ),
+        )),
+        Some(key) => Ok(key.clone()),
+    }
+}
+
+fn body_format(request: &HttpRequest) -> Result<BodyFormat, HttpResponse> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        // text/plain is what navigator.sendBeacon sends without a CORS preflight.
+        "application/json" | "text/plain" => Ok(BodyFormat::Json),
+        "application/x-ndjson" => Ok(BodyFormat::NdJson),
+        _ => Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type '{content_type}' is not accepted; use application/json (an array of events) or application/x-ndjson"
+            ),
+        )),
+    }
+}
+
+fn reply(verdict: &Intake) -> IngestReply {
+    IngestReply {
+        accepted: verdict.accepted.len(),
+        rejected: verdict
+            .rejected
+            .iter()
+            .map(|r| RejectedReply {
+                index: r.index,
+                reasons: r.reasons.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn error(status: StatusCode, message: String) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header(ContentType::json())
+        .json(json!({ "error": message }))
+}
+
+impl Collector {
+    fn validation_context<'a>(
+        &self,
+        key: &'a ApiKey,
+        received_at: Millis,
+        tag_values_as_text: bool,
+    ) -> ValidationContext<'a> {
+        ValidationContext {
+            tenant: &key.tenant,
+            source: &key.source,
+            received_at,
+            max_future_ms: self.limits.max_future_secs.saturating_mul(1000) as Millis,
+            max_age_ms: self.limits.max_lateness_secs.saturating_mul(1000) as Millis,
+            tag_values_as_text,
+        }
+    }
+}
+
+fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as Millis)
+}

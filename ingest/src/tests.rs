@@ -1,0 +1,358 @@
+//! The collector's HTTP behaviour against real spools in a temporary folder.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{App, test, web};
+use serde_json::{Value, json};
+use tally_connectors::log::{EventLog, Spool, SpoolOptions};
+use tally_model::config::IngestConfig;
+use tally_model::{Catalog, Event, RejectedEvent};
+
+use super::{Collector, IngestMetrics};
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    events: Arc<Spool>,
+    rejected: Arc<Spool>,
+    collector: web::Data<Collector>,
+}
+
+fn harness(limits: IngestConfig) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str, partitions| {
+        Arc::new(
+            Spool::open(
+                &dir.path().join(name),
+                SpoolOptions {
+                    partitions,
+                    ..SpoolOptions::default()
+                },
+            )
+            .unwrap(),
+        )
+    };
+    let (events, rejected) = (open("events", 2), open("rejected", 1));
+    let metrics = IngestMetrics::register(&mut prometheus_client::registry::Registry::default());
+    let catalog = Arc::new(Catalog::demo("write-key", "read-key"));
+    let collector = web::Data::new(Collector::new(
+        catalog,
+        events.clone(),
+        rejected.clone(),
+        limits,
+        metrics,
+    ));
+    Harness {
+        _dir: dir,
+        events,
+        rejected,
+        collector,
+    }
+}
+
+impl Harness {
+    fn stored_events(&self) -> Vec<Event> {
+        (0..self.events.partitions())
+            .flat_map(|p| self.events.read(p, 0, usize::MAX).unwrap())
+            .map(|entry| serde_json::from_slice(&entry.payload).unwrap())
+            .collect()
+    }
+
+    fn stored_rejects(&self) -> Vec<RejectedEvent> {
+        self.rejected
+            .read(0, 0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|entry| serde_json::from_slice(&entry.payload).unwrap())
+            .collect()
+    }
+
+    async fn post(
+        &self,
+        content_type: &str,
+        key: Option<&str>,
+        body: impl Into<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let app =
+            test::init_service(App::new().configure(Collector::configure(self.collector.clone())))
+                .await;
+        let mut request = test::TestRequest::post()
+            .uri("/v1/events")
+            .insert_header(("Content-Type", content_type));
+        if let Some(key) = key {
+            request = request.insert_header(("Authorization", format!("Bearer {key}")));
+        }
+        let response =
+            test::call_service(&app, request.set_payload(body.into()).to_request()).await;
+        let status = response.status();
+        let body = test::read_body(response).await;
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn post_json(&self, body: Value) -> (StatusCode, Value) {
+        self.post("application/json", Some("write-key"), body.to_string())
+            .await
+    }
+
+    async fn pixel(&self, query: &str) -> (StatusCode, Vec<u8>) {
+        let app =
+            test::init_service(App::new().configure(Collector::configure(self.collector.clone())))
+                .await;
+        let response = test::call_service(
+            &app,
+            test::TestRequest::get()
+                .uri(&format!("/i?{query}"))
+                .to_request(),
+        )
+        .await;
+        let status = response.status();
+        (status, test::read_body(response).await.to_vec())
+    }
+}
+
+fn click(user: &str) -> Value {
+    json!({"event_type": "click", "user_id": user, "tags": {"os_type": "ios"}})
+}
+
+#[actix_web::test]
+async fn a_valid_batch_is_acknowledged_once_stored() {
+    let h = harness(IngestConfig::default());
+    let (status, body) = h.post_json(json!([click("u1"), {"event_id": "mine", "event_type": "purchase", "user_id": "u2", "tags": {"revenue": 3.5}}])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body, json!({"accepted": 2, "rejected": []}));
+    let mut events = h.stored_events();
+    events.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        (events[0].tenant.as_str(), events[0].source.as_str()),
+        ("demo", "demo-web")
+    );
+    assert_eq!(
+        events[0].event_id.len(),
+        36,
+        "ingest assigns a UUID when the client sent no id"
+    );
+    assert_eq!(events[1].event_id, "mine");
+    assert!(h.stored_rejects().is_empty());
+}
+
+#[actix_web::test]
+async fn a_mixed_batch_keeps_the_valid_and_records_the_invalid() {
+    let h = harness(IngestConfig::default());
+    let bad = json!({"event_type": "click", "user_id": "u", "tags": {"acount_number": "1"}});
+    let (status, body) = h.post_json(json!([click("u1"), bad, click("u3")])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(body["rejected"][0]["index"], 1);
+    let reason = body["rejected"][0]["reasons"][0].as_str().unwrap();
+    assert_eq!(
+        reason,
+        "unknown tag 'acount_number' (did you mean account_number?)"
+    );
+    let rejects = h.stored_rejects();
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0].reasons, [reason]);
+    assert_eq!(rejects[0].tenant, "demo");
+    assert!(rejects[0].payload.contains("acount_number"));
+    assert_eq!(h.stored_events().len(), 2);
+}
+
+#[actix_web::test]
+async fn a_batch_with_nothing_valid_is_a_400_with_every_reason() {
+    let h = harness(IngestConfig::default());
+    let (status, body) = h
+        .post_json(json!([{"event_type": "nope", "user_id": 5}]))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["accepted"], 0);
+    let reasons: Vec<&str> = body["rejected"][0]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(h.stored_rejects().len(), 1);
+    assert!(h.stored_events().is_empty());
+}
+
+#[actix_web::test]
+async fn keys_are_checked_before_anything_is_read() {
+    let h = harness(IngestConfig::default());
+    let body = json!([click("u")]).to_string();
+    let (status, reply) = h.post("application/json", None, body.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(reply["error"].as_str().unwrap().contains("Bearer"));
+    assert_eq!(
+        h.post("application/json", Some("guess"), body.clone())
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, reply) = h.post("application/json", Some("read-key"), body).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(reply["error"].as_str().unwrap().contains("write scope"));
+    assert!(h.stored_events().is_empty() && h.stored_rejects().is_empty());
+}
+
+#[actix_web::test]
+async fn size_limits_answer_413() {
+    let limits = IngestConfig {
+        max_request_bytes: 2_000,
+        max_event_bytes: 300,
+        ..IngestConfig::default()
+    };
+    let h = harness(limits);
+    let big = json!({"event_type": "page_view", "user_id": "u", "tags": {"url": "x".repeat(400)}});
+    let (status, body) = h.post_json(json!([big])).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        body["rejected"][0]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 300 bytes per event")
+    );
+    let (status, body) = h.post_json(json!([click("u"), big])).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "one oversized event does not sink its neighbours"
+    );
+    assert_eq!(body["rejected"][0]["index"], 1);
+    let (status, body) = h
+        .post_json(json!(
+            (0..40).map(|i| click(&i.to_string())).collect::<Vec<_>>()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 2000 bytes")
+    );
+    assert_eq!(h.stored_events().len(), 1);
+    assert_eq!(h.stored_rejects().len(), 2);
+}
+
+#[actix_web::test]
+async fn only_json_and_ndjson_are_accepted() {
+    let h = harness(IngestConfig::default());
+    let (status, body) = h
+        .post("application/xml", Some("write-key"), "<event/>")
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("application/x-ndjson")
+    );
+    let ndjson = format!("{}\n\n{}\nnot json\n", click("a"), click("b"));
+    let (status, body) = h
+        .post("application/x-ndjson", Some("write-key"), ndjson)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(body["rejected"][0]["index"], 2);
+    assert!(
+        body["rejected"][0]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid JSON")
+    );
+}
+
+#[actix_web::test]
+async fn hostile_input_gets_a_4xx_with_a_reason_and_never_stops_the_service() {
+    let h = harness(IngestConfig::default());
+    let deep = format!("[{}{}]", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_object = format!(
+        "[{{\"event_type\": \"click\", \"user_id\": \"u\", \"tags\": {}{}}}]",
+        "{\"a\":".repeat(5_000),
+        "}".repeat(5_000)
+    );
+    let bodies: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        b"[\xff\xfe]".to_vec(),
+        b"[\"\xc3\x28\"]".to_vec(),
+        deep.into_bytes(),
+        deep_object.into_bytes(),
+        b"[{\"event_type\": \"purchase\", \"user_id\": \"u\", \"tags\": {\"revenue\": 1e400}}]".to_vec(),
+        b"[{\"event_type\": \"click\", \"user_id\": \"u\", \"ts\": 123456789012345678901234567890}]".to_vec(),
+        b"[]".to_vec(),
+        b"".to_vec(),
+        b"\"just a string\"".to_vec(),
+        b"[null, 1, \"x\"]".to_vec(),
+    ];
+    for body in bodies {
+        let (status, reply) = h
+            .post("application/json", Some("write-key"), body.clone())
+            .await;
+        assert!(
+            status.is_client_error(),
+            "{status} for {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(60)])
+        );
+        assert!(
+            reply.is_object(),
+            "a JSON reason for {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(60)])
+        );
+    }
+    let (status, _) = h.post_json(json!([click("still-here")])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+}
+
+#[actix_web::test]
+async fn the_pixel_always_answers_a_gif_and_records_like_the_api() {
+    let h = harness(IngestConfig::default());
+    let (status, gif) = h
+        .pixel("k=write-key&e=purchase&uid=u9&revenue=9.99&os=android")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(gif.starts_with(b"GIF89a"));
+    let events = h.stored_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].tags["revenue"],
+        tally_model::TagValue::Number(9.99)
+    );
+    assert_eq!(
+        events[0].tags["os_type"],
+        tally_model::TagValue::String("android".into())
+    );
+    let (status, _) = h.pixel("k=write-key&e=purchase&uid=u9&revenue=lots").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(h.stored_rejects()[0].reasons[0].contains("tag 'revenue' must be a number"));
+    for query in ["k=wrong&e=click&uid=u", "", "k=write-key&%zz=%ff"] {
+        assert_eq!(h.pixel(query).await.0, StatusCode::OK);
+    }
+    assert_eq!(h.stored_events().len(), 1);
+}
+
+#[actix_web::test]
+async fn browsers_may_send_from_any_origin() {
+    let h = harness(IngestConfig::default());
+    let app =
+        test::init_service(App::new().configure(Collector::configure(h.collector.clone()))).await;
+    let preflight = test::TestRequest::default()
+        .method(actix_web::http::Method::OPTIONS)
+        .uri("/v1/events")
+        .insert_header(("Origin", "https://shop.example"))
+        .insert_header(("Access-Control-Request-Method", "POST"))
+        .insert_header((
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        ))
+        .to_request();
+    let response = test::call_service(&app, preflight).await;
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .unwrap(),
+        "https://shop.example"
+    );
+}
