@@ -1,1 +1,112 @@
-fn main() {}
+//! `tally`: the one binary that wires Tally's layers together and runs them.
+//!
+//! Each subcommand lives in its own module: [`serve`] runs the services (`up`, `ingest`),
+//! [`logs`] inspects the event log, [`generator`] sends realistic load (`gen`), and [`bench`]
+//! measures (`bench ingest`). [`settings`] turns the config file, `TALLY_*` variables and
+//! flags into one [`tally_model::Config`].
+
+mod bench;
+mod generator;
+mod logs;
+mod serve;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Tally: event analytics that keeps every event, serves fresh metrics and can recompute
+/// every number from the raw data.
+#[derive(Parser)]
+#[command(name = "tally", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every layer in one process on embedded defaults: no servers to install.
+    ///
+    /// With no tenant in the config, creates tenant `demo` with a demo registry and views;
+    /// its keys come from TALLY_DEMO_WRITE_KEY / TALLY_DEMO_READ_KEY, or
+    /// <data-dir>/demo-keys.txt, or are generated and saved there.
+    Up(ServeArgs),
+    /// Run the HTTP collector alone.
+    Ingest(ServeArgs),
+    /// Inspect the event log.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Send realistic load to a collector and report what was accepted and rejected.
+    Gen(generator::GenArgs),
+    /// Measure Tally's speed; the README's figures come from here.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Where the configuration comes from; flags win over `TALLY_*` variables, which win over the file.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file (see README); without it every default is embedded.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of the spool and every embedded store [default: tally-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Per partition: first and next offset, records, bytes; for events and rejects.
+    Stats {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print records as JSON lines, oldest first.
+    Tail {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Read the rejected stream instead of events.
+        #[arg(long)]
+        rejected: bool,
+        /// Print only the last N records of each partition (default: all).
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Up(args) => serve::run(args, serve::Mode::Up),
+        Command::Ingest(args) => serve::run(args, serve::Mode::Ingest),
+        Command::Log(LogCommand::Stats { config, json }) => logs::stats(&config, json),
+        Command::Log(LogCommand::Tail { config, rejected, lines }) => logs::tail(&config, rejected, lines),
+        Command::Gen(args) => generator::run(args),
+        Command::Bench(command) => bench::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

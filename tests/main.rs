@@ -1,1 +1,5 @@
+//! End-to-end tests of the `tally` binary: one test binary, one module per concern.
 
+mod cli;
+mod kill;
+mod support;

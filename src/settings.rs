@@ -1,0 +1,57 @@
+//! Loading the configuration: the file, then `TALLY_*` variables, then command-line flags.
+
+use std::path::Path;
+
+use anyhow::Context;
+use tally_model::Config;
+
+use crate::{ConfigArgs, ServeArgs};
+
+/// The configuration for a command with only config flags.
+pub fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
+    let text = match &args.config {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?,
+        None => String::new(),
+    };
+    let mut config = Config::parse(&text, std::env::vars()).with_context(|| match &args.config {
+        Some(path) => format!("in config file {}", path.display()),
+        None => "in TALLY_* environment variables".to_owned(),
+    })?;
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+/// The configuration for a serving command.
+pub fn load_for_serving(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = load(&args.config)?;
+    if let Some(listen) = &args.listen {
+        config.ingest.listen = listen.clone();
+    }
+    Ok(config)
+}
+
+/// The spool folder of a stream.
+pub fn spool_dir(data_dir: &Path, stream: Stream) -> std::path::PathBuf {
+    data_dir.join("log").join(stream.name())
+}
+
+/// The two streams of the event log.
+#[derive(Debug, Clone, Copy)]
+pub enum Stream {
+    /// Accepted events.
+    Events,
+    /// Rejected events with their reasons.
+    Rejected,
+}
+
+impl Stream {
+    /// The stream's name (and Kafka topic).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Events => "events",
+            Stream::Rejected => "events.rejected",
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Running the real `tally` binary: start `tally up` on a free port, talk HTTP to it, kill it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const WRITE_KEY: &str = "test-write-key";
+pub const READ_KEY: &str = "test-read-key";
+
+/// A `tally` command with quiet logs and the demo keys fixed.
+pub fn tally() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+    command.env("TALLY_LOG", "warn").env("TALLY_DEMO_WRITE_KEY", WRITE_KEY).env("TALLY_DEMO_READ_KEY", READ_KEY);
+    command
+}
+
+/// Runs a `tally` command to completion.
+pub fn run(command: &mut Command) -> Output {
+    let output = command.output().expect("tally runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A running `tally up`.
+pub struct Tally {
+    child: Child,
+    pub address: String,
+}
+
+impl Tally {
+    /// Starts `tally up` on a free port and waits until it listens.
+    pub fn up(data_dir: &Path) -> Tally {
+        Tally::up_with(data_dir, tally())
+    }
+
+    /// Starts `tally up` from a prepared command (for extra environment).
+    pub fn up_with(data_dir: &Path, mut command: Command) -> Tally {
+        let mut child = command
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("tally up starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut address = None;
+        let mut line = String::new();
+        while stdout.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(rest) = line.trim().strip_prefix("listening on http://") {
+                address = Some(rest.to_owned());
+                break;
+            }
+            line.clear();
+        }
+        let address = address.unwrap_or_else(|| panic!("tally up exited before listening: {:?}", child.wait()));
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        Tally { child, address }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL delivered");
+        self.child.wait().unwrap();
+    }
+
+    /// An HTTP request; returns the status and body.
+    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        http(&self.address, method, path, headers, body)
+    }
+
+    /// Events acknowledged so far, from `/metrics`.
+    pub fn accepted(&self) -> u64 {
+        let (_, metrics) = self.http("GET", "/metrics", &[], "");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("tally_ingest_events_accepted_total ")?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Polls until `condition` holds, failing the test after `limit`.
+    pub fn wait_for(&self, what: &str, limit: Duration, condition: impl Fn(&Tally) -> bool) {
+        let started = Instant::now();
+        while !condition(self) {
+            assert!(started.elapsed() < limit, "gave up waiting for {what} after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request, `Connection: close`.
+pub fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("an HTTP status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Posts a JSON body of events with the demo write key.
+pub fn post_events(tally: &Tally, body: &str) -> (u16, String) {
+    let authorization = format!("Bearer {WRITE_KEY}");
+    tally.http("POST", "/v1/events", &[("Authorization", &authorization), ("Content-Type", "application/json")], body)
+}
+
+/// The event ids in the log, from `tally log tail`.
+pub fn logged_event_ids(data_dir: &Path) -> Vec<String> {
+    let output = run(tally().args(["log", "tail", "--data-dir"]).arg(data_dir));
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `tally log stats --json`.
+pub fn log_stats(data_dir: &Path) -> serde_json::Value {
+    let output = run(tally().args(["log", "stats", "--json", "--data-dir"]).arg(data_dir));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
