@@ -81,10 +81,15 @@ fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
         .prefix("tally-bench-")
         .tempdir_in(&args.dir)
         .with_context(|| format!("creating a scratch folder in {}", args.dir.display()))?;
-    eprintln!("bench: measuring fdatasync of 64 KiB appends in {} ...", scratch.path().display());
+    eprintln!(
+        "bench: measuring fdatasync of 64 KiB appends in {} ...",
+        scratch.path().display()
+    );
     let fdatasync = fdatasync_latency(&scratch.path().join("fsync-probe"), args.fsync_samples)?;
 
-    let mut config = Config::default();
+    // TALLY_* variables apply, so a setting can be compared by rerunning with it.
+    let mut config =
+        Config::parse("", std::env::vars()).context("in TALLY_* environment variables")?;
     config.data_dir = scratch.path().join("data");
     config.ingest.listen = "127.0.0.1:0".to_owned();
     config.demo.write_key = BENCH_WRITE_KEY.to_owned();
@@ -114,14 +119,28 @@ fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
     let report = actix_web::rt::System::new().block_on(async {
         eprintln!("bench: warming up ...");
         generator::send(load(20_000, args.batch, args.concurrency, None)).await?;
-        eprintln!("bench: throughput, {} events in batches of {} ...", args.events, args.batch);
-        let batch_throughput = generator::send(load(args.events, args.batch, args.concurrency, None)).await?;
+        eprintln!(
+            "bench: throughput, {} events in batches of {} ...",
+            args.events, args.batch
+        );
+        let batch_throughput =
+            generator::send(load(args.events, args.batch, args.concurrency, None)).await?;
         let half_rate = batch_throughput.accepted_per_second / 2.0;
         let half_rate_events = (half_rate * args.latency_seconds as f64) as u64;
-        eprintln!("bench: ack latency at half that rate ({half_rate:.0} events/s for {} s) ...", args.latency_seconds);
-        let half_rate_latency = generator::send(load(half_rate_events, args.batch, args.concurrency * 4, Some(half_rate))).await?;
+        eprintln!(
+            "bench: ack latency at half that rate ({half_rate:.0} events/s for {} s) ...",
+            args.latency_seconds
+        );
+        let half_rate_latency = generator::send(load(
+            half_rate_events,
+            args.batch,
+            args.concurrency * 4,
+            Some(half_rate),
+        ))
+        .await?;
         eprintln!("bench: {} single-event requests ...", args.single_events);
-        let single_events = generator::send(load(args.single_events, 1, args.concurrency * 2, None)).await?;
+        let single_events =
+            generator::send(load(args.single_events, 1, args.concurrency * 2, None)).await?;
         handle.stop(true).await;
         anyhow::Ok(IngestBenchReport {
             goal_p99_ms: fdatasync.p99 * GOAL_P99_OVER_FSYNC_P99,
@@ -132,7 +151,9 @@ fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
             single_events,
         })
     })?;
-    server.join().map_err(|_| anyhow::anyhow!("the collector thread panicked"))??;
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the collector thread panicked"))??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -145,12 +166,22 @@ fn print_ingest_report(report: &IngestBenchReport) {
     let row = |name: &str, run: &GenReport| {
         println!(
             "{name:<34} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9}",
-            run.accepted_per_second, run.latency_ms.p50, run.latency_ms.p99, run.latency_ms.max, run.failed_requests
+            run.accepted_per_second,
+            run.latency_ms.p50,
+            run.latency_ms.p99,
+            run.latency_ms.max,
+            run.failed_requests
         );
     };
     let fsync = report.fdatasync_64k_ms;
-    println!("disk fdatasync, 64 KiB appends:  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms", fsync.p50, fsync.p99, fsync.max);
-    println!("{:<34} {:>12} {:>9} {:>9} {:>9} {:>9}", "run", "events/s", "p50 ms", "p99 ms", "max ms", "failed");
+    println!(
+        "disk fdatasync, 64 KiB appends:  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        fsync.p50, fsync.p99, fsync.max
+    );
+    println!(
+        "{:<34} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "run", "events/s", "p50 ms", "p99 ms", "max ms", "failed"
+    );
     row("batches, max rate", &report.batch_throughput);
     row("batches, half rate (open loop)", &report.half_rate_latency);
     row("single-event requests", &report.single_events);
@@ -171,7 +202,11 @@ fn print_ingest_report(report: &IngestBenchReport) {
 
 /// Latency of appending 64 KiB and fdatasync-ing, as the spool does, on the same disk.
 fn fdatasync_latency(path: &std::path::Path, samples: usize) -> anyhow::Result<Percentiles> {
-    let mut file = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     let block = vec![0x5au8; 64 * 1024];
     let mut latencies = Vec::with_capacity(samples);
     for _ in 0..samples {

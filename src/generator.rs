@@ -100,8 +100,14 @@ impl Percentiles {
             return Percentiles::default();
         }
         sample.sort_unstable();
-        let at = |q: f64| sample[((sample.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
-        Percentiles { p50: at(0.5), p99: at(0.99), max: at(1.0) }
+        let at = |q: f64| {
+            sample[((sample.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0
+        };
+        Percentiles {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        }
     }
 }
 
@@ -124,11 +130,20 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "sent {} events in {} requests over {:.1} s: accepted {}, rejected {}, duplicates sent {}, failed requests {}",
-            report.sent, report.requests, report.seconds, report.accepted, report.rejected, report.duplicates, report.failed_requests
+            report.sent,
+            report.requests,
+            report.seconds,
+            report.accepted,
+            report.rejected,
+            report.duplicates,
+            report.failed_requests
         );
         println!(
             "{:.0} accepted events/s; ack latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            report.accepted_per_second, report.latency_ms.p50, report.latency_ms.p99, report.latency_ms.max
+            report.accepted_per_second,
+            report.latency_ms.p50,
+            report.latency_ms.p99,
+            report.latency_ms.max
         );
     }
     Ok(())
@@ -144,11 +159,21 @@ struct Shared {
 
 /// Sends the load described by `args`; call inside an actix system.
 pub async fn send(args: GenArgs) -> anyhow::Result<GenReport> {
-    anyhow::ensure!(args.batch > 0 && args.concurrency > 0, "--batch and --concurrency must be at least 1");
-    anyhow::ensure!(args.rate.is_none_or(|rate| rate > 0.0), "--rate must be positive");
+    anyhow::ensure!(
+        args.batch > 0 && args.concurrency > 0,
+        "--batch and --concurrency must be at least 1"
+    );
+    anyhow::ensure!(
+        args.rate.is_none_or(|rate| rate > 0.0),
+        "--rate must be positive"
+    );
     let acked_ids = match &args.acked_ids {
         Some(path) => Some(std::io::BufWriter::new(
-            std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?,
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
         )),
         None => None,
     };
@@ -167,7 +192,16 @@ pub async fn send(args: GenArgs) -> anyhow::Result<GenReport> {
     let batches = args.events.div_ceil(args.batch as u64);
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| actix_web::rt::spawn(worker(shared.clone(), client.clone(), url.clone(), args.clone(), batches, started)))
+        .map(|_| {
+            actix_web::rt::spawn(worker(
+                shared.clone(),
+                client.clone(),
+                url.clone(),
+                args.clone(),
+                batches,
+                started,
+            ))
+        })
         .collect();
     let progress = actix_web::rt::spawn(report_progress(shared.clone(), args.events, started));
     for worker in workers {
@@ -185,7 +219,14 @@ pub async fn send(args: GenArgs) -> anyhow::Result<GenReport> {
     Ok(report)
 }
 
-async fn worker(shared: Rc<Shared>, client: awc::Client, url: String, args: GenArgs, batches: u64, started: Instant) {
+async fn worker(
+    shared: Rc<Shared>,
+    client: awc::Client,
+    url: String,
+    args: GenArgs,
+    batches: u64,
+    started: Instant,
+) {
     let authorization = format!("Bearer {}", args.key);
     loop {
         let batch = shared.next_batch.get();
@@ -198,7 +239,8 @@ async fn worker(shared: Rc<Shared>, client: awc::Client, url: String, args: GenA
         // slow collector cannot hide its queueing by slowing the sender down.
         let due = match args.rate {
             Some(rate) => {
-                let due = started + Duration::from_secs_f64((batch * args.batch as u64) as f64 / rate);
+                let due =
+                    started + Duration::from_secs_f64((batch * args.batch as u64) as f64 / rate);
                 actix_web::rt::time::sleep_until(due.into()).await;
                 due
             }
@@ -213,8 +255,15 @@ async fn worker(shared: Rc<Shared>, client: awc::Client, url: String, args: GenA
             .await;
         let latency = due.elapsed();
         let reply = match response {
-            Ok(mut response) if response.status().is_success() || response.status().is_client_error() => {
-                response.json::<IngestReply>().limit(1 << 24).await.ok().map(|reply| (response.status().as_u16(), reply))
+            Ok(mut response)
+                if response.status().is_success() || response.status().is_client_error() =>
+            {
+                response
+                    .json::<IngestReply>()
+                    .limit(1 << 24)
+                    .await
+                    .ok()
+                    .map(|reply| (response.status().as_u16(), reply))
             }
             _ => None,
         };
@@ -237,7 +286,9 @@ async fn worker(shared: Rc<Shared>, client: awc::Client, url: String, args: GenA
 
 fn record_acked(shared: &Shared, ids: Vec<String>, rejected: &[RejectedIndex]) {
     let mut acked_ids = shared.acked_ids.borrow_mut();
-    let Some(file) = acked_ids.as_mut() else { return };
+    let Some(file) = acked_ids.as_mut() else {
+        return;
+    };
     let mut rejected_indices: Vec<usize> = rejected.iter().map(|r| r.index).collect();
     rejected_indices.sort_unstable();
     for (index, id) in ids.iter().enumerate() {
@@ -258,10 +309,18 @@ async fn report_progress(shared: Rc<Shared>, total: u64, started: Instant) {
     }
 }
 
-const EVENT_TYPES: [(&str, u32); 6] =
-    [("page_view", 50), ("click", 25), ("session_start", 8), ("session_end", 7), ("purchase", 5), ("link_clicked", 5)];
+const EVENT_TYPES: [(&str, u32); 6] = [
+    ("page_view", 50),
+    ("click", 25),
+    ("session_start", 8),
+    ("session_end", 7),
+    ("purchase", 5),
+    ("link_clicked", 5),
+];
 const OPERATING_SYSTEMS: [&str; 5] = ["ios", "android", "windows", "macos", "linux"];
-const COUNTRIES: [&str; 12] = ["us", "de", "fr", "gb", "in", "br", "jp", "ca", "es", "it", "nl", "se"];
+const COUNTRIES: [&str; 12] = [
+    "us", "de", "fr", "gb", "in", "br", "jp", "ca", "es", "it", "nl", "se",
+];
 const DUPLICATE_MEMORY: usize = 4096;
 
 /// Makes events: valid ones of the demo registry, and chosen shares of duplicates, late and
@@ -303,7 +362,9 @@ impl EventFactory {
 
     /// A JSON array body of `size` events and their ids.
     fn batch(&mut self, size: usize) -> (String, Vec<String>) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let mut body = String::with_capacity(size * 200 + 2);
         let mut ids = Vec::with_capacity(size);
         body.push('[');
@@ -326,21 +387,35 @@ impl EventFactory {
             return self.recent[pick].clone();
         }
         let id = format!("{:032x}", self.rng.random::<u128>());
-        let ts = if self.rng.random_bool(self.late_share) { now - self.rng.random_range(120_000..6 * 3_600_000) } else { now };
+        let ts = if self.rng.random_bool(self.late_share) {
+            now - self.rng.random_range(120_000..6 * 3_600_000)
+        } else {
+            now
+        };
         let user = self.user();
         let event_type = self.event_type();
         let mut json = String::with_capacity(256);
-        let _ = write!(json, r#"{{"event_id":"{id}","event_type":"{event_type}","user_id":"user-{user}","ts":{ts},"tags":{{"#);
+        let _ = write!(
+            json,
+            r#"{{"event_id":"{id}","event_type":"{event_type}","user_id":"user-{user}","ts":{ts},"tags":{{"#
+        );
         let os = OPERATING_SYSTEMS[self.rng.random_range(0..OPERATING_SYSTEMS.len())];
         let country = COUNTRIES[self.rng.random_range(0..COUNTRIES.len())];
         let latency = 5.0 + 2000.0 * self.rng.random::<f64>().powi(4);
-        let _ = write!(json, r#""os_type":"{os}","country":"{country}","latency_ms":{latency:.1}"#);
+        let _ = write!(
+            json,
+            r#""os_type":"{os}","country":"{country}","latency_ms":{latency:.1}"#
+        );
         match event_type {
             "page_view" | "link_clicked" | "click" => {
                 let _ = write!(json, r#","url":"/page/{}""#, self.rng.random_range(0..50));
             }
             "purchase" => {
-                let _ = write!(json, r#","revenue":{:.2}"#, self.rng.random_range(1.0..200.0));
+                let _ = write!(
+                    json,
+                    r#","revenue":{:.2}"#,
+                    self.rng.random_range(1.0..200.0)
+                );
             }
             _ => {}
         }
@@ -362,7 +437,11 @@ impl EventFactory {
     fn spoil(&mut self, json: String) -> String {
         match self.rng.random_range(0..4) {
             0 => json.replacen("\"os_type\"", "\"os_typ\"", 1),
-            1 => json.replacen("\"latency_ms\":", "\"latency_ms\":\"slow\",\"x_latency\":", 1),
+            1 => json.replacen(
+                "\"latency_ms\":",
+                "\"latency_ms\":\"slow\",\"x_latency\":",
+                1,
+            ),
             2 => json.replacen("\"event_type\":\"", "\"event_type\":\"unknown_", 1),
             _ => json.replacen("\"user_id\"", "\"user\"", 1),
         }

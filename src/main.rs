@@ -91,14 +91,21 @@ enum LogCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
         Command::Up(args) => serve::run(args, serve::Mode::Up),
         Command::Ingest(args) => serve::run(args, serve::Mode::Ingest),
         Command::Log(LogCommand::Stats { config, json }) => logs::stats(&config, json),
-        Command::Log(LogCommand::Tail { config, rejected, lines }) => logs::tail(&config, rejected, lines),
+        Command::Log(LogCommand::Tail {
+            config,
+            rejected,
+            lines,
+        }) => logs::tail(&config, rejected, lines),
         Command::Gen(args) => generator::run(args),
         Command::Bench(command) => bench::run(command),
     };

@@ -33,13 +33,19 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Runs until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
     let config = settings::load_for_serving(&args)?;
-    serve(config.clone(), |address, _, demo_keys| announce(mode, &config, &address.to_string(), demo_keys))
+    serve(config.clone(), |address, _, demo_keys| {
+        announce(mode, &config, &address.to_string(), demo_keys)
+    })
 }
 
 /// Serves until stopped; `on_listening` is told the bound address, a handle to stop the
 /// server, and the demo keys if the demo tenant was created.
-pub fn serve(config: Config, on_listening: impl FnOnce(SocketAddr, ServerHandle, Option<&DemoKeys>)) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+pub fn serve(
+    config: Config,
+    on_listening: impl FnOnce(SocketAddr, ServerHandle, Option<&DemoKeys>),
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let (catalog, demo_keys) = catalog(&config)?;
     let mut registry = Registry::default();
     let metrics = IngestMetrics::register(&mut registry);
@@ -51,11 +57,19 @@ pub fn serve(config: Config, on_listening: impl FnOnce(SocketAddr, ServerHandle,
             on_fsync: Some(metrics.fsync_observer()),
         };
         let dir = settings::spool_dir(&config.data_dir, stream);
-        Spool::open(&dir, options).map(Arc::new).with_context(|| format!("opening the {} spool", Stream::name(stream)))
+        Spool::open(&dir, options)
+            .map(Arc::new)
+            .with_context(|| format!("opening the {} spool", Stream::name(stream)))
     };
     let events = open_spool(Stream::Events, config.log.partitions)?;
     let rejected = open_spool(Stream::Rejected, config.log.rejected_partitions)?;
-    let collector = web::Data::new(Collector::new(Arc::new(catalog), events.clone(), rejected.clone(), config.ingest.clone(), metrics));
+    let collector = web::Data::new(Collector::new(
+        Arc::new(catalog),
+        events.clone(),
+        rejected.clone(),
+        config.ingest.clone(),
+        metrics,
+    ));
     let registry = web::Data::new(registry);
     actix_web::rt::System::new().block_on(async move {
         let server = {
@@ -64,7 +78,6 @@ pub fn serve(config: Config, on_listening: impl FnOnce(SocketAddr, ServerHandle,
                 App::new()
                     .configure(Collector::configure(collector.clone()))
                     .app_data(registry.clone())
-                    .app_data(collector.clone())
                     .route("/healthz", web::get().to(healthz))
                     .route("/readyz", web::get().to(readyz))
                     .route("/metrics", web::get().to(metrics_text))
@@ -74,14 +87,26 @@ pub fn serve(config: Config, on_listening: impl FnOnce(SocketAddr, ServerHandle,
             0 => server,
             workers => server.workers(workers),
         };
-        let server = server.bind(&config.ingest.listen).with_context(|| format!("listening on {} (set --listen or ingest.listen)", config.ingest.listen))?;
-        let address = server.addrs().first().copied().context("the server bound no address")?;
+        let server = server.bind(&config.ingest.listen).with_context(|| {
+            format!(
+                "listening on {} (set --listen or ingest.listen)",
+                config.ingest.listen
+            )
+        })?;
+        let address = server
+            .addrs()
+            .first()
+            .copied()
+            .context("the server bound no address")?;
         let server = server.run();
         on_listening(address, server.handle(), demo_keys.as_ref());
         let retention = actix_web::rt::spawn(enforce_retention(vec![events, rejected]));
         server.await.context("running the HTTP server")?;
         retention.abort();
-        println!("tally stopped; every acknowledged event is in {}", config.data_dir.display());
+        println!(
+            "tally stopped; every acknowledged event is in {}",
+            config.data_dir.display()
+        );
         Ok(())
     })
 }
@@ -89,12 +114,19 @@ pub fn serve(config: Config, on_listening: impl FnOnce(SocketAddr, ServerHandle,
 /// The catalog: the tenants the config declares, or the demo tenant (and its keys).
 fn catalog(config: &Config) -> anyhow::Result<(Catalog, Option<DemoKeys>)> {
     if !config.tenants.is_empty() {
-        let catalog = Catalog::new(config.tenants.clone(), config.api_keys.clone())
-            .map_err(|problems| anyhow::anyhow!("the config's tenants are inconsistent:\n  {}", problems.join("\n  ")))?;
+        let catalog =
+            Catalog::new(config.tenants.clone(), config.api_keys.clone()).map_err(|problems| {
+                anyhow::anyhow!(
+                    "the config's tenants are inconsistent:\n  {}",
+                    problems.join("\n  ")
+                )
+            })?;
         return Ok((catalog, None));
     }
     if !config.api_keys.is_empty() {
-        bail!("the config declares [[api_key]]s but no [tenant.<name>]; declare the tenants they name");
+        bail!(
+            "the config declares [[api_key]]s but no [tenant.<name>]; declare the tenants they name"
+        );
     }
     let keys = demo_keys(config)?;
     Ok((Catalog::demo(&keys.write, &keys.read), Some(keys)))
@@ -112,14 +144,25 @@ pub struct DemoKeys {
 fn demo_keys(config: &Config) -> anyhow::Result<DemoKeys> {
     let path = config.data_dir.join(DEMO_KEYS_FILE);
     let saved = std::fs::read_to_string(&path).unwrap_or_default();
-    let saved_key = |name: &str| saved.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix('=')).map(str::to_owned);
+    let saved_key = |name: &str| {
+        saved
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
     let pick = |configured: &str, name: &str| match configured {
         "" => saved_key(name).unwrap_or_else(new_key),
         key => key.to_owned(),
     };
-    let keys = DemoKeys { write: pick(&config.demo.write_key, "write_key"), read: pick(&config.demo.read_key, "read_key"), saved_in: path };
+    let keys = DemoKeys {
+        write: pick(&config.demo.write_key, "write_key"),
+        read: pick(&config.demo.read_key, "read_key"),
+        saved_in: path,
+    };
     if keys.write == keys.read {
-        bail!("the demo write and read keys must differ (TALLY_DEMO_WRITE_KEY, TALLY_DEMO_READ_KEY)");
+        bail!(
+            "the demo write and read keys must differ (TALLY_DEMO_WRITE_KEY, TALLY_DEMO_READ_KEY)"
+        );
     }
     save_demo_keys(&keys.saved_in, &keys)?;
     Ok(keys)
@@ -132,7 +175,10 @@ fn save_demo_keys(path: &Path, keys: &DemoKeys) -> anyhow::Result<()> {
 
 fn new_key() -> String {
     let bytes: [u8; 16] = rand::rng().random();
-    format!("tk_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "tk_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>) {
@@ -143,11 +189,24 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
     println!("{what}");
     println!("  listening on http://{address}");
     println!("  collector   POST http://{address}/v1/events   (JSON array or NDJSON)");
-    println!("              GET  http://{address}/i?k=<write key>&e=<event type>&uid=<user>&<tag>=<value>");
-    println!("  health      http://{address}/healthz   http://{address}/readyz   http://{address}/metrics");
-    println!("  data        {} (event log in {})", config.data_dir.display(), config.data_dir.join("log").display());
+    println!(
+        "              GET  http://{address}/i?k=<write key>&e=<event type>&uid=<user>&<tag>=<value>"
+    );
+    println!(
+        "  health      http://{address}/healthz   http://{address}/readyz   http://{address}/metrics"
+    );
+    println!(
+        "  data        {} (event log in {})",
+        config.data_dir.display(),
+        config.data_dir.join("log").display()
+    );
     if let Some(keys) = demo {
-        println!("  demo tenant write key {}   read key {}   (saved in {})", keys.write, keys.read, keys.saved_in.display());
+        println!(
+            "  demo tenant write key {}   read key {}   (saved in {})",
+            keys.write,
+            keys.read,
+            keys.saved_in.display()
+        );
         println!(
             "  try         curl -X POST http://{address}/v1/events -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n                -d '[{{\"event_type\":\"page_view\",\"user_id\":\"u1\",\"tags\":{{\"url\":\"/home\",\"os_type\":\"ios\"}}}}]'",
             keys.write
@@ -162,7 +221,9 @@ async fn enforce_retention(spools: Vec<Arc<Spool>>) {
         for spool in &spools {
             match spool.enforce_retention(SystemTime::now()) {
                 Ok(0) => {}
-                Ok(deleted) => tracing::info!(spool = %spool.dir().display(), deleted, "deleted expired segments"),
+                Ok(deleted) => {
+                    tracing::info!(spool = %spool.dir().display(), deleted, "deleted expired segments")
+                }
                 Err(err) => tracing::warn!(error = %err, "retention sweep failed"),
             }
         }
@@ -176,17 +237,23 @@ async fn healthz() -> HttpResponse {
 async fn readyz(collector: web::Data<Collector>) -> HttpResponse {
     match collector.refresh_metrics() {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Err(err) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "unavailable", "error": err.to_string()})),
+        Err(err) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "unavailable", "error": err.to_string()})),
     }
 }
 
-async fn metrics_text(registry: web::Data<Registry>, collector: web::Data<Collector>) -> HttpResponse {
+async fn metrics_text(
+    registry: web::Data<Registry>,
+    collector: web::Data<Collector>,
+) -> HttpResponse {
     if let Err(err) = collector.refresh_metrics() {
         tracing::warn!(error = %err, "could not read spool sizes for /metrics");
     }
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
-        Ok(()) => HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(text),
+        Ok(()) => HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(text),
         Err(err) => HttpResponse::InternalServerError().body(err.to_string()),
     }
 }

@@ -10,13 +10,15 @@ use crate::{ConfigArgs, ServeArgs};
 /// The configuration for a command with only config flags.
 pub fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     let text = match &args.config {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?,
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?,
         None => String::new(),
     };
-    let mut config = Config::parse(&text, std::env::vars()).with_context(|| match &args.config {
-        Some(path) => format!("in config file {}", path.display()),
-        None => "in TALLY_* environment variables".to_owned(),
-    })?;
+    let mut config =
+        Config::parse(&text, std::env::vars()).with_context(|| match &args.config {
+            Some(path) => format!("in config file {}", path.display()),
+            None => "in TALLY_* environment variables".to_owned(),
+        })?;
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }

@@ -10,31 +10,58 @@ fn help_names_every_command() {
         assert!(help.contains(command), "{command} missing from:\n{help}");
     }
     let up_help = String::from_utf8(run(tally().args(["up", "--help"])).stdout).unwrap();
-    assert!(up_help.contains("--data-dir") && up_help.contains("--listen") && up_help.contains("--config"));
+    assert!(
+        up_help.contains("--data-dir")
+            && up_help.contains("--listen")
+            && up_help.contains("--config")
+    );
 }
 
 #[test]
 fn bad_configuration_names_the_setting_to_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let output = tally().args(["up", "--data-dir"]).arg(dir.path()).env("TALLY_LOG_PARTITIONS", "many").output().unwrap();
+    let output = tally()
+        .args(["up", "--data-dir"])
+        .arg(dir.path())
+        .env("TALLY_LOG_PARTITIONS", "many")
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("TALLY_LOG_PARTITIONS=\"many\" must be an integer"), "{stderr}");
+    assert!(
+        stderr.contains("TALLY_LOG_PARTITIONS=\"many\" must be an integer"),
+        "{stderr}"
+    );
 
     let config = dir.path().join("tally.toml");
     std::fs::write(&config, "[ingest]\nlisen = \"x\"\n").unwrap();
-    let output = tally().args(["up", "--config"]).arg(&config).output().unwrap();
+    let output = tally()
+        .args(["up", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("lisen") && stderr.contains("tally.toml"), "{stderr}");
+    assert!(
+        !output.status.success() && stderr.contains("lisen") && stderr.contains("tally.toml"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn the_spool_refuses_a_changed_partition_count() {
     let dir = tempfile::tempdir().unwrap();
     Tally::up(dir.path()).kill9();
-    let output = tally().args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).env("TALLY_LOG_PARTITIONS", "9").output().unwrap();
+    let output = tally()
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("TALLY_LOG_PARTITIONS", "9")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("set log.partitions = 4"), "{stderr}");
+    assert!(
+        !output.status.success() && stderr.contains("set log.partitions = 4"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -42,19 +69,38 @@ fn demo_keys_are_generated_once_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let without_keys = || {
         let mut command = tally();
-        command.env_remove("TALLY_DEMO_WRITE_KEY").env_remove("TALLY_DEMO_READ_KEY");
+        command
+            .env_remove("TALLY_DEMO_WRITE_KEY")
+            .env_remove("TALLY_DEMO_READ_KEY");
         command
     };
     Tally::up_with(dir.path(), without_keys()).kill9();
     let saved = std::fs::read_to_string(dir.path().join("demo-keys.txt")).unwrap();
-    let write_key = saved.lines().find_map(|l| l.strip_prefix("write_key=")).unwrap().to_owned();
-    assert!(write_key.starts_with("tk_") && write_key.len() > 20, "{saved}");
+    let write_key = saved
+        .lines()
+        .find_map(|l| l.strip_prefix("write_key="))
+        .unwrap()
+        .to_owned();
+    assert!(
+        write_key.starts_with("tk_") && write_key.len() > 20,
+        "{saved}"
+    );
     let server = Tally::up_with(dir.path(), without_keys());
     let authorization = format!("Bearer {write_key}");
-    let (status, _) =
-        server.http("POST", "/v1/events", &[("Authorization", &authorization), ("Content-Type", "application/json")], r#"[{"event_type":"click","user_id":"u"}]"#);
+    let (status, _) = server.http(
+        "POST",
+        "/v1/events",
+        &[
+            ("Authorization", &authorization),
+            ("Content-Type", "application/json"),
+        ],
+        r#"[{"event_type":"click","user_id":"u"}]"#,
+    );
     assert_eq!(status, 202, "the saved key still works after a restart");
-    assert_eq!(std::fs::read_to_string(dir.path().join("demo-keys.txt")).unwrap(), saved);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("demo-keys.txt")).unwrap(),
+        saved
+    );
 }
 
 #[test]
@@ -67,7 +113,15 @@ fn log_stats_counts_events_and_rejects_and_health_answers() {
     );
     assert_eq!(status, 202, "{body}");
     assert!(body.contains("did you mean click?"), "{body}");
-    let (status, _) = server.http("POST", "/v1/events", &[("Authorization", &format!("Bearer {READ_KEY}")), ("Content-Type", "application/json")], "[]");
+    let (status, _) = server.http(
+        "POST",
+        "/v1/events",
+        &[
+            ("Authorization", &format!("Bearer {READ_KEY}")),
+            ("Content-Type", "application/json"),
+        ],
+        "[]",
+    );
     assert_eq!(status, 403, "a read key may not send events");
     assert_eq!(server.http("GET", "/healthz", &[], "").0, 200);
     assert_eq!(server.http("GET", "/readyz", &[], "").0, 200);
@@ -76,6 +130,12 @@ fn log_stats_counts_events_and_rejects_and_health_answers() {
     assert_eq!(stats["rejected"]["records"], 1);
     assert_eq!(stats["events"]["partitions"].as_array().unwrap().len(), 4);
     let (_, metrics) = server.http("GET", "/metrics", &[], "");
-    assert!(metrics.contains("tally_ingest_events_rejected_total{reason=\"unknown_event_type\"} 1"), "{metrics}");
-    assert!(metrics.contains("tally_ingest_fsync_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("tally_ingest_events_rejected_total{reason=\"unknown_event_type\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tally_ingest_fsync_seconds_count"),
+        "{metrics}"
+    );
 }

@@ -12,7 +12,10 @@ pub const READ_KEY: &str = "test-read-key";
 /// A `tally` command with quiet logs and the demo keys fixed.
 pub fn tally() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
-    command.env("TALLY_LOG", "warn").env("TALLY_DEMO_WRITE_KEY", WRITE_KEY).env("TALLY_DEMO_READ_KEY", READ_KEY);
+    command
+        .env("TALLY_LOG", "warn")
+        .env("TALLY_DEMO_WRITE_KEY", WRITE_KEY)
+        .env("TALLY_DEMO_READ_KEY", READ_KEY);
     command
 }
 
@@ -58,7 +61,8 @@ impl Tally {
             }
             line.clear();
         }
-        let address = address.unwrap_or_else(|| panic!("tally up exited before listening: {:?}", child.wait()));
+        let address = address
+            .unwrap_or_else(|| panic!("tally up exited before listening: {:?}", child.wait()));
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         Tally { child, address }
     }
@@ -70,7 +74,13 @@ impl Tally {
     }
 
     /// An HTTP request; returns the status and body.
-    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
         http(&self.address, method, path, headers, body)
     }
 
@@ -79,7 +89,11 @@ impl Tally {
         let (_, metrics) = self.http("GET", "/metrics", &[], "");
         metrics
             .lines()
-            .find_map(|line| line.strip_prefix("tally_ingest_events_accepted_total ")?.parse().ok())
+            .find_map(|line| {
+                line.strip_prefix("tally_ingest_events_accepted_total ")?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0)
     }
 
@@ -87,7 +101,10 @@ impl Tally {
     pub fn wait_for(&self, what: &str, limit: Duration, condition: impl Fn(&Tally) -> bool) {
         let started = Instant::now();
         while !condition(self) {
-            assert!(started.elapsed() < limit, "gave up waiting for {what} after {limit:?}");
+            assert!(
+                started.elapsed() < limit,
+                "gave up waiting for {what} after {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -101,10 +118,21 @@ impl Drop for Tally {
 }
 
 /// A minimal HTTP/1.1 client: one request, `Connection: close`.
-pub fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+pub fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -114,15 +142,30 @@ pub fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], b
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("an HTTP status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("an HTTP status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
 /// Posts a JSON body of events with the demo write key.
 pub fn post_events(tally: &Tally, body: &str) -> (u16, String) {
     let authorization = format!("Bearer {WRITE_KEY}");
-    tally.http("POST", "/v1/events", &[("Authorization", &authorization), ("Content-Type", "application/json")], body)
+    tally.http(
+        "POST",
+        "/v1/events",
+        &[
+            ("Authorization", &authorization),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
 }
 
 /// The event ids in the log, from `tally log tail`.
@@ -131,12 +174,19 @@ pub fn logged_event_ids(data_dir: &Path) -> Vec<String> {
     String::from_utf8(output.stdout)
         .unwrap()
         .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["event_id"].as_str().unwrap().to_owned())
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect()
 }
 
 /// `tally log stats --json`.
 pub fn log_stats(data_dir: &Path) -> serde_json::Value {
-    let output = run(tally().args(["log", "stats", "--json", "--data-dir"]).arg(data_dir));
+    let output = run(tally()
+        .args(["log", "stats", "--json", "--data-dir"])
+        .arg(data_dir));
     serde_json::from_slice(&output.stdout).unwrap()
 }

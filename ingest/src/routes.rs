@@ -53,11 +53,11 @@ async fn receive_batch(
 ) -> HttpResponse {
     let key = match authorize(request, collector) {
         Ok(key) => key,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let format = match body_format(request) {
         Ok(format) => format,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let limit = collector.limits.max_request_bytes;
     let declared = request
@@ -146,10 +146,7 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         .filter(|key| key.allows(Scope::Write))
         .cloned()
     else {
-        collector.metrics.rejected(&[tally_model::RejectReason::new(
-            "unauthorized",
-            String::new(),
-        )]);
+        collector.metrics.unauthorized_pixel();
         return Err("unknown write key".to_owned());
     };
     let mut event = Map::new();
@@ -188,24 +185,40 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         .map_err(|err| err.to_string())
 }
 
+/// Why a request is refused before its body is read.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: String) -> Self {
+        Refusal { status, message }
+    }
+
+    fn into_response(self) -> HttpResponse {
+        error(self.status, self.message)
+    }
+}
+
 /// The API key of the request, if it may write.
-fn authorize(request: &HttpRequest, collector: &Collector) -> Result<ApiKey, HttpResponse> {
+fn authorize(request: &HttpRequest, collector: &Collector) -> Result<ApiKey, Refusal> {
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     let Some(secret) = header.and_then(|value| value.strip_prefix("Bearer ")) else {
-        return Err(error(
+        return Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             "missing Authorization: Bearer <write key>".to_owned(),
         ));
     };
     match collector.catalog.key(secret.trim()) {
-        None => Err(error(
+        None => Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             "unknown API key".to_owned(),
         )),
-        Some(key) if !key.allows(Scope::Write) => Err(error(
+        Some(key) if !key.allows(Scope::Write) => Err(Refusal::new(
             StatusCode::FORBIDDEN,
             format!(
                 "API key '{}' may not send events: it lacks the write scope",
@@ -216,7 +229,7 @@ fn authorize(request: &HttpRequest, collector: &Collector) -> Result<ApiKey, Htt
     }
 }
 
-fn body_format(request: &HttpRequest) -> Result<BodyFormat, HttpResponse> {
+fn body_format(request: &HttpRequest) -> Result<BodyFormat, Refusal> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -232,7 +245,7 @@ fn body_format(request: &HttpRequest) -> Result<BodyFormat, HttpResponse> {
         // text/plain is what navigator.sendBeacon sends without a CORS preflight.
         "application/json" | "text/plain" => Ok(BodyFormat::Json),
         "application/x-ndjson" => Ok(BodyFormat::NdJson),
-        _ => Err(error(
+        _ => Err(Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
                 "Content-Type '{content_type}' is not accepted; use application/json (an array of events) or application/x-ndjson"

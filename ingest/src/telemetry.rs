@@ -102,6 +102,16 @@ impl IngestMetrics {
         }
     }
 
+    /// A pixel with an unknown key: counted, not stored, so anonymous traffic cannot fill a
+    /// tenant's rejected stream.
+    pub(crate) fn unauthorized_pixel(&self) {
+        self.rejected
+            .get_or_create(&ReasonLabels {
+                reason: "unauthorized".to_owned(),
+            })
+            .inc();
+    }
+
     pub(crate) fn spool(&self, stream: &'static str, stats: &LogStats) {
         self.spool_bytes
             .get_or_create(&StreamLabels { stream })
