@@ -69,11 +69,12 @@ pub fn intake(
     max_event_bytes: usize,
 ) -> Intake {
     let mut verdict = Intake::default();
-    let judge = |index: usize, raw: Result<&str, String>, verdict: &mut Intake| {
+    // `raw` is the event's text, or why it is not text or JSON, with the bytes to keep.
+    let judge = |index: usize, raw: Result<&str, (String, &[u8])>, verdict: &mut Intake| {
         let raw = match raw {
             Ok(raw) => raw,
-            Err(message) => {
-                let payload = String::from_utf8_lossy(body);
+            Err((message, bytes)) => {
+                let payload = String::from_utf8_lossy(bytes);
                 verdict.rejected.push(Rejection::new(
                     index,
                     INVALID_JSON,
@@ -120,7 +121,7 @@ pub fn intake(
                     judge(index, Ok(raw.get()), &mut verdict);
                 }
             }
-            Err(message) => judge(0, Err(message), &mut verdict),
+            Err(message) => judge(0, Err((message, body)), &mut verdict),
         },
         BodyFormat::NdJson => {
             let lines = body
@@ -128,20 +129,9 @@ pub fn intake(
                 .map(|line| line.trim_ascii())
                 .filter(|line| !line.is_empty());
             for (index, line) in lines.enumerate() {
-                match std::str::from_utf8(line) {
-                    Ok(text) => judge(index, Ok(text), &mut verdict),
-                    Err(err) => {
-                        let message = format!("line is not UTF-8: {err}");
-                        let payload = String::from_utf8_lossy(line);
-                        verdict.rejected.push(Rejection::new(
-                            index,
-                            INVALID_JSON,
-                            message,
-                            &payload,
-                            max_event_bytes,
-                        ));
-                    }
-                }
+                let text = std::str::from_utf8(line)
+                    .map_err(|err| (format!("line is not UTF-8: {err}"), line));
+                judge(index, text, &mut verdict);
             }
         }
     }
