@@ -52,9 +52,8 @@ pub fn serve(
     let open_spool = |stream, partitions| {
         let options = SpoolOptions {
             partitions,
-            segment_bytes: config.log.segment_bytes,
-            retention: Duration::from_secs(config.log.retention_hours * 3600),
             on_fsync: Some(metrics.fsync_observer()),
+            ..SpoolOptions::from_config(&config.log)
         };
         let dir = settings::spool_dir(&config.data_dir, stream);
         Spool::open(&dir, options)

@@ -59,7 +59,7 @@ fn the_spool_refuses_a_changed_partition_count() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        !output.status.success() && stderr.contains("set log.partitions = 4"),
+        !output.status.success() && stderr.contains("set log.partitions = 2"),
         "{stderr}"
     );
 }
@@ -128,7 +128,7 @@ fn log_stats_counts_events_and_rejects_and_health_answers() {
     let stats = log_stats(dir.path());
     assert_eq!(stats["events"]["records"], 2);
     assert_eq!(stats["rejected"]["records"], 1);
-    assert_eq!(stats["events"]["partitions"].as_array().unwrap().len(), 4);
+    assert_eq!(stats["events"]["partitions"].as_array().unwrap().len(), 2);
     let (_, metrics) = server.http("GET", "/metrics", &[], "");
     assert!(
         metrics.contains("tally_ingest_events_rejected_total{reason=\"unknown_event_type\"} 1"),

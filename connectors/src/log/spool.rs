@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use tally_model::config::LogConfig;
 use tokio::sync::{mpsc, oneshot};
 
 use super::segment::{self, Frame, SegmentReader};
@@ -40,14 +41,21 @@ pub struct SpoolOptions {
     pub on_fsync: Option<FsyncObserver>,
 }
 
-impl Default for SpoolOptions {
-    fn default() -> Self {
+impl SpoolOptions {
+    /// The event stream's options from the `[log]` configuration.
+    pub fn from_config(log: &LogConfig) -> Self {
         SpoolOptions {
-            partitions: 4,
-            segment_bytes: 128 << 20,
-            retention: Duration::from_secs(7 * 86_400),
+            partitions: log.partitions,
+            segment_bytes: log.segment_bytes,
+            retention: Duration::from_secs(log.retention_hours.saturating_mul(3600)),
             on_fsync: None,
         }
+    }
+}
+
+impl Default for SpoolOptions {
+    fn default() -> Self {
+        SpoolOptions::from_config(&LogConfig::default())
     }
 }
 
