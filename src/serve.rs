@@ -35,7 +35,12 @@ pub fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
     let config = settings::load_for_serving(&args)?;
     serve(config.clone(), |address, _, demo_keys| {
         announce(mode, &config, &address.to_string(), demo_keys)
-    })
+    })?;
+    println!(
+        "tally stopped; every acknowledged event is in {}",
+        config.data_dir.display()
+    );
+    Ok(())
 }
 
 /// Serves until stopped; `on_listening` is told the bound address, a handle to stop the
@@ -102,10 +107,6 @@ pub fn serve(
         let retention = actix_web::rt::spawn(enforce_retention(vec![events, rejected]));
         server.await.context("running the HTTP server")?;
         retention.abort();
-        println!(
-            "tally stopped; every acknowledged event is in {}",
-            config.data_dir.display()
-        );
         Ok(())
     })
 }
