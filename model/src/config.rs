@@ -28,6 +28,9 @@ pub struct Config {
     /// The event log (the spool when embedded).
     #[serde(default)]
     pub log: LogConfig,
+    /// The speed layer.
+    #[serde(default)]
+    pub speed: SpeedConfig,
     /// The demo tenant created when no tenant is declared.
     #[serde(default)]
     pub demo: DemoConfig,
@@ -79,6 +82,36 @@ pub struct LogConfig {
     /// Sealed segments older than this are deleted once every registered consumer is past them.
     #[serde(default = "default_retention_hours")]
     pub retention_hours: u64,
+}
+
+/// The speed layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedConfig {
+    /// Timely workers (threads); 0 means one per core. Worker `w` reads partitions `p` with
+    /// `p % workers == w`.
+    #[serde(default)]
+    pub workers: usize,
+    /// Longest epoch, in milliseconds: views are written at the end of each.
+    #[serde(default = "default_epoch_ms")]
+    pub epoch_ms: u64,
+    /// The speed layer keeps views for events at or after now minus this many hours, until the
+    /// batch layer publishes a horizon.
+    #[serde(default = "default_horizon_hours")]
+    pub horizon_hours: u64,
+    /// Most records read from one partition in one epoch.
+    #[serde(default = "default_max_records_per_epoch")]
+    pub max_records_per_epoch: usize,
+}
+
+const fn default_epoch_ms() -> u64 {
+    100
+}
+const fn default_horizon_hours() -> u64 {
+    48
+}
+const fn default_max_records_per_epoch() -> usize {
+    100_000
 }
 
 /// The demo tenant's keys.
@@ -142,6 +175,11 @@ impl Default for LogConfig {
         Config::default_section()
     }
 }
+impl Default for SpeedConfig {
+    fn default() -> Self {
+        Config::default_section()
+    }
+}
 
 /// Why a configuration could not be read.
 #[derive(Debug, Error)]
@@ -200,6 +238,9 @@ impl Config {
         }
         if self.log.segment_bytes < 4096 {
             return invalid("log.segment_bytes must be at least 4096");
+        }
+        if self.speed.epoch_ms == 0 || self.speed.max_records_per_epoch == 0 {
+            return invalid("speed.epoch_ms and speed.max_records_per_epoch must be at least 1");
         }
         if self.ingest.max_event_bytes > self.ingest.max_request_bytes {
             return invalid("ingest.max_event_bytes must not exceed ingest.max_request_bytes");

@@ -10,7 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub type Millis = i64;
 
 /// A validated tracking event, as ingest appends it to the log and every layer reads it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Totally ordered (tags compare numbers by `f64::total_cmp`), so dataflows can sort it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Event {
     /// Unique per tenant: the client's id, or one ingest assigned before the spool write.
     pub event_id: String,
@@ -70,8 +71,9 @@ impl FieldValue<'_> {
     }
 }
 
-/// A tag value: a string, a number or a bool.
-#[derive(Debug, Clone, PartialEq)]
+/// A tag value: a string, a number or a bool. Numbers are finite (validation rejects others),
+/// so equality and order use `f64::total_cmp` and are total.
+#[derive(Debug, Clone)]
 pub enum TagValue {
     /// Text.
     String(String),
@@ -79,6 +81,52 @@ pub enum TagValue {
     Number(f64),
     /// A flag.
     Bool(bool),
+}
+
+impl TagValue {
+    fn rank(&self) -> u8 {
+        match self {
+            TagValue::String(_) => 0,
+            TagValue::Number(_) => 1,
+            TagValue::Bool(_) => 2,
+        }
+    }
+}
+
+impl PartialEq for TagValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for TagValue {}
+
+impl PartialOrd for TagValue {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TagValue {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self, other) {
+            (TagValue::String(a), TagValue::String(b)) => a.cmp(b),
+            (TagValue::Number(a), TagValue::Number(b)) => a.total_cmp(b),
+            (TagValue::Bool(a), TagValue::Bool(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+}
+
+impl std::hash::Hash for TagValue {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.rank().hash(state);
+        match self {
+            TagValue::String(s) => s.hash(state),
+            TagValue::Number(n) => n.to_bits().hash(state),
+            TagValue::Bool(b) => b.hash(state),
+        }
+    }
 }
 
 impl fmt::Display for TagValue {

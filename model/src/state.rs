@@ -93,6 +93,20 @@ pub enum StateDecodeError {
     Trailing(usize),
 }
 
+/// Serialized as its stable binary encoding, so states can cross threads and processes.
+impl serde::Serialize for AggregateState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.encode())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AggregateState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes = <Vec<u8>>::deserialize(deserializer)?;
+        AggregateState::decode(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
 impl AggregateState {
     /// An empty state for these measures.
     pub fn for_measures(measures: &[Measure]) -> Self {

@@ -345,7 +345,11 @@ impl EventLog for Spool {
     }
 
     fn read(&self, partition: u32, from: Offset, max: usize) -> Result<Vec<LogEntry>, LogError> {
-        self.partition(partition)?.read(from, max)
+        let partition = self.partition(partition)?;
+        if self.read_only && from >= lock(&partition.state).next_offset {
+            partition.follow()?;
+        }
+        partition.read(from, max)
     }
 
     fn register_consumer(&self, consumer: &str) -> Result<(), LogError> {
@@ -480,6 +484,35 @@ impl Partition {
             }),
             cursors: Mutex::new(Vec::new()),
         })
+    }
+
+    /// For a read-only spool beside a live writer in another process: takes in the whole
+    /// records written since it last looked. Such a reader may see records that are written
+    /// but not yet fsynced, which a crash of the writer could still lose; in one process the
+    /// spool's own readers see only durable records.
+    fn follow(&self) -> Result<(), LogError> {
+        let mut state = lock(&self.state);
+        loop {
+            let last = *state.segments.last().expect("never empty");
+            let path = self.segment_path(last.base);
+            if !path.exists() {
+                return Ok(());
+            }
+            let mut reader = SegmentReader::open(&path, last.bytes)?;
+            while let Frame::Record(_) = reader.next_frame()? {
+                state.next_offset += 1;
+            }
+            state.segments.last_mut().expect("never empty").bytes = reader.position();
+            // A segment named by the next offset means the writer sealed this one.
+            let next_base = state.next_offset;
+            if next_base == last.base || !self.segment_path(next_base).exists() {
+                return Ok(());
+            }
+            state.segments.push(SegmentInfo {
+                base: next_base,
+                bytes: 0,
+            });
+        }
     }
 
     fn read(&self, from: Offset, max: usize) -> Result<Vec<LogEntry>, LogError> {
@@ -1008,6 +1041,36 @@ mod tests {
         drop(spool);
         let err = Spool::open(dir.path(), options(3)).err().unwrap();
         assert!(err.to_string().contains("set log.partitions = 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_spool_follows_the_writer_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SpoolOptions {
+            segment_bytes: 4096,
+            ..options(1)
+        };
+        let writer = Spool::open(dir.path(), options).unwrap();
+        let follower = Spool::open_read_only(dir.path()).unwrap();
+        assert!(follower.read(0, 0, 10).unwrap().is_empty());
+        for batch in 0..10u8 {
+            writer
+                .append((0..10).map(|_| record(0, vec![batch; 100])).collect())
+                .await
+                .unwrap();
+        }
+        assert!(writer.stats().unwrap().partitions[0].segments > 2);
+        let mut seen = Vec::new();
+        loop {
+            let entries = follower.read(0, seen.len() as u64, 7).unwrap();
+            if entries.is_empty() {
+                break;
+            }
+            assert_eq!(entries[0].offset as usize, seen.len());
+            seen.extend(entries);
+        }
+        assert_eq!(seen.len(), 100);
+        assert_eq!(seen[99].payload, vec![9u8; 100]);
     }
 
     proptest! {

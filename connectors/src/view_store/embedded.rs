@@ -9,6 +9,7 @@ use tally_model::{AggregateState, Millis};
 use super::{ViewKey, ViewStore, ViewStoreError, key};
 
 const STATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("view_states");
+const PROGRESS: TableDefinition<&str, &[u8]> = TableDefinition::new("writer_progress");
 
 /// Views in a redb database file. See [`ViewStore`].
 pub struct EmbeddedViewStore {
@@ -32,7 +33,8 @@ impl EmbeddedViewStore {
         }
         let database = Database::create(path).map_err(|e| error(e.into()))?;
         let store = store(database);
-        store.write(|_| Ok(()))?;
+        store.write(STATES, |_| Ok(()))?;
+        store.write(PROGRESS, |_| Ok(()))?;
         Ok(store)
     }
 
@@ -43,13 +45,14 @@ impl EmbeddedViewStore {
         }
     }
 
-    fn write<T>(
+    fn write<K: redb::Key + 'static, T>(
         &self,
-        change: impl FnOnce(&mut redb::Table<&[u8], &[u8]>) -> Result<T, redb::Error>,
+        table: TableDefinition<K, &[u8]>,
+        change: impl FnOnce(&mut redb::Table<K, &[u8]>) -> Result<T, redb::Error>,
     ) -> Result<T, ViewStoreError> {
         let transaction = self.database.begin_write().map_err(|e| self.error(e))?;
         let result = {
-            let mut table = transaction.open_table(STATES).map_err(|e| self.error(e))?;
+            let mut table = transaction.open_table(table).map_err(|e| self.error(e))?;
             change(&mut table).map_err(|e| self.error(e))?
         };
         transaction.commit().map_err(|e| self.error(e))?;
@@ -58,8 +61,24 @@ impl EmbeddedViewStore {
 }
 
 impl ViewStore for EmbeddedViewStore {
+    fn record_progress(&self, writer: &str, progress: &[u8]) -> Result<(), ViewStoreError> {
+        self.write(PROGRESS, |table| {
+            table.insert(writer, progress)?;
+            Ok(())
+        })
+    }
+
+    fn progress(&self, writer: &str) -> Result<Option<Vec<u8>>, ViewStoreError> {
+        let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
+        let table = transaction
+            .open_table(PROGRESS)
+            .map_err(|e| self.error(e))?;
+        let value = table.get(writer).map_err(|e| self.error(e))?;
+        Ok(value.map(|stored| stored.value().to_vec()))
+    }
+
     fn upsert(&self, rows: &[(ViewKey, AggregateState)]) -> Result<(), ViewStoreError> {
-        self.write(|table| {
+        self.write(STATES, |table| {
             for (key, state) in rows {
                 table.insert(key::encode(key).as_slice(), state.encode().as_slice())?;
             }
@@ -107,7 +126,7 @@ impl ViewStore for EmbeddedViewStore {
             key::bucket_start(&prefix, Millis::MIN),
             key::bucket_start(&prefix, bucket),
         );
-        self.write(|table| {
+        self.write(STATES, |table| {
             let mut deleted = 0;
             table.retain_in(from.as_slice()..to.as_slice(), |_, _| {
                 deleted += 1;

@@ -13,7 +13,9 @@ use thiserror::Error;
 pub use embedded::EmbeddedViewStore;
 
 /// Where one state lives.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ViewKey {
     /// The tenant.
     pub tenant: String,
@@ -46,6 +48,12 @@ pub trait ViewStore: Send + Sync + 'static {
         view: &str,
         bucket: Millis,
     ) -> Result<u64, ViewStoreError>;
+
+    /// Records what a writer's states reflect (its epoch and log offsets), opaque to the store.
+    fn record_progress(&self, writer: &str, progress: &[u8]) -> Result<(), ViewStoreError>;
+
+    /// What `writer` last recorded.
+    fn progress(&self, writer: &str) -> Result<Option<Vec<u8>>, ViewStoreError>;
 }
 
 /// Why a view-store operation failed.
