@@ -1,0 +1,348 @@
+//! The speed layer's dataflow: from logged events to view states in the store.
+//!
+//! 1. [`deduplicate`] (differential): one copy per `(tenant, event_id)`, the one with the
+//!    smallest `(received_at, partition, offset)`, the batch layer's rule too, so a replayed
+//!    or retried event changes nothing.
+//! 2. [`partial_states`] (per worker): each closed epoch's new events folded into one
+//!    aggregate state per view key. Folding is O(1) per event; differential's `reduce` would
+//!    re-read a bucket's every event whenever it changed.
+//! 3. [`write_view_states`] (exchanged by view key, so one worker owns each key): merges the
+//!    partials into the absolute states it owns and upserts the changed ones when the epoch
+//!    closes. Upserts of absolute values: writing a state twice is harmless.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use differential_dataflow::VecCollection;
+use tally_connectors::log::Offset;
+use tally_connectors::view_store::{ViewKey, ViewStore};
+use tally_model::{AggregateState, Catalog, Event, Millis, ViewSpec};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Capability, InputCapability};
+use timely::progress::frontier::MutableAntichain;
+
+use crate::telemetry::SpeedMetrics;
+
+/// Timely time: the epoch number.
+pub type Epoch = u64;
+/// The identity duplicates share.
+pub type EventId = (String, String);
+/// `(received_at, partition, offset)`: the order that picks which copy of an event counts.
+pub type LogPosition = (Millis, u32, Offset);
+/// An event as the source feeds it in.
+pub type LoggedEvent = (EventId, (LogPosition, Event));
+type Partials = Vec<(ViewKey, AggregateState)>;
+
+/// Every tenant's views, looked up by tenant.
+pub struct CompiledViews {
+    by_tenant: HashMap<String, Vec<ViewSpec>>,
+}
+
+impl CompiledViews {
+    /// The views of every tenant in the catalog.
+    pub fn new(catalog: &Catalog) -> Self {
+        let by_tenant = catalog
+            .tenants
+            .iter()
+            .map(|(name, tenant)| (name.clone(), tenant.views.clone()))
+            .collect();
+        CompiledViews { by_tenant }
+    }
+
+    /// The views an event feeds.
+    fn for_event<'a>(&'a self, event: &'a Event) -> impl Iterator<Item = &'a ViewSpec> + 'a {
+        self.by_tenant
+            .get(&event.tenant)
+            .into_iter()
+            .flatten()
+            .filter(|view| view.covers(&event.event_type))
+    }
+
+    /// Every (tenant, view) pair.
+    fn all(&self) -> impl Iterator<Item = (&str, &ViewSpec)> {
+        self.by_tenant
+            .iter()
+            .flat_map(|(tenant, views)| views.iter().map(move |view| (tenant.as_str(), view)))
+    }
+}
+
+/// The copy of each event that counts.
+pub fn deduplicate<'scope>(
+    events: VecCollection<'scope, Epoch, LoggedEvent>,
+) -> VecCollection<'scope, Epoch, Event> {
+    events
+        // Copies arrive sorted by value, so the first has the smallest log position.
+        .reduce(|_event_id, copies, kept| kept.push((copies[0].0.clone(), 1)))
+        .map(|(_event_id, (_position, event))| event)
+}
+
+/// Each closed epoch's events, folded into one partial state per view key.
+pub fn partial_states<'scope>(
+    deduped: VecCollection<'scope, Epoch, Event>,
+    views: Arc<CompiledViews>,
+    horizon: Arc<AtomicI64>,
+    metrics: Arc<SpeedMetrics>,
+) -> Stream<'scope, Epoch, Partials> {
+    deduped
+        .inner
+        .unary_frontier::<CapacityContainerBuilder<Partials>, _, _, _>(
+            Pipeline,
+            "PartialStates",
+            move |_, _| {
+                let mut stash = EpochStash::default();
+                move |(input, frontier), output| {
+                    let port = output.output_index();
+                    input.for_each(|capability, updates| {
+                        stash.hold(
+                            capability,
+                            port,
+                            updates.drain(..).map(|(event, _epoch, diff)| (event, diff)),
+                        );
+                    });
+                    while let Some((capability, updates)) = stash.next_closed(frontier) {
+                        let partials =
+                            fold_epoch(updates, &views, horizon.load(Ordering::Acquire), &metrics);
+                        output
+                            .session(&capability)
+                            .give_iterator(partials.into_iter());
+                    }
+                }
+            },
+        )
+}
+
+/// Folds one epoch's deduplicated updates into partial states per view key.
+fn fold_epoch(
+    mut updates: Vec<(Event, isize)>,
+    views: &CompiledViews,
+    horizon: Millis,
+    metrics: &SpeedMetrics,
+) -> Partials {
+    // When the dedupe swaps one copy for an earlier one, the -old and +new arrive together;
+    // compared on what views read (not received_at) they cancel.
+    for (event, _) in &mut updates {
+        event.received_at = 0;
+    }
+    updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut consolidated: Vec<(Event, isize)> = Vec::with_capacity(updates.len());
+    for (event, diff) in updates {
+        match consolidated.last_mut() {
+            Some((last, total)) if *last == event => *total += diff,
+            _ => consolidated.push((event, diff)),
+        }
+    }
+    let mut partials: HashMap<ViewKey, AggregateState> = HashMap::new();
+    let mut counted = 0;
+    for (event, diff) in consolidated {
+        if diff < 0 && event.ts >= horizon {
+            // Sketches cannot subtract. This needs an earlier copy with different content to
+            // arrive after a later one was counted: a client reusing an event_id.
+            metrics.unretractable();
+            tracing::warn!(event_id = %event.event_id, "an event_id's dedupe choice changed after it was counted; its numbers keep the first copy");
+        }
+        if diff <= 0 {
+            continue;
+        }
+        counted += 1;
+        for view in views.for_event(&event) {
+            let key = ViewKey {
+                tenant: event.tenant.clone(),
+                view: view.name.clone(),
+                bucket: view.granularity.bucket_start(event.ts),
+                dimensions: view.dimension_values(&event),
+            };
+            view.accumulate(
+                partials.entry(key).or_insert_with(|| view.empty_state()),
+                &event,
+            );
+        }
+    }
+    metrics.events_counted(counted);
+    partials.into_iter().collect()
+}
+
+/// Where a worker's owned states go, and what it needs to keep them.
+pub struct StateWriter {
+    /// The worker's index; worker 0 also deletes expired keys from the store.
+    pub worker: usize,
+    /// The view store.
+    pub store: Arc<dyn ViewStore>,
+    /// The views, to delete expired buckets of each.
+    pub views: Arc<CompiledViews>,
+    /// The current horizon.
+    pub horizon: Arc<AtomicI64>,
+    /// Metrics.
+    pub metrics: Arc<SpeedMetrics>,
+    /// The first store error, for the worker loop to report.
+    pub failure: Arc<Mutex<Option<String>>>,
+}
+
+/// Merges partials into the states this worker owns and writes the changed ones per epoch.
+pub fn write_view_states<'scope>(
+    partials: Stream<'scope, Epoch, Partials>,
+    writer: StateWriter,
+) -> Stream<'scope, Epoch, Vec<()>> {
+    let by_key = Exchange::new(|(key, _): &(ViewKey, AggregateState)| key_hash(key));
+    partials.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        by_key,
+        "ViewStates",
+        move |_, _| {
+            let mut stash = EpochStash::default();
+            let mut owned = OwnedStates {
+                writer,
+                states: HashMap::new(),
+                swept_below: Millis::MIN,
+            };
+            move |(input, frontier), output| {
+                let port = output.output_index();
+                input.for_each(|capability, updates| {
+                    stash.hold(capability, port, updates.drain(..))
+                });
+                // The capability is held until the states are written, so a probe downstream
+                // passes the epoch only once the store reflects it.
+                while let Some((_capability, partials)) = stash.next_closed(frontier) {
+                    owned.apply(partials);
+                }
+                owned.sweep_if_the_horizon_moved();
+            }
+        },
+    )
+}
+
+/// Updates held per epoch, with a capability for it, until the input frontier passes it.
+struct EpochStash<D> {
+    pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)>,
+}
+
+impl<D> Default for EpochStash<D> {
+    fn default() -> Self {
+        EpochStash {
+            pending: BTreeMap::new(),
+        }
+    }
+}
+
+impl<D> EpochStash<D> {
+    fn hold(
+        &mut self,
+        capability: InputCapability<Epoch>,
+        port: usize,
+        updates: impl Iterator<Item = D>,
+    ) {
+        let Some(&epoch) = capability.least() else {
+            return;
+        };
+        let slot = match self.pending.entry(epoch) {
+            Entry::Occupied(slot) => slot.into_mut(),
+            Entry::Vacant(slot) => match capability.retain_least(port) {
+                Some(capability) => slot.insert((capability, Vec::new())),
+                None => return,
+            },
+        };
+        slot.1.extend(updates);
+    }
+
+    /// The oldest epoch the frontier has passed, with its updates.
+    fn next_closed(
+        &mut self,
+        frontier: &MutableAntichain<Epoch>,
+    ) -> Option<(Capability<Epoch>, Vec<D>)> {
+        let entry = self.pending.first_entry()?;
+        if frontier.frontier().less_equal(entry.key()) {
+            return None;
+        }
+        Some(entry.remove())
+    }
+}
+
+struct OwnedStates {
+    writer: StateWriter,
+    states: HashMap<ViewKey, AggregateState>,
+    swept_below: Millis,
+}
+
+impl OwnedStates {
+    fn apply(&mut self, partials: Partials) {
+        self.sweep_if_the_horizon_moved();
+        let before = self.states.len();
+        let mut changed = Vec::with_capacity(partials.len());
+        for (key, partial) in partials {
+            match self.states.get_mut(&key) {
+                Some(state) => {
+                    if let Err(err) = state.merge(&partial) {
+                        self.fail(format!("merging {key:?}: {err}"));
+                        continue;
+                    }
+                }
+                None => {
+                    self.states.insert(key.clone(), partial);
+                }
+            }
+            changed.push(key);
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        let rows: Vec<(ViewKey, AggregateState)> = changed
+            .into_iter()
+            .map(|key| {
+                let state = self.states[&key].clone();
+                (key, state)
+            })
+            .collect();
+        if !rows.is_empty()
+            && let Err(err) = self.writer.store.upsert(&rows)
+        {
+            self.fail(format!("writing {} view states: {err}", rows.len()));
+        }
+        self.writer
+            .metrics
+            .state_keys_changed(self.states.len() as i64 - before as i64);
+    }
+
+    /// Drops states of buckets before the horizon: below it the batch layer answers.
+    fn sweep_if_the_horizon_moved(&mut self) {
+        let horizon = self.writer.horizon.load(Ordering::Acquire);
+        if horizon <= self.swept_below {
+            return;
+        }
+        let before = self.states.len();
+        self.states.retain(|key, _| key.bucket >= horizon);
+        self.writer
+            .metrics
+            .state_keys_changed(self.states.len() as i64 - before as i64);
+        if self.writer.worker == 0 {
+            for (tenant, view) in self.writer.views.all() {
+                if let Err(err) = self.writer.store.delete_before(tenant, &view.name, horizon) {
+                    self.fail(format!(
+                        "deleting {tenant}/{} below the horizon: {err}",
+                        view.name
+                    ));
+                }
+            }
+        }
+        self.swept_below = horizon;
+    }
+
+    fn fail(&self, message: String) {
+        tracing::error!(%message, "speed layer could not update the view store");
+        let mut failure = self
+            .writer
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        failure.get_or_insert(message);
+    }
+}
+
+fn key_hash(key: &ViewKey) -> u64 {
+    // DefaultHasher::new() has fixed keys: every worker and process routes a key alike.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}

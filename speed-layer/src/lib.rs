@@ -1,0 +1,325 @@
+//! The speed layer: real-time views from the event log, with timely and differential dataflow.
+//!
+//! [`SpeedLayer::start`] runs one timely worker per thread; worker `w` reads the log partitions
+//! `p` with `p % workers == w`. Each epoch (at most `speed.epoch_ms`) it feeds the new records
+//! at or after the horizon into the [`dataflow`], which deduplicates them, folds them into the
+//! [`AggregateState`](tally_model::AggregateState)s of every view spec, and upserts the changed
+//! keys' absolute states into the view store once the epoch closes.
+//!
+//! State is a function of the log since the horizon, so there is no checkpoint: a restart
+//! replays the log and rewrites the same absolute states. Buckets before the horizon are
+//! dropped from memory and from the store when it moves.
+//!
+//! ```no_run
+//! # fn run(log: std::sync::Arc<dyn tally_connectors::log::EventLog>,
+//! #        store: std::sync::Arc<dyn tally_connectors::view_store::ViewStore>,
+//! #        catalog: std::sync::Arc<tally_model::Catalog>) -> Result<(), tally_speed_layer::SpeedError> {
+//! use tally_speed_layer::{SpeedLayer, SpeedMetrics};
+//! let metrics = SpeedMetrics::register(&mut Default::default());
+//! let speed = SpeedLayer { log, store, catalog, config: Default::default(), metrics }.start()?;
+//! speed.stop()
+//! # }
+//! ```
+
+pub mod dataflow;
+mod telemetry;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use differential_dataflow::input::Input;
+use serde::Serialize;
+use tally_connectors::log::{EventLog, LogError, Offset};
+use tally_connectors::view_store::ViewStore;
+use tally_model::config::SpeedConfig;
+use tally_model::time::HOUR_MS;
+use tally_model::{Catalog, Event, Granularity, Millis};
+use thiserror::Error;
+use timely::dataflow::operators::Probe;
+use timely::worker::Worker;
+
+pub use telemetry::SpeedMetrics;
+
+use crate::dataflow::{CompiledViews, Epoch, StateWriter};
+
+/// Everything the speed layer reads and writes.
+pub struct SpeedLayer {
+    /// The event log it follows.
+    pub log: Arc<dyn EventLog>,
+    /// Where it writes view states.
+    pub store: Arc<dyn ViewStore>,
+    /// Tenants and their view specs.
+    pub catalog: Arc<Catalog>,
+    /// Workers, epoch length, horizon.
+    pub config: SpeedConfig,
+    /// Its metrics.
+    pub metrics: Arc<SpeedMetrics>,
+}
+
+/// Why the speed layer stopped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SpeedError {
+    /// Reading the log failed.
+    #[error("reading the event log: {0}")]
+    Log(#[from] LogError),
+    /// Writing the view store failed.
+    #[error("writing the view store: {0}")]
+    Store(String),
+    /// The timely workers could not start or panicked.
+    #[error("speed layer workers: {0}")]
+    Workers(String),
+}
+
+/// A running speed layer.
+pub struct SpeedHandle {
+    shared: Arc<Shared>,
+    /// `None` once `stop` has joined them.
+    guards: Option<timely::communication::WorkerGuards<Result<(), SpeedError>>>,
+}
+
+struct Shared {
+    layer: SpeedLayer,
+    views: Arc<CompiledViews>,
+    horizon: Arc<AtomicI64>,
+    stop: AtomicBool,
+    failure: Arc<Mutex<Option<String>>>,
+    /// Per partition: the offset up to which the view store reflects the log.
+    reflected: Vec<AtomicU64>,
+}
+
+/// What a worker's states reflect, as recorded in the view store.
+#[derive(Serialize)]
+struct WorkerProgress {
+    epoch: Epoch,
+    horizon: Millis,
+    /// Partition → next offset to read.
+    offsets: Vec<(u32, Offset)>,
+    recorded_at: Millis,
+}
+
+impl SpeedLayer {
+    /// Starts the workers; they run until [`SpeedHandle::stop`].
+    pub fn start(self) -> Result<SpeedHandle, SpeedError> {
+        let workers = match self.config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let horizon = Arc::new(AtomicI64::new(trailing_horizon(&self.config)));
+        let shared = Arc::new(Shared {
+            views: Arc::new(CompiledViews::new(&self.catalog)),
+            reflected: (0..self.log.partitions())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            layer: self,
+            horizon,
+            stop: AtomicBool::new(false),
+            failure: Arc::new(Mutex::new(None)),
+        });
+        let for_workers = shared.clone();
+        let guards = timely::execute(timely::Config::process(workers), move |worker| {
+            run_worker(worker, &for_workers)
+        })
+        .map_err(SpeedError::Workers)?;
+        Ok(SpeedHandle {
+            shared,
+            guards: Some(guards),
+        })
+    }
+}
+
+impl SpeedHandle {
+    /// Per partition, the offset up to which the view store reflects the log.
+    pub fn reflected_offsets(&self) -> Vec<Offset> {
+        self.shared
+            .reflected
+            .iter()
+            .map(|offset| offset.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// The current horizon: views hold buckets at or after it.
+    pub fn horizon(&self) -> Millis {
+        self.shared.horizon.load(Ordering::Acquire)
+    }
+
+    /// Moves the horizon forward (never back); the batch layer calls this when it publishes one.
+    pub fn advance_horizon(&self, horizon: Millis) {
+        self.shared.horizon.fetch_max(horizon, Ordering::AcqRel);
+    }
+
+    /// The first error a worker met, if any; the workers stop after one.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Stops the workers after their current epoch and waits for them.
+    pub fn stop(mut self) -> Result<(), SpeedError> {
+        self.shared.stop.store(true, Ordering::Release);
+        let guards = self.guards.take().expect("guards are taken only here");
+        for result in guards.join() {
+            result.map_err(SpeedError::Workers)??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SpeedHandle {
+    /// Dropping the handle stops the workers (the guards then join them), also on unwinding.
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+    }
+}
+
+/// `now − horizon_hours`, at the start of its hour.
+fn trailing_horizon(config: &SpeedConfig) -> Millis {
+    let horizon = now_millis() - (config.horizon_hours as Millis).saturating_mul(HOUR_MS);
+    Granularity::Hour.bucket_start(horizon)
+}
+
+fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as Millis)
+}
+
+fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
+    let (index, peers) = (worker.index(), worker.peers());
+    let layer = &shared.layer;
+    let partitions: Vec<u32> = (0..layer.log.partitions())
+        .filter(|p| *p as usize % peers == index)
+        .collect();
+    let writer = StateWriter {
+        worker: index,
+        store: layer.store.clone(),
+        views: shared.views.clone(),
+        horizon: shared.horizon.clone(),
+        metrics: layer.metrics.clone(),
+        failure: shared.failure.clone(),
+    };
+    let (views, horizon, metrics) = (
+        shared.views.clone(),
+        shared.horizon.clone(),
+        layer.metrics.clone(),
+    );
+    let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+        let (input, logged) = scope.new_collection();
+        let deduped = dataflow::deduplicate(logged);
+        let partials = dataflow::partial_states(deduped, views, horizon, metrics);
+        let (probe, _written) = dataflow::write_view_states(partials, writer).probe();
+        (input, probe)
+    });
+    let stats = layer.log.stats()?;
+    let mut next: Vec<Offset> = partitions
+        .iter()
+        .map(|p| stats.partitions[*p as usize].first_offset)
+        .collect();
+    let epoch_length = Duration::from_millis(layer.config.epoch_ms);
+    let max_records = layer.config.max_records_per_epoch;
+    while !shared.stop.load(Ordering::Acquire) {
+        if let Some(failure) = shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(SpeedError::Store(failure));
+        }
+        let started = Instant::now();
+        let horizon = shared
+            .horizon
+            .fetch_max(trailing_horizon(&layer.config), Ordering::AcqRel)
+            .max(trailing_horizon(&layer.config));
+        let mut read = 0u64;
+        let mut oldest_received: Option<Millis> = None;
+        let mut caught_up = true;
+        for (slot, &partition) in partitions.iter().enumerate() {
+            let entries = layer.log.read(partition, next[slot], max_records)?;
+            caught_up &= entries.len() < max_records;
+            for entry in entries {
+                next[slot] = entry.offset + 1;
+                let event: Event = match serde_json::from_slice(&entry.payload) {
+                    Ok(event) => event,
+                    Err(err) => {
+                        layer.metrics.undecodable();
+                        tracing::warn!(partition, offset = entry.offset, error = %err, "skipping a log record that is not an event");
+                        continue;
+                    }
+                };
+                if event.ts < horizon {
+                    continue;
+                }
+                read += 1;
+                oldest_received = Some(
+                    oldest_received
+                        .map_or(event.received_at, |oldest| oldest.min(event.received_at)),
+                );
+                let id = (event.tenant.clone(), event.event_id.clone());
+                input.insert((id, ((event.received_at, partition, entry.offset), event)));
+            }
+        }
+        layer.metrics.events_in(read);
+        let epoch = *input.time();
+        input.advance_to(epoch + 1);
+        input.flush();
+        worker.step_while(|| probe.less_than(input.time()));
+        // The store now reflects every record read so far.
+        for (slot, &partition) in partitions.iter().enumerate() {
+            shared.reflected[partition as usize].store(next[slot], Ordering::Release);
+        }
+        record_progress(layer, index, epoch, horizon, &partitions, &next);
+        let ends = layer.log.stats()?;
+        let lag: Vec<(u32, u64)> = partitions
+            .iter()
+            .zip(&next)
+            .map(|(p, n)| {
+                (
+                    *p,
+                    ends.partitions[*p as usize].next_offset.saturating_sub(*n),
+                )
+            })
+            .collect();
+        let freshness = oldest_received
+            .filter(|_| caught_up)
+            .map(|oldest| Duration::from_millis((now_millis() - oldest).max(0) as u64));
+        layer.metrics.epoch_closed(&lag, freshness);
+        if read == 0 {
+            std::thread::sleep(epoch_length.saturating_sub(started.elapsed()));
+        }
+    }
+    Ok(())
+}
+
+fn record_progress(
+    layer: &SpeedLayer,
+    worker: usize,
+    epoch: Epoch,
+    horizon: Millis,
+    partitions: &[u32],
+    next: &[Offset],
+) {
+    let progress = WorkerProgress {
+        epoch,
+        horizon,
+        offsets: partitions
+            .iter()
+            .copied()
+            .zip(next.iter().copied())
+            .collect(),
+        recorded_at: now_millis(),
+    };
+    let bytes = serde_json::to_vec(&progress).expect("progress serializes");
+    if let Err(err) = layer
+        .store
+        .record_progress(&format!("speed-worker-{worker}"), &bytes)
+    {
+        tracing::warn!(error = %err, "could not record speed layer progress");
+    }
+}
