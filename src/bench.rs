@@ -96,7 +96,7 @@ fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
     config.demo.read_key = "bench-read-key".to_owned();
     let (bound, listening) = mpsc::channel();
     let server = std::thread::spawn(move || {
-        serve::serve(config, |address, handle, _| {
+        serve::serve(config, serve::Mode::Ingest, |address, handle, _| {
             let _ = bound.send((address, handle));
         })
     });

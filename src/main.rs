@@ -2,7 +2,7 @@
 //!
 //! Each subcommand lives in its own module: [`serve`] runs the services (`up`, `ingest`),
 //! [`logs`] inspects the event log, [`generator`] sends realistic load (`gen`), and [`bench`]
-//! measures (`bench ingest`). [`settings`] turns the config file, `TALLY_*` variables and
+//! measures (`bench ingest`), [`views`] reads the real-time views. [`settings`] turns the config file, `TALLY_*` variables and
 //! flags into one [`tally_model::Config`].
 
 mod bench;
@@ -10,6 +10,7 @@ mod generator;
 mod logs;
 mod serve;
 mod settings;
+mod views;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,12 @@ enum Command {
     Up(ServeArgs),
     /// Run the HTTP collector alone.
     Ingest(ServeArgs),
+    /// Run the speed layer alone, following the spool of a `tally ingest` on the same data
+    /// directory; serves /metrics on speed.listen (default 127.0.0.1:8081).
+    Speed(ServeArgs),
+    /// Read the real-time view store.
+    #[command(subcommand)]
+    Views(views::ViewsCommand),
     /// Inspect the event log.
     #[command(subcommand)]
     Log(LogCommand),
@@ -100,6 +107,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => serve::run(args, serve::Mode::Up),
         Command::Ingest(args) => serve::run(args, serve::Mode::Ingest),
+        Command::Speed(args) => serve::run(args, serve::Mode::Speed),
+        Command::Views(command) => views::run(command),
         Command::Log(LogCommand::Stats { config, json }) => logs::stats(&config, json),
         Command::Log(LogCommand::Tail {
             config,

@@ -1,5 +1,5 @@
-//! `tally up` and `tally ingest`: open the embedded stores, build the catalog, and serve the
-//! collector with health and metrics endpoints on one port.
+//! `tally up`, `tally ingest` and `tally speed`: open the embedded stores, build the catalog,
+//! start the layers the mode runs, and serve them with health and metrics on one port.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,9 +11,11 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::{Context, bail};
 use prometheus_client::registry::Registry;
 use rand::RngExt;
-use tally_connectors::log::{Spool, SpoolOptions};
+use tally_connectors::log::{EventLog, Spool, SpoolOptions};
+use tally_connectors::view_store::EmbeddedViewStore;
 use tally_ingest::{Collector, IngestMetrics};
 use tally_model::{Catalog, Config};
+use tally_speed_layer::{SpeedHandle, SpeedLayer, SpeedMetrics};
 
 use crate::ServeArgs;
 use crate::settings::{self, Stream};
@@ -21,10 +23,22 @@ use crate::settings::{self, Stream};
 /// Which services to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Every layer that exists.
+    /// Every layer that exists, in one process.
     Up,
     /// The collector alone.
     Ingest,
+    /// The speed layer alone, following the spool of a collector running beside it.
+    Speed,
+}
+
+impl Mode {
+    fn runs_collector(self) -> bool {
+        matches!(self, Mode::Up | Mode::Ingest)
+    }
+
+    fn runs_speed_layer(self) -> bool {
+        matches!(self, Mode::Up | Mode::Speed)
+    }
 }
 
 const DEMO_KEYS_FILE: &str = "demo-keys.txt";
@@ -32,8 +46,13 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
-    let config = settings::load_for_serving(&args)?;
-    serve(config.clone(), |address, _, demo_keys| {
+    let mut config = settings::load_for_serving(&args)?;
+    if mode == Mode::Speed
+        && let Some(listen) = &args.listen
+    {
+        config.speed.listen = listen.clone();
+    }
+    serve(config.clone(), mode, |address, _, demo_keys| {
         announce(mode, &config, &address.to_string(), demo_keys)
     })?;
     println!(
@@ -43,60 +62,105 @@ pub fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the HTTP handlers of health and metrics look at.
+struct Services {
+    registry: Registry,
+    collector: Option<web::Data<Collector>>,
+    speed: Option<Arc<SpeedHandle>>,
+}
+
 /// Serves until stopped; `on_listening` is told the bound address, a handle to stop the
 /// server, and the demo keys if the demo tenant was created.
 pub fn serve(
     config: Config,
+    mode: Mode,
     on_listening: impl FnOnce(SocketAddr, ServerHandle, Option<&DemoKeys>),
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let (catalog, demo_keys) = catalog(&config)?;
+    let catalog = Arc::new(catalog);
     let mut registry = Registry::default();
-    let metrics = IngestMetrics::register(&mut registry);
-    let open_spool = |stream, partitions| {
-        let options = SpoolOptions {
-            partitions,
-            on_fsync: Some(metrics.fsync_observer()),
-            ..SpoolOptions::from_config(&config.log)
+    let mut spools = Vec::new();
+    let (collector, events): (Option<web::Data<Collector>>, Arc<dyn EventLog>) =
+        if mode.runs_collector() {
+            let metrics = IngestMetrics::register(&mut registry);
+            let open_spool = |stream, partitions| {
+                let options = SpoolOptions {
+                    partitions,
+                    on_fsync: Some(metrics.fsync_observer()),
+                    ..SpoolOptions::from_config(&config.log)
+                };
+                let dir = settings::spool_dir(&config.data_dir, stream);
+                Spool::open(&dir, options)
+                    .map(Arc::new)
+                    .with_context(|| format!("opening the {} spool", Stream::name(stream)))
+            };
+            let events = open_spool(Stream::Events, config.log.partitions)?;
+            let rejected = open_spool(Stream::Rejected, config.log.rejected_partitions)?;
+            spools = vec![events.clone(), rejected.clone()];
+            let collector = Collector::new(
+                catalog.clone(),
+                events.clone(),
+                rejected,
+                config.ingest.clone(),
+                metrics,
+            );
+            (Some(web::Data::new(collector)), events)
+        } else {
+            let dir = settings::spool_dir(&config.data_dir, Stream::Events);
+            let events = Spool::open_read_only(&dir).with_context(|| {
+                format!(
+                    "following the events spool in {}; start `tally ingest` first",
+                    dir.display()
+                )
+            })?;
+            (None, Arc::new(events))
         };
-        let dir = settings::spool_dir(&config.data_dir, stream);
-        Spool::open(&dir, options)
-            .map(Arc::new)
-            .with_context(|| format!("opening the {} spool", Stream::name(stream)))
+    let speed = if mode.runs_speed_layer() {
+        let path = settings::views_path(&config.data_dir);
+        let store = EmbeddedViewStore::open(&path)
+            .with_context(|| format!("opening the view store {}", path.display()))?;
+        let layer = SpeedLayer {
+            log: events,
+            store: Arc::new(store),
+            catalog: catalog.clone(),
+            config: config.speed.clone(),
+            metrics: SpeedMetrics::register(&mut registry),
+        };
+        Some(Arc::new(layer.start().context("starting the speed layer")?))
+    } else {
+        None
     };
-    let events = open_spool(Stream::Events, config.log.partitions)?;
-    let rejected = open_spool(Stream::Rejected, config.log.rejected_partitions)?;
-    let collector = web::Data::new(Collector::new(
-        Arc::new(catalog),
-        events.clone(),
-        rejected.clone(),
-        config.ingest.clone(),
-        metrics,
-    ));
-    let registry = web::Data::new(registry);
-    actix_web::rt::System::new().block_on(async move {
-        let server = {
-            let collector = collector.clone();
-            HttpServer::new(move || {
-                App::new()
-                    .configure(Collector::configure(collector.clone()))
-                    .app_data(registry.clone())
-                    .route("/healthz", web::get().to(healthz))
-                    .route("/readyz", web::get().to(readyz))
-                    .route("/metrics", web::get().to(metrics_text))
-            })
-        };
+    let services = web::Data::new(Services {
+        registry,
+        collector: collector.clone(),
+        speed: speed.clone(),
+    });
+    let listen = if mode.runs_collector() {
+        &config.ingest.listen
+    } else {
+        &config.speed.listen
+    };
+    let served = actix_web::rt::System::new().block_on(async move {
+        let server = HttpServer::new(move || {
+            let app = App::new()
+                .app_data(services.clone())
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics_text));
+            match &collector {
+                Some(collector) => app.configure(Collector::configure(collector.clone())),
+                None => app,
+            }
+        });
         let server = match config.ingest.workers {
             0 => server,
             workers => server.workers(workers),
         };
-        let server = server.bind(&config.ingest.listen).with_context(|| {
-            format!(
-                "listening on {} (set --listen or ingest.listen)",
-                config.ingest.listen
-            )
-        })?;
+        let server = server
+            .bind(listen)
+            .with_context(|| format!("listening on {listen} (set --listen)"))?;
         let address = server
             .addrs()
             .first()
@@ -104,11 +168,15 @@ pub fn serve(
             .context("the server bound no address")?;
         let server = server.run();
         on_listening(address, server.handle(), demo_keys.as_ref());
-        let retention = actix_web::rt::spawn(enforce_retention(vec![events, rejected]));
+        let retention = actix_web::rt::spawn(enforce_retention(spools));
         server.await.context("running the HTTP server")?;
         retention.abort();
-        Ok(())
-    })
+        anyhow::Ok(())
+    });
+    if let Some(speed) = speed {
+        speed.stop().context("stopping the speed layer")?;
+    }
+    served
 }
 
 /// The catalog: the tenants the config declares, or the demo tenant (and its keys).
@@ -185,13 +253,23 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
     let what = match mode {
         Mode::Up => "tally is up: every layer in one process, embedded",
         Mode::Ingest => "tally ingest is up: the collector alone",
+        Mode::Speed => "tally speed is up: the speed layer alone, following the spool",
     };
     println!("{what}");
     println!("  listening on http://{address}");
-    println!("  collector   POST http://{address}/v1/events   (JSON array or NDJSON)");
-    println!(
-        "              GET  http://{address}/i?k=<write key>&e=<event type>&uid=<user>&<tag>=<value>"
-    );
+    if mode.runs_collector() {
+        println!("  collector   POST http://{address}/v1/events   (JSON array or NDJSON)");
+        println!(
+            "              GET  http://{address}/i?k=<write key>&e=<event type>&uid=<user>&<tag>=<value>"
+        );
+    }
+    if mode.runs_speed_layer() {
+        let views = settings::views_path(&config.data_dir);
+        println!(
+            "  speed layer real-time views in {}; read them with `tally views get --view events_by_type`",
+            views.display()
+        );
+    }
     println!(
         "  health      http://{address}/healthz   http://{address}/readyz   http://{address}/metrics"
     );
@@ -200,7 +278,7 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
         config.data_dir.display(),
         config.data_dir.join("log").display()
     );
-    if let Some(keys) = demo {
+    if let (Some(keys), true) = (demo, mode.runs_collector()) {
         println!(
             "  demo tenant write key {}   read key {}   (saved in {})",
             keys.write,
@@ -234,23 +312,29 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(collector: web::Data<Collector>) -> HttpResponse {
-    match collector.refresh_metrics() {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Err(err) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "unavailable", "error": err.to_string()})),
+async fn readyz(services: web::Data<Services>) -> HttpResponse {
+    let collector = services
+        .collector
+        .as_ref()
+        .map(|c| c.refresh_metrics().map_err(|e| e.to_string()));
+    let speed = services
+        .speed
+        .as_ref()
+        .and_then(|s| s.failure())
+        .map(Err::<(), String>);
+    match collector.into_iter().chain(speed).find_map(Result::err) {
+        None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Some(error) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "unavailable", "error": error})),
     }
 }
 
-async fn metrics_text(
-    registry: web::Data<Registry>,
-    collector: web::Data<Collector>,
-) -> HttpResponse {
-    if let Err(err) = collector.refresh_metrics() {
+async fn metrics_text(services: web::Data<Services>) -> HttpResponse {
+    if let Some(Err(err)) = services.collector.as_ref().map(|c| c.refresh_metrics()) {
         tracing::warn!(error = %err, "could not read spool sizes for /metrics");
     }
     let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+    match prometheus_client::encoding::text::encode(&mut text, &services.registry) {
         Ok(()) => HttpResponse::Ok()
             .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
             .body(text),

@@ -34,6 +34,11 @@ pub fn load_for_serving(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The embedded view store's file.
+pub fn views_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("views.redb")
+}
+
 /// The spool folder of a stream.
 pub fn spool_dir(data_dir: &Path, stream: Stream) -> std::path::PathBuf {
     data_dir.join("log").join(stream.name())

@@ -88,6 +88,10 @@ pub struct LogConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpeedConfig {
+    /// Address `tally speed` serves `/metrics` and health on when it runs alone (under
+    /// `tally up` they share the collector's port).
+    #[serde(default = "default_speed_listen")]
+    pub listen: String,
     /// Timely workers (threads); 0 means one per core. Worker `w` reads partitions `p` with
     /// `p % workers == w`.
     #[serde(default)]
@@ -104,6 +108,9 @@ pub struct SpeedConfig {
     pub max_records_per_epoch: usize,
 }
 
+fn default_speed_listen() -> String {
+    "127.0.0.1:8081".to_owned()
+}
 const fn default_epoch_ms() -> u64 {
     100
 }

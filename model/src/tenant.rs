@@ -104,9 +104,28 @@ impl Catalog {
         self.keys.get(secret)
     }
 
-    /// The demo tenant: six event types, a handful of tags, three views, one write and one
-    /// read key.
+    /// The demo tenant with one write and one read key.
     pub fn demo(write_key: &str, read_key: &str) -> Catalog {
+        let key = |key: &str, source: &str, scopes: Vec<Scope>| ApiKey {
+            key: key.to_owned(),
+            tenant: DEMO_TENANT.to_owned(),
+            source: source.to_owned(),
+            scopes,
+        };
+        Catalog::new(
+            BTreeMap::from([(DEMO_TENANT.to_owned(), Tenant::demo())]),
+            vec![
+                key(write_key, DEMO_SOURCE, vec![Scope::Write]),
+                key(read_key, "demo-dashboard", vec![Scope::Read]),
+            ],
+        )
+        .expect("the demo catalog is consistent")
+    }
+}
+
+impl Tenant {
+    /// The demo tenant: six event types, a handful of tags, three views.
+    pub fn demo() -> Tenant {
         let tag = |kind, aliases: &[&str]| TagSpec {
             kind,
             aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
@@ -173,28 +192,14 @@ impl Catalog {
                granularity = "minute""#,
         ]
         .map(|text| toml::from_str(text).expect("demo views are valid"));
-        let tenant = Tenant {
+        Tenant {
             registry: TagRegistry {
                 tags,
                 event_types,
                 sources,
             },
             views: views.into(),
-        };
-        let key = |key: &str, source: &str, scopes: Vec<Scope>| ApiKey {
-            key: key.to_owned(),
-            tenant: DEMO_TENANT.to_owned(),
-            source: source.to_owned(),
-            scopes,
-        };
-        Catalog::new(
-            BTreeMap::from([(DEMO_TENANT.to_owned(), tenant)]),
-            vec![
-                key(write_key, DEMO_SOURCE, vec![Scope::Write]),
-                key(read_key, "demo-dashboard", vec![Scope::Read]),
-            ],
-        )
-        .expect("the demo catalog is consistent")
+        }
     }
 }
 

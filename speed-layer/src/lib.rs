@@ -78,7 +78,7 @@ pub enum SpeedError {
 pub struct SpeedHandle {
     shared: Arc<Shared>,
     /// `None` once `stop` has joined them.
-    guards: Option<timely::communication::WorkerGuards<Result<(), SpeedError>>>,
+    guards: Mutex<Option<timely::communication::WorkerGuards<Result<(), SpeedError>>>>,
 }
 
 struct Shared {
@@ -126,7 +126,7 @@ impl SpeedLayer {
         .map_err(SpeedError::Workers)?;
         Ok(SpeedHandle {
             shared,
-            guards: Some(guards),
+            guards: Mutex::new(Some(guards)),
         })
     }
 }
@@ -160,10 +160,12 @@ impl SpeedHandle {
             .clone()
     }
 
-    /// Stops the workers after their current epoch and waits for them.
-    pub fn stop(mut self) -> Result<(), SpeedError> {
+    /// Stops the workers after their current epoch and waits for them; later calls do nothing.
+    pub fn stop(&self) -> Result<(), SpeedError> {
         self.shared.stop.store(true, Ordering::Release);
-        let guards = self.guards.take().expect("guards are taken only here");
+        let Some(guards) = self.guards.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(());
+        };
         for result in guards.join() {
             result.map_err(SpeedError::Workers)??;
         }

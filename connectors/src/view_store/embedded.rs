@@ -3,7 +3,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, TableDefinition};
 use tally_model::{AggregateState, Millis};
 
 use super::{ViewKey, ViewStore, ViewStoreError, key};
@@ -11,19 +11,29 @@ use super::{ViewKey, ViewStore, ViewStoreError, key};
 const STATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("view_states");
 const PROGRESS: TableDefinition<&str, &[u8]> = TableDefinition::new("writer_progress");
 
+fn builder() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    builder
+}
+
 /// Views in a redb database file. See [`ViewStore`].
+///
+/// One process writes ([`open`](Self::open)); others may read beside it and follow its
+/// commits ([`open_read_only`](Self::open_read_only)): redb's single-writer mode.
 pub struct EmbeddedViewStore {
     path: PathBuf,
-    database: Database,
+    database: Handle,
+}
+
+enum Handle {
+    Writer(Database),
+    Reader(ReadOnlyDatabase),
 }
 
 impl EmbeddedViewStore {
-    /// Opens or creates the database at `path`.
+    /// Opens or creates the database at `path` for writing.
     pub fn open(path: &Path) -> Result<Self, ViewStoreError> {
-        let store = |database| EmbeddedViewStore {
-            path: path.to_owned(),
-            database,
-        };
         let error = |source: redb::Error| ViewStoreError::Embedded {
             path: path.to_owned(),
             source: Box::new(source),
@@ -31,11 +41,36 @@ impl EmbeddedViewStore {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| error(e.into()))?;
         }
-        let database = Database::create(path).map_err(|e| error(e.into()))?;
-        let store = store(database);
+        let database = builder().create(path).map_err(|e| error(e.into()))?;
+        let store = EmbeddedViewStore {
+            path: path.to_owned(),
+            database: Handle::Writer(database),
+        };
         store.write(STATES, |_| Ok(()))?;
         store.write(PROGRESS, |_| Ok(()))?;
         Ok(store)
+    }
+
+    /// Opens the database at `path` to read beside its writer; writes fail.
+    pub fn open_read_only(path: &Path) -> Result<Self, ViewStoreError> {
+        let database = builder()
+            .open_read_only(path)
+            .map_err(|e| ViewStoreError::Embedded {
+                path: path.to_owned(),
+                source: Box::new(e.into()),
+            })?;
+        Ok(EmbeddedViewStore {
+            path: path.to_owned(),
+            database: Handle::Reader(database),
+        })
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, ViewStoreError> {
+        match &self.database {
+            Handle::Writer(database) => database.begin_read(),
+            Handle::Reader(database) => database.begin_read(),
+        }
+        .map_err(|e| self.error(e))
     }
 
     fn error(&self, source: impl Into<redb::Error>) -> ViewStoreError {
@@ -50,7 +85,10 @@ impl EmbeddedViewStore {
         table: TableDefinition<K, &[u8]>,
         change: impl FnOnce(&mut redb::Table<K, &[u8]>) -> Result<T, redb::Error>,
     ) -> Result<T, ViewStoreError> {
-        let transaction = self.database.begin_write().map_err(|e| self.error(e))?;
+        let Handle::Writer(database) = &self.database else {
+            return Err(ViewStoreError::ReadOnly(self.path.clone()));
+        };
+        let transaction = database.begin_write().map_err(|e| self.error(e))?;
         let result = {
             let mut table = transaction.open_table(table).map_err(|e| self.error(e))?;
             change(&mut table).map_err(|e| self.error(e))?
@@ -69,7 +107,7 @@ impl ViewStore for EmbeddedViewStore {
     }
 
     fn progress(&self, writer: &str) -> Result<Option<Vec<u8>>, ViewStoreError> {
-        let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
+        let transaction = self.begin_read()?;
         let table = transaction
             .open_table(PROGRESS)
             .map_err(|e| self.error(e))?;
@@ -97,7 +135,7 @@ impl ViewStore for EmbeddedViewStore {
             key::bucket_start(&prefix, buckets.start),
             key::bucket_start(&prefix, buckets.end),
         );
-        let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
+        let transaction = self.begin_read()?;
         let table = transaction.open_table(STATES).map_err(|e| self.error(e))?;
         let mut rows = Vec::new();
         for entry in table
@@ -147,6 +185,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedViewStore::open(&dir.path().join("views.redb")).unwrap();
         conformance::run(&store);
+    }
+
+    #[test]
+    fn a_reader_beside_the_writer_follows_its_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("views.redb");
+        let writer = EmbeddedViewStore::open(&path).unwrap();
+        let reader = EmbeddedViewStore::open_read_only(&path).unwrap();
+        let key = ViewKey {
+            tenant: "t".into(),
+            view: "v".into(),
+            bucket: 0,
+            dimensions: vec![],
+        };
+        let mut state = AggregateState::for_measures(&[]);
+        for count in 1..=3 {
+            state.count = count;
+            writer.upsert(&[(key.clone(), state.clone())]).unwrap();
+            assert_eq!(reader.scan("t", "v", 0..1).unwrap()[0].1.count, count);
+        }
+        assert!(matches!(
+            reader.upsert(&[(key, state)]),
+            Err(ViewStoreError::ReadOnly(_))
+        ));
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub enum ViewStoreError {
         /// The cause.
         source: Box<redb::Error>,
     },
+    /// The store was opened read-only.
+    #[error("the view store at {0} is open read-only; writes need the process that owns it")]
+    ReadOnly(std::path::PathBuf),
     /// A stored key or state does not decode.
     #[error("view store holds a corrupt entry: {0}")]
     Corrupt(String),
