@@ -1,0 +1,160 @@
+//! Guarantee 2 through the speed layer: after `kill -9` mid-stream and a restart, the views
+//! count every logged event once: no double count, nothing missing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Tally, WRITE_KEY, run, tally};
+
+const MINUTE_MS: i64 = 60_000;
+
+/// (minute bucket, event_type, os_type) → count, from the log: one per event id.
+fn expected_counts(data_dir: &Path) -> BTreeMap<(i64, String, String), u64> {
+    let output = run(tally().args(["log", "tail", "--data-dir"]).arg(data_dir));
+    let mut seen = HashSet::new();
+    let mut counts = BTreeMap::new();
+    for line in String::from_utf8(output.stdout).unwrap().lines() {
+        let event: Value = serde_json::from_str(line).unwrap();
+        if !seen.insert(event["event_id"].as_str().unwrap().to_owned()) {
+            continue;
+        }
+        let bucket = event["ts"].as_i64().unwrap().div_euclid(MINUTE_MS) * MINUTE_MS;
+        let os = event["tags"]["os_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        *counts
+            .entry((bucket, event["event_type"].as_str().unwrap().to_owned(), os))
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// The same, from `tally views get --json`.
+fn stored_counts(data_dir: &Path) -> BTreeMap<(i64, String, String), u64> {
+    let output = run(tally()
+        .args([
+            "views",
+            "get",
+            "--view",
+            "events_by_type",
+            "--json",
+            "--from",
+            "0",
+            "--to",
+            "9999999999999",
+            "--data-dir",
+        ])
+        .arg(data_dir));
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let row: Value = serde_json::from_str(line).unwrap();
+            let bucket = chrono_free_parse(row["bucket"].as_str().unwrap());
+            (
+                (
+                    bucket,
+                    row["event_type"].as_str().unwrap().to_owned(),
+                    row["os_type"].as_str().unwrap().to_owned(),
+                ),
+                row["count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Epoch ms of an RFC 3339 UTC time as `tally views get` prints it (`2026-11-22T16:42:00.000Z`).
+fn chrono_free_parse(text: &str) -> i64 {
+    let number = |range: std::ops::Range<usize>| text[range].parse::<i64>().unwrap();
+    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
+    let (hour, minute, second) = (number(11..13), number(14..16), number(17..19));
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000
+}
+
+#[test]
+fn views_count_each_event_once_after_kill_9_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = Tally::up(&data_dir);
+    let generator = tally()
+        .args([
+            "gen",
+            "--url",
+            &format!("http://{}", server.address),
+            "--key",
+            WRITE_KEY,
+        ])
+        .args([
+            "--events",
+            "60000",
+            "--concurrency",
+            "4",
+            "--duplicates",
+            "0.05",
+            "--late",
+            "0.1",
+            "--users",
+            "500",
+            "--seed",
+            "11",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let speed_events = |tally: &Tally| {
+        let (_, metrics) = tally.http("GET", "/metrics", &[], "");
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("tally_speed_events_in_total ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    server.wait_for(
+        "the speed layer to be mid-stream",
+        Duration::from_secs(120),
+        |s| speed_events(s) >= 10_000,
+    );
+    server.kill9();
+    generator.wait_with_output().unwrap();
+
+    let restarted = Tally::up(&data_dir);
+    let expected = expected_counts(&data_dir);
+    assert!(expected.values().sum::<u64>() >= 10_000);
+    let started = Instant::now();
+    loop {
+        let stored = stored_counts(&data_dir);
+        if stored == expected {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let differing: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| stored.get(k) != Some(v))
+                .take(5)
+                .collect();
+            panic!(
+                "views never matched the log: e.g. {differing:?} ({} stored rows, {} expected)",
+                stored.len(),
+                expected.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(restarted);
+}
