@@ -14,7 +14,15 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use tally_model::Config;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
+use tally_connectors::view_store::EmbeddedViewStore;
+use tally_model::registry::ValidationContext;
+use tally_model::tenant::{DEMO_SOURCE, DEMO_TENANT};
+use tally_model::{Catalog, Config, partition_of};
+use tally_speed_layer::{SpeedLayer, SpeedMetrics};
 
 use crate::generator::{self, GenArgs, GenReport, Percentiles};
 use crate::serve;
@@ -24,6 +32,28 @@ use crate::serve;
 pub enum BenchCommand {
     /// Durable ingest over HTTP: throughput, ack latency, and the disk's fdatasync beside them.
     Ingest(IngestBenchArgs),
+    /// The speed layer: replay throughput from log to view store, and freshness under load.
+    Speed(SpeedBenchArgs),
+}
+
+/// Options of `tally bench speed`.
+#[derive(Args)]
+pub struct SpeedBenchArgs {
+    /// Events in the log before the speed layer starts (the replay run).
+    #[arg(long, default_value_t = 2_000_000)]
+    events: u64,
+    /// Events per second appended during the freshness run.
+    #[arg(long, default_value_t = 100_000)]
+    steady_rate: u64,
+    /// Seconds of the freshness run.
+    #[arg(long, default_value_t = 10)]
+    steady_seconds: u64,
+    /// Folder for the benchmark's data; removed afterwards.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of `tally bench ingest`.
@@ -73,6 +103,7 @@ const BENCH_WRITE_KEY: &str = "bench-write-key";
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest(args) => ingest(args),
+        BenchCommand::Speed(args) => speed(args),
     }
 }
 
@@ -217,4 +248,197 @@ fn fdatasync_latency(path: &std::path::Path, samples: usize) -> anyhow::Result<P
     }
     std::fs::remove_file(path)?;
     Ok(Percentiles::of(latencies))
+}
+
+#[derive(Serialize)]
+struct SpeedBenchReport {
+    workers: usize,
+    replay_events: u64,
+    replay_seconds: f64,
+    replay_events_per_second: f64,
+    steady_events_per_second: f64,
+    freshness_ms: Percentiles,
+}
+
+/// Appended batches of the freshness run: when each was appended, and the log's ends after it.
+type AppendedBatch = (Instant, Vec<u64>);
+
+fn speed(args: SpeedBenchArgs) -> anyhow::Result<()> {
+    let scratch = tempfile::Builder::new()
+        .prefix("tally-bench-")
+        .tempdir_in(&args.dir)?;
+    let config = Config::parse("", std::env::vars()).context("in TALLY_* environment variables")?;
+    let catalog = Arc::new(Catalog::demo(BENCH_WRITE_KEY, "bench-read-key"));
+    let log = Arc::new(Spool::open(
+        &scratch.path().join("log"),
+        SpoolOptions::from_config(&config.log),
+    )?);
+    let runtime = actix_web::rt::System::new();
+    let steady_events = args.steady_rate * args.steady_seconds;
+    eprintln!(
+        "bench: encoding {} events for the log ...",
+        args.events + steady_events
+    );
+    let records = log_records(&catalog, args.events + steady_events, log.partitions())?;
+    let (replay, steady) = records.split_at(args.events as usize);
+    for chunk in replay.chunks(100_000) {
+        runtime.block_on(log.append(chunk.to_vec()))?;
+    }
+    let store = Arc::new(EmbeddedViewStore::open(&scratch.path().join("views.redb"))?);
+    let metrics = SpeedMetrics::register(&mut Registry::default());
+    let layer = SpeedLayer {
+        log: log.clone(),
+        store,
+        catalog,
+        config: config.speed.clone(),
+        metrics,
+    };
+    let workers = match config.speed.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    eprintln!(
+        "bench: replaying {} events with {workers} workers ...",
+        args.events
+    );
+    let started = Instant::now();
+    let speed = layer.start()?;
+    let ends = |log: &Spool| -> anyhow::Result<Vec<u64>> {
+        Ok(log
+            .stats()?
+            .partitions
+            .iter()
+            .map(|p| p.next_offset)
+            .collect())
+    };
+    let replayed = ends(&log)?;
+    while !reflects(&speed.reflected_offsets(), &replayed) {
+        anyhow::ensure!(
+            speed.failure().is_none(),
+            "speed layer failed: {:?}",
+            speed.failure()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let replay_seconds = started.elapsed().as_secs_f64();
+
+    eprintln!(
+        "bench: freshness at {} events/s for {} s ...",
+        args.steady_rate, args.steady_seconds
+    );
+    let (appended, batches) = mpsc::channel::<AppendedBatch>();
+    let batch_size = (args.steady_rate / 10).max(1) as usize;
+    let steady = steady.to_vec();
+    let appender_log = log.clone();
+    let appender = std::thread::spawn(move || -> anyhow::Result<()> {
+        let runtime = actix_web::rt::System::new();
+        let started = Instant::now();
+        for (index, batch) in steady.chunks(batch_size).enumerate() {
+            let due = started + std::time::Duration::from_millis(100 * index as u64);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let appended_at = Instant::now();
+            runtime.block_on(appender_log.append(batch.to_vec()))?;
+            let _ = appended.send((appended_at, ends(&appender_log)?));
+        }
+        Ok(())
+    });
+    let mut freshness = Vec::new();
+    let steady_started = Instant::now();
+    for (appended_at, batch_ends) in batches {
+        while !reflects(&speed.reflected_offsets(), &batch_ends) {
+            anyhow::ensure!(
+                speed.failure().is_none(),
+                "speed layer failed: {:?}",
+                speed.failure()
+            );
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        freshness.push(appended_at.elapsed());
+    }
+    let steady_seconds = steady_started.elapsed().as_secs_f64();
+    appender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the appender panicked"))??;
+    speed.stop()?;
+    let report = SpeedBenchReport {
+        workers,
+        replay_events: args.events,
+        replay_seconds,
+        replay_events_per_second: args.events as f64 / replay_seconds,
+        steady_events_per_second: steady_events as f64 / steady_seconds,
+        freshness_ms: Percentiles::of(freshness),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "replay: {} events, log to view store, in {:.2} s: {:.0} events/s ({} workers)",
+            report.replay_events,
+            report.replay_seconds,
+            report.replay_events_per_second,
+            report.workers
+        );
+        let f = report.freshness_ms;
+        println!(
+            "freshness at {:.0} events/s (appended to visible in the store, per 100 ms batch): p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            report.steady_events_per_second, f.p50, f.p99, f.max
+        );
+    }
+    Ok(())
+}
+
+fn reflects(reflected: &[u64], ends: &[u64]) -> bool {
+    reflected
+        .iter()
+        .zip(ends)
+        .all(|(reflected, end)| reflected >= end)
+}
+
+/// Log records of `count` valid demo events, validated as ingest does, received now.
+fn log_records(
+    catalog: &Catalog,
+    count: u64,
+    partitions: u32,
+) -> anyhow::Result<Vec<AppendRecord>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let registry = &catalog.tenants[DEMO_TENANT].registry;
+    let context = ValidationContext {
+        tenant: DEMO_TENANT,
+        source: DEMO_SOURCE,
+        received_at: now,
+        max_future_ms: 86_400_000,
+        max_age_ms: 86_400_000,
+        tag_values_as_text: false,
+    };
+    let args = GenArgs {
+        url: String::new(),
+        key: String::new(),
+        events: count,
+        rate: None,
+        batch: 1,
+        users: 100_000,
+        duplicates: 0.02,
+        late: 0.05,
+        invalid: 0.0,
+        concurrency: 1,
+        acked_ids: None,
+        seed: Some(7),
+        json: false,
+    };
+    generator::client_events(&args, now)
+        .map(|json| {
+            let submitted: serde_json::Value = serde_json::from_str(&json)?;
+            let event = registry
+                .validate(&submitted, &context, || {
+                    unreachable!("generated events carry ids")
+                })
+                .map_err(|reasons| anyhow::anyhow!("generated an invalid event: {reasons:?}"))?;
+            Ok(AppendRecord {
+                partition: partition_of(&event.tenant, &event.user_id, partitions),
+                payload: serde_json::to_vec(&event)?,
+            })
+        })
+        .collect()
 }

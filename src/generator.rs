@@ -309,6 +309,13 @@ async fn report_progress(shared: Rc<Shared>, total: u64, started: Instant) {
     }
 }
 
+/// Events as `tally gen` makes them (one client JSON object each), for benchmarks that feed
+/// the log without HTTP.
+pub fn client_events(args: &GenArgs, now: i64) -> impl Iterator<Item = String> {
+    let mut factory = EventFactory::new(args);
+    std::iter::repeat_with(move || factory.event(now).1).take(args.events as usize)
+}
+
 const EVENT_TYPES: [(&str, u32); 6] = [
     ("page_view", 50),
     ("click", 25),

@@ -2,17 +2,22 @@
 //!
 //! 1. [`deduplicate`] (differential): one copy per `(tenant, event_id)`, the one with the
 //!    smallest `(received_at, partition, offset)`, the batch layer's rule too, so a replayed
-//!    or retried event changes nothing.
-//! 2. [`partial_states`] (per worker): each closed epoch's new events folded into one
-//!    aggregate state per view key. Folding is O(1) per event; differential's `reduce` would
-//!    re-read a bucket's every event whenever it changed.
+//!    or retried event changes nothing. Differential sees only a [`Sighting`] of each event:
+//!    hashes and a log position, small and `Copy`; sorting whole events was most of the cost.
+//! 2. [`partial_states`] (on the worker that read the kept copy, which holds the event in its
+//!    [`EpochEvents`]): each closed epoch's new events folded into one aggregate state per view
+//!    key. Folding is O(1) per event; differential's `reduce` would re-read a bucket's every
+//!    event whenever it changed.
 //! 3. [`write_view_states`] (exchanged by view key, so one worker owns each key): merges the
 //!    partials into the absolute states it owns and upserts the changed ones when the epoch
 //!    closes. Upserts of absolute values: writing a state twice is harmless.
 
+use std::cell::RefCell;
 use std::collections::btree_map::Entry;
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +27,7 @@ use tally_connectors::view_store::{ViewKey, ViewStore};
 use tally_model::{AggregateState, Catalog, Event, Millis, ViewSpec};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Capability, InputCapability};
 use timely::progress::frontier::MutableAntichain;
@@ -31,12 +36,16 @@ use crate::telemetry::SpeedMetrics;
 
 /// Timely time: the epoch number.
 pub type Epoch = u64;
-/// The identity duplicates share.
-pub type EventId = (String, String);
+/// A 128-bit hash of `(tenant, event_id)`: the identity duplicates share.
+pub type IdHash = u128;
+/// A hash of what views read of an event (everything but `received_at`).
+pub type ContentHash = u64;
 /// `(received_at, partition, offset)`: the order that picks which copy of an event counts.
 pub type LogPosition = (Millis, u32, Offset);
-/// An event as the source feeds it in.
-pub type LoggedEvent = (EventId, (LogPosition, Event));
+/// What the dedupe sees of a logged event.
+pub type Sighting = (IdHash, (LogPosition, ContentHash));
+/// The events a worker read in the current epoch, by `(partition, offset)`, until it closes.
+pub type EpochEvents = Rc<RefCell<HashMap<(u32, Offset), Event>>>;
 type Partials = Vec<(ViewKey, AggregateState)>;
 
 /// Every tenant's views, looked up by tenant.
@@ -72,27 +81,53 @@ impl CompiledViews {
     }
 }
 
-/// The copy of each event that counts.
+/// The sighting of the copy of each event that counts.
 pub fn deduplicate<'scope>(
-    events: VecCollection<'scope, Epoch, LoggedEvent>,
-) -> VecCollection<'scope, Epoch, Event> {
-    events
-        // Copies arrive sorted by value, so the first has the smallest log position.
-        .reduce(|_event_id, copies, kept| kept.push((copies[0].0.clone(), 1)))
-        .map(|(_event_id, (_position, event))| event)
+    sightings: VecCollection<'scope, Epoch, Sighting>,
+) -> VecCollection<'scope, Epoch, Sighting> {
+    // Copies arrive sorted by value, so the first has the smallest log position.
+    sightings.reduce(|_id, copies, kept| kept.push((*copies[0].0, 1)))
+}
+
+/// The sighting of an event.
+pub fn sighting(event: &Event, partition: u32, offset: Offset) -> Sighting {
+    let hash = |salt: u8, parts: &dyn Fn(&mut DefaultHasher)| {
+        let mut hasher = DefaultHasher::new();
+        salt.hash(&mut hasher);
+        parts(&mut hasher);
+        hasher.finish()
+    };
+    let identity = |h: &mut DefaultHasher| (&event.tenant, &event.event_id).hash(h);
+    let id = (u128::from(hash(0, &identity)) << 64) | u128::from(hash(1, &identity));
+    let content = hash(2, &|h| {
+        (
+            &event.tenant,
+            &event.event_id,
+            &event.event_type,
+            event.ts,
+            &event.user_id,
+            &event.tags,
+            &event.source,
+        )
+            .hash(h)
+    });
+    (id, ((event.received_at, partition, offset), content))
 }
 
 /// Each closed epoch's events, folded into one partial state per view key.
 pub fn partial_states<'scope>(
-    deduped: VecCollection<'scope, Epoch, Event>,
+    kept: VecCollection<'scope, Epoch, Sighting>,
+    events: EpochEvents,
     views: Arc<CompiledViews>,
-    horizon: Arc<AtomicI64>,
     metrics: Arc<SpeedMetrics>,
 ) -> Stream<'scope, Epoch, Partials> {
-    deduped
-        .inner
+    // To the worker that read the copy: worker `w` reads partitions `p % workers == w`.
+    let to_reader = Exchange::new(
+        |((_, ((_, partition, _), _)), _, _): &(Sighting, Epoch, isize)| u64::from(*partition),
+    );
+    kept.inner
         .unary_frontier::<CapacityContainerBuilder<Partials>, _, _, _>(
-            Pipeline,
+            to_reader,
             "PartialStates",
             move |_, _| {
                 let mut stash = EpochStash::default();
@@ -102,12 +137,14 @@ pub fn partial_states<'scope>(
                         stash.hold(
                             capability,
                             port,
-                            updates.drain(..).map(|(event, _epoch, diff)| (event, diff)),
+                            updates
+                                .drain(..)
+                                .map(|(sighting, _epoch, diff)| (sighting, diff)),
                         );
                     });
                     while let Some((capability, updates)) = stash.next_closed(frontier) {
                         let partials =
-                            fold_epoch(updates, &views, horizon.load(Ordering::Acquire), &metrics);
+                            fold_epoch(updates, &mut events.borrow_mut(), &views, &metrics);
                         output
                             .session(&capability)
                             .give_iterator(partials.into_iter());
@@ -119,36 +156,37 @@ pub fn partial_states<'scope>(
 
 /// Folds one epoch's deduplicated updates into partial states per view key.
 fn fold_epoch(
-    mut updates: Vec<(Event, isize)>,
+    mut updates: Vec<(Sighting, isize)>,
+    events: &mut HashMap<(u32, Offset), Event>,
     views: &CompiledViews,
-    horizon: Millis,
     metrics: &SpeedMetrics,
 ) -> Partials {
     // When the dedupe swaps one copy for an earlier one, the -old and +new arrive together;
-    // compared on what views read (not received_at) they cancel.
-    for (event, _) in &mut updates {
-        event.received_at = 0;
-    }
-    updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut consolidated: Vec<(Event, isize)> = Vec::with_capacity(updates.len());
-    for (event, diff) in updates {
-        match consolidated.last_mut() {
-            Some((last, total)) if *last == event => *total += diff,
-            _ => consolidated.push((event, diff)),
-        }
-    }
+    // with equal content they cancel, and the count stays.
+    updates.sort_unstable_by_key(|((id, (_, content)), diff)| (*id, *content, -*diff));
     let mut partials: HashMap<ViewKey, AggregateState> = HashMap::new();
     let mut counted = 0;
-    for (event, diff) in consolidated {
-        if diff < 0 && event.ts >= horizon {
+    for group in updates.chunk_by(|((a, (_, x)), _), ((b, (_, y)), _)| (a, x) == (b, y)) {
+        let net: isize = group.iter().map(|(_, diff)| diff).sum();
+        if net < 0 {
             // Sketches cannot subtract. This needs an earlier copy with different content to
             // arrive after a later one was counted: a client reusing an event_id.
             metrics.unretractable();
-            tracing::warn!(event_id = %event.event_id, "an event_id's dedupe choice changed after it was counted; its numbers keep the first copy");
+            tracing::warn!(
+                "an event_id's dedupe choice changed after it was counted; its numbers keep the first copy"
+            );
         }
-        if diff <= 0 {
+        let Some(((_, ((_, partition, offset), _)), _)) = group.first().filter(|_| net > 0) else {
             continue;
-        }
+        };
+        let Some(event) = events.remove(&(*partition, *offset)) else {
+            tracing::error!(
+                partition,
+                offset,
+                "the kept copy of an event is not among this epoch's events"
+            );
+            continue;
+        };
         counted += 1;
         for view in views.for_event(&event) {
             let key = ViewKey {

@@ -43,7 +43,7 @@ use timely::worker::Worker;
 
 pub use telemetry::SpeedMetrics;
 
-use crate::dataflow::{CompiledViews, Epoch, StateWriter};
+use crate::dataflow::{CompiledViews, Epoch, EpochEvents, StateWriter};
 
 /// Everything the speed layer reads and writes.
 pub struct SpeedLayer {
@@ -206,15 +206,12 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
         metrics: layer.metrics.clone(),
         failure: shared.failure.clone(),
     };
-    let (views, horizon, metrics) = (
-        shared.views.clone(),
-        shared.horizon.clone(),
-        layer.metrics.clone(),
-    );
+    let (views, metrics) = (shared.views.clone(), layer.metrics.clone());
+    let epoch_events: EpochEvents = Default::default();
     let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
-        let (input, logged) = scope.new_collection();
-        let deduped = dataflow::deduplicate(logged);
-        let partials = dataflow::partial_states(deduped, views, horizon, metrics);
+        let (input, sightings) = scope.new_collection();
+        let kept = dataflow::deduplicate(sightings);
+        let partials = dataflow::partial_states(kept, epoch_events.clone(), views, metrics);
         let (probe, _written) = dataflow::write_view_states(partials, writer).probe();
         (input, probe)
     });
@@ -263,8 +260,10 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
                     oldest_received
                         .map_or(event.received_at, |oldest| oldest.min(event.received_at)),
                 );
-                let id = (event.tenant.clone(), event.event_id.clone());
-                input.insert((id, ((event.received_at, partition, entry.offset), event)));
+                input.insert(dataflow::sighting(&event, partition, entry.offset));
+                epoch_events
+                    .borrow_mut()
+                    .insert((partition, entry.offset), event);
             }
         }
         layer.metrics.events_in(read);
@@ -272,6 +271,8 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
         input.advance_to(epoch + 1);
         input.flush();
         worker.step_while(|| probe.less_than(input.time()));
+        // What the epoch did not count were duplicates.
+        epoch_events.borrow_mut().clear();
         // The store now reflects every record read so far.
         for (slot, &partition) in partitions.iter().enumerate() {
             shared.reflected[partition as usize].store(next[slot], Ordering::Release);

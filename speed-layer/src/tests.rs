@@ -12,7 +12,7 @@ use tally_model::state::MeasureState;
 use tally_model::time::{HOUR_MS, MINUTE_MS};
 use tally_model::{AggregateState, Catalog, Event, Granularity, Millis, TagValue, partition_of};
 
-use crate::dataflow::{EventId, LogPosition};
+use crate::dataflow::LogPosition;
 use crate::{SpeedHandle, SpeedLayer, SpeedMetrics};
 
 const USERS: u32 = 30;
@@ -117,7 +117,7 @@ impl Rig {
     /// The plain computation: keep the copy with the smallest (received_at, partition, offset)
     /// per event id, then fold every view.
     fn expected(&self, horizon: Millis) -> BTreeMap<ViewKey, AggregateState> {
-        let mut kept: HashMap<EventId, (LogPosition, Event)> = HashMap::new();
+        let mut kept: HashMap<(String, String), (LogPosition, Event)> = HashMap::new();
         for partition in 0..3 {
             for entry in self.log.read(partition, 0, usize::MAX).unwrap() {
                 let event: Event = serde_json::from_slice(&entry.payload).unwrap();
