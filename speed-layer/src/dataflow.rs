@@ -14,9 +14,10 @@
 
 use std::cell::RefCell;
 use std::collections::btree_map::Entry;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
+
+use foldhash::fast::FixedState;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,7 +46,9 @@ pub type LogPosition = (Millis, u32, Offset);
 /// What the dedupe sees of a logged event.
 pub type Sighting = (IdHash, (LogPosition, ContentHash));
 /// The events a worker read in the current epoch, by `(partition, offset)`, until it closes.
-pub type EpochEvents = Rc<RefCell<HashMap<(u32, Offset), Event>>>;
+pub type EpochEvents = Rc<RefCell<FastMap<(u32, Offset), Event>>>;
+/// A `HashMap` with foldhash: these maps are hot and their keys are not attacker-chosen.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Partials = Vec<(ViewKey, AggregateState)>;
 
 /// Every tenant's views, looked up by tenant.
@@ -89,28 +92,26 @@ pub fn deduplicate<'scope>(
     sightings.reduce(|_id, copies, kept| kept.push((*copies[0].0, 1)))
 }
 
+/// Fixed-seed hashing: every worker and process hashes alike.
+fn hash_with(seed: u64, value: impl Hash) -> u64 {
+    FixedState::with_seed(seed).hash_one(value)
+}
+
 /// The sighting of an event.
 pub fn sighting(event: &Event, partition: u32, offset: Offset) -> Sighting {
-    let hash = |salt: u8, parts: &dyn Fn(&mut DefaultHasher)| {
-        let mut hasher = DefaultHasher::new();
-        salt.hash(&mut hasher);
-        parts(&mut hasher);
-        hasher.finish()
-    };
-    let identity = |h: &mut DefaultHasher| (&event.tenant, &event.event_id).hash(h);
-    let id = (u128::from(hash(0, &identity)) << 64) | u128::from(hash(1, &identity));
-    let content = hash(2, &|h| {
+    let identity = (&event.tenant, &event.event_id);
+    let id = (u128::from(hash_with(1, identity)) << 64) | u128::from(hash_with(2, identity));
+    let content = hash_with(
+        3,
         (
-            &event.tenant,
-            &event.event_id,
+            identity,
             &event.event_type,
             event.ts,
             &event.user_id,
             &event.tags,
             &event.source,
-        )
-            .hash(h)
-    });
+        ),
+    );
     (id, ((event.received_at, partition, offset), content))
 }
 
@@ -157,14 +158,14 @@ pub fn partial_states<'scope>(
 /// Folds one epoch's deduplicated updates into partial states per view key.
 fn fold_epoch(
     mut updates: Vec<(Sighting, isize)>,
-    events: &mut HashMap<(u32, Offset), Event>,
+    events: &mut FastMap<(u32, Offset), Event>,
     views: &CompiledViews,
     metrics: &SpeedMetrics,
 ) -> Partials {
     // When the dedupe swaps one copy for an earlier one, the -old and +new arrive together;
     // with equal content they cancel, and the count stays.
     updates.sort_unstable_by_key(|((id, (_, content)), diff)| (*id, *content, -*diff));
-    let mut partials: HashMap<ViewKey, AggregateState> = HashMap::new();
+    let mut partials: FastMap<ViewKey, AggregateState> = FastMap::default();
     let mut counted = 0;
     for group in updates.chunk_by(|((a, (_, x)), _), ((b, (_, y)), _)| (a, x) == (b, y)) {
         let net: isize = group.iter().map(|(_, diff)| diff).sum();
@@ -234,7 +235,7 @@ pub fn write_view_states<'scope>(
             let mut stash = EpochStash::default();
             let mut owned = OwnedStates {
                 writer,
-                states: HashMap::new(),
+                states: FastMap::default(),
                 swept_below: Millis::MIN,
             };
             move |(input, frontier), output| {
@@ -301,7 +302,7 @@ impl<D> EpochStash<D> {
 
 struct OwnedStates {
     writer: StateWriter,
-    states: HashMap<ViewKey, AggregateState>,
+    states: FastMap<ViewKey, AggregateState>,
     swept_below: Millis,
 }
 
@@ -379,8 +380,5 @@ impl OwnedStates {
 }
 
 fn key_hash(key: &ViewKey) -> u64 {
-    // DefaultHasher::new() has fixed keys: every worker and process routes a key alike.
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    hasher.finish()
+    hash_with(0, key)
 }
