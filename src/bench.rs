@@ -292,6 +292,7 @@ fn speed(args: SpeedBenchArgs) -> anyhow::Result<()> {
         catalog,
         config: config.speed.clone(),
         metrics,
+        max_event_lead: std::time::Duration::from_secs(config.ingest.max_future_secs),
     };
     let workers = match config.speed.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -127,6 +127,7 @@ pub fn serve(
             catalog: catalog.clone(),
             config: config.speed.clone(),
             metrics: SpeedMetrics::register(&mut registry),
+            max_event_lead: Duration::from_secs(config.ingest.max_future_secs),
         };
         Some(Arc::new(layer.start().context("starting the speed layer")?))
     } else {

@@ -16,7 +16,8 @@
 //! #        catalog: std::sync::Arc<tally_model::Catalog>) -> Result<(), tally_speed_layer::SpeedError> {
 //! use tally_speed_layer::{SpeedLayer, SpeedMetrics};
 //! let metrics = SpeedMetrics::register(&mut Default::default());
-//! let speed = SpeedLayer { log, store, catalog, config: Default::default(), metrics }.start()?;
+//! let lead = std::time::Duration::from_secs(24 * 3600);
+//! let speed = SpeedLayer { log, store, catalog, config: Default::default(), metrics, max_event_lead: lead }.start()?;
 //! speed.stop()
 //! # }
 //! ```
@@ -57,6 +58,41 @@ pub struct SpeedLayer {
     pub config: SpeedConfig,
     /// Its metrics.
     pub metrics: Arc<SpeedMetrics>,
+    /// How far after its receipt an event's time may be (ingest's `max_future_secs`): a
+    /// restart replays from the first record received this long before the horizon.
+    pub max_event_lead: Duration,
+}
+
+/// Receive times are stamped before the spool write, so neighbouring records can be out of
+/// order by a little; replay starts this much earlier to cover it.
+const REPLAY_MARGIN_MS: Millis = 60_000;
+
+/// The first offset in `offsets` whose record was received at or after `floor`, by binary
+/// search: receive times grow with offsets (up to [`REPLAY_MARGIN_MS`]).
+fn replay_start(
+    log: &dyn EventLog,
+    partition: u32,
+    offsets: std::ops::Range<Offset>,
+    floor: Millis,
+) -> Result<Offset, SpeedError> {
+    #[derive(serde::Deserialize)]
+    struct Received {
+        received_at: Millis,
+    }
+    let (mut low, mut high) = (offsets.start, offsets.end);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        let received = log
+            .read(partition, middle, 1)?
+            .first()
+            .and_then(|entry| serde_json::from_slice::<Received>(&entry.payload).ok());
+        match received {
+            Some(Received { received_at }) if received_at < floor => low = middle + 1,
+            // Undecodable records move the start earlier, never later.
+            _ => high = middle,
+        }
+    }
+    Ok(low)
 }
 
 /// Why the speed layer stopped.
@@ -216,10 +252,24 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
         (input, probe)
     });
     let stats = layer.log.stats()?;
-    let mut next: Vec<Offset> = partitions
-        .iter()
-        .map(|p| stats.partitions[*p as usize].first_offset)
-        .collect();
+    // An event time is at most `max_event_lead` after its receipt, so records received
+    // earlier than that before the horizon cannot hold an event the views keep.
+    let lead = Millis::try_from(layer.max_event_lead.as_millis()).unwrap_or(Millis::MAX);
+    let received_floor = shared
+        .horizon
+        .load(Ordering::Acquire)
+        .saturating_sub(lead)
+        .saturating_sub(REPLAY_MARGIN_MS);
+    let mut next = Vec::with_capacity(partitions.len());
+    for &partition in &partitions {
+        let kept = &stats.partitions[partition as usize];
+        next.push(replay_start(
+            layer.log.as_ref(),
+            partition,
+            kept.first_offset..kept.next_offset,
+            received_floor,
+        )?);
+    }
     let epoch_length = Duration::from_millis(layer.config.epoch_ms);
     let max_records = layer.config.max_records_per_epoch;
     while !shared.stop.load(Ordering::Acquire) {

@@ -75,6 +75,7 @@ impl Rig {
             catalog: self.catalog.clone(),
             config,
             metrics,
+            max_event_lead: Duration::from_secs(24 * 3600),
         }
         .start()
         .unwrap()
@@ -335,4 +336,42 @@ fn moving_the_horizon_retracts_older_buckets_from_memory_and_store() {
     rig.wait_caught_up(&speed);
     assert_same(&rig.stored(), &rig.expected(horizon));
     speed.stop().unwrap();
+}
+
+#[test]
+fn a_restart_replays_from_the_first_record_that_can_reach_the_horizon() {
+    let rig = rig();
+    let horizon = now() - 10 * HOUR_MS;
+    let lead = 2 * HOUR_MS;
+    // One user, so one partition; received times grow with offsets.
+    let received: Vec<Millis> = (0..100)
+        .map(|i| horizon - 5 * HOUR_MS + i * 6 * MINUTE_MS)
+        .collect();
+    let events: Vec<Event> = received
+        .iter()
+        .enumerate()
+        .map(|(i, &received_at)| Event {
+            event_id: format!("r{i}"),
+            event_type: "click".into(),
+            ts: received_at,
+            tenant: "demo".into(),
+            user_id: "one-user".into(),
+            tags: BTreeMap::new(),
+            received_at,
+            source: "demo-web".into(),
+        })
+        .collect();
+    rig.append(&events);
+    let partition = partition_of("demo", "one-user", 3);
+    let start = crate::replay_start(rig.log.as_ref(), partition, 0..100, horizon - lead).unwrap();
+    let first_needed = received.iter().position(|&r| r >= horizon - lead).unwrap() as u64;
+    assert_eq!(start, first_needed);
+    assert_eq!(
+        crate::replay_start(rig.log.as_ref(), partition, 0..100, Millis::MIN).unwrap(),
+        0
+    );
+    assert_eq!(
+        crate::replay_start(rig.log.as_ref(), partition, 0..100, Millis::MAX).unwrap(),
+        100
+    );
 }
