@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::{Tally, WRITE_KEY, log_stats, logged_event_ids, post_events, tally};
+use crate::support::{Tally, log_stats, logged_event_ids, post_events};
 
 #[test]
 fn every_acknowledged_event_survives_kill_9_mid_load() {
@@ -12,14 +12,8 @@ fn every_acknowledged_event_survives_kill_9_mid_load() {
     let data_dir = dir.path().join("data");
     let acked_path = dir.path().join("acked-ids.txt");
     let server = Tally::up(&data_dir);
-    let generator = tally()
-        .args([
-            "gen",
-            "--url",
-            &format!("http://{}", server.address),
-            "--key",
-            WRITE_KEY,
-        ])
+    let generator = server
+        .generator()
         .args([
             "--events",
             "100000",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Tally, WRITE_KEY, run, tally};
+use crate::support::{Tally, run, tally};
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -88,14 +88,8 @@ fn views_count_each_event_once_after_kill_9_mid_stream() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let server = Tally::up(&data_dir);
-    let generator = tally()
-        .args([
-            "gen",
-            "--url",
-            &format!("http://{}", server.address),
-            "--key",
-            WRITE_KEY,
-        ])
+    let generator = server
+        .generator()
         .args([
             "--events",
             "60000",

@@ -84,6 +84,19 @@ impl Tally {
         http(&self.address, method, path, headers, body)
     }
 
+    /// `tally gen` sending to this server with the demo write key; add the load's flags.
+    pub fn generator(&self) -> Command {
+        let mut command = tally();
+        command.args([
+            "gen",
+            "--url",
+            &format!("http://{}", self.address),
+            "--key",
+            WRITE_KEY,
+        ]);
+        command
+    }
+
     /// Events acknowledged so far, from `/metrics`.
     pub fn accepted(&self) -> u64 {
         let (_, metrics) = self.http("GET", "/metrics", &[], "");
