@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tally_model::time::parse_timestamp;
 
 use crate::support::{Tally, run, tally};
 
@@ -55,7 +56,7 @@ fn stored_counts(data_dir: &Path) -> BTreeMap<(i64, String, String), u64> {
         .lines()
         .map(|line| {
             let row: Value = serde_json::from_str(line).unwrap();
-            let bucket = chrono_free_parse(row["bucket"].as_str().unwrap());
+            let bucket = parse_timestamp(row["bucket"].as_str().unwrap()).unwrap();
             (
                 (
                     bucket,
@@ -66,21 +67,6 @@ fn stored_counts(data_dir: &Path) -> BTreeMap<(i64, String, String), u64> {
             )
         })
         .collect()
-}
-
-/// Epoch ms of an RFC 3339 UTC time as `tally views get` prints it (`2026-11-22T16:42:00.000Z`).
-fn chrono_free_parse(text: &str) -> i64 {
-    let number = |range: std::ops::Range<usize>| text[range].parse::<i64>().unwrap();
-    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
-    let (hour, minute, second) = (number(11..13), number(14..16), number(17..19));
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000
 }
 
 #[test]

@@ -249,6 +249,13 @@ impl Config {
         if self.speed.epoch_ms == 0 || self.speed.max_records_per_epoch == 0 {
             return invalid("speed.epoch_ms and speed.max_records_per_epoch must be at least 1");
         }
+        let replay_hours = self.speed.horizon_hours + self.ingest.max_future_secs.div_ceil(3600);
+        if self.log.retention_hours < replay_hours {
+            return Err(ConfigError::Invalid(format!(
+                "log.retention_hours ({}) must cover speed.horizon_hours plus ingest.max_future_secs ({replay_hours} h): a restarted speed layer replays that far",
+                self.log.retention_hours
+            )));
+        }
         if self.ingest.max_event_bytes > self.ingest.max_request_bytes {
             return invalid("ingest.max_event_bytes must not exceed ingest.max_request_bytes");
         }
@@ -357,6 +364,8 @@ mod tests {
         );
         let err = Config::parse("[log]\npartitons = 3\n", []).unwrap_err();
         assert!(err.to_string().contains("partitons"), "{err}");
+        let err = Config::parse("[log]\nretention_hours = 24\n", []).unwrap_err();
+        assert!(err.to_string().contains("speed.horizon_hours"), "{err}");
         let err = Config::parse("[log]\npartitions = 0\n", []).unwrap_err();
         assert!(err.to_string().contains("log.partitions"), "{err}");
     }

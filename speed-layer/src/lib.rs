@@ -282,10 +282,12 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
             return Err(SpeedError::Store(failure));
         }
         let started = Instant::now();
+        // The horizon only moves forward: the trailing one, or a later one set from outside.
+        let trailing = trailing_horizon(&layer.config);
         let horizon = shared
             .horizon
-            .fetch_max(trailing_horizon(&layer.config), Ordering::AcqRel)
-            .max(trailing_horizon(&layer.config));
+            .fetch_max(trailing, Ordering::AcqRel)
+            .max(trailing);
         let mut read = 0u64;
         let mut oldest_received: Option<Millis> = None;
         let mut caught_up = true;
