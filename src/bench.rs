@@ -294,16 +294,13 @@ fn speed(args: SpeedBenchArgs) -> anyhow::Result<()> {
         metrics,
         max_event_lead: std::time::Duration::from_secs(config.ingest.max_future_secs),
     };
-    let workers = match config.speed.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let started = Instant::now();
+    let speed = layer.start()?;
+    let workers = speed.workers();
     eprintln!(
         "bench: replaying {} events with {workers} workers ...",
         args.events
     );
-    let started = Instant::now();
-    let speed = layer.start()?;
     let ends = |log: &Spool| -> anyhow::Result<Vec<u64>> {
         Ok(log
             .stats()?

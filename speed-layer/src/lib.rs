@@ -119,6 +119,8 @@ pub struct SpeedHandle {
 
 struct Shared {
     layer: SpeedLayer,
+    /// Timely workers running.
+    workers: usize,
     views: Arc<CompiledViews>,
     horizon: Arc<AtomicI64>,
     stop: AtomicBool,
@@ -151,6 +153,7 @@ impl SpeedLayer {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             layer: self,
+            workers,
             horizon,
             stop: AtomicBool::new(false),
             failure: Arc::new(Mutex::new(None)),
@@ -175,6 +178,11 @@ impl SpeedHandle {
             .iter()
             .map(|offset| offset.load(Ordering::Acquire))
             .collect()
+    }
+
+    /// Timely workers running (`speed.workers`, or one per core when that is 0).
+    pub fn workers(&self) -> usize {
+        self.shared.workers
     }
 
     /// The current horizon: views hold buckets at or after it.
@@ -272,6 +280,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
     }
     let epoch_length = Duration::from_millis(layer.config.epoch_ms);
     let max_records = layer.config.max_records_per_epoch;
+    let mut last_recorded: Option<(Millis, Vec<Offset>)> = None;
     while !shared.stop.load(Ordering::Acquire) {
         if let Some(failure) = shared
             .failure
@@ -329,7 +338,11 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
         for (slot, &partition) in partitions.iter().enumerate() {
             shared.reflected[partition as usize].store(next[slot], Ordering::Release);
         }
-        record_progress(layer, index, epoch, horizon, &partitions, &next);
+        // Recorded when it changes: a durable store commit per idle epoch would be wasted I/O.
+        if last_recorded.as_ref() != Some(&(horizon, next.clone())) {
+            record_progress(layer, index, epoch, horizon, &partitions, &next);
+            last_recorded = Some((horizon, next.clone()));
+        }
         let ends = layer.log.stats()?;
         let lag: Vec<(u32, u64)> = partitions
             .iter()
