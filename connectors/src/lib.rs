@@ -6,6 +6,9 @@
 //!   a redb file; ScyllaDB implements the same [`view_store::ViewStore`] trait.
 //! - [`object_store`]: raw Parquet partitions and batch views, through the `object_store`
 //!   crate: a local folder by default, S3 or HDFS in production.
+//! - [`archive`]: the raw archive's Parquet schema, written by the archiver and read by
+//!   recompute, search and notebooks.
+//! - [`batch_views`]: batch view states and the manifest that publishes them atomically.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tally_connectors::log::LogError> {
@@ -18,6 +21,10 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod archive;
+pub mod batch_views;
 pub mod log;
 pub mod object_store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod view_store;

@@ -1,6 +1,6 @@
 //! The collector's HTTP routes: the batch endpoint and the image beacon.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tally_model::registry::ValidationContext;
+use tally_model::time::now_millis;
 use tally_model::{ApiKey, Millis, Scope};
 
 use crate::Collector;
@@ -290,10 +291,4 @@ impl Collector {
             tag_values_as_text,
         }
     }
-}
-
-fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as Millis)
 }

@@ -31,6 +31,9 @@ pub struct Config {
     /// The speed layer.
     #[serde(default)]
     pub speed: SpeedConfig,
+    /// The batch layer: archiver, recompute and scheduler.
+    #[serde(default)]
+    pub batch: BatchConfig,
     /// The demo tenant created when no tenant is declared.
     #[serde(default)]
     pub demo: DemoConfig,
@@ -106,6 +109,44 @@ pub struct SpeedConfig {
     /// Most records read from one partition in one epoch.
     #[serde(default = "default_max_records_per_epoch")]
     pub max_records_per_epoch: usize,
+}
+
+/// The batch layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// The archiver closes a raw file once it holds this many events...
+    #[serde(default = "default_roll_events")]
+    pub roll_events: usize,
+    /// ...or this many bytes of events (as logged)...
+    #[serde(default = "default_roll_bytes")]
+    pub roll_bytes: usize,
+    /// ...or its first event has waited this many seconds.
+    #[serde(default = "default_roll_secs")]
+    pub roll_secs: u64,
+    /// Seconds between scheduled recomputes under `tally up` and `tally batch schedule`.
+    #[serde(default = "default_every_secs")]
+    pub every_secs: u64,
+    /// How far apart, in milliseconds, the clocks stamping `received_at` may be: an hour is
+    /// closed only once the archiver is this far past its end.
+    #[serde(default = "default_clock_slack_ms")]
+    pub clock_slack_ms: u64,
+}
+
+const fn default_roll_events() -> usize {
+    500_000
+}
+const fn default_roll_bytes() -> usize {
+    128 * 1024 * 1024
+}
+const fn default_roll_secs() -> u64 {
+    60
+}
+const fn default_every_secs() -> u64 {
+    15 * 60
+}
+const fn default_clock_slack_ms() -> u64 {
+    1_000
 }
 
 fn default_speed_listen() -> String {
@@ -187,6 +228,11 @@ impl Default for SpeedConfig {
         Config::default_section()
     }
 }
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Config::default_section()
+    }
+}
 
 /// Why a configuration could not be read.
 #[derive(Debug, Error)]
@@ -255,6 +301,11 @@ impl Config {
                 "log.retention_hours ({}) must cover speed.horizon_hours plus ingest.max_future_secs ({replay_hours} h): a restarted speed layer replays that far",
                 self.log.retention_hours
             )));
+        }
+        if self.batch.roll_events == 0 || self.batch.roll_bytes == 0 || self.batch.every_secs == 0 {
+            return invalid(
+                "batch.roll_events, batch.roll_bytes and batch.every_secs must be at least 1",
+            );
         }
         if self.ingest.max_event_bytes > self.ingest.max_request_bytes {
             return invalid("ingest.max_event_bytes must not exceed ingest.max_request_bytes");

@@ -201,15 +201,22 @@ pub struct RejectedEvent {
 /// The log partition of a user's events: stable across processes, versions and machines,
 /// so one user's events stay in order in one partition.
 pub fn partition_of(tenant: &str, user_id: &str, partitions: u32) -> u32 {
-    // FNV-1a: tiny, stable, and good enough to spread keys; `std`'s hasher is seeded per process.
+    let key = tenant
+        .as_bytes()
+        .iter()
+        .chain([&0xff])
+        .chain(user_id.as_bytes());
+    (stable_hash(key.copied()) % u64::from(partitions.max(1))) as u32
+}
+
+/// FNV-1a over bytes: tiny, and the same in every process, version and machine (`std`'s
+/// hasher is seeded per process), for anything that must hash alike everywhere.
+pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0100_0000_01b3;
-    let mut hash = OFFSET_BASIS;
-    for byte in tenant.bytes().chain([0xff]).chain(user_id.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(PRIME);
-    }
-    (hash % u64::from(partitions.max(1))) as u32
+    bytes.into_iter().fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! - [`view`] and [`state`]: view specs, declared once and compiled by both the speed and the
 //!   batch layer, and the mergeable [`AggregateState`] they both produce.
 //! - [`time`] and [`layout`]: UTC time buckets and the raw partition layout in object storage.
+//! - [`manifest`]: the batch manifest (views, logic versions, hours, horizon).
 //! - [`config`]: the one TOML file, overridable by `TALLY_*` environment variables.
 //!
 //! ```
@@ -27,14 +28,16 @@
 pub mod config;
 pub mod event;
 pub mod layout;
+pub mod manifest;
 pub mod registry;
 pub mod state;
 pub mod tenant;
 pub mod time;
 pub mod view;
 
-pub use config::{Config, ConfigError};
-pub use event::{Event, Millis, RejectedEvent, TagValue, partition_of};
+pub use config::{BatchConfig, Config, ConfigError};
+pub use event::{Event, Millis, RejectedEvent, TagValue, partition_of, stable_hash};
+pub use manifest::{LogicVersion, Manifest, ViewManifest};
 pub use registry::{RejectReason, TagKind, TagRegistry, ValidationContext};
 pub use state::{AggregateState, MeasureState, StateDecodeError, StateSummary};
 pub use tenant::{ApiKey, Catalog, Scope, Tenant};

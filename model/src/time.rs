@@ -40,6 +40,13 @@ impl Granularity {
     }
 }
 
+/// The wall clock in milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as Millis)
+}
+
 /// An RFC 3339 rendering of a timestamp, e.g. `2026-11-22T16:00:00.000Z`.
 pub fn format_rfc3339(ts: Millis) -> String {
     match DateTime::<Utc>::from_timestamp_millis(ts) {

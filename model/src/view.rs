@@ -55,11 +55,15 @@ impl ViewSpec {
         AggregateState::for_measures(&self.measures)
     }
 
+    /// The field each of a state's [`measures`](AggregateState::measures) reads, in order.
+    pub fn measure_fields(&self) -> impl Iterator<Item = &str> {
+        self.measures.iter().filter_map(Measure::field)
+    }
+
     /// Adds one event to a state of this view.
     pub fn accumulate(&self, state: &mut AggregateState, event: &Event) {
         state.count += 1;
-        let fields = self.measures.iter().filter_map(Measure::field);
-        for (measure_state, field) in state.measures.iter_mut().zip(fields) {
+        for (measure_state, field) in state.measures.iter_mut().zip(self.measure_fields()) {
             if let Some(value) = event.field(field) {
                 measure_state.add(value);
             }

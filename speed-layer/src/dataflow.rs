@@ -1,8 +1,9 @@
 //! The speed layer's dataflow: from logged events to view states in the store.
 //!
-//! 1. [`deduplicate`] (differential): one copy per `(tenant, event_id)`, the one with the
-//!    smallest `(received_at, partition, offset)`, the batch layer's rule too, so a replayed
-//!    or retried event changes nothing. Differential sees only a [`Sighting`] of each event:
+//! 1. [`deduplicate`] (differential): one copy per `(tenant, event_id)` within an event hour,
+//!    the one with the smallest `(received_at, partition, offset)`: the batch layer's rule,
+//!    which dedupes each hour partition, so a replayed or retried event changes nothing and
+//!    both layers keep the same copy. Differential sees only a [`Sighting`] of each event:
 //!    hashes and a log position, small and `Copy`; sorting whole events was most of the cost.
 //! 2. [`partial_states`] (on the worker that read the kept copy, which holds the event in its
 //!    [`EpochEvents`]): each closed epoch's new events folded into one aggregate state per view
@@ -25,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use differential_dataflow::VecCollection;
 use tally_connectors::log::Offset;
 use tally_connectors::view_store::{ViewKey, ViewStore};
-use tally_model::{AggregateState, Catalog, Event, Millis, ViewSpec};
+use tally_model::{AggregateState, Catalog, Event, Granularity, Millis, ViewSpec};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
@@ -37,7 +38,7 @@ use crate::telemetry::SpeedMetrics;
 
 /// Timely time: the epoch number.
 pub type Epoch = u64;
-/// A 128-bit hash of `(tenant, event_id)`: the identity duplicates share.
+/// A 128-bit hash of `(tenant, event_id, event hour)`: the identity duplicates share.
 pub type IdHash = u128;
 /// A hash of what views read of an event (everything but `received_at`).
 pub type ContentHash = u64;
@@ -99,7 +100,8 @@ fn hash_with(seed: u64, value: impl Hash) -> u64 {
 
 /// The sighting of an event.
 pub fn sighting(event: &Event, partition: u32, offset: Offset) -> Sighting {
-    let identity = (&event.tenant, &event.event_id);
+    let hour = Granularity::Hour.bucket_start(event.ts);
+    let identity = (&event.tenant, &event.event_id, hour);
     let id = (u128::from(hash_with(1, identity)) << 64) | u128::from(hash_with(2, identity));
     let content = hash_with(
         3,

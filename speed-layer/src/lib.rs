@@ -29,14 +29,14 @@ mod tests;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
 use serde::Serialize;
 use tally_connectors::log::{EventLog, LogError, Offset};
 use tally_connectors::view_store::ViewStore;
 use tally_model::config::SpeedConfig;
-use tally_model::time::HOUR_MS;
+use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{Catalog, Event, Granularity, Millis};
 use thiserror::Error;
 use timely::dataflow::operators::Probe;
@@ -228,12 +228,6 @@ impl Drop for SpeedHandle {
 fn trailing_horizon(config: &SpeedConfig) -> Millis {
     let horizon = now_millis() - (config.horizon_hours as Millis).saturating_mul(HOUR_MS);
     Granularity::Hour.bucket_start(horizon)
-}
-
-fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as Millis)
 }
 
 fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {

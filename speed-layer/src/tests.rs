@@ -1,21 +1,20 @@
 //! The speed layer against a plain fold over the same events, on a real spool and view store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
+use tally_connectors::testing::{
+    assert_states_agree, demo_events, reference_states, sample_demo_events,
+};
 use tally_connectors::view_store::{EmbeddedViewStore, ViewKey, ViewStore};
 use tally_model::config::SpeedConfig;
-use tally_model::state::MeasureState;
 use tally_model::time::{HOUR_MS, MINUTE_MS};
-use tally_model::{AggregateState, Catalog, Event, Granularity, Millis, TagValue, partition_of};
+use tally_model::{AggregateState, Catalog, Event, Granularity, Millis, partition_of};
 
-use crate::dataflow::LogPosition;
 use crate::{SpeedHandle, SpeedLayer, SpeedMetrics};
-
-const USERS: u32 = 30;
 
 struct Rig {
     _dir: tempfile::TempDir,
@@ -115,153 +114,29 @@ impl Rig {
             .collect()
     }
 
-    /// The plain computation: keep the copy with the smallest (received_at, partition, offset)
-    /// per event id, then fold every view.
+    /// The plain computation over everything in the log, from the horizon on.
     fn expected(&self, horizon: Millis) -> BTreeMap<ViewKey, AggregateState> {
-        let mut kept: HashMap<(String, String), (LogPosition, Event)> = HashMap::new();
-        for partition in 0..3 {
-            for entry in self.log.read(partition, 0, usize::MAX).unwrap() {
+        let logged = (0..3).flat_map(|partition| {
+            let entries = self.log.read(partition, 0, usize::MAX).unwrap();
+            entries.into_iter().map(move |entry| {
                 let event: Event = serde_json::from_slice(&entry.payload).unwrap();
-                let position = (event.received_at, partition, entry.offset);
-                let id = (event.tenant.clone(), event.event_id.clone());
-                if kept.get(&id).is_none_or(|(best, _)| position < *best) {
-                    kept.insert(id, (position, event));
-                }
-            }
-        }
-        let mut expected = BTreeMap::new();
-        for (_, event) in kept.into_values().filter(|(_, e)| e.ts >= horizon) {
-            for view in self.catalog.tenants["demo"]
-                .views
-                .iter()
-                .filter(|v| v.covers(&event.event_type))
-            {
-                let key = ViewKey {
-                    tenant: "demo".into(),
-                    view: view.name.clone(),
-                    bucket: view.granularity.bucket_start(event.ts),
-                    dimensions: view.dimension_values(&event),
-                };
-                view.accumulate(
-                    expected.entry(key).or_insert_with(|| view.empty_state()),
-                    &event,
-                );
-            }
-        }
-        expected
-    }
-}
-
-/// Exact on count, sum, min, max and the HLL composite estimate; KLL by its exact parts.
-fn assert_same(
-    stored: &BTreeMap<ViewKey, AggregateState>,
-    expected: &BTreeMap<ViewKey, AggregateState>,
-) {
-    assert_eq!(
-        stored.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>()
-    );
-    for (key, want) in expected {
-        let got = &stored[key];
-        assert_eq!(got.count, want.count, "{key:?}");
-        for (g, w) in got.measures.iter().zip(&want.measures) {
-            match (g, w) {
-                (MeasureState::Uniq(g), MeasureState::Uniq(w)) => {
-                    assert_eq!(g.composite_estimate(), w.composite_estimate(), "{key:?}")
-                }
-                (MeasureState::Quantiles(g), MeasureState::Quantiles(w)) => {
-                    assert_eq!(
-                        (g.n(), g.min_item(), g.max_item()),
-                        (w.n(), w.min_item(), w.max_item()),
-                        "{key:?}"
-                    )
-                }
-                (g, w) => assert_eq!(g, w, "{key:?}"),
-            }
-        }
+                (partition, entry.offset, event)
+            })
+        });
+        reference_states(&self.catalog, logged, horizon..Millis::MAX)
     }
 }
 
 fn now() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as Millis
+    tally_model::time::now_millis()
 }
 
-const TYPES: [&str; 4] = ["page_view", "click", "purchase", "session_start"];
-const OPERATING_SYSTEMS: [&str; 3] = ["ios", "android", "linux"];
-
-/// Random demo events over the last few hours, some of them late, and resent copies of some.
 fn events_strategy() -> impl Strategy<Value = Vec<Event>> {
-    let event = (
-        0..TYPES.len(),
-        0u32..USERS,
-        0i64..180,
-        0..OPERATING_SYSTEMS.len(),
-        1u32..5000,
-        0u32..10_000,
-    );
-    (
-        prop::collection::vec(event, 1..150),
-        prop::collection::vec((any::<prop::sample::Index>(), 1i64..5000), 0..40),
-    )
-        .prop_map(|(events, resends)| {
-            let base = now() - 3 * HOUR_MS;
-            let mut out: Vec<Event> = events
-                .into_iter()
-                .enumerate()
-                .map(|(index, (kind, user, minute, os, latency, revenue))| {
-                    let id = index as i64;
-                    let event_type = TYPES[kind];
-                    let mut tags = BTreeMap::from([
-                        (
-                            "os_type".to_owned(),
-                            TagValue::String(OPERATING_SYSTEMS[os].into()),
-                        ),
-                        (
-                            "latency_ms".to_owned(),
-                            TagValue::Number(f64::from(latency) / 10.0),
-                        ),
-                    ]);
-                    if event_type == "purchase" {
-                        tags.insert(
-                            "revenue".into(),
-                            TagValue::Number(f64::from(revenue) / 100.0),
-                        );
-                    }
-                    Event {
-                        event_id: format!("e{id}"),
-                        event_type: event_type.into(),
-                        ts: base + minute * MINUTE_MS + id,
-                        tenant: "demo".into(),
-                        user_id: format!("u{user}"),
-                        tags,
-                        received_at: base + 180 * MINUTE_MS + id,
-                        source: "demo-web".into(),
-                    }
-                })
-                .collect();
-            // Resends are exact copies of what the client sent, received later. (A client that
-            // reuses an id for other content is counted in `unretractable`, see `dataflow`.)
-            for (pick, delay) in resends {
-                let mut copy = out[pick.index(out.len())].clone();
-                copy.received_at += delay;
-                out.push(copy);
-            }
-            out
-        })
+    demo_events(now() - 3 * HOUR_MS)
 }
 
-/// One fixed sample of the strategy, for the example-based tests.
 fn sample_events() -> Vec<Event> {
-    use proptest::strategy::ValueTree;
-    let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let mut events = Vec::new();
-    while events.len() < 100 {
-        events = events_strategy().new_tree(&mut runner).unwrap().current();
-    }
-    events
+    sample_demo_events(now() - 3 * HOUR_MS)
 }
 
 proptest! {
@@ -277,7 +152,7 @@ proptest! {
         rig.append(late);
         rig.wait_caught_up(&speed);
         let horizon = speed.horizon();
-        assert_same(&rig.stored(), &rig.expected(horizon));
+        assert_states_agree(&rig.stored(), &rig.expected(horizon));
         speed.stop().unwrap();
     }
 }
@@ -293,8 +168,8 @@ fn a_restart_replays_to_the_same_states_without_double_counting() {
     speed.stop().unwrap();
     let speed = rig.start(1);
     rig.wait_caught_up(&speed);
-    assert_same(&rig.stored(), &first);
-    assert_same(&rig.stored(), &rig.expected(speed.horizon()));
+    assert_states_agree(&rig.stored(), &first);
+    assert_states_agree(&rig.stored(), &rig.expected(speed.horizon()));
     speed.stop().unwrap();
 }
 
@@ -324,7 +199,7 @@ fn moving_the_horizon_retracts_older_buckets_from_memory_and_store() {
         .into_iter()
         .filter(|(k, _)| k.bucket >= horizon)
         .collect();
-    assert_same(&rig.stored(), &kept);
+    assert_states_agree(&rig.stored(), &kept);
     // New events below the horizon are ignored; at or after it they count.
     let mut old = events[0].clone();
     old.event_id = "below".into();
@@ -334,7 +209,7 @@ fn moving_the_horizon_retracts_older_buckets_from_memory_and_store() {
     new.ts = horizon + 1;
     rig.append(&[old, new]);
     rig.wait_caught_up(&speed);
-    assert_same(&rig.stored(), &rig.expected(horizon));
+    assert_states_agree(&rig.stored(), &rig.expected(horizon));
     speed.stop().unwrap();
 }
 

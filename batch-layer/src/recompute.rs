@@ -1,0 +1,414 @@
+//! Recompute: for each closed hour that needs it, read the hour's raw objects, dedupe, build
+//! every view's states with the Polars plan of [`crate::plan`], write them as new objects, and
+//! publish one manifest that points at them, with the new horizon.
+//!
+//! An hour needs computing when a view has never computed it, when its raw objects changed
+//! since (late events arrived: the hour is dirty, recomputed under its own logic version), or
+//! when a reprocess asks for it under a new logic version.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use polars::prelude::*;
+use tally_connectors::batch_views::BatchViews;
+use tally_model::layout::{RawStream, parse_hour_partition, view_object_path};
+use tally_model::manifest::{HourEntry, LogicVersion, Manifest, RawInputs, ViewManifest, view_id};
+use tally_model::time::{HOUR_MS, format_rfc3339, now_millis};
+use tally_model::{Catalog, Millis, ViewSpec, stable_hash};
+
+use crate::BatchError;
+use crate::archiver::archived_through;
+use crate::plan::{self, BuiltStates, dedupe};
+use crate::telemetry::{BatchMetrics, RunSummary};
+
+/// What a run should compute.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    /// Only hours starting in this range; all closed hours when none.
+    pub hours: Option<Range<Millis>>,
+    /// Only this view (of every tenant that has it).
+    pub view: Option<String>,
+    /// Recompute every hour in range with the current specs under this logic version, then
+    /// make it the views' current version.
+    pub reprocess_as: Option<LogicVersion>,
+}
+
+/// Progress of a run, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub enum RunProgress {
+    /// The run has planned this many hours.
+    Planned {
+        /// Hours to compute.
+        hours: usize,
+    },
+    /// An hour is done.
+    HourDone {
+        /// Raw rows it read.
+        raw_rows: u64,
+    },
+}
+
+/// The raw objects of one hour.
+#[derive(Debug, Clone, Default)]
+struct RawHour {
+    objects: Vec<String>,
+    inputs: RawInputs,
+}
+
+/// One view to compute for one hour.
+struct Job {
+    view_id: String,
+    tenant: String,
+    version: LogicVersion,
+    spec: ViewSpec,
+}
+
+/// The recompute job.
+pub struct Recompute {
+    store: Arc<dyn ObjectStore>,
+    views: BatchViews,
+    catalog: Arc<Catalog>,
+    lateness_ms: Millis,
+    metrics: Arc<BatchMetrics>,
+}
+
+impl Recompute {
+    /// Recomputes the views of `catalog` from the raw events in `store`. `lateness_ms` is how
+    /// late an event may arrive (ingest rejects later ones): hours end that long before the
+    /// horizon can pass them.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        catalog: Arc<Catalog>,
+        lateness_ms: Millis,
+        metrics: Arc<BatchMetrics>,
+    ) -> Self {
+        Recompute {
+            views: BatchViews::new(store.clone()),
+            store,
+            catalog,
+            lateness_ms,
+            metrics,
+        }
+    }
+
+    /// Computes what `request` asks for and publishes the result.
+    pub async fn run(
+        &self,
+        request: &RunRequest,
+        progress: &(dyn Fn(RunProgress) + Sync),
+    ) -> Result<RunSummary, BatchError> {
+        let started = Instant::now();
+        let result = self.run_inner(request, progress).await;
+        match &result {
+            Ok(summary) => self.metrics.run_finished(summary, started.elapsed()),
+            Err(err) => self.metrics.run_failed(err),
+        }
+        result
+    }
+
+    async fn run_inner(
+        &self,
+        request: &RunRequest,
+        progress: &(dyn Fn(RunProgress) + Sync),
+    ) -> Result<RunSummary, BatchError> {
+        let published = self.views.manifest().await?;
+        let mut manifest = published.clone().unwrap_or_default();
+        let generation = manifest.generation + 1;
+        let archived = archived_through(self.store.as_ref(), RawStream::Events).await?;
+        let raw_hours = self.list_raw_hours().await?;
+        // Hours the archiver has passed: every event received before their end is archived.
+        let closed_end =
+            archived.map_or(Millis::MIN, |through| through.div_euclid(HOUR_MS) * HOUR_MS);
+        let wanted = request.hours.clone().unwrap_or(Millis::MIN..Millis::MAX);
+
+        let mut work: BTreeMap<Millis, Vec<Job>> = BTreeMap::new();
+        for (tenant, spec) in self.catalog_views(request.view.as_deref()) {
+            let id = view_id(tenant, &spec.name);
+            let entry = manifest
+                .views
+                .entry(id.clone())
+                .or_insert_with(|| ViewManifest::new(tenant, spec));
+            let version = choose_version(entry, spec, request.reprocess_as)?;
+            for (&hour, raw) in raw_hours.range(wanted.clone()) {
+                if hour >= closed_end {
+                    break;
+                }
+                let (version, spec) = match entry.hours.get(&hour) {
+                    Some(_) if request.reprocess_as.is_some() => (version, spec.clone()),
+                    None => (version, spec.clone()),
+                    Some(done) if done.inputs != raw.inputs => {
+                        let spec = entry.versions.get(&done.logic_version).ok_or_else(|| {
+                            BatchError::Corrupt {
+                                what: format!("manifest entry of {id}"),
+                                reason: format!("logic version {} has no spec", done.logic_version),
+                            }
+                        })?;
+                        (done.logic_version, spec.clone())
+                    }
+                    Some(_) => continue,
+                };
+                work.entry(hour).or_default().push(Job {
+                    view_id: id.clone(),
+                    tenant: tenant.to_owned(),
+                    version,
+                    spec,
+                });
+            }
+        }
+
+        progress(RunProgress::Planned { hours: work.len() });
+        let mut summary = RunSummary::default();
+        for (hour, jobs) in work {
+            let raw = &raw_hours[&hour];
+            let raw_rows = self
+                .compute_hour(hour, raw, jobs, generation, &mut manifest, &mut summary)
+                .await?;
+            summary.raw_rows += raw_rows;
+            progress(RunProgress::HourDone { raw_rows });
+        }
+
+        if let Some(through) = archived {
+            let final_end = (through - self.lateness_ms).div_euclid(HOUR_MS) * HOUR_MS;
+            self.advance_horizons(&mut manifest, &raw_hours, final_end);
+        }
+        summary.horizon = manifest.horizon;
+        if published.as_ref() != Some(&manifest) {
+            manifest.generation = generation;
+            manifest.published_at = now_millis();
+            self.views.publish(&manifest).await?;
+            summary.generation = Some(generation);
+        }
+        Ok(summary)
+    }
+
+    /// Every (tenant, view) of the catalog, or only views named `only`.
+    fn catalog_views<'a>(
+        &'a self,
+        only: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a str, &'a ViewSpec)> + 'a {
+        self.catalog.tenants.iter().flat_map(move |(name, tenant)| {
+            tenant
+                .views
+                .iter()
+                .filter(move |spec| only.is_none_or(|only| spec.name == only))
+                .map(move |spec| (name.as_str(), spec))
+        })
+    }
+
+    /// Reads, dedupes and aggregates one hour for its jobs; returns the raw rows read.
+    async fn compute_hour(
+        &self,
+        hour: Millis,
+        raw: &RawHour,
+        jobs: Vec<Job>,
+        generation: u64,
+        manifest: &mut Manifest,
+        summary: &mut RunSummary,
+    ) -> Result<u64, BatchError> {
+        let mut objects = Vec::with_capacity(raw.objects.len());
+        for object in &raw.objects {
+            let bytes = self
+                .store
+                .get(&ObjectPath::from(object.as_str()))
+                .await
+                .map_err(|source| BatchError::store(object, source))?
+                .bytes()
+                .await
+                .map_err(|source| BatchError::store(object, source))?;
+            objects.push((object.clone(), bytes));
+        }
+        // Polars is CPU work with its own thread pool: off the async runtime.
+        let (raw_rows, built) =
+            tokio::task::spawn_blocking(move || build_hour(hour, objects, jobs))
+                .await
+                .expect("building an hour's states does not panic")?;
+        for (job, states) in built {
+            let object = match states.rows.is_empty() {
+                true => None,
+                false => {
+                    let path = view_object_path(
+                        &job.tenant,
+                        &job.spec.name,
+                        job.version,
+                        hour,
+                        generation,
+                    );
+                    self.views
+                        .write_states(&path, &job.spec.dimensions, &states.rows)
+                        .await?;
+                    Some(path)
+                }
+            };
+            summary.hours += 1;
+            summary.rows += states.rows.len() as u64;
+            let entry = manifest
+                .views
+                .get_mut(&job.view_id)
+                .expect("every job's view is in the manifest");
+            entry.hours.insert(
+                hour,
+                HourEntry {
+                    logic_version: job.version,
+                    object,
+                    rows: states.rows.len() as u64,
+                    events: states.events,
+                    inputs: raw.inputs,
+                },
+            );
+        }
+        Ok(raw_rows)
+    }
+
+    /// Every raw events object, grouped by hour, with each hour's input fingerprint.
+    async fn list_raw_hours(&self) -> Result<BTreeMap<Millis, RawHour>, BatchError> {
+        let prefix = RawStream::Events.prefix();
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&ObjectPath::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(|source| BatchError::store(prefix, source))?;
+        let mut hours: BTreeMap<Millis, Vec<(String, u64)>> = BTreeMap::new();
+        for meta in listed {
+            let path = meta.location.to_string();
+            // The local store stages writes beside their target; only whole objects count.
+            if !path.ends_with(".parquet") {
+                continue;
+            }
+            if let Some(hour) = parse_hour_partition(&path) {
+                hours.entry(hour).or_default().push((path, meta.size));
+            }
+        }
+        Ok(hours
+            .into_iter()
+            .map(|(hour, mut objects)| {
+                objects.sort();
+                let fingerprint = stable_hash(objects.iter().flat_map(|(path, size)| {
+                    path.bytes().chain(size.to_le_bytes()).collect::<Vec<_>>()
+                }));
+                let inputs = RawInputs {
+                    objects: objects.len() as u64,
+                    fingerprint,
+                };
+                let objects = objects.into_iter().map(|(path, _)| path).collect();
+                (hour, RawHour { objects, inputs })
+            })
+            .collect())
+    }
+
+    /// Moves each view's horizon to the end of its contiguous computed hours before
+    /// `final_end` (hours that can no longer receive events), and the manifest's to the least
+    /// of them. Horizons never move back: the speed layer has dropped what lies before them.
+    fn advance_horizons(
+        &self,
+        manifest: &mut Manifest,
+        raw_hours: &BTreeMap<Millis, RawHour>,
+        final_end: Millis,
+    ) {
+        let mut least = final_end;
+        for (tenant, spec) in self.catalog_views(None) {
+            let Some(entry) = manifest.views.get_mut(&view_id(tenant, &spec.name)) else {
+                least = least.min(manifest.horizon);
+                continue;
+            };
+            let first_gap = raw_hours
+                .range(..final_end)
+                .find(|(hour, raw)| {
+                    entry
+                        .hours
+                        .get(hour)
+                        .is_none_or(|done| done.inputs != raw.inputs)
+                })
+                .map_or(final_end, |(hour, _)| *hour);
+            entry.horizon = entry.horizon.max(first_gap);
+            least = least.min(entry.horizon);
+        }
+        if least > manifest.horizon {
+            tracing::info!(horizon = %format_rfc3339(least), "batch horizon advances");
+            manifest.horizon = least;
+        }
+    }
+}
+
+/// Decodes an hour's raw objects (only the columns its jobs read), dedupes them once, and
+/// builds every job's states. Returns the raw rows read and each job with its states.
+fn build_hour(
+    hour: Millis,
+    objects: Vec<(String, bytes::Bytes)>,
+    jobs: Vec<Job>,
+) -> Result<(u64, Vec<(Job, BuiltStates)>), BatchError> {
+    let columns: BTreeSet<String> = jobs
+        .iter()
+        .flat_map(|job| plan::raw_columns(&job.spec))
+        .collect();
+    let mut frames = Vec::with_capacity(objects.len());
+    for (object, bytes) in objects {
+        let read = || -> PolarsResult<DataFrame> {
+            let mut reader = ParquetReader::new(Cursor::new(bytes));
+            let present: Vec<String> = reader
+                .schema()?
+                .iter_names()
+                .filter(|name| columns.contains(name.as_str()))
+                .map(|name| name.to_string())
+                .collect();
+            reader.with_columns(Some(present)).finish()
+        };
+        frames.push(read().map_err(|err| BatchError::Corrupt {
+            what: object,
+            reason: err.to_string(),
+        })?);
+    }
+    let frame = polars::functions::concat_df_diagonal(&frames)?;
+    let raw_rows = frame.height() as u64;
+    let available = frame.schema().clone();
+    let deduped = dedupe(frame)?;
+    let mut built = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let states = plan::view_states(deduped.clone(), &available, &job.tenant, &job.spec)
+            .map_err(|source| BatchError::Plan {
+                view: job.view_id.clone(),
+                hour: format_rfc3339(hour),
+                source,
+            })?;
+        built.push((job, states));
+    }
+    Ok((raw_rows, built))
+}
+
+/// The logic version a view computes with in this run.
+fn choose_version(
+    entry: &mut ViewManifest,
+    spec: &ViewSpec,
+    reprocess_as: Option<LogicVersion>,
+) -> Result<LogicVersion, BatchError> {
+    let Some(version) = reprocess_as else {
+        let (version, new) = entry.version_for(spec);
+        if new {
+            tracing::warn!(
+                view = %entry.view,
+                tenant = %entry.tenant,
+                version,
+                "the view spec changed: new hours use logic version {version}; run `tally batch reprocess --from <T> --to <T> --logic-version {version}` to recompute history with it"
+            );
+        }
+        return Ok(version);
+    };
+    match entry.versions.get(&version) {
+        Some(existing) if existing != spec => Err(BatchError::VersionTaken {
+            view: view_id(&entry.tenant, &entry.view),
+            version,
+            next: entry.versions.keys().next_back().map_or(1, |last| last + 1),
+        }),
+        _ => {
+            entry.versions.insert(version, spec.clone());
+            entry.current_version = version;
+            Ok(version)
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The scheduler: runs recompute every few minutes, skipping a tick while a run is in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, watch};
+use tokio::time::MissedTickBehavior;
+
+use crate::recompute::{Recompute, RunRequest};
+use crate::telemetry::BatchMetrics;
+
+/// Runs [`Recompute`] on a fixed period.
+pub struct Scheduler {
+    recompute: Arc<Recompute>,
+    every: Duration,
+    metrics: Arc<BatchMetrics>,
+    in_flight: Arc<Mutex<()>>,
+}
+
+impl Scheduler {
+    /// A scheduler running `recompute` every `every`, the first run at once.
+    pub fn new(recompute: Arc<Recompute>, every: Duration, metrics: Arc<BatchMetrics>) -> Self {
+        Scheduler {
+            recompute,
+            every,
+            metrics,
+            in_flight: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Ticks until `stop` turns true; a run in flight then finishes on its own task.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(self.every);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => self.tick(),
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Starts a run unless one is in flight.
+    fn tick(&self) {
+        let Ok(guard) = self.in_flight.clone().try_lock_owned() else {
+            self.metrics.run_skipped();
+            return;
+        };
+        let recompute = self.recompute.clone();
+        tokio::spawn(async move {
+            // Failures are logged and counted by the run itself; the next tick retries.
+            let _ = recompute.run(&RunRequest::default(), &|_| {}).await;
+            drop(guard);
+        });
+    }
+}

@@ -1,0 +1,331 @@
+//! Archive and recompute against a plain fold over the same events, on a real spool and a
+//! local object store; crash redo, dirty hours, reprocessing and the horizon.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use proptest::prelude::*;
+use tally_connectors::archive::events_from_parquet;
+use tally_connectors::batch_views::BatchViews;
+use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
+use tally_connectors::testing::{
+    assert_states_agree, demo_events, reference_states, sample_demo_events,
+};
+use tally_connectors::view_store::ViewKey;
+use tally_model::layout::RawStream;
+use tally_model::manifest::Manifest;
+use tally_model::time::{HOUR_MS, now_millis};
+use tally_model::{AggregateState, Catalog, Event, Millis, partition_of};
+
+use crate::archiver::{self, Archiver, CONSUMER, RollPolicy};
+use crate::recompute::{Recompute, RunRequest};
+use crate::telemetry::{BatchMetrics, RunSummary};
+
+const PARTITIONS: u32 = 3;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    log: Arc<Spool>,
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SpoolOptions {
+        partitions: PARTITIONS,
+        ..SpoolOptions::default()
+    };
+    let log = Arc::new(Spool::open(&dir.path().join("log"), options).unwrap());
+    let store = tally_connectors::object_store::open_local(&dir.path().join("objects")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    Rig {
+        _dir: dir,
+        log,
+        store,
+        runtime,
+    }
+}
+
+/// Small rolls, so one archive pass writes several objects per hour.
+fn policy() -> RollPolicy {
+    RollPolicy {
+        events: 40,
+        bytes: usize::MAX,
+        age: std::time::Duration::from_secs(3600),
+        clock_slack_ms: 1_000,
+    }
+}
+
+/// Events over three hours that all closed hours ago.
+fn base() -> Millis {
+    now_millis() - 6 * HOUR_MS
+}
+
+impl Rig {
+    fn append(&self, events: &[Event]) {
+        let records = events
+            .iter()
+            .map(|e| AppendRecord {
+                partition: partition_of(&e.tenant, &e.user_id, PARTITIONS),
+                payload: serde_json::to_vec(e).unwrap(),
+            })
+            .collect();
+        self.runtime.block_on(self.log.append(records)).unwrap();
+    }
+
+    /// Archives everything in the log, closing every roll.
+    fn archive(&self) {
+        self.runtime.block_on(async {
+            let metrics = BatchMetrics::register(&mut Default::default());
+            let mut archiver =
+                Archiver::<Event>::open(self.log.clone(), self.store.clone(), policy(), metrics)
+                    .await
+                    .unwrap();
+            while archiver.pass(true).await.unwrap().read > 0 {}
+        });
+    }
+
+    fn recompute(&self, catalog: &Catalog, lateness: Millis, request: RunRequest) -> RunSummary {
+        let metrics = BatchMetrics::register(&mut Default::default());
+        let recompute = Recompute::new(
+            self.store.clone(),
+            Arc::new(catalog.clone()),
+            lateness,
+            metrics,
+        );
+        self.runtime
+            .block_on(recompute.run(&request, &|_| {}))
+            .unwrap()
+    }
+
+    fn manifest(&self) -> Manifest {
+        let views = BatchViews::new(self.store.clone());
+        self.runtime.block_on(views.manifest()).unwrap().unwrap()
+    }
+
+    /// Every batch state of the catalog's views the manifest publishes.
+    fn batch_states(&self, catalog: &Catalog) -> BTreeMap<ViewKey, AggregateState> {
+        let manifest = self.manifest();
+        let views = BatchViews::new(self.store.clone());
+        let mut states = BTreeMap::new();
+        for (tenant, config) in &catalog.tenants {
+            for view in &config.views {
+                let read = views.read(&manifest, tenant, &view.name, Millis::MIN..Millis::MAX);
+                states.extend(self.runtime.block_on(read).unwrap());
+            }
+        }
+        states
+    }
+
+    fn expected(&self, catalog: &Catalog) -> BTreeMap<ViewKey, AggregateState> {
+        let logged = (0..PARTITIONS).flat_map(|partition| {
+            let entries = self.log.read(partition, 0, usize::MAX).unwrap();
+            entries.into_iter().map(move |entry| {
+                let event: Event = serde_json::from_slice(&entry.payload).unwrap();
+                (partition, entry.offset, event)
+            })
+        });
+        reference_states(catalog, logged, Millis::MIN..Millis::MAX)
+    }
+
+    /// Every raw event object's rows.
+    fn raw_rows(&self) -> Vec<(u32, u64)> {
+        let listed: Vec<String> = self.runtime.block_on(async {
+            use futures::TryStreamExt;
+            let prefix = object_store::path::Path::from(RawStream::Events.prefix());
+            let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.unwrap();
+            metas.into_iter().map(|m| m.location.to_string()).collect()
+        });
+        let mut rows = Vec::new();
+        for path in listed {
+            let bytes = self.runtime.block_on(async {
+                let location = object_store::path::Path::from(path.as_str());
+                let object = object_store::ObjectStoreExt::get(&self.store, &location).await;
+                object.unwrap().bytes().await.unwrap()
+            });
+            rows.extend(
+                events_from_parquet(&bytes)
+                    .unwrap()
+                    .into_iter()
+                    .map(|logged| (logged.partition, logged.offset)),
+            );
+        }
+        rows.sort_unstable();
+        rows
+    }
+
+    fn log_positions(&self) -> Vec<(u32, u64)> {
+        (0..PARTITIONS)
+            .flat_map(|partition| {
+                let entries = self.log.read(partition, 0, usize::MAX).unwrap();
+                entries
+                    .into_iter()
+                    .map(move |entry| (partition, entry.offset))
+            })
+            .collect()
+    }
+}
+
+fn demo() -> Catalog {
+    Catalog::demo("w", "r")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn recomputed_states_equal_a_plain_fold_over_the_same_events(events in demo_events(base())) {
+        let rig = rig();
+        rig.append(&events);
+        rig.archive();
+        assert_eq!(rig.raw_rows(), rig.log_positions(), "every record archived once");
+        rig.recompute(&demo(), 0, RunRequest::default());
+        assert_states_agree(&rig.batch_states(&demo()), &rig.expected(&demo()));
+    }
+}
+
+#[test]
+fn a_roll_interrupted_before_its_commit_is_redone_into_the_same_objects() {
+    let rig = rig();
+    rig.append(&sample_demo_events(base()));
+    rig.archive();
+    let archived = rig.raw_rows();
+    // As if the archiver died after writing a roll's objects and before committing it: the
+    // consumer position is back at 0 and the progress object names the pending roll.
+    rig.runtime.block_on(async {
+        for partition in 0..PARTITIONS {
+            let mut progress =
+                archiver::read_progress(rig.store.as_ref(), RawStream::Events, partition)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            let first_roll_end = policy().events as u64 - 1;
+            progress.pending = Some((0, first_roll_end.min(progress.next_offset - 1)));
+            progress.next_offset = 0;
+            let path = tally_model::layout::archive_progress_path(RawStream::Events, partition);
+            let body = serde_json::to_vec(&progress).unwrap();
+            object_store::ObjectStoreExt::put(
+                &rig.store,
+                &object_store::path::Path::from(path.as_str()),
+                body.into(),
+            )
+            .await
+            .unwrap();
+            rig.log.commit(CONSUMER, partition, 0).unwrap();
+        }
+    });
+    rig.archive();
+    assert_eq!(rig.raw_rows(), archived, "objects replaced, none added");
+    rig.recompute(&demo(), 0, RunRequest::default());
+    assert_states_agree(&rig.batch_states(&demo()), &rig.expected(&demo()));
+}
+
+#[test]
+fn late_events_make_their_hour_dirty_and_the_next_run_recomputes_it() {
+    let rig = rig();
+    let events = sample_demo_events(base());
+    rig.append(&events);
+    rig.archive();
+    let first = rig.recompute(&demo(), 0, RunRequest::default());
+    assert!(first.hours > 0);
+    let unchanged = rig.recompute(&demo(), 0, RunRequest::default());
+    assert_eq!((unchanged.hours, unchanged.generation), (0, None));
+
+    let mut late = events[0].clone();
+    late.event_id = "late".into();
+    late.received_at = now_millis();
+    rig.append(&[late]);
+    rig.archive();
+    let again = rig.recompute(&demo(), 0, RunRequest::default());
+    let views = demo().tenants["demo"].views.len() as u64;
+    assert_eq!(again.hours, views, "one hour, every view");
+    assert_states_agree(&rig.batch_states(&demo()), &rig.expected(&demo()));
+}
+
+#[test]
+fn reprocessing_swaps_a_range_to_the_new_logic_version() {
+    let rig = rig();
+    rig.append(&sample_demo_events(base()));
+    rig.archive();
+    rig.recompute(&demo(), 0, RunRequest::default());
+    let before = rig.manifest();
+
+    let mut fixed = demo();
+    let view = &mut fixed.tenants.get_mut("demo").unwrap().views[0];
+    view.dimensions.push("source".into());
+    let name = view.name.clone();
+    let first_hour = base().div_euclid(HOUR_MS) * HOUR_MS;
+    let range = first_hour..first_hour + 2 * HOUR_MS;
+    rig.recompute(
+        &fixed,
+        0,
+        RunRequest {
+            hours: Some(range.clone()),
+            view: Some(name.clone()),
+            reprocess_as: Some(2),
+        },
+    );
+    let after = rig.manifest();
+    let entry = after.view("demo", &name).unwrap();
+    assert_eq!(entry.current_version, 2);
+    for (hour, done) in &entry.hours {
+        let version = if range.contains(hour) { 2 } else { 1 };
+        assert_eq!(done.logic_version, version, "hour {hour}");
+        if let Some(object) = &done.object {
+            assert!(object.contains(&format!("/v={version}/")), "{object}");
+        }
+    }
+    // The range reads as the new spec, one more dimension per key; the rest as the old.
+    let old_dimensions = demo().tenants["demo"].views[0].dimensions.len();
+    let states = rig.batch_states(&fixed);
+    for key in states.keys().filter(|key| key.view == name) {
+        let dimensions = old_dimensions + usize::from(range.contains(&key.bucket));
+        assert_eq!(key.dimensions.len(), dimensions, "{key:?}");
+    }
+    let expected = rig.expected(&fixed);
+    let reprocessed =
+        |states: &BTreeMap<ViewKey, AggregateState>| -> BTreeMap<ViewKey, AggregateState> {
+            states
+                .iter()
+                .filter(|(key, _)| key.view == name && range.contains(&key.bucket))
+                .map(|(key, state)| (key.clone(), state.clone()))
+                .collect()
+        };
+    assert_states_agree(&reprocessed(&states), &reprocessed(&expected));
+    // The old version's objects stay until a retention sweep.
+    let old = before.view("demo", &name).unwrap();
+    for object in old.hours.values().filter_map(|done| done.object.as_ref()) {
+        let location = object_store::path::Path::from(object.as_str());
+        rig.runtime
+            .block_on(object_store::ObjectStoreExt::head(&rig.store, &location))
+            .unwrap();
+    }
+}
+
+#[test]
+fn the_horizon_is_the_end_of_the_contiguous_final_hours() {
+    let rig = rig();
+    rig.append(&sample_demo_events(base()));
+    rig.archive();
+    let lateness = 2 * HOUR_MS;
+    let summary = rig.recompute(&demo(), lateness, RunRequest::default());
+    let through = rig
+        .runtime
+        .block_on(archiver::archived_through(
+            rig.store.as_ref(),
+            RawStream::Events,
+        ))
+        .unwrap()
+        .unwrap();
+    let final_end = (through - lateness).div_euclid(HOUR_MS) * HOUR_MS;
+    assert_eq!(summary.horizon, final_end);
+    assert_eq!(rig.manifest().horizon, final_end);
+    for view in rig.manifest().views.values() {
+        assert_eq!(view.horizon, final_end, "{}", view.view);
+    }
+}
