@@ -293,6 +293,7 @@ fn speed(args: SpeedBenchArgs) -> anyhow::Result<()> {
         config: config.speed.clone(),
         metrics,
         max_event_lead: std::time::Duration::from_secs(config.ingest.max_future_secs),
+        published_horizon: None,
     };
     let started = Instant::now();
     let speed = layer.start()?;

@@ -1,10 +1,12 @@
 //! `tally`: the one binary that wires Tally's layers together and runs them.
 //!
 //! Each subcommand lives in its own module: [`serve`] runs the services (`up`, `ingest`),
-//! [`logs`] inspects the event log, [`generator`] sends realistic load (`gen`), and [`bench`]
+//! [`batch`] the batch layer's jobs (`archive`, `batch run|reprocess|schedule`), [`logs`]
+//! inspects the event log, [`generator`] sends realistic load (`gen`), and [`bench`]
 //! measures (`bench ingest`), [`views`] reads the real-time views. [`settings`] turns the config file, `TALLY_*` variables and
 //! flags into one [`tally_model::Config`].
 
+mod batch;
 mod bench;
 mod generator;
 mod logs;
@@ -39,6 +41,12 @@ enum Command {
     /// Run the speed layer alone, following the spool of a `tally ingest` on the same data
     /// directory; serves /metrics on speed.listen (default 127.0.0.1:8081).
     Speed(ServeArgs),
+    /// Archive the event log as raw Parquet, for a data directory no `tally up` runs on
+    /// (`tally up` archives by itself).
+    Archive(batch::ArchiveArgs),
+    /// The batch layer's jobs: recompute, reprocess, schedule.
+    #[command(subcommand)]
+    Batch(batch::BatchCommand),
     /// Read the real-time view store.
     #[command(subcommand)]
     Views(views::ViewsCommand),
@@ -108,6 +116,8 @@ fn main() -> ExitCode {
         Command::Up(args) => serve::run(args, serve::Mode::Up),
         Command::Ingest(args) => serve::run(args, serve::Mode::Ingest),
         Command::Speed(args) => serve::run(args, serve::Mode::Speed),
+        Command::Archive(args) => batch::archive(args),
+        Command::Batch(command) => batch::run(command),
         Command::Views(command) => views::run(command),
         Command::Log(LogCommand::Stats { config, json }) => logs::stats(&config, json),
         Command::Log(LogCommand::Tail {

@@ -11,6 +11,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::{Context, bail};
 use prometheus_client::registry::Registry;
 use rand::RngExt;
+use tally_batch_layer::telemetry::BatchMetrics;
 use tally_connectors::log::{EventLog, Spool, SpoolOptions};
 use tally_connectors::view_store::EmbeddedViewStore;
 use tally_ingest::{Collector, IngestMetrics};
@@ -18,6 +19,7 @@ use tally_model::{Catalog, Config};
 use tally_speed_layer::{SpeedHandle, SpeedLayer, SpeedMetrics};
 
 use crate::ServeArgs;
+use crate::batch::{self, BatchServices};
 use crate::settings::{self, Stream};
 
 /// Which services to run.
@@ -82,7 +84,7 @@ pub fn serve(
     let catalog = Arc::new(catalog);
     let mut registry = Registry::default();
     let mut spools = Vec::new();
-    let (collector, events): (Option<web::Data<Collector>>, Arc<dyn EventLog>) =
+    let (collector, events, rejected): (Option<web::Data<Collector>>, Arc<dyn EventLog>, _) =
         if mode.runs_collector() {
             let metrics = IngestMetrics::register(&mut registry);
             let open_spool = |stream, partitions| {
@@ -102,11 +104,12 @@ pub fn serve(
             let collector = Collector::new(
                 catalog.clone(),
                 events.clone(),
-                rejected,
+                rejected.clone(),
                 config.ingest.clone(),
                 metrics,
             );
-            (Some(web::Data::new(collector)), events)
+            let rejected: Arc<dyn EventLog> = rejected;
+            (Some(web::Data::new(collector)), events, Some(rejected))
         } else {
             let dir = settings::spool_dir(&config.data_dir, Stream::Events);
             let events = Spool::open_read_only(&dir).with_context(|| {
@@ -115,23 +118,37 @@ pub fn serve(
                     dir.display()
                 )
             })?;
-            (None, Arc::new(events))
+            (None, Arc::new(events), None)
         };
     let speed = if mode.runs_speed_layer() {
+        let published_horizon = batch::published_horizon(&config)?;
         let path = settings::views_path(&config.data_dir);
         let store = EmbeddedViewStore::open(&path)
             .with_context(|| format!("opening the view store {}", path.display()))?;
         let layer = SpeedLayer {
-            log: events,
+            log: events.clone(),
             store: Arc::new(store),
             catalog: catalog.clone(),
             config: config.speed.clone(),
             metrics: SpeedMetrics::register(&mut registry),
             max_event_lead: Duration::from_secs(config.ingest.max_future_secs),
+            published_horizon,
         };
         Some(Arc::new(layer.start().context("starting the speed layer")?))
     } else {
         None
+    };
+    // `tally up` archives both streams and recomputes on a schedule, in the background.
+    let batch = match (mode, rejected) {
+        (Mode::Up, Some(rejected)) => Some(BatchServices::start(
+            &config,
+            catalog.clone(),
+            events,
+            rejected,
+            BatchMetrics::register(&mut registry),
+            speed.clone(),
+        )?),
+        _ => None,
     };
     let services = web::Data::new(Services {
         registry,
@@ -174,6 +191,9 @@ pub fn serve(
         retention.abort();
         anyhow::Ok(())
     });
+    if let Some(batch) = batch {
+        batch.stop().context("stopping the batch services")?;
+    }
     if let Some(speed) = speed {
         speed.stop().context("stopping the speed layer")?;
     }
@@ -181,7 +201,7 @@ pub fn serve(
 }
 
 /// The catalog: the tenants the config declares, or the demo tenant (and its keys).
-fn catalog(config: &Config) -> anyhow::Result<(Catalog, Option<DemoKeys>)> {
+pub fn catalog(config: &Config) -> anyhow::Result<(Catalog, Option<DemoKeys>)> {
     if !config.tenants.is_empty() {
         let catalog =
             Catalog::new(config.tenants.clone(), config.api_keys.clone()).map_err(|problems| {
@@ -269,6 +289,13 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
         println!(
             "  speed layer real-time views in {}; read them with `tally views get --view events_by_type`",
             views.display()
+        );
+    }
+    if mode == Mode::Up {
+        println!(
+            "  batch layer raw Parquet and batch views in {}; recompute every {} s (or now: `tally batch run`)",
+            config.data_dir.join("objects").display(),
+            config.batch.every_secs
         );
     }
     println!(

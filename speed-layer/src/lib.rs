@@ -17,7 +17,7 @@
 //! use tally_speed_layer::{SpeedLayer, SpeedMetrics};
 //! let metrics = SpeedMetrics::register(&mut Default::default());
 //! let lead = std::time::Duration::from_secs(24 * 3600);
-//! let speed = SpeedLayer { log, store, catalog, config: Default::default(), metrics, max_event_lead: lead }.start()?;
+//! let speed = SpeedLayer { log, store, catalog, config: Default::default(), metrics, max_event_lead: lead, published_horizon: None }.start()?;
 //! speed.stop()
 //! # }
 //! ```
@@ -61,6 +61,10 @@ pub struct SpeedLayer {
     /// How far after its receipt an event's time may be (ingest's `max_future_secs`): a
     /// restart replays from the first record received this long before the horizon.
     pub max_event_lead: Duration,
+    /// The horizon the batch layer has published, if it has: the speed layer then keeps
+    /// everything from it on and follows only what [`SpeedHandle::advance_horizon`] is told.
+    /// Without one it trails `now − speed.horizon_hours`.
+    pub published_horizon: Option<Millis>,
 }
 
 /// Receive times are stamped before the spool write, so neighbouring records can be out of
@@ -123,6 +127,8 @@ struct Shared {
     workers: usize,
     views: Arc<CompiledViews>,
     horizon: Arc<AtomicI64>,
+    /// Until the batch layer publishes a horizon, it trails the clock.
+    trailing: AtomicBool,
     stop: AtomicBool,
     failure: Arc<Mutex<Option<String>>>,
     /// Per partition: the offset up to which the view store reflects the log.
@@ -146,7 +152,11 @@ impl SpeedLayer {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let horizon = Arc::new(AtomicI64::new(trailing_horizon(&self.config)));
+        let trailing = self.published_horizon.is_none();
+        let start = self
+            .published_horizon
+            .unwrap_or_else(|| trailing_horizon(&self.config));
+        let horizon = Arc::new(AtomicI64::new(start));
         let shared = Arc::new(Shared {
             views: Arc::new(CompiledViews::new(&self.catalog)),
             reflected: (0..self.log.partitions())
@@ -155,6 +165,7 @@ impl SpeedLayer {
             layer: self,
             workers,
             horizon,
+            trailing: AtomicBool::new(trailing),
             stop: AtomicBool::new(false),
             failure: Arc::new(Mutex::new(None)),
         });
@@ -190,8 +201,10 @@ impl SpeedHandle {
         self.shared.horizon.load(Ordering::Acquire)
     }
 
-    /// Moves the horizon forward (never back); the batch layer calls this when it publishes one.
+    /// Moves the horizon forward (never back) to one the batch layer published; from then on
+    /// the horizon no longer trails the clock.
     pub fn advance_horizon(&self, horizon: Millis) {
+        self.shared.trailing.store(false, Ordering::Release);
         self.shared.horizon.fetch_max(horizon, Ordering::AcqRel);
     }
 
@@ -285,12 +298,18 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
             return Err(SpeedError::Store(failure));
         }
         let started = Instant::now();
-        // The horizon only moves forward: the trailing one, or a later one set from outside.
-        let trailing = trailing_horizon(&layer.config);
-        let horizon = shared
-            .horizon
-            .fetch_max(trailing, Ordering::AcqRel)
-            .max(trailing);
+        // The horizon only moves forward: trailing the clock until the batch layer publishes
+        // one, then as published.
+        let horizon = match shared.trailing.load(Ordering::Acquire) {
+            true => {
+                let trailing = trailing_horizon(&layer.config);
+                shared
+                    .horizon
+                    .fetch_max(trailing, Ordering::AcqRel)
+                    .max(trailing)
+            }
+            false => shared.horizon.load(Ordering::Acquire),
+        };
         let mut read = 0u64;
         let mut oldest_received: Option<Millis> = None;
         let mut caught_up = true;

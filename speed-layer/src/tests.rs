@@ -75,6 +75,7 @@ impl Rig {
             config,
             metrics,
             max_event_lead: Duration::from_secs(24 * 3600),
+            published_horizon: None,
         }
         .start()
         .unwrap()

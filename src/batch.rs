@@ -1,0 +1,439 @@
+//! `tally archive` and `tally batch run|reprocess|schedule`, and the batch services that
+//! `tally up` runs beside the collector and the speed layer: the archivers of both streams,
+//! the recompute scheduler, and the speed layer following the published horizon.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use object_store::ObjectStore;
+use tally_batch_layer::telemetry::{BatchMetrics, RunSummary};
+use tally_batch_layer::{Archiver, Recompute, RollPolicy, RunProgress, RunRequest, Scheduler};
+use tally_connectors::batch_views::BatchViews;
+use tally_connectors::log::{EventLog, Spool, SpoolOptions};
+use tally_model::time::{format_rfc3339, parse_timestamp};
+use tally_model::{Catalog, Config, Event, LogicVersion, Millis, RejectedEvent};
+use tally_speed_layer::SpeedHandle;
+use tokio::sync::watch;
+
+use crate::ConfigArgs;
+use crate::settings::{self, Stream};
+
+/// How often a running speed layer looks for a newly published horizon.
+const HORIZON_POLL: Duration = Duration::from_secs(5);
+
+/// The batch layer's jobs.
+#[derive(Subcommand)]
+pub enum BatchCommand {
+    /// Recompute the closed hours that need it (new, or dirty with late events) and publish
+    /// a manifest with the new horizon.
+    Run(RunArgs),
+    /// Recompute a range with the current view specs under a new logic version, beside the old
+    /// one, then swap the manifest for that range in one step.
+    Reprocess(ReprocessArgs),
+    /// Run recompute every --every, never two at once, until Ctrl-C.
+    Schedule(ScheduleArgs),
+}
+
+/// Options of `tally batch run`.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    range: RangeArgs,
+}
+
+/// Options of `tally batch reprocess`.
+#[derive(Args)]
+pub struct ReprocessArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    range: RangeArgs,
+    /// The logic version to compute the range under (one more than the view's last, usually).
+    #[arg(long)]
+    logic_version: LogicVersion,
+}
+
+/// Options of `tally batch schedule`.
+#[derive(Args)]
+pub struct ScheduleArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Period between runs, e.g. 15m, 90s, 1h [default: batch.every_secs].
+    #[arg(long, value_parser = parse_period)]
+    every: Option<Duration>,
+}
+
+/// Which hours and views a job covers.
+#[derive(Args)]
+pub struct RangeArgs {
+    /// First hour: RFC 3339 or epoch ms [default: the first archived hour].
+    #[arg(long)]
+    from: Option<String>,
+    /// End, exclusive: RFC 3339 or epoch ms [default: the last closed hour].
+    #[arg(long)]
+    to: Option<String>,
+    /// Only this view (of every tenant that has it).
+    #[arg(long)]
+    view: Option<String>,
+}
+
+/// Options of `tally archive`.
+#[derive(Args)]
+pub struct ArchiveArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Archive what the log holds now, close every file, and exit.
+    #[arg(long)]
+    once: bool,
+}
+
+/// Runs a `tally batch` command.
+pub fn run(command: BatchCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the batch runtime")?;
+    runtime.block_on(async {
+        match command {
+            BatchCommand::Run(args) => {
+                let request = args.range.request(None)?;
+                let summary = recompute_once(&args.config, &request).await?;
+                print_summary(&summary);
+                Ok(())
+            }
+            BatchCommand::Reprocess(args) => {
+                let request = args.range.request(Some(args.logic_version))?;
+                let summary = recompute_once(&args.config, &request).await?;
+                print_summary(&summary);
+                Ok(())
+            }
+            BatchCommand::Schedule(args) => schedule(&args).await,
+        }
+    })
+}
+
+/// Runs `tally archive`: the process must own the spool, so no `tally up` may run beside it.
+pub fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
+    let config = settings::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the archive runtime")?;
+    let open = |stream, partitions| -> anyhow::Result<Arc<dyn EventLog>> {
+        let dir = settings::spool_dir(&config.data_dir, stream);
+        let options = SpoolOptions {
+            partitions,
+            ..SpoolOptions::from_config(&config.log)
+        };
+        let spool = Spool::open(&dir, options).with_context(|| {
+            format!("opening the {} spool (is `tally up` running on this data directory? it archives by itself)", Stream::name(stream))
+        })?;
+        Ok(Arc::new(spool))
+    };
+    let events = open(Stream::Events, config.log.partitions)?;
+    let rejected = open(Stream::Rejected, config.log.rejected_partitions)?;
+    let store = objects(&config)?;
+    let metrics = BatchMetrics::register(&mut Default::default());
+    let policy = RollPolicy::from_config(&config.batch);
+    runtime.block_on(async {
+        if args.once {
+            let mut events =
+                Archiver::<Event>::open(events, store.clone(), policy, metrics.clone()).await?;
+            let mut rejected =
+                Archiver::<RejectedEvent>::open(rejected, store, policy, metrics).await?;
+            let mut archived = 0;
+            loop {
+                let (a, b) = (events.pass(true).await?, rejected.pass(true).await?);
+                archived += a.archived + b.archived;
+                if a.read + b.read == 0 {
+                    break;
+                }
+            }
+            println!("archived {archived} records; the log is caught up");
+            return anyhow::Ok(());
+        }
+        let (stop, stopped) = watch::channel(false);
+        let tasks = spawn_archivers(events, rejected, store, policy, metrics, stopped).await?;
+        println!("tally archive is running; Ctrl-C closes the open files and stops");
+        tokio::signal::ctrl_c().await.ok();
+        stop.send_replace(true);
+        for task in tasks {
+            task.await.context("the archiver task panicked")??;
+        }
+        Ok(())
+    })
+}
+
+/// The batch services of `tally up`, on their own thread and runtime.
+pub struct BatchServices {
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl BatchServices {
+    /// Starts the archivers of both streams, the scheduler, and (with a speed layer) the
+    /// horizon follower.
+    pub fn start(
+        config: &Config,
+        catalog: Arc<Catalog>,
+        events: Arc<dyn EventLog>,
+        rejected: Arc<dyn EventLog>,
+        metrics: Arc<BatchMetrics>,
+        speed: Option<Arc<SpeedHandle>>,
+    ) -> anyhow::Result<Self> {
+        let store = objects(config)?;
+        let policy = RollPolicy::from_config(&config.batch);
+        let every = Duration::from_secs(config.batch.every_secs);
+        let lateness = lateness_ms(config);
+        let (stop, stopped) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("tally-batch".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the batch runtime")?;
+                runtime.block_on(async move {
+                    let archivers = spawn_archivers(
+                        events,
+                        rejected,
+                        store.clone(),
+                        policy,
+                        metrics.clone(),
+                        stopped.clone(),
+                    )
+                    .await?;
+                    let recompute =
+                        Recompute::new(store.clone(), catalog, lateness, metrics.clone());
+                    let scheduler = Scheduler::new(Arc::new(recompute), every, metrics);
+                    let scheduled = tokio::spawn(scheduler.run(stopped.clone()));
+                    if let Some(speed) = speed {
+                        tokio::spawn(follow_horizon(BatchViews::new(store), speed, stopped));
+                    }
+                    for archiver in archivers {
+                        archiver.await.context("the archiver task panicked")??;
+                    }
+                    scheduled.await.context("the scheduler panicked")?;
+                    anyhow::Ok(())
+                })
+            })
+            .context("starting the batch thread")?;
+        Ok(BatchServices { stop, thread })
+    }
+
+    /// Closes the open raw files and stops.
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.stop.send_replace(true);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the batch thread panicked"))?
+    }
+}
+
+/// The horizon a running speed layer should start from: the published one, if any.
+pub fn published_horizon(config: &Config) -> anyhow::Result<Option<Millis>> {
+    let views = BatchViews::new(objects(config)?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime to read the manifest")?;
+    let manifest = runtime
+        .block_on(views.manifest())
+        .context("reading the batch manifest")?;
+    Ok(manifest.map(|manifest| manifest.horizon))
+}
+
+async fn follow_horizon(
+    views: BatchViews,
+    speed: Arc<SpeedHandle>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(HORIZON_POLL);
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.changed() => continue,
+        }
+        match views.manifest().await {
+            Ok(Some(manifest)) if manifest.horizon > speed.horizon() => {
+                speed.advance_horizon(manifest.horizon)
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "could not read the batch manifest"),
+        }
+    }
+}
+
+async fn spawn_archivers(
+    events: Arc<dyn EventLog>,
+    rejected: Arc<dyn EventLog>,
+    store: Arc<dyn ObjectStore>,
+    policy: RollPolicy,
+    metrics: Arc<BatchMetrics>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<Result<(), tally_batch_layer::BatchError>>>> {
+    let events = Archiver::<Event>::open(events, store.clone(), policy, metrics.clone())
+        .await
+        .context("starting the events archiver")?;
+    let rejected = Archiver::<RejectedEvent>::open(rejected, store, policy, metrics)
+        .await
+        .context("starting the rejected-events archiver")?;
+    Ok(vec![
+        tokio::spawn(events.run(stopped.clone())),
+        tokio::spawn(rejected.run(stopped)),
+    ])
+}
+
+async fn recompute_once(args: &ConfigArgs, request: &RunRequest) -> anyhow::Result<RunSummary> {
+    let config = settings::load(args)?;
+    let (catalog, _) = crate::serve::catalog(&config)?;
+    let metrics = BatchMetrics::register(&mut Default::default());
+    let recompute = Recompute::new(
+        objects(&config)?,
+        Arc::new(catalog),
+        lateness_ms(&config),
+        metrics,
+    );
+    let progress = std::sync::Mutex::new(Progress::default());
+    let summary = recompute
+        .run(request, &|update| {
+            progress
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .show(update)
+        })
+        .await?;
+    Ok(summary)
+}
+
+/// A one-line progress report on stderr: hours done, raw rows read, time left.
+#[derive(Default)]
+struct Progress {
+    hours: usize,
+    done: usize,
+    rows: u64,
+    started: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn show(&mut self, update: RunProgress) {
+        match update {
+            RunProgress::Planned { hours } => {
+                self.hours = hours;
+                self.started = Some(std::time::Instant::now());
+                eprintln!("recomputing {hours} hour(s)");
+            }
+            RunProgress::HourDone { raw_rows } => {
+                self.done += 1;
+                self.rows += raw_rows;
+                let elapsed = self.started.map_or(Duration::ZERO, |at| at.elapsed());
+                let left = elapsed.mul_f64((self.hours - self.done) as f64 / self.done as f64);
+                eprintln!(
+                    "  [{}/{}] {} raw rows, {:.0} rows/s, about {:.0?} left",
+                    self.done,
+                    self.hours,
+                    self.rows,
+                    self.rows as f64 / elapsed.as_secs_f64().max(1e-9),
+                    left
+                );
+            }
+        }
+    }
+}
+
+fn print_summary(summary: &RunSummary) {
+    match summary.generation {
+        Some(generation) => println!(
+            "published manifest generation {generation}: {} view-hours, {} rows from {} raw rows; horizon {}",
+            summary.hours,
+            summary.rows,
+            summary.raw_rows,
+            format_rfc3339(summary.horizon)
+        ),
+        None => println!(
+            "nothing to recompute; horizon {}",
+            format_rfc3339(summary.horizon)
+        ),
+    }
+}
+
+async fn schedule(args: &ScheduleArgs) -> anyhow::Result<()> {
+    let config = settings::load(&args.config)?;
+    let (catalog, _) = crate::serve::catalog(&config)?;
+    let metrics = BatchMetrics::register(&mut Default::default());
+    let every = args
+        .every
+        .unwrap_or(Duration::from_secs(config.batch.every_secs));
+    let recompute = Recompute::new(
+        objects(&config)?,
+        Arc::new(catalog),
+        lateness_ms(&config),
+        metrics.clone(),
+    );
+    let (stop, stopped) = watch::channel(false);
+    let scheduler = tokio::spawn(Scheduler::new(Arc::new(recompute), every, metrics).run(stopped));
+    println!("tally batch schedule: recomputing every {every:?}; Ctrl-C stops");
+    tokio::signal::ctrl_c().await.ok();
+    stop.send_replace(true);
+    scheduler.await.context("the scheduler panicked")
+}
+
+impl RangeArgs {
+    fn request(&self, reprocess_as: Option<LogicVersion>) -> anyhow::Result<RunRequest> {
+        let parse = |text: &Option<String>, default| -> anyhow::Result<Millis> {
+            text.as_deref()
+                .map(parse_timestamp)
+                .transpose()
+                .map_err(anyhow::Error::msg)
+                .map(|time| time.unwrap_or(default))
+        };
+        let (from, to) = (
+            parse(&self.from, Millis::MIN)?,
+            parse(&self.to, Millis::MAX)?,
+        );
+        anyhow::ensure!(from < to, "--from must be before --to");
+        Ok(RunRequest {
+            hours: Some(from..to),
+            view: self.view.clone(),
+            reprocess_as,
+        })
+    }
+}
+
+/// The object store: the `objects` folder of the data directory.
+fn objects(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let root = config.data_dir.join("objects");
+    tally_connectors::object_store::open_local(&root)
+        .with_context(|| format!("opening the object store in {}", root.display()))
+}
+
+/// How late an event may arrive: ingest rejects later ones, so older hours are final.
+fn lateness_ms(config: &Config) -> Millis {
+    Millis::try_from(config.ingest.max_lateness_secs.saturating_mul(1000)).unwrap_or(Millis::MAX)
+}
+
+/// `90s`, `15m`, `1h` or plain seconds.
+fn parse_period(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a period like 90s, 15m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        _ => return Err(format!("'{text}' is not a period like 90s, 15m or 1h")),
+    };
+    match seconds {
+        0 => Err("the period must be at least 1s".to_owned()),
+        seconds => Ok(Duration::from_secs(seconds)),
+    }
+}
