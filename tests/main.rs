@@ -2,5 +2,6 @@
 
 mod cli;
 mod kill;
+mod lambda;
 mod speed;
 mod support;

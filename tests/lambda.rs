@@ -1,0 +1,153 @@
+//! The Lambda consistency test, guarantee 3: the same random events (with resent copies and
+//! late arrivals) through the speed layer and through archive + recompute give equal states
+//! for every view, bucket and dimension values.
+//!
+//! Count, sum, min and max are compared exactly; `uniq` by the HLL composite estimate (the
+//! registers are order-independent, the HIP accumulator and a coupon list's order are not);
+//! `quantiles` by n, min, max exactly and by every quantile while the KLL sketch holds all its
+//! items (past that, KLL compaction flips random coins, so equal inputs give estimates equal
+//! only within the rank error). See `tally_connectors::testing::assert_states_agree`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use tally_batch_layer::telemetry::BatchMetrics;
+use tally_batch_layer::{Archiver, Recompute, RollPolicy, RunRequest};
+use tally_connectors::batch_views::BatchViews;
+use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
+use tally_connectors::testing::{assert_states_agree, demo_events};
+use tally_connectors::view_store::{EmbeddedViewStore, ViewKey, ViewStore};
+use tally_model::config::SpeedConfig;
+use tally_model::time::{HOUR_MS, now_millis};
+use tally_model::{AggregateState, Catalog, Event, Millis, partition_of};
+use tally_speed_layer::{SpeedLayer, SpeedMetrics};
+
+const PARTITIONS: u32 = 3;
+
+fn speed_states(
+    log: Arc<Spool>,
+    store: Arc<EmbeddedViewStore>,
+    catalog: &Arc<Catalog>,
+) -> BTreeMap<ViewKey, AggregateState> {
+    let speed = SpeedLayer {
+        log: log.clone(),
+        store: store.clone(),
+        catalog: catalog.clone(),
+        config: SpeedConfig {
+            workers: 2,
+            epoch_ms: 10,
+            ..SpeedConfig::default()
+        },
+        metrics: SpeedMetrics::register(&mut Default::default()),
+        max_event_lead: Duration::from_secs(24 * 3600),
+        // Keep everything: this test compares the layers over the same hours.
+        published_horizon: Some(Millis::MIN),
+    }
+    .start()
+    .unwrap();
+    let ends: Vec<u64> = log
+        .stats()
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.next_offset)
+        .collect();
+    let started = Instant::now();
+    while speed.reflected_offsets() != ends {
+        assert!(speed.failure().is_none(), "{:?}", speed.failure());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "speed layer did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    speed.stop().unwrap();
+    catalog.tenants["demo"]
+        .views
+        .iter()
+        .flat_map(|view| {
+            store
+                .scan("demo", &view.name, Millis::MIN..Millis::MAX)
+                .unwrap()
+        })
+        .collect()
+}
+
+fn batch_states(
+    log: Arc<Spool>,
+    objects: &std::path::Path,
+    catalog: &Arc<Catalog>,
+) -> BTreeMap<ViewKey, AggregateState> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = tally_connectors::object_store::open_local(objects).unwrap();
+        let metrics = BatchMetrics::register(&mut Default::default());
+        let policy = RollPolicy {
+            events: 50,
+            bytes: usize::MAX,
+            age: Duration::from_secs(3600),
+            clock_slack_ms: 1000,
+        };
+        let mut archiver = Archiver::<Event>::open(log, store.clone(), policy, metrics.clone())
+            .await
+            .unwrap();
+        while archiver.pass(true).await.unwrap().read > 0 {}
+        let recompute = Recompute::new(store.clone(), catalog.clone(), 0, metrics);
+        recompute
+            .run(&RunRequest::default(), &|_| {})
+            .await
+            .unwrap();
+        let views = BatchViews::new(store);
+        let manifest = views.manifest().await.unwrap().unwrap();
+        let mut states = BTreeMap::new();
+        for view in &catalog.tenants["demo"].views {
+            let read = views.read(&manifest, "demo", &view.name, Millis::MIN..Millis::MAX);
+            states.extend(read.await.unwrap());
+        }
+        states
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn speed_and_batch_layers_build_equal_states_from_the_same_events(
+        events in demo_events(now_millis() - 6 * HOUR_MS),
+        late in prop::collection::vec((any::<prop::sample::Index>(), 1i64..120), 0..20),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SpoolOptions { partitions: PARTITIONS, ..SpoolOptions::default() };
+        let log = Arc::new(Spool::open(&dir.path().join("log"), options).unwrap());
+        // Late arrivals: events whose time is minutes before others already logged.
+        let mut events = events;
+        for (pick, minutes_late) in late {
+            let mut event = events[pick.index(events.len())].clone();
+            event.event_id = format!("late-{}", events.len());
+            event.ts -= minutes_late * 60_000;
+            event.received_at += 10 * 60_000;
+            events.push(event);
+        }
+        let records = events
+            .iter()
+            .map(|e| AppendRecord {
+                partition: partition_of(&e.tenant, &e.user_id, PARTITIONS),
+                payload: serde_json::to_vec(e).unwrap(),
+            })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(log.append(records)).unwrap();
+
+        let catalog = Arc::new(Catalog::demo("w", "r"));
+        let store = Arc::new(EmbeddedViewStore::open(&dir.path().join("views.redb")).unwrap());
+        let speed = speed_states(log.clone(), store, &catalog);
+        let batch = batch_states(log, &dir.path().join("objects"), &catalog);
+        prop_assert!(!batch.is_empty());
+        assert_states_agree(&speed, &batch);
+    }
+}
