@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -369,9 +369,7 @@ impl EventFactory {
 
     /// A JSON array body of `size` events and their ids.
     fn batch(&mut self, size: usize) -> (String, Vec<String>) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = tally_model::time::now_millis();
         let mut body = String::with_capacity(size * 200 + 2);
         let mut ids = Vec::with_capacity(size);
         body.push('[');

@@ -307,6 +307,14 @@ impl Config {
                 "batch.roll_events, batch.roll_bytes and batch.every_secs must be at least 1",
             );
         }
+        // The batch horizon trails the archive by the allowed lateness; the speed layer must
+        // keep at least that much before a horizon is published, or a gap opens between them.
+        if self.speed.horizon_hours.saturating_mul(3600) < self.ingest.max_lateness_secs + 3600 {
+            return Err(ConfigError::Invalid(format!(
+                "speed.horizon_hours ({}) must exceed ingest.max_lateness_secs ({} s) by an hour: the batch horizon trails the archive by the lateness",
+                self.speed.horizon_hours, self.ingest.max_lateness_secs
+            )));
+        }
         if self.ingest.max_event_bytes > self.ingest.max_request_bytes {
             return invalid("ingest.max_event_bytes must not exceed ingest.max_request_bytes");
         }
@@ -417,6 +425,11 @@ mod tests {
         assert!(err.to_string().contains("partitons"), "{err}");
         let err = Config::parse("[log]\nretention_hours = 24\n", []).unwrap_err();
         assert!(err.to_string().contains("speed.horizon_hours"), "{err}");
+        let err = Config::parse("[speed]\nhorizon_hours = 24\n", []).unwrap_err();
+        assert!(
+            err.to_string().contains("ingest.max_lateness_secs"),
+            "{err}"
+        );
         let err = Config::parse("[log]\npartitions = 0\n", []).unwrap_err();
         assert!(err.to_string().contains("log.partitions"), "{err}");
     }
