@@ -21,7 +21,7 @@ use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
 use tally_connectors::view_store::EmbeddedViewStore;
 use tally_model::registry::ValidationContext;
 use tally_model::tenant::{DEMO_SOURCE, DEMO_TENANT};
-use tally_model::{Catalog, Config, partition_of};
+use tally_model::{Catalog, Config, Event, partition_of};
 use tally_speed_layer::{SpeedLayer, SpeedMetrics};
 
 use crate::generator::{self, GenArgs, GenReport, Percentiles};
@@ -34,6 +34,8 @@ pub enum BenchCommand {
     Ingest(IngestBenchArgs),
     /// The speed layer: replay throughput from log to view store, and freshness under load.
     Speed(SpeedBenchArgs),
+    /// The batch layer: archive and recompute throughput, and DuckDB on the same Parquet.
+    Batch(crate::batch_bench::BatchBenchArgs),
 }
 
 /// Options of `tally bench speed`.
@@ -97,13 +99,14 @@ struct IngestBenchReport {
 
 const GOAL_EVENTS_PER_SECOND: f64 = 200_000.0;
 const GOAL_P99_OVER_FSYNC_P99: f64 = 1.5;
-const BENCH_WRITE_KEY: &str = "bench-write-key";
+pub const BENCH_WRITE_KEY: &str = "bench-write-key";
 
 /// Runs a benchmark and prints its figures.
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest(args) => ingest(args),
         BenchCommand::Speed(args) => speed(args),
+        BenchCommand::Batch(args) => crate::batch_bench::run(args),
     }
 }
 
@@ -399,9 +402,24 @@ fn log_records(
     count: u64,
     partitions: u32,
 ) -> anyhow::Result<Vec<AppendRecord>> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    validated_events(catalog, count)?
+        .map(|event| {
+            let event = event?;
+            Ok(AppendRecord {
+                partition: partition_of(&event.tenant, &event.user_id, partitions),
+                payload: serde_json::to_vec(&event)?,
+            })
+        })
+        .collect()
+}
+
+/// `count` generated demo events (2 % resent, 5 % late), validated as ingest does, received
+/// now.
+pub fn validated_events(
+    catalog: &Catalog,
+    count: u64,
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Event>> + '_> {
+    let now = tally_model::time::now_millis();
     let registry = &catalog.tenants[DEMO_TENANT].registry;
     let context = ValidationContext {
         tenant: DEMO_TENANT,
@@ -426,18 +444,12 @@ fn log_records(
         seed: Some(7),
         json: false,
     };
-    generator::client_events(&args, now)
-        .map(|json| {
-            let submitted: serde_json::Value = serde_json::from_str(&json)?;
-            let event = registry
-                .validate(&submitted, &context, || {
-                    unreachable!("generated events carry ids")
-                })
-                .map_err(|reasons| anyhow::anyhow!("generated an invalid event: {reasons:?}"))?;
-            Ok(AppendRecord {
-                partition: partition_of(&event.tenant, &event.user_id, partitions),
-                payload: serde_json::to_vec(&event)?,
+    Ok(generator::client_events(&args, now).map(move |json| {
+        let submitted: serde_json::Value = serde_json::from_str(&json)?;
+        registry
+            .validate(&submitted, &context, || {
+                unreachable!("generated events carry ids")
             })
-        })
-        .collect()
+            .map_err(|reasons| anyhow::anyhow!("generated an invalid event: {reasons:?}"))
+    }))
 }

@@ -311,7 +311,7 @@ async fn report_progress(shared: Rc<Shared>, total: u64, started: Instant) {
 
 /// Events as `tally gen` makes them (one client JSON object each), for benchmarks that feed
 /// the log without HTTP.
-pub fn client_events(args: &GenArgs, now: i64) -> impl Iterator<Item = String> {
+pub fn client_events(args: &GenArgs, now: i64) -> impl Iterator<Item = String> + use<> {
     let mut factory = EventFactory::new(args);
     std::iter::repeat_with(move || factory.event(now).1).take(args.events as usize)
 }

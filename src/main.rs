@@ -7,6 +7,7 @@
 //! flags into one [`tally_model::Config`].
 
 mod batch;
+mod batch_bench;
 mod bench;
 mod generator;
 mod logs;
