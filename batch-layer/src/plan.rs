@@ -14,7 +14,7 @@ use tally_model::event::FieldValue;
 use tally_model::registry::TagKind;
 use tally_model::state::MeasureState;
 use tally_model::view::BUILT_IN_FIELDS;
-use tally_model::{TagValue, ViewSpec};
+use tally_model::{AggregateState, TagValue, ViewSpec};
 
 /// Raw columns every plan reads.
 const BASE_COLUMNS: [&str; 7] = [
@@ -135,24 +135,31 @@ pub fn view_states(
     let counts = counts.u64()?;
     let dimension_columns = columns_of(&grouped, &dimension_keys)?;
     let measure_columns = columns_of(&grouped, &measure_values)?;
-    let mut rows = Vec::with_capacity(grouped.height());
-    let mut events = 0;
-    for row in 0..grouped.height() {
+    let mut states: Vec<AggregateState> = (0..grouped.height())
+        .map(|row| {
+            let mut state = spec.empty_state();
+            state.count = counts.get(row).unwrap_or_default();
+            state
+        })
+        .collect();
+    // One pass per gathered column, reusing one series for every group's values.
+    for (measure, stored_as) in measure_columns.iter().enumerate() {
+        for column in stored_as {
+            for (row, values) in column.list()?.amortized_iter().enumerate() {
+                if let Some(values) = values {
+                    add_values(&mut states[row].measures[measure], values.as_ref())?;
+                }
+            }
+        }
+    }
+    let events = states.iter().map(|state| state.count).sum();
+    let mut rows = Vec::with_capacity(states.len());
+    for (row, state) in states.into_iter().enumerate() {
         let bucket = buckets.get(row).unwrap_or_default();
         let dimensions = dimension_columns
             .iter()
             .map(|stored_as| dimension_value(stored_as, row))
             .collect::<PolarsResult<Vec<_>>>()?;
-        let mut state = spec.empty_state();
-        state.count = counts.get(row).unwrap_or_default();
-        events += state.count;
-        for (measure, stored_as) in state.measures.iter_mut().zip(&measure_columns) {
-            for column in stored_as {
-                if let Some(values) = column.list()?.get_as_series(row) {
-                    add_values(measure, &values)?;
-                }
-            }
-        }
         rows.push((bucket, dimensions, state));
     }
     rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
