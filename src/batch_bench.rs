@@ -2,7 +2,6 @@
 //! DuckDB running the same dedupe and aggregation over the same raw Parquet in the same run.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -11,12 +10,12 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tally_batch_layer::telemetry::BatchMetrics;
 use tally_batch_layer::{Archiver, Recompute, RollPolicy, RunRequest};
-use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
+use tally_connectors::log::{AppendRecord, EventLog};
 use tally_model::time::HOUR_MS;
 use tally_model::view::BUILT_IN_FIELDS;
-use tally_model::{Catalog, Config, Event, Measure, ViewSpec, partition_of};
+use tally_model::{Event, Measure, ViewSpec};
 
-use crate::bench::{BENCH_WRITE_KEY, validated_events};
+use crate::bench::{BenchLog, validated_events};
 
 /// Options of `tally bench batch`.
 #[derive(Args)]
@@ -54,15 +53,12 @@ struct BatchBenchReport {
 
 /// Runs the benchmark.
 pub fn run(args: BatchBenchArgs) -> anyhow::Result<()> {
-    let scratch = tempfile::Builder::new()
-        .prefix("tally-bench-")
-        .tempdir_in(&args.dir)?;
-    let config = Config::parse("", std::env::vars()).context("in TALLY_* environment variables")?;
-    let catalog = Arc::new(Catalog::demo(BENCH_WRITE_KEY, "bench-read-key"));
-    let log = Arc::new(Spool::open(
-        &scratch.path().join("log"),
-        SpoolOptions::from_config(&config.log),
-    )?);
+    let BenchLog {
+        scratch,
+        config,
+        catalog,
+        log,
+    } = BenchLog::create(&args.dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -77,10 +73,7 @@ pub fn run(args: BatchBenchArgs) -> anyhow::Result<()> {
         let mut event: Event = event?;
         // Spread event times over the hours ending an hour ago, so every hour is closed.
         event.ts -= HOUR_MS * (1 + index as i64 % hours);
-        chunk.push(AppendRecord {
-            partition: partition_of(&event.tenant, &event.user_id, log.partitions()),
-            payload: serde_json::to_vec(&event)?,
-        });
+        chunk.push(AppendRecord::event(&event, log.partitions()));
         if chunk.len() == chunk.capacity() {
             runtime.block_on(log.append(std::mem::take(&mut chunk)))?;
             chunk.reserve(100_000);

@@ -21,7 +21,7 @@ use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
 use tally_connectors::view_store::EmbeddedViewStore;
 use tally_model::registry::ValidationContext;
 use tally_model::tenant::{DEMO_SOURCE, DEMO_TENANT};
-use tally_model::{Catalog, Config, Event, partition_of};
+use tally_model::{Catalog, Config, Event};
 use tally_speed_layer::{SpeedLayer, SpeedMetrics};
 
 use crate::generator::{self, GenArgs, GenReport, Percentiles};
@@ -263,19 +263,51 @@ struct SpeedBenchReport {
     freshness_ms: Percentiles,
 }
 
+/// A scratch folder with an empty spool, the demo catalog and the configuration from
+/// `TALLY_*` variables: where the layer benchmarks start.
+pub struct BenchLog {
+    /// Removed when dropped.
+    pub scratch: tempfile::TempDir,
+    /// Defaults and `TALLY_*` overrides.
+    pub config: Config,
+    /// The demo tenant, with the bench keys.
+    pub catalog: Arc<Catalog>,
+    /// The empty spool.
+    pub log: Arc<Spool>,
+}
+
+impl BenchLog {
+    /// Creates it under `dir`.
+    pub fn create(dir: &std::path::Path) -> anyhow::Result<BenchLog> {
+        let scratch = tempfile::Builder::new()
+            .prefix("tally-bench-")
+            .tempdir_in(dir)?;
+        let config =
+            Config::parse("", std::env::vars()).context("in TALLY_* environment variables")?;
+        let catalog = Arc::new(Catalog::demo(BENCH_WRITE_KEY, "bench-read-key"));
+        let log = Arc::new(Spool::open(
+            &scratch.path().join("log"),
+            SpoolOptions::from_config(&config.log),
+        )?);
+        Ok(BenchLog {
+            scratch,
+            config,
+            catalog,
+            log,
+        })
+    }
+}
+
 /// Appended batches of the freshness run: when each was appended, and the log's ends after it.
 type AppendedBatch = (Instant, Vec<u64>);
 
 fn speed(args: SpeedBenchArgs) -> anyhow::Result<()> {
-    let scratch = tempfile::Builder::new()
-        .prefix("tally-bench-")
-        .tempdir_in(&args.dir)?;
-    let config = Config::parse("", std::env::vars()).context("in TALLY_* environment variables")?;
-    let catalog = Arc::new(Catalog::demo(BENCH_WRITE_KEY, "bench-read-key"));
-    let log = Arc::new(Spool::open(
-        &scratch.path().join("log"),
-        SpoolOptions::from_config(&config.log),
-    )?);
+    let BenchLog {
+        scratch,
+        config,
+        catalog,
+        log,
+    } = BenchLog::create(&args.dir)?;
     let runtime = actix_web::rt::System::new();
     let steady_events = args.steady_rate * args.steady_seconds;
     eprintln!(
@@ -403,13 +435,7 @@ fn log_records(
     partitions: u32,
 ) -> anyhow::Result<Vec<AppendRecord>> {
     validated_events(catalog, count)?
-        .map(|event| {
-            let event = event?;
-            Ok(AppendRecord {
-                partition: partition_of(&event.tenant, &event.user_id, partitions),
-                payload: serde_json::to_vec(&event)?,
-            })
-        })
+        .map(|event| Ok(AppendRecord::event(&event?, partitions)))
         .collect()
 }
 

@@ -21,7 +21,7 @@ use tally_connectors::testing::{assert_states_agree, demo_events};
 use tally_connectors::view_store::{EmbeddedViewStore, ViewKey, ViewStore};
 use tally_model::config::SpeedConfig;
 use tally_model::time::{HOUR_MS, now_millis};
-use tally_model::{AggregateState, Catalog, Event, Millis, partition_of};
+use tally_model::{AggregateState, Catalog, Event, Millis};
 use tally_speed_layer::{SpeedLayer, SpeedMetrics};
 
 const PARTITIONS: u32 = 3;
@@ -135,10 +135,7 @@ proptest! {
         }
         let records = events
             .iter()
-            .map(|e| AppendRecord {
-                partition: partition_of(&e.tenant, &e.user_id, PARTITIONS),
-                payload: serde_json::to_vec(e).unwrap(),
-            })
+            .map(|e| AppendRecord::event(e, PARTITIONS))
             .collect();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(log.append(records)).unwrap();

@@ -16,7 +16,7 @@ use tally_connectors::view_store::ViewKey;
 use tally_model::layout::RawStream;
 use tally_model::manifest::Manifest;
 use tally_model::time::{HOUR_MS, now_millis};
-use tally_model::{AggregateState, Catalog, Event, Millis, partition_of};
+use tally_model::{AggregateState, Catalog, Event, Millis};
 
 use crate::archiver::{self, Archiver, CONSUMER, RollPolicy};
 use crate::recompute::{Recompute, RunRequest};
@@ -70,10 +70,7 @@ impl Rig {
     fn append(&self, events: &[Event]) {
         let records = events
             .iter()
-            .map(|e| AppendRecord {
-                partition: partition_of(&e.tenant, &e.user_id, PARTITIONS),
-                payload: serde_json::to_vec(e).unwrap(),
-            })
+            .map(|e| AppendRecord::event(e, PARTITIONS))
             .collect();
         self.runtime.block_on(self.log.append(records)).unwrap();
     }

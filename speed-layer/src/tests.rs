@@ -51,13 +51,7 @@ fn rig() -> Rig {
 
 impl Rig {
     fn append(&self, events: &[Event]) {
-        let records = events
-            .iter()
-            .map(|e| AppendRecord {
-                partition: partition_of(&e.tenant, &e.user_id, 3),
-                payload: serde_json::to_vec(e).unwrap(),
-            })
-            .collect();
+        let records = events.iter().map(|e| AppendRecord::event(e, 3)).collect();
         self.runtime.block_on(self.log.append(records)).unwrap();
     }
 

@@ -28,6 +28,16 @@ pub struct AppendRecord {
     pub payload: Vec<u8>,
 }
 
+impl AppendRecord {
+    /// An event's record: its JSON, in the partition of its tenant and user.
+    pub fn event(event: &tally_model::Event, partitions: u32) -> Self {
+        AppendRecord {
+            partition: tally_model::partition_of(&event.tenant, &event.user_id, partitions),
+            payload: serde_json::to_vec(event).expect("an event serializes to JSON"),
+        }
+    }
+}
+
 /// One record read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
