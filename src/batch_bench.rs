@@ -166,9 +166,10 @@ fn duckdb_seconds(
     sql.extend(views.iter().map(view_sql));
     let script = "import duckdb, sys, time\n\
          con = duckdb.connect()\n\
+         con.execute('SET enable_progress_bar = false')\n\
          started = time.perf_counter()\n\
          for statement in sys.argv[1:]:\n    con.execute(statement)\n\
-         print(time.perf_counter() - started, duckdb.__version__)\n";
+         print('duckdb-seconds', time.perf_counter() - started, duckdb.__version__)\n";
     let output = std::process::Command::new(python)
         .arg("-c")
         .arg(script)
@@ -181,8 +182,12 @@ fn duckdb_seconds(
         String::from_utf8_lossy(&output.stderr).trim()
     );
     let stdout = String::from_utf8(output.stdout)?;
-    let mut words = stdout.split_whitespace();
-    let seconds = words.next().context("no timing from duckdb")?.parse()?;
+    let timing = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("duckdb-seconds "))
+        .with_context(|| format!("no timing in DuckDB's output: {stdout}"))?;
+    let mut words = timing.split_whitespace();
+    let seconds = words.next().unwrap_or_default().parse()?;
     Ok((seconds, words.next().unwrap_or_default().to_owned()))
 }
 
