@@ -1,6 +1,6 @@
 //! `tally archive` and `tally batch run|reprocess|schedule`, and the batch services that
-//! `tally up` runs beside the collector and the speed layer: the archivers of both streams,
-//! the recompute scheduler, and the speed layer following the published horizon.
+//! `tally up` runs beside the collector and the speed layer: the archivers of both streams and
+//! the recompute scheduler; and the horizon follower of every running speed layer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,15 +175,13 @@ pub struct BatchServices {
 }
 
 impl BatchServices {
-    /// Starts the archivers of both streams, the scheduler, and (with a speed layer) the
-    /// horizon follower.
+    /// Starts the archivers of both streams and the scheduler.
     pub fn start(
         config: &Config,
         catalog: Arc<Catalog>,
         events: Arc<dyn EventLog>,
         rejected: Arc<dyn EventLog>,
         metrics: Arc<BatchMetrics>,
-        speed: Option<Arc<SpeedHandle>>,
     ) -> anyhow::Result<Self> {
         let store = objects(config)?;
         let policy = RollPolicy::from_config(&config.batch);
@@ -210,10 +208,7 @@ impl BatchServices {
                     let recompute =
                         Recompute::new(store.clone(), catalog, lateness, metrics.clone());
                     let scheduler = Scheduler::new(Arc::new(recompute), every, metrics);
-                    let scheduled = tokio::spawn(scheduler.run(stopped.clone()));
-                    if let Some(speed) = speed {
-                        tokio::spawn(follow_horizon(BatchViews::new(store), speed, stopped));
-                    }
+                    let scheduled = tokio::spawn(scheduler.run(stopped));
                     for archiver in archivers {
                         archiver.await.context("the archiver task panicked")??;
                     }
@@ -247,17 +242,19 @@ pub fn published_horizon(config: &Config) -> anyhow::Result<Option<Millis>> {
     Ok(manifest.map(|manifest| manifest.horizon))
 }
 
-async fn follow_horizon(
-    views: BatchViews,
-    speed: Arc<SpeedHandle>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut ticks = tokio::time::interval(HORIZON_POLL);
-    while !*stop.borrow() {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = stop.changed() => continue,
+/// Moves a running speed layer's horizon to each newly published one, until aborted. Runs
+/// wherever a speed layer runs: under `tally up` and `tally speed` alike.
+pub async fn follow_horizon(config: Config, speed: Arc<SpeedHandle>) {
+    let views = match objects(&config) {
+        Ok(store) => BatchViews::new(store),
+        Err(err) => {
+            tracing::error!(error = %err, "the speed layer cannot follow the batch horizon");
+            return;
         }
+    };
+    let mut ticks = tokio::time::interval(HORIZON_POLL);
+    loop {
+        ticks.tick().await;
         match views.manifest().await {
             Ok(Some(manifest)) if manifest.horizon > speed.horizon() => {
                 speed.advance_horizon(manifest.horizon)
@@ -406,7 +403,7 @@ impl RangeArgs {
 
 /// The object store: the `objects` folder of the data directory.
 fn objects(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    let root = config.data_dir.join("objects");
+    let root = settings::objects_dir(&config.data_dir);
     tally_connectors::object_store::open_local(&root)
         .with_context(|| format!("opening the object store in {}", root.display()))
 }

@@ -146,7 +146,6 @@ pub fn serve(
             events,
             rejected,
             BatchMetrics::register(&mut registry),
-            speed.clone(),
         )?),
         _ => None,
     };
@@ -160,6 +159,7 @@ pub fn serve(
     } else {
         &config.speed.listen
     };
+    let following = speed.clone().map(|speed| (config.clone(), speed));
     let served = actix_web::rt::System::new().block_on(async move {
         let server = HttpServer::new(move || {
             let app = App::new()
@@ -187,8 +187,13 @@ pub fn serve(
         let server = server.run();
         on_listening(address, server.handle(), demo_keys.as_ref());
         let retention = actix_web::rt::spawn(enforce_retention(spools));
+        let horizon = following
+            .map(|(config, speed)| actix_web::rt::spawn(batch::follow_horizon(config, speed)));
         server.await.context("running the HTTP server")?;
         retention.abort();
+        if let Some(horizon) = horizon {
+            horizon.abort();
+        }
         anyhow::Ok(())
     });
     if let Some(batch) = batch {
@@ -294,7 +299,7 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
     if mode == Mode::Up {
         println!(
             "  batch layer raw Parquet and batch views in {}; recompute every {} s (or now: `tally batch run`)",
-            config.data_dir.join("objects").display(),
+            settings::objects_dir(&config.data_dir).display(),
             config.batch.every_secs
         );
     }

@@ -39,6 +39,11 @@ pub fn views_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("views.redb")
 }
 
+/// The local object store's folder: raw Parquet, batch views, manifests.
+pub fn objects_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("objects")
+}
+
 /// The spool folder of a stream.
 pub fn spool_dir(data_dir: &Path, stream: Stream) -> std::path::PathBuf {
     data_dir.join("log").join(stream.name())
