@@ -402,7 +402,7 @@ impl RangeArgs {
 }
 
 /// The object store: the `objects` folder of the data directory.
-fn objects(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+pub fn objects(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
     let root = settings::objects_dir(&config.data_dir);
     tally_connectors::object_store::open_local(&root)
         .with_context(|| format!("opening the object store in {}", root.display()))

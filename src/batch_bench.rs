@@ -199,7 +199,7 @@ fn view_sql(view: &ViewSpec) -> String {
     };
     let mut select = vec![format!(
         "time_bucket(INTERVAL '{} milliseconds', ts) AS bucket",
-        view.granularity.millis()
+        view.stored_granularity().millis()
     )];
     select.extend(
         view.dimensions

@@ -42,6 +42,9 @@ enum Command {
     /// Run the speed layer alone, following the spool of a `tally ingest` on the same data
     /// directory; serves /metrics on speed.listen (default 127.0.0.1:8081).
     Speed(ServeArgs),
+    /// Run the query API alone over the stores of a data directory where `tally ingest` and
+    /// `tally speed` run (`tally up` serves queries by itself).
+    Serve(ServeArgs),
     /// Archive the event log as raw Parquet, for a data directory no `tally up` runs on
     /// (`tally up` archives by itself).
     Archive(batch::ArchiveArgs),
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
         Command::Up(args) => serve::run(args, serve::Mode::Up),
         Command::Ingest(args) => serve::run(args, serve::Mode::Ingest),
         Command::Speed(args) => serve::run(args, serve::Mode::Speed),
+        Command::Serve(args) => serve::run(args, serve::Mode::Serve),
         Command::Archive(args) => batch::archive(args),
         Command::Batch(command) => batch::run(command),
         Command::Views(command) => views::run(command),

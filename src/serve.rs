@@ -12,10 +12,14 @@ use anyhow::{Context, bail};
 use prometheus_client::registry::Registry;
 use rand::RngExt;
 use tally_batch_layer::telemetry::BatchMetrics;
+use tally_connectors::batch_views::BatchViews;
+use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{EventLog, Spool, SpoolOptions};
 use tally_connectors::view_store::EmbeddedViewStore;
 use tally_ingest::{Collector, IngestMetrics};
 use tally_model::{Catalog, Config};
+use tally_serving::raw::RawEvents;
+use tally_serving::{Serving, ServingMetrics};
 use tally_speed_layer::{SpeedHandle, SpeedLayer, SpeedMetrics};
 
 use crate::ServeArgs;
@@ -31,6 +35,8 @@ pub enum Mode {
     Ingest,
     /// The speed layer alone, following the spool of a collector running beside it.
     Speed,
+    /// The query API alone, reading the stores the other layers write.
+    Serve,
 }
 
 impl Mode {
@@ -41,9 +47,15 @@ impl Mode {
     fn runs_speed_layer(self) -> bool {
         matches!(self, Mode::Up | Mode::Speed)
     }
+
+    fn runs_serving(self) -> bool {
+        matches!(self, Mode::Up | Mode::Serve)
+    }
 }
 
 const DEMO_KEYS_FILE: &str = "demo-keys.txt";
+/// Decoded batch-view objects serving keeps in memory.
+const SERVING_CACHE_BYTES: usize = 512 << 20;
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs until SIGINT or SIGTERM.
@@ -120,23 +132,51 @@ pub fn serve(
             })?;
             (None, Arc::new(events), None)
         };
-    let speed = if mode.runs_speed_layer() {
-        let published_horizon = batch::published_horizon(&config)?;
-        let path = settings::views_path(&config.data_dir);
-        let store = EmbeddedViewStore::open(&path)
-            .with_context(|| format!("opening the view store {}", path.display()))?;
-        let layer = SpeedLayer {
-            log: events.clone(),
-            store: Arc::new(store),
-            catalog: catalog.clone(),
-            config: config.speed.clone(),
-            metrics: SpeedMetrics::register(&mut registry),
-            max_event_lead: Duration::from_secs(config.ingest.max_future_secs),
-            published_horizon,
-        };
-        Some(Arc::new(layer.start().context("starting the speed layer")?))
-    } else {
-        None
+    let views_path = settings::views_path(&config.data_dir);
+    let speed_views = match mode {
+        Mode::Up | Mode::Speed => Some(
+            EmbeddedViewStore::open(&views_path)
+                .with_context(|| format!("opening the view store {}", views_path.display()))?,
+        ),
+        Mode::Serve => Some(
+            EmbeddedViewStore::open_read_only(&views_path).with_context(|| {
+                format!(
+                    "following the view store {}; start `tally speed` (or `tally up`) first",
+                    views_path.display()
+                )
+            })?,
+        ),
+        Mode::Ingest => None,
+    }
+    .map(Arc::new);
+    let serving = match (mode.runs_serving(), &speed_views) {
+        (true, Some(speed_views)) => {
+            let objects = batch::objects(&config)?;
+            Some(web::Data::new(Serving::new(
+                CatalogHandle::new((*catalog).clone()),
+                speed_views.clone(),
+                BatchViews::with_cache(objects.clone(), SERVING_CACHE_BYTES),
+                RawEvents::new(objects, Some(events.clone())),
+                ServingMetrics::register(&mut registry),
+            )))
+        }
+        _ => None,
+    };
+    let speed = match (mode.runs_speed_layer(), speed_views) {
+        (true, Some(speed_views)) => {
+            let published_horizon = batch::published_horizon(&config)?;
+            let layer = SpeedLayer {
+                log: events.clone(),
+                store: speed_views,
+                catalog: catalog.clone(),
+                config: config.speed.clone(),
+                metrics: SpeedMetrics::register(&mut registry),
+                max_event_lead: Duration::from_secs(config.ingest.max_future_secs),
+                published_horizon,
+            };
+            Some(Arc::new(layer.start().context("starting the speed layer")?))
+        }
+        _ => None,
     };
     // `tally up` archives both streams and recomputes on a schedule, in the background.
     let batch = match (mode, rejected) {
@@ -154,10 +194,9 @@ pub fn serve(
         collector: collector.clone(),
         speed: speed.clone(),
     });
-    let listen = if mode.runs_collector() {
-        &config.ingest.listen
-    } else {
-        &config.speed.listen
+    let listen = match mode {
+        Mode::Up | Mode::Ingest | Mode::Serve => &config.ingest.listen,
+        Mode::Speed => &config.speed.listen,
     };
     let following = speed.clone().map(|speed| (config.clone(), speed));
     let served = actix_web::rt::System::new().block_on(async move {
@@ -167,8 +206,12 @@ pub fn serve(
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
                 .route("/metrics", web::get().to(metrics_text));
-            match &collector {
+            let app = match &collector {
                 Some(collector) => app.configure(Collector::configure(collector.clone())),
+                None => app,
+            };
+            match &serving {
+                Some(serving) => app.configure(Serving::configure(serving.clone())),
                 None => app,
             }
         });
@@ -280,6 +323,9 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
         Mode::Up => "tally is up: every layer in one process, embedded",
         Mode::Ingest => "tally ingest is up: the collector alone",
         Mode::Speed => "tally speed is up: the speed layer alone, following the spool",
+        Mode::Serve => {
+            "tally serve is up: the query API alone, over the stores in the data directory"
+        }
     };
     println!("{what}");
     println!("  listening on http://{address}");
@@ -294,6 +340,11 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
         println!(
             "  speed layer real-time views in {}; read them with `tally views get --view events_by_type`",
             views.display()
+        );
+    }
+    if mode.runs_serving() {
+        println!(
+            "  query       GET  http://{address}/v1/query?view=events_by_type&granularity=minute&group_by=event_type   (read key)"
         );
     }
     if mode == Mode::Up {
@@ -311,7 +362,7 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
         config.data_dir.display(),
         config.data_dir.join("log").display()
     );
-    if let (Some(keys), true) = (demo, mode.runs_collector()) {
+    if let (Some(keys), true) = (demo, mode.runs_collector() || mode.runs_serving()) {
         println!(
             "  demo tenant write key {}   read key {}   (saved in {})",
             keys.write,

@@ -4,5 +4,6 @@ mod batch;
 mod cli;
 mod kill;
 mod lambda;
+mod serving;
 mod speed;
 mod support;

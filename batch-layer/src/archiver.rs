@@ -25,8 +25,7 @@ use tally_model::{BatchConfig, Event, Millis, RejectedEvent};
 use crate::telemetry::BatchMetrics;
 use crate::{BatchError, now_millis};
 
-/// The archiver's consumer name in the log: retention keeps what it has not archived.
-pub const CONSUMER: &str = "archiver";
+pub use tally_model::layout::ARCHIVER_CONSUMER as CONSUMER;
 /// Most records read from a partition at a time.
 const READ_BATCH: usize = 10_000;
 

@@ -97,7 +97,7 @@ pub fn view_states(
             .unwrap_or(lit(false));
         plan = plan.filter(covered);
     }
-    let width = spec.granularity.millis();
+    let width = spec.stored_granularity().millis();
     let bucket =
         (col("ts").cast(DataType::Int64).floor_div(lit(width)) * lit(width)).alias("bucket");
 

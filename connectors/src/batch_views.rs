@@ -11,16 +11,15 @@
 //! `dim_<dimension>` (string) in the view's order, `count` (u64) and `state` (the
 //! [`AggregateState`] encoding).
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::io::Cursor;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use polars::prelude::*;
-use tally_model::manifest::Manifest;
+use tally_model::manifest::{LogicVersion, Manifest};
 use tally_model::time::HOUR_MS;
 use tally_model::{AggregateState, Millis, StateDecodeError};
 use thiserror::Error;
@@ -75,12 +74,37 @@ pub enum BatchViewsError {
 #[derive(Clone)]
 pub struct BatchViews {
     store: Arc<dyn ObjectStore>,
+    cache: Option<Arc<Mutex<StateCache>>>,
+}
+
+/// One computed hour of a view: its logic version and the rows of its object.
+#[derive(Debug, Clone)]
+pub struct BatchHour {
+    /// The hour's start.
+    pub hour: Millis,
+    /// The logic version it was computed with (its spec is in the manifest).
+    pub logic_version: LogicVersion,
+    /// Every row of the hour's object.
+    pub rows: Arc<Vec<StateRow>>,
 }
 
 impl BatchViews {
-    /// Batch views kept in `store`.
+    /// Batch views kept in `store`, read afresh every time.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        BatchViews { store }
+        BatchViews { store, cache: None }
+    }
+
+    /// Batch views kept in `store`, keeping up to `cache_bytes` of decoded state objects in
+    /// memory. Objects are never overwritten, so a cached object never goes stale.
+    pub fn with_cache(store: Arc<dyn ObjectStore>, cache_bytes: usize) -> Self {
+        let cache = StateCache {
+            budget: cache_bytes,
+            ..StateCache::default()
+        };
+        BatchViews {
+            store,
+            cache: Some(Arc::new(Mutex::new(cache))),
+        }
     }
 
     /// The published manifest, if any run has published one.
@@ -166,8 +190,38 @@ impl BatchViews {
             })
     }
 
-    /// Every batch state of a tenant's view with a bucket in `buckets` that the manifest
-    /// covers, each hour read from the object of its logic version, one state per key.
+    /// The computed hours of a tenant's view that may hold a bucket in `buckets`, oldest
+    /// first, each with its logic version and every row of its object (shared, from the cache
+    /// when there is one). Stored buckets never straddle an hour, so an hour's rows are the
+    /// whole truth for its buckets; callers keep the rows whose bucket is in range.
+    pub async fn read_hours(
+        &self,
+        manifest: &Manifest,
+        tenant: &str,
+        view: &str,
+        buckets: Range<Millis>,
+    ) -> Result<Vec<BatchHour>, BatchViewsError> {
+        let Some(entry) = manifest.view(tenant, view) else {
+            return Ok(Vec::new());
+        };
+        let first_hour = buckets.start.div_euclid(HOUR_MS).saturating_mul(HOUR_MS);
+        let mut hours = Vec::new();
+        for (&hour, computed) in entry.hours.range(first_hour..buckets.end.max(first_hour)) {
+            let Some(object) = computed.object.as_deref() else {
+                continue;
+            };
+            hours.push(BatchHour {
+                hour,
+                logic_version: computed.logic_version,
+                rows: self.cached_states(object).await?,
+            });
+        }
+        Ok(hours)
+    }
+
+    /// Every batch state of a tenant's view with a bucket in `buckets`, one per key; the
+    /// hours read must share one logic version (use [`read_hours`](Self::read_hours) to
+    /// read across versions).
     pub async fn read(
         &self,
         manifest: &Manifest,
@@ -175,51 +229,39 @@ impl BatchViews {
         view: &str,
         buckets: Range<Millis>,
     ) -> Result<Vec<(ViewKey, AggregateState)>, BatchViewsError> {
-        let Some(entry) = manifest.view(tenant, view) else {
-            return Ok(Vec::new());
-        };
-        // An hour's object holds the buckets its events fall in, so a day bucket's state is
-        // spread over its 24 hours and merged here.
-        let widest_bucket = entry
-            .versions
-            .values()
-            .map(|spec| spec.granularity.millis())
-            .max()
-            .unwrap_or(HOUR_MS);
-        let first_hour = buckets.start.div_euclid(HOUR_MS).saturating_mul(HOUR_MS);
-        let last_hour = buckets.end.saturating_add(widest_bucket);
-        let mut states: BTreeMap<ViewKey, AggregateState> = BTreeMap::new();
-        let objects = entry
-            .hours
-            .range(first_hour..last_hour)
-            .filter_map(|(_, hour)| hour.object.as_deref());
-        for object in objects {
-            for (bucket, dimensions, state) in self.read_states(object).await? {
-                if !buckets.contains(&bucket) {
-                    continue;
-                }
+        let hours = self
+            .read_hours(manifest, tenant, view, buckets.clone())
+            .await?;
+        let mut states = Vec::new();
+        for hour in hours {
+            let in_range = hour.rows.iter().filter(|(b, _, _)| buckets.contains(b));
+            states.extend(in_range.map(|(bucket, dimensions, state)| {
                 let key = ViewKey {
                     tenant: tenant.to_owned(),
                     view: view.to_owned(),
-                    bucket,
-                    dimensions,
+                    bucket: *bucket,
+                    dimensions: dimensions.clone(),
                 };
-                match states.entry(key) {
-                    Entry::Vacant(slot) => {
-                        slot.insert(state);
-                    }
-                    Entry::Occupied(mut slot) => {
-                        slot.get_mut()
-                            .merge(&state)
-                            .map_err(|err| BatchViewsError::Corrupt {
-                                path: object.to_owned(),
-                                reason: err.to_string(),
-                            })?;
-                    }
-                }
-            }
+                (key, state.clone())
+            }));
         }
-        Ok(states.into_iter().collect())
+        states.sort_by(|(a, _), (b, _)| a.cmp(b));
+        Ok(states)
+    }
+
+    async fn cached_states(&self, path: &str) -> Result<Arc<Vec<StateRow>>, BatchViewsError> {
+        let Some(cache) = &self.cache else {
+            return self.read_states(path).await.map(Arc::new);
+        };
+        if let Some(rows) = cache.lock().expect("cache lock").get(path) {
+            return Ok(rows);
+        }
+        let rows = Arc::new(self.read_states(path).await?);
+        cache
+            .lock()
+            .expect("cache lock")
+            .insert(path.to_owned(), rows.clone());
+        Ok(rows)
     }
 
     async fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), BatchViewsError> {
@@ -257,6 +299,44 @@ fn store_error(path: &str, source: object_store::Error) -> BatchViewsError {
     }
 }
 
+/// Decoded state objects by path, the oldest inserted evicted first when over budget.
+#[derive(Default)]
+struct StateCache {
+    budget: usize,
+    used: usize,
+    objects: HashMap<String, (Arc<Vec<StateRow>>, usize)>,
+    order: VecDeque<String>,
+}
+
+impl StateCache {
+    fn get(&self, path: &str) -> Option<Arc<Vec<StateRow>>> {
+        self.objects.get(path).map(|(rows, _)| rows.clone())
+    }
+
+    fn insert(&mut self, path: String, rows: Arc<Vec<StateRow>>) {
+        let size = rows
+            .iter()
+            .map(|(_, dimensions, state)| {
+                64 + dimensions.iter().map(String::len).sum::<usize>() + state.encode().len()
+            })
+            .sum::<usize>();
+        if size > self.budget || self.objects.contains_key(&path) {
+            return;
+        }
+        while self.used + size > self.budget {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, freed)) = self.objects.remove(&oldest) {
+                self.used -= freed;
+            }
+        }
+        self.used += size;
+        self.order.push_back(path.clone());
+        self.objects.insert(path, (rows, size));
+    }
+}
+
 fn decode_states(bytes: &[u8]) -> Result<Vec<StateRow>, String> {
     let frame = ParquetReader::new(Cursor::new(bytes))
         .finish()
@@ -290,6 +370,8 @@ fn decode_states(bytes: &[u8]) -> Result<Vec<StateRow>, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use tally_model::manifest::{HourEntry, RawInputs, ViewManifest};
     use tally_model::{Measure, ViewSpec};
 

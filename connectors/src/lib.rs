@@ -9,6 +9,7 @@
 //! - [`archive`]: the raw archive's Parquet schema, written by the archiver and read by
 //!   recompute, search and notebooks.
 //! - [`batch_views`]: batch view states and the manifest that publishes them atomically.
+//! - [`catalog`]: the tenants, registries, views and keys every service reads, swappable.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tally_connectors::log::LogError> {
@@ -23,6 +24,7 @@
 
 pub mod archive;
 pub mod batch_views;
+pub mod catalog;
 pub mod log;
 pub mod object_store;
 #[cfg(feature = "testing")]

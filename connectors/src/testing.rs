@@ -89,14 +89,9 @@ pub fn sample_demo_events(base: Millis) -> Vec<Event> {
     events
 }
 
-/// The plain computation of every view of `catalog` over logged events whose buckets fall in
-/// `buckets`: keep the copy with the smallest `(received_at, partition, offset)` per
-/// `(tenant, event_id, event hour)`, then fold each view.
-pub fn reference_states(
-    catalog: &Catalog,
-    logged: impl IntoIterator<Item = (u32, Offset, Event)>,
-    buckets: std::ops::Range<Millis>,
-) -> BTreeMap<ViewKey, AggregateState> {
+/// Each event once: the copy with the smallest `(received_at, partition, offset)` per
+/// `(tenant, event_id, event hour)`, as both layers keep it.
+pub fn deduplicated(logged: impl IntoIterator<Item = (u32, Offset, Event)>) -> Vec<Event> {
     type Identity = (String, String, Millis);
     type LogPosition = (Millis, u32, Offset);
     let mut kept: HashMap<Identity, (LogPosition, Event)> = HashMap::new();
@@ -108,13 +103,23 @@ pub fn reference_states(
             kept.insert(id, (position, event));
         }
     }
+    kept.into_values().map(|(_, event)| event).collect()
+}
+
+/// The plain computation of every view of `catalog` over logged events whose buckets fall in
+/// `buckets`: each event once ([`deduplicated`]), folded into each view it feeds.
+pub fn reference_states(
+    catalog: &Catalog,
+    logged: impl IntoIterator<Item = (u32, Offset, Event)>,
+    buckets: std::ops::Range<Millis>,
+) -> BTreeMap<ViewKey, AggregateState> {
     let mut expected = BTreeMap::new();
-    for (_, event) in kept.into_values() {
+    for event in deduplicated(logged) {
         let Some(tenant) = catalog.tenants.get(&event.tenant) else {
             continue;
         };
         for view in tenant.views.iter().filter(|v| v.covers(&event.event_type)) {
-            let bucket = view.granularity.bucket_start(event.ts);
+            let bucket = view.bucket_of(event.ts);
             if !buckets.contains(&bucket) {
                 continue;
             }

@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tally_model::registry::ValidationContext;
+use tally_model::tenant::AuthError;
 use tally_model::time::now_millis;
 use tally_model::{ApiKey, Millis, Scope};
 
@@ -208,25 +209,17 @@ fn authorize(request: &HttpRequest, collector: &Collector) -> Result<ApiKey, Ref
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    let Some(secret) = header.and_then(|value| value.strip_prefix("Bearer ")) else {
-        return Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "missing Authorization: Bearer <write key>".to_owned(),
-        ));
-    };
-    match collector.catalog.key(secret.trim()) {
-        None => Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "unknown API key".to_owned(),
+    match collector.catalog.authorize(header, Scope::Write) {
+        Ok(key) => Ok(key.clone()),
+        Err(refused) => Err(Refusal::new(
+            StatusCode::from_u16(refused.status()).expect("401 and 403 are statuses"),
+            match refused {
+                AuthError::Lacks { key, .. } => {
+                    format!("API key '{key}' may not send events: it lacks the write scope")
+                }
+                other => other.to_string(),
+            },
         )),
-        Some(key) if !key.allows(Scope::Write) => Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "API key '{}' may not send events: it lacks the write scope",
-                key.source
-            ),
-        )),
-        Some(key) => Ok(key.clone()),
     }
 }
 

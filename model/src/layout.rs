@@ -13,6 +13,10 @@ use crate::event::Millis;
 use crate::manifest::LogicVersion;
 use crate::time::{Granularity, HOUR_MS, date_and_hour};
 
+/// The archiver's consumer name in the event log: retention keeps what it has not archived,
+/// and readers of raw events take the log from its committed offsets on.
+pub const ARCHIVER_CONSUMER: &str = "archiver";
+
 /// Which raw stream an object belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawStream {

@@ -145,6 +145,33 @@ impl AggregateState {
         Ok(())
     }
 
+    /// Merges the count and the measures `picked` of `other` into `self`, whose measures are
+    /// those picked, in that order: how a query folds a view's states into the few measures
+    /// it asks for without copying the rest.
+    pub fn merge_projected(
+        &mut self,
+        other: &AggregateState,
+        picked: &[usize],
+    ) -> Result<(), MergeError> {
+        let fits = picked.len() == self.measures.len()
+            && picked.iter().zip(&self.measures).all(|(&index, mine)| {
+                other.measures.get(index).is_some_and(|theirs| {
+                    std::mem::discriminant(mine) == std::mem::discriminant(theirs)
+                })
+            });
+        if !fits {
+            return Err(MergeError::ShapeMismatch {
+                left: self.shape(),
+                right: other.shape(),
+            });
+        }
+        self.count += other.count;
+        for (mine, &index) in self.measures.iter_mut().zip(picked) {
+            mine.merge(&other.measures[index]);
+        }
+        Ok(())
+    }
+
     fn shape(&self) -> String {
         let names: Vec<&str> = self.measures.iter().map(MeasureState::kind_name).collect();
         format!("[{}]", names.join(", "))
@@ -293,6 +320,19 @@ impl MeasureState {
         }
     }
 
+    /// The value at normalized `rank` (0.5 for the median) of a `quantiles` state; none for
+    /// other measures or before any value.
+    pub fn quantile(&self, rank: f64) -> Option<f64> {
+        match self {
+            MeasureState::Quantiles(sketch) => sketch
+                .quantile(rank, SearchCriteria::Inclusive)
+                .ok()
+                .flatten()
+                .map(KllFloat::into_inner),
+            _ => None,
+        }
+    }
+
     fn kind_name(&self) -> &'static str {
         match self {
             MeasureState::Sum { .. } => "sum",
@@ -303,7 +343,8 @@ impl MeasureState {
         }
     }
 
-    fn summary(&self) -> MeasureSummary {
+    /// The numbers a person reads off this measure.
+    pub fn summary(&self) -> MeasureSummary {
         match self {
             MeasureState::Sum { micros, n } => MeasureSummary::Sum {
                 sum: *micros as f64 / SUM_SCALE,
@@ -312,21 +353,12 @@ impl MeasureState {
             MeasureState::Min(v) => MeasureSummary::Min(*v),
             MeasureState::Max(v) => MeasureSummary::Max(*v),
             MeasureState::Uniq(sketch) => MeasureSummary::Uniq(sketch.composite_estimate()),
-            MeasureState::Quantiles(sketch) => {
-                let quantile = |rank| {
-                    sketch
-                        .quantile(rank, SearchCriteria::Inclusive)
-                        .ok()
-                        .flatten()
-                        .map(KllFloat::into_inner)
-                };
-                MeasureSummary::Quantiles {
-                    n: sketch.n(),
-                    p50: quantile(0.5),
-                    p90: quantile(0.9),
-                    p99: quantile(0.99),
-                }
-            }
+            MeasureState::Quantiles(sketch) => MeasureSummary::Quantiles {
+                n: sketch.n(),
+                p50: self.quantile(0.5),
+                p90: self.quantile(0.9),
+                p99: self.quantile(0.99),
+            },
         }
     }
 }

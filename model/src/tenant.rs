@@ -1,8 +1,10 @@
 //! Tenants, their API keys and scopes, and the demo catalog `tally up` starts with.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use crate::registry::{EventTypeSpec, SourcePolicy, TagKind, TagRegistry, TagSpec};
 use crate::view::ViewSpec;
@@ -34,6 +36,45 @@ pub enum Scope {
     Read,
     /// Change the registry, views and keys.
     Admin,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scope::Write => "write",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        })
+    }
+}
+
+/// Why a request's key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing Authorization: Bearer <{0} key>")]
+    Missing(Scope),
+    /// The key is not known.
+    #[error("unknown API key")]
+    Unknown,
+    /// The key is known but lacks the scope.
+    #[error("API key '{key}' lacks the {scope} scope")]
+    Lacks {
+        /// The key's name (its source).
+        key: String,
+        /// The scope it lacks.
+        scope: Scope,
+    },
+}
+
+impl AuthError {
+    /// The HTTP status this refusal deserves: 401 without a valid key, 403 with one.
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::Missing(_) | AuthError::Unknown => 401,
+            AuthError::Lacks { .. } => 403,
+        }
+    }
 }
 
 /// An API key, bound to one tenant; its name is the `source` stamped on what it sends.
@@ -102,6 +143,22 @@ impl Catalog {
     /// The key with this secret.
     pub fn key(&self, secret: &str) -> Option<&ApiKey> {
         self.keys.get(secret)
+    }
+
+    /// The key of an `Authorization` header's value (`Bearer <key>`), if it carries `scope`.
+    pub fn authorize(&self, header: Option<&str>, scope: Scope) -> Result<&ApiKey, AuthError> {
+        let secret = header
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(AuthError::Missing(scope))?;
+        let key = self.key(secret).ok_or(AuthError::Unknown)?;
+        if !key.allows(scope) {
+            return Err(AuthError::Lacks {
+                key: key.source.clone(),
+                scope,
+            });
+        }
+        Ok(key)
     }
 
     /// The demo tenant with one write and one read key.

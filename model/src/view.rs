@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
+use crate::event::{Event, Millis};
 use crate::registry::{TagKind, TagRegistry};
 use crate::state::AggregateState;
 use crate::time::Granularity;
@@ -48,6 +48,19 @@ impl ViewSpec {
                     .unwrap_or_default()
             })
             .collect()
+    }
+
+    /// The width of the buckets its states are stored in: the view's granularity, but never
+    /// wider than an hour, so that every stored bucket lies wholly on one side of the
+    /// (hour-aligned) batch horizon and the seam between the layers stays exact. Day views
+    /// are rolled up from hours at query time.
+    pub fn stored_granularity(&self) -> Granularity {
+        self.granularity.min(Granularity::Hour)
+    }
+
+    /// The start of the stored bucket holding `ts`.
+    pub fn bucket_of(&self, ts: Millis) -> Millis {
+        self.stored_granularity().bucket_start(ts)
     }
 
     /// A state holding nothing yet, shaped for this view's measures.

@@ -195,7 +195,7 @@ fn fold_epoch(
             let key = ViewKey {
                 tenant: event.tenant.clone(),
                 view: view.name.clone(),
-                bucket: view.granularity.bucket_start(event.ts),
+                bucket: view.bucket_of(event.ts),
                 dimensions: view.dimension_values(&event),
             };
             view.accumulate(

@@ -1,0 +1,239 @@
+//! Serving: the read side of Tally over HTTP (actix-web).
+//!
+//! - [`query`]: `GET /v1/query`, one view over a range, batch views before the published
+//!   horizon and real-time views after it, rolled up, grouped, filtered and measured.
+//! - [`seed`]: the seed dashboards' API, `GET /v1/events/count` and `GET /v1/events/search`.
+//! - [`raw`]: raw events for search, from the archive and the log tail.
+//!
+//! Every route needs a key of the right scope and sees only the key's tenant.
+//! [`Serving::configure`] mounts the routes on an actix-web `App`.
+
+pub mod query;
+pub mod raw;
+mod seed;
+mod telemetry;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+use tally_connectors::batch_views::{BatchViews, BatchViewsError};
+use tally_connectors::catalog::CatalogHandle;
+use tally_connectors::view_store::{ViewStore, ViewStoreError};
+use tally_model::time::now_millis;
+use tally_model::{ApiKey, Millis, Scope};
+use thiserror::Error;
+
+pub use telemetry::ServingMetrics;
+
+use crate::query::{Projection, Query, QueryError, QueryParams, Rollup, Sources};
+use crate::raw::{RawError, RawEvents};
+
+/// Serving's shared state.
+pub struct Serving {
+    catalog: CatalogHandle,
+    speed_views: Arc<dyn ViewStore>,
+    batch_views: BatchViews,
+    raw: RawEvents,
+    metrics: Arc<ServingMetrics>,
+}
+
+/// Why a read failed on the server's side.
+#[derive(Debug, Error)]
+pub enum ServingError {
+    /// The request is the caller's to fix.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// The real-time view store failed.
+    #[error("real-time views: {0}")]
+    SpeedViews(#[from] ViewStoreError),
+    /// The batch views failed.
+    #[error("batch views: {0}")]
+    BatchViews(#[from] BatchViewsError),
+    /// Raw events could not be read.
+    #[error("raw events: {0}")]
+    Raw(#[from] RawError),
+    /// Two states of one row could not merge: a store holds a state of another view version.
+    #[error("merging states: {0}")]
+    Merge(#[from] tally_model::state::MergeError),
+}
+
+impl ServingError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ServingError::Query(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An answer to `GET /v1/query`.
+#[derive(Debug, serde::Serialize)]
+pub struct QueryAnswer {
+    /// The view queried.
+    pub view: String,
+    /// The answer's bucket width.
+    pub granularity: String,
+    /// The published batch horizon, if any.
+    pub horizon: Option<String>,
+    /// Which layer answered which part of the range.
+    pub sources: Sources,
+    /// One object per bucket and group values: `bucket`, the group-by dimensions, the measures.
+    pub rows: Vec<serde_json::Value>,
+}
+
+impl Serving {
+    /// Serving over these stores; `raw` is what search reads.
+    pub fn new(
+        catalog: CatalogHandle,
+        speed_views: Arc<dyn ViewStore>,
+        batch_views: BatchViews,
+        raw: RawEvents,
+        metrics: Arc<ServingMetrics>,
+    ) -> Serving {
+        Serving {
+            catalog,
+            speed_views,
+            batch_views,
+            raw,
+            metrics,
+        }
+    }
+
+    /// The raw events search reads.
+    pub fn raw(&self) -> &RawEvents {
+        &self.raw
+    }
+
+    /// Mounts the read routes.
+    pub fn configure(serving: web::Data<Serving>) -> impl Fn(&mut web::ServiceConfig) + Clone {
+        move |config| {
+            config
+                .app_data(serving.clone())
+                .route("/v1/query", web::get().to(get_query))
+                .route("/v1/events/count", web::get().to(seed::count))
+                .route("/v1/events/search", web::get().to(seed::search));
+        }
+    }
+
+    /// Answers a query for `tenant`.
+    pub async fn query(
+        &self,
+        tenant: &str,
+        params: &QueryParams,
+    ) -> Result<QueryAnswer, ServingError> {
+        let catalog = self.catalog.current();
+        let Some(tenant_spec) = catalog.tenants.get(tenant) else {
+            return Err(QueryError(format!("no tenant '{tenant}'")).into());
+        };
+        let query = Query::parse(params, tenant_spec, now_millis())?;
+        let view = &query.view;
+        let range = query.from..query.to;
+        // Real-time states first, then the manifest: see the module doc of `query`.
+        let speed_states = self.speed_views.scan(tenant, &view.name, range.clone())?;
+        let manifest = self.batch_views.manifest().await?;
+        let horizon = manifest.as_ref().map(|m| m.horizon);
+        let seam = horizon.unwrap_or(Millis::MIN).clamp(range.start, range.end);
+
+        let mut rollup = Rollup::new(&query);
+        if let Some(manifest) = &manifest {
+            let batch_range = range.start..seam;
+            let hours = self
+                .batch_views
+                .read_hours(manifest, tenant, &view.name, batch_range.clone())
+                .await?;
+            let entry = manifest.view(tenant, &view.name);
+            for hour in hours {
+                let spec = entry
+                    .and_then(|entry| entry.versions.get(&hour.logic_version))
+                    .ok_or_else(|| BatchViewsError::Corrupt {
+                        path: "manifests/CURRENT".to_owned(),
+                        reason: format!(
+                            "view '{}' has no spec for logic version {}",
+                            view.name, hour.logic_version
+                        ),
+                    })?;
+                let projection = Projection::new(spec, &query).map_err(|lacking| {
+                    QueryError(format!(
+                        "the batch views of '{}' from {} were computed by logic version {}, which has no {lacking}; reprocess them with the current spec (tally batch reprocess) or query a later range",
+                        view.name,
+                        tally_model::time::format_rfc3339(hour.hour),
+                        hour.logic_version
+                    ))
+                })?;
+                for (bucket, dimensions, state) in hour.rows.iter() {
+                    if batch_range.contains(bucket) {
+                        rollup.add(&projection, *bucket, dimensions, state)?;
+                    }
+                }
+            }
+        }
+        let projection = Projection::new(view, &query)
+            .expect("a query is checked against the view's current spec");
+        for (key, state) in &speed_states {
+            if key.bucket >= seam {
+                rollup.add(&projection, key.bucket, &key.dimensions, state)?;
+            }
+        }
+        Ok(QueryAnswer {
+            view: view.name.clone(),
+            granularity: query.granularity.to_string(),
+            horizon: horizon.map(tally_model::time::format_rfc3339),
+            sources: Sources::split(&range, seam),
+            rows: rollup.into_rows(),
+        })
+    }
+
+    /// The key of the request, if it carries `scope`.
+    fn authorize(
+        &self,
+        request: &HttpRequest,
+        scope: Scope,
+    ) -> Result<ApiKey, (StatusCode, String)> {
+        let header = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        self.catalog
+            .current()
+            .authorize(header, scope)
+            .cloned()
+            .map_err(|refused| {
+                let status =
+                    StatusCode::from_u16(refused.status()).expect("401 and 403 are statuses");
+                (status, refused.to_string())
+            })
+    }
+}
+
+async fn get_query(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
+    let started = Instant::now();
+    let response = match answer_query(&request, &serving).await {
+        Ok(answer) => HttpResponse::Ok().json(answer),
+        Err((status, message)) => HttpResponse::build(status).json(json!({ "error": message })),
+    };
+    serving
+        .metrics
+        .request("query", response.status().as_u16(), started);
+    response
+}
+
+async fn answer_query(
+    request: &HttpRequest,
+    serving: &Serving,
+) -> Result<QueryAnswer, (StatusCode, String)> {
+    let key = serving.authorize(request, Scope::Read)?;
+    let params = web::Query::<QueryParams>::from_query(request.query_string())
+        .map_err(|err| (StatusCode::BAD_REQUEST, format!("query string: {err}")))?;
+    serving.query(&key.tenant, &params).await.map_err(|err| {
+        if err.status().is_server_error() {
+            tracing::error!(error = %err, "query failed");
+        }
+        (err.status(), err.to_string())
+    })
+}

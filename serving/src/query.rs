@@ -1,0 +1,665 @@
+//! `GET /v1/query`: one view over a time range, batch views before the horizon and real-time
+//! views after it, rolled up to the asked granularity, grouped, filtered and measured.
+//!
+//! The seam is exact because every stored bucket lies wholly on one side of the hour-aligned
+//! horizon (see [`ViewSpec::stored_granularity`]) and because the real-time store is read
+//! *before* the manifest: the speed layer only drops buckets below a horizon that has been
+//! published, so the horizon read afterwards is at or above the one the store reflected,
+//! and the store still held every bucket from it on.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tally_model::state::MeasureSummary;
+use tally_model::time::{DAY_MS, format_rfc3339, parse_timestamp};
+use tally_model::{AggregateState, Granularity, Measure, Millis, Tenant, ViewSpec};
+
+/// Longest range one query may span.
+const MAX_RANGE_MS: Millis = 366 * DAY_MS;
+/// The range when the query names none: the last day.
+const DEFAULT_RANGE_MS: Millis = DAY_MS;
+
+/// The query string of `GET /v1/query`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct QueryParams {
+    /// The view's name.
+    pub view: Option<String>,
+    /// Start, inclusive: RFC 3339 or epoch ms [default: a day before `to`].
+    pub from: Option<String>,
+    /// End, exclusive: RFC 3339 or epoch ms [default: now].
+    pub to: Option<String>,
+    /// `minute`, `hour`, `day` or `all` [default: the view's granularity].
+    pub granularity: Option<String>,
+    /// Dimensions to group by, comma-separated [default: none, one row per bucket].
+    pub group_by: Option<String>,
+    /// `dimension=value` pairs, comma-separated; rows must match all.
+    pub filter: Option<String>,
+    /// Measures, comma-separated [default: every measure of the view].
+    pub measures: Option<String>,
+}
+
+/// How rows are bucketed in an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryGranularity {
+    /// UTC buckets of this width.
+    Bucketed(Granularity),
+    /// One bucket for the whole range, labelled with its start.
+    All,
+}
+
+impl QueryGranularity {
+    fn parse(text: &str) -> Result<Self, QueryError> {
+        match text {
+            "minute" => Ok(QueryGranularity::Bucketed(Granularity::Minute)),
+            "hour" => Ok(QueryGranularity::Bucketed(Granularity::Hour)),
+            "day" => Ok(QueryGranularity::Bucketed(Granularity::Day)),
+            "all" => Ok(QueryGranularity::All),
+            other => Err(QueryError::new(format!(
+                "unknown granularity '{other}'; use minute, hour, day or all"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for QueryGranularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QueryGranularity::Bucketed(Granularity::Minute) => "minute",
+            QueryGranularity::Bucketed(Granularity::Hour) => "hour",
+            QueryGranularity::Bucketed(Granularity::Day) => "day",
+            QueryGranularity::All => "all",
+        })
+    }
+}
+
+/// A measure as a query asks for it, read off a view measure's state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryMeasure {
+    /// `count`.
+    Count,
+    /// `sum(tag)`.
+    Sum(String),
+    /// `avg(tag)`: the sum over the events that carried the tag.
+    Avg(String),
+    /// `min(tag)`.
+    Min(String),
+    /// `max(tag)`.
+    Max(String),
+    /// `uniq(field)`.
+    Uniq(String),
+    /// `pNN(tag)`: the quantile at rank NN / 100, as written (e.g. `p99`, `p99.9`).
+    Quantile {
+        /// The tag.
+        field: String,
+        /// The normalized rank, in (0, 1).
+        rank: f64,
+        /// The function name as asked, e.g. `p99`.
+        label: String,
+    },
+}
+
+impl QueryMeasure {
+    fn parse(text: &str) -> Result<Self, QueryError> {
+        let text = text.trim();
+        if text == "count" {
+            return Ok(QueryMeasure::Count);
+        }
+        let invalid = || {
+            QueryError::new(format!(
+                "measure '{text}' is not one of count, sum(f), avg(f), min(f), max(f), uniq(f), pNN(f)"
+            ))
+        };
+        let (function, field) = text
+            .strip_suffix(')')
+            .and_then(|rest| rest.split_once('('))
+            .filter(|(_, field)| !field.trim().is_empty())
+            .ok_or_else(invalid)?;
+        let field = field.trim().to_owned();
+        Ok(match function.trim() {
+            "sum" => QueryMeasure::Sum(field),
+            "avg" => QueryMeasure::Avg(field),
+            "min" => QueryMeasure::Min(field),
+            "max" => QueryMeasure::Max(field),
+            "uniq" => QueryMeasure::Uniq(field),
+            label => {
+                let percent: f64 = label
+                    .strip_prefix('p')
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0.0 && *n < 100.0)
+                    .ok_or_else(invalid)?;
+                QueryMeasure::Quantile {
+                    field,
+                    rank: percent / 100.0,
+                    label: label.to_owned(),
+                }
+            }
+        })
+    }
+
+    /// The view measure whose state answers it; none for `count`, which every state has.
+    fn source(&self) -> Option<Measure> {
+        Some(match self {
+            QueryMeasure::Count => return None,
+            QueryMeasure::Sum(f) | QueryMeasure::Avg(f) => Measure::Sum(f.clone()),
+            QueryMeasure::Min(f) => Measure::Min(f.clone()),
+            QueryMeasure::Max(f) => Measure::Max(f.clone()),
+            QueryMeasure::Uniq(f) => Measure::Uniq(f.clone()),
+            QueryMeasure::Quantile { field, .. } => Measure::Quantiles(field.clone()),
+        })
+    }
+
+    /// The measures a view measure answers by default.
+    fn defaults_of(measure: &Measure) -> Vec<QueryMeasure> {
+        match measure {
+            Measure::Count => vec![QueryMeasure::Count],
+            Measure::Sum(f) => vec![QueryMeasure::Sum(f.clone()), QueryMeasure::Avg(f.clone())],
+            Measure::Min(f) => vec![QueryMeasure::Min(f.clone())],
+            Measure::Max(f) => vec![QueryMeasure::Max(f.clone())],
+            Measure::Uniq(f) => vec![QueryMeasure::Uniq(f.clone())],
+            Measure::Quantiles(f) => [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)]
+                .map(|(label, rank)| QueryMeasure::Quantile {
+                    field: f.clone(),
+                    rank,
+                    label: label.to_owned(),
+                })
+                .into(),
+        }
+    }
+
+    fn value(&self, state: &AggregateState, sources: &[Measure]) -> Value {
+        let Some(source) = self.source() else {
+            return json!(state.count);
+        };
+        let measure = sources
+            .iter()
+            .position(|s| *s == source)
+            .map(|index| &state.measures[index]);
+        let Some(measure) = measure else {
+            return Value::Null;
+        };
+        match (self, measure.summary()) {
+            (QueryMeasure::Sum(_), MeasureSummary::Sum { sum, .. }) => json!(sum),
+            (QueryMeasure::Avg(_), MeasureSummary::Sum { sum, n }) if n > 0 => {
+                json!(sum / n as f64)
+            }
+            (QueryMeasure::Min(_), MeasureSummary::Min(value))
+            | (QueryMeasure::Max(_), MeasureSummary::Max(value)) => json!(value),
+            (QueryMeasure::Uniq(_), MeasureSummary::Uniq(estimate)) => json!(estimate.round()),
+            (QueryMeasure::Quantile { rank, .. }, _) => json!(measure.quantile(*rank)),
+            _ => Value::Null,
+        }
+    }
+}
+
+impl fmt::Display for QueryMeasure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueryMeasure::Count => f.write_str("count"),
+            QueryMeasure::Sum(x) => write!(f, "sum({x})"),
+            QueryMeasure::Avg(x) => write!(f, "avg({x})"),
+            QueryMeasure::Min(x) => write!(f, "min({x})"),
+            QueryMeasure::Max(x) => write!(f, "max({x})"),
+            QueryMeasure::Uniq(x) => write!(f, "uniq({x})"),
+            QueryMeasure::Quantile { field, label, .. } => write!(f, "{label}({field})"),
+        }
+    }
+}
+
+/// Why a query was refused: always the caller's to fix, answered with 400.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct QueryError(pub String);
+
+impl QueryError {
+    fn new(message: String) -> Self {
+        QueryError(message)
+    }
+}
+
+/// A checked query against one tenant's view.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// The view as the tenant declares it now.
+    pub view: ViewSpec,
+    /// Buckets starting at or after this instant.
+    pub from: Millis,
+    /// Buckets starting before this instant.
+    pub to: Millis,
+    /// How rows are bucketed.
+    pub granularity: QueryGranularity,
+    /// Dimensions kept in rows.
+    pub group_by: Vec<String>,
+    /// Dimension values rows must have.
+    pub filter: Vec<(String, String)>,
+    /// What each row reports.
+    pub measures: Vec<QueryMeasure>,
+    /// The view measures those need, in the order of the merged states' measures.
+    sources: Vec<Measure>,
+}
+
+impl Query {
+    /// Checks `params` against the tenant's views; `now` fills the default range.
+    pub fn parse(params: &QueryParams, tenant: &Tenant, now: Millis) -> Result<Query, QueryError> {
+        let names = || {
+            let names: Vec<&str> = tenant.views.iter().map(|v| v.name.as_str()).collect();
+            names.join(", ")
+        };
+        let Some(name) = params.view.as_deref().filter(|v| !v.is_empty()) else {
+            return Err(QueryError::new(format!(
+                "name a view with view=...; the views are {}",
+                names()
+            )));
+        };
+        let Some(view) = tenant.views.iter().find(|v| v.name == name) else {
+            return Err(QueryError::new(format!(
+                "no view '{name}'; the views are {}",
+                names()
+            )));
+        };
+        let time = |given: &Option<String>, what: &str, default: Millis| match given.as_deref() {
+            None | Some("") => Ok(default),
+            Some(text) => {
+                parse_timestamp(text).map_err(|err| QueryError::new(format!("{what}: {err}")))
+            }
+        };
+        let to = time(&params.to, "to", now)?;
+        let from = time(&params.from, "from", to.saturating_sub(DEFAULT_RANGE_MS))?;
+        if from > to {
+            return Err(QueryError::new(format!(
+                "from ({}) is after to ({})",
+                format_rfc3339(from),
+                format_rfc3339(to)
+            )));
+        }
+        if to - from > MAX_RANGE_MS {
+            return Err(QueryError::new(
+                "the range spans more than 366 days; query a shorter one".to_owned(),
+            ));
+        }
+        let granularity = match params.granularity.as_deref() {
+            None | Some("") => QueryGranularity::Bucketed(view.granularity),
+            Some(text) => QueryGranularity::parse(text)?,
+        };
+        if let QueryGranularity::Bucketed(asked) = granularity
+            && asked < view.granularity
+        {
+            return Err(QueryError::new(format!(
+                "view '{}' is kept per {}; granularity {granularity} is finer than that",
+                view.name,
+                QueryGranularity::Bucketed(view.granularity)
+            )));
+        }
+        let known_dimension = |dimension: &str| {
+            if view.dimensions.iter().any(|d| d == dimension) {
+                Ok(dimension.to_owned())
+            } else {
+                Err(QueryError::new(format!(
+                    "view '{}' has no dimension '{dimension}'; its dimensions are {}",
+                    view.name,
+                    view.dimensions.join(", ")
+                )))
+            }
+        };
+        let group_by = list(&params.group_by)
+            .map(known_dimension)
+            .collect::<Result<Vec<_>, _>>()?;
+        let filter = list(&params.filter)
+            .map(|pair| {
+                let (dimension, value) = pair.split_once('=').ok_or_else(|| {
+                    QueryError::new(format!(
+                        "filter '{pair}' is not of the form dimension=value"
+                    ))
+                })?;
+                Ok((known_dimension(dimension.trim())?, value.to_owned()))
+            })
+            .collect::<Result<Vec<_>, QueryError>>()?;
+        let measures: Vec<QueryMeasure> = match list(&params.measures).next() {
+            None => view
+                .measures
+                .iter()
+                .flat_map(QueryMeasure::defaults_of)
+                .collect(),
+            Some(_) => list(&params.measures)
+                .map(QueryMeasure::parse)
+                .collect::<Result<_, _>>()?,
+        };
+        let mut sources: Vec<Measure> = Vec::new();
+        for measure in &measures {
+            let Some(source) = measure.source() else {
+                continue;
+            };
+            if !view.measures.contains(&source) {
+                let kept: Vec<String> = view.measures.iter().map(ToString::to_string).collect();
+                return Err(QueryError::new(format!(
+                    "view '{}' cannot answer {measure}: it needs the view measure {source}, and the view keeps {}",
+                    view.name,
+                    kept.join(", ")
+                )));
+            }
+            if !sources.contains(&source) {
+                sources.push(source);
+            }
+        }
+        Ok(Query {
+            view: view.clone(),
+            from,
+            to,
+            granularity,
+            group_by,
+            filter,
+            measures,
+            sources,
+        })
+    }
+
+    /// The bucket of the answer a stored bucket rolls up into.
+    fn answer_bucket(&self, stored_bucket: Millis) -> Millis {
+        match self.granularity {
+            QueryGranularity::Bucketed(granularity) => granularity.bucket_start(stored_bucket),
+            QueryGranularity::All => self.from,
+        }
+    }
+}
+
+fn list(text: &Option<String>) -> impl Iterator<Item = &str> {
+    text.as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+}
+
+/// How the rows of one spec (one logic version of the view) map onto a query.
+pub struct Projection {
+    group: Vec<usize>,
+    filter: Vec<(usize, String)>,
+    picked: Vec<usize>,
+}
+
+impl Projection {
+    /// Maps `spec`'s dimensions and measures onto the query's; an error names what the spec
+    /// lacks (an older logic version may not have a dimension or measure the current one has).
+    pub fn new(spec: &ViewSpec, query: &Query) -> Result<Projection, String> {
+        let dimension = |name: &str| {
+            spec.dimensions
+                .iter()
+                .position(|d| d == name)
+                .ok_or_else(|| format!("dimension '{name}'"))
+        };
+        let group = query
+            .group_by
+            .iter()
+            .map(|name| dimension(name))
+            .collect::<Result<_, _>>()?;
+        let filter = query
+            .filter
+            .iter()
+            .map(|(name, value)| Ok((dimension(name)?, value.clone())))
+            .collect::<Result<_, String>>()?;
+        let state_measures: Vec<&Measure> = spec
+            .measures
+            .iter()
+            .filter(|m| m.field().is_some())
+            .collect();
+        let picked = query
+            .sources
+            .iter()
+            .map(|source| {
+                state_measures
+                    .iter()
+                    .position(|m| *m == source)
+                    .ok_or_else(|| format!("measure '{source}'"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Projection {
+            group,
+            filter,
+            picked,
+        })
+    }
+}
+
+/// The answer's rows as they are being merged: (answer bucket, group values) → state.
+pub struct Rollup<'q> {
+    query: &'q Query,
+    rows: HashMap<(Millis, Vec<String>), AggregateState, foldhash::fast::FixedState>,
+}
+
+impl<'q> Rollup<'q> {
+    /// An empty answer to `query`.
+    pub fn new(query: &'q Query) -> Self {
+        Rollup {
+            query,
+            rows: HashMap::default(),
+        }
+    }
+
+    /// Folds one stored state into its answer row, unless the filter excludes it.
+    pub fn add(
+        &mut self,
+        projection: &Projection,
+        bucket: Millis,
+        dimensions: &[String],
+        state: &AggregateState,
+    ) -> Result<(), tally_model::state::MergeError> {
+        let matches = projection
+            .filter
+            .iter()
+            .all(|(index, value)| dimensions.get(*index) == Some(value));
+        if !matches {
+            return Ok(());
+        }
+        let group = projection
+            .group
+            .iter()
+            .map(|&index| dimensions.get(index).cloned().unwrap_or_default())
+            .collect();
+        let key = (self.query.answer_bucket(bucket), group);
+        let row = self
+            .rows
+            .entry(key)
+            .or_insert_with(|| AggregateState::for_measures(&self.query.sources));
+        row.merge_projected(state, &projection.picked)
+    }
+
+    /// The rows as JSON objects, ordered by bucket, then group values.
+    pub fn into_rows(self) -> Vec<Value> {
+        self.query.render(self.rows.into_iter().collect())
+    }
+}
+
+impl Query {
+    /// Answer rows as JSON objects, ordered by bucket, then group values, from states shaped
+    /// like the view's measures this query reads.
+    pub fn render(&self, mut rows: Vec<((Millis, Vec<String>), AggregateState)>) -> Vec<Value> {
+        let query = self;
+        rows.sort_by(|(a, _), (b, _)| a.cmp(b));
+        rows.into_iter()
+            .map(|((bucket, group), state)| {
+                let mut row = Map::new();
+                row.insert("bucket".into(), json!(format_rfc3339(bucket)));
+                for (name, value) in query.group_by.iter().zip(group) {
+                    row.insert(name.clone(), json!(value));
+                }
+                for measure in &query.measures {
+                    row.insert(measure.to_string(), measure.value(&state, &query.sources));
+                }
+                Value::Object(row)
+            })
+            .collect()
+    }
+}
+
+/// Where the answer's numbers came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sources {
+    /// Batch views answered for `[from, horizon)` (clamped to the range).
+    pub batch: [String; 2],
+    /// Real-time views answered for `[horizon, to)`.
+    pub speed: [String; 2],
+}
+
+impl Sources {
+    /// The split of `range` at `seam`.
+    pub fn split(range: &Range<Millis>, seam: Millis) -> Sources {
+        Sources {
+            batch: [format_rfc3339(range.start), format_rfc3339(seam)],
+            speed: [format_rfc3339(seam), format_rfc3339(range.end)],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> QueryParams {
+        let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        actix_web::web::Query::<QueryParams>::from_query(&query.join("&"))
+            .unwrap()
+            .into_inner()
+    }
+
+    #[test]
+    fn parses_measures_defaults_and_explains_mistakes() {
+        let tenant = Tenant::demo();
+        let query = Query::parse(
+            &params(&[
+                ("view", "revenue_by_country"),
+                ("from", "0"),
+                ("to", "3600000"),
+                ("granularity", "hour"),
+                ("group_by", "country"),
+                ("measures", "count,avg(revenue),sum(revenue),uniq(user_id)"),
+            ]),
+            &tenant,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            query.sources,
+            [
+                Measure::Sum("revenue".into()),
+                Measure::Uniq("user_id".into())
+            ]
+        );
+        let defaults =
+            Query::parse(&params(&[("view", "latency_by_type")]), &tenant, DAY_MS).unwrap();
+        let names: Vec<String> = defaults.measures.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            names,
+            [
+                "count",
+                "p50(latency_ms)",
+                "p90(latency_ms)",
+                "p99(latency_ms)"
+            ]
+        );
+        assert_eq!((defaults.from, defaults.to), (0, DAY_MS));
+
+        for (pairs, expected) in [
+            (
+                vec![("view", "nope")],
+                "no view 'nope'; the views are events_by_type",
+            ),
+            (
+                vec![("view", "events_by_type"), ("group_by", "country")],
+                "no dimension 'country'",
+            ),
+            (
+                vec![("view", "events_by_type"), ("measures", "sum(revenue)")],
+                "cannot answer sum(revenue)",
+            ),
+            (
+                vec![("view", "events_by_type"), ("measures", "median(x)")],
+                "is not one of count",
+            ),
+            (
+                vec![("view", "events_by_type"), ("from", "2000"), ("to", "1000")],
+                "is after to",
+            ),
+            (
+                vec![("view", "events_by_type"), ("granularity", "week")],
+                "unknown granularity 'week'",
+            ),
+            (
+                vec![("view", "events_by_type"), ("filter", "os_type")],
+                "not of the form dimension=value",
+            ),
+            (
+                vec![("view", "events_by_type"), ("from", "yesterday")],
+                "from: 'yesterday'",
+            ),
+        ] {
+            let err = Query::parse(&params(&pairs), &tenant, DAY_MS).unwrap_err();
+            assert!(err.0.contains(expected), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rolls_minutes_up_and_filters_and_groups() {
+        let tenant = Tenant::demo();
+        let query = Query::parse(
+            &params(&[
+                ("view", "events_by_type"),
+                ("from", "0"),
+                ("to", "7200000"),
+                ("granularity", "hour"),
+                ("group_by", "event_type"),
+                ("filter", "os_type=ios"),
+                ("measures", "count"),
+            ]),
+            &tenant,
+            0,
+        )
+        .unwrap();
+        let spec = &tenant.views[0];
+        let projection = Projection::new(spec, &query).unwrap();
+        let mut rollup = Rollup::new(&query);
+        let state = |count| AggregateState {
+            count,
+            ..spec.empty_state()
+        };
+        let dims = |t: &str, os: &str| vec![t.to_owned(), os.to_owned()];
+        for (bucket, dimensions, count) in [
+            (0, dims("click", "ios"), 1),
+            (60_000, dims("click", "ios"), 2),
+            (60_000, dims("click", "android"), 100),
+            (3_600_000, dims("click", "ios"), 4),
+            (3_660_000, dims("view", "ios"), 8),
+        ] {
+            rollup
+                .add(&projection, bucket, &dimensions, &state(count))
+                .unwrap();
+        }
+        let rows = rollup.into_rows();
+        assert_eq!(
+            rows,
+            [
+                json!({"bucket": "1970-01-01T00:00:00.000Z", "event_type": "click", "count": 3}),
+                json!({"bucket": "1970-01-01T01:00:00.000Z", "event_type": "click", "count": 4}),
+                json!({"bucket": "1970-01-01T01:00:00.000Z", "event_type": "view", "count": 8}),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_older_spec_without_a_dimension_says_so() {
+        let tenant = Tenant::demo();
+        let query = Query::parse(
+            &params(&[("view", "events_by_type"), ("group_by", "os_type")]),
+            &tenant,
+            DAY_MS,
+        )
+        .unwrap();
+        let mut older = tenant.views[0].clone();
+        older.dimensions.retain(|d| d != "os_type");
+        assert_eq!(
+            Projection::new(&older, &query).err().unwrap(),
+            "dimension 'os_type'"
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! Raw events for search: the archived Parquet partitions of the asked hours (pruned by the
+//! hive layout) plus the tail of the event log the archiver has not committed yet, each event
+//! once (by tenant, event id and event hour, as both layers dedupe).
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tally_connectors::archive::{ArchiveError, events_from_parquet};
+use tally_connectors::log::{EventLog, LogError};
+use tally_model::layout::{ARCHIVER_CONSUMER, RawStream, hour_partition};
+use tally_model::time::HOUR_MS;
+use tally_model::{Event, Millis};
+use thiserror::Error;
+
+/// Records read from a log partition at a time.
+const READ_BATCH: usize = 10_000;
+
+/// Why raw events could not be read.
+#[derive(Debug, Error)]
+pub enum RawError {
+    /// Listing or reading an object failed.
+    #[error("object store, at {path}: {source}")]
+    Store {
+        /// The object or prefix.
+        path: String,
+        /// The cause.
+        source: object_store::Error,
+    },
+    /// An archived object does not decode.
+    #[error("raw object {path}: {source}")]
+    Parquet {
+        /// The object.
+        path: String,
+        /// The cause.
+        source: ArchiveError,
+    },
+    /// Reading the log tail failed.
+    #[error("event log: {0}")]
+    Log(#[from] LogError),
+}
+
+/// What to look for.
+pub struct RawFilter<'a> {
+    /// The tenant whose events these are.
+    pub tenant: &'a str,
+    /// Only this event type, if given.
+    pub event_type: Option<&'a str>,
+    /// Event times in this range.
+    pub range: Range<Millis>,
+}
+
+impl RawFilter<'_> {
+    fn matches(&self, event: &Event) -> bool {
+        event.tenant == self.tenant
+            && self.range.contains(&event.ts)
+            && self.event_type.is_none_or(|t| t == event.event_type)
+    }
+}
+
+/// The raw archive and the log tail beside it.
+#[derive(Clone)]
+pub struct RawEvents {
+    objects: Arc<dyn ObjectStore>,
+    log: Option<Arc<dyn EventLog>>,
+}
+
+impl RawEvents {
+    /// Raw events archived in `objects`, plus the unarchived tail of `log` when given.
+    pub fn new(objects: Arc<dyn ObjectStore>, log: Option<Arc<dyn EventLog>>) -> Self {
+        RawEvents { objects, log }
+    }
+
+    /// Every event matching `filter`, each once, ordered by event time, then event id.
+    pub async fn scan(&self, filter: &RawFilter<'_>) -> Result<Vec<Event>, RawError> {
+        let mut seen = HashSet::new();
+        let mut events = Vec::new();
+        let mut keep = |event: Event| {
+            if filter.matches(&event)
+                && seen.insert((event.event_id.clone(), event.ts.div_euclid(HOUR_MS)))
+            {
+                events.push(event);
+            }
+        };
+        for event in self.archived(filter).await? {
+            keep(event);
+        }
+        if let Some(log) = &self.log {
+            let log = log.clone();
+            let tail = tokio::task::spawn_blocking(move || unarchived_tail(log.as_ref()))
+                .await
+                .expect("reading the log tail does not panic")?;
+            for event in tail {
+                keep(event);
+            }
+        }
+        events.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
+        Ok(events)
+    }
+
+    async fn archived(&self, filter: &RawFilter<'_>) -> Result<Vec<Event>, RawError> {
+        let first_hour = filter.range.start.div_euclid(HOUR_MS) * HOUR_MS;
+        let mut events = Vec::new();
+        let mut hour = first_hour;
+        while hour < filter.range.end {
+            let prefix = ObjectPath::from(hour_partition(RawStream::Events, hour));
+            let listed: Vec<_> = self
+                .objects
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|source| RawError::Store {
+                    path: prefix.to_string(),
+                    source,
+                })?;
+            for object in listed {
+                let path = object.location.to_string();
+                let store_error = |source| RawError::Store {
+                    path: path.clone(),
+                    source,
+                };
+                let bytes = match self.objects.get(&object.location).await {
+                    Ok(found) => found.bytes().await.map_err(store_error)?,
+                    // Replaced by a redo of its roll between listing and reading.
+                    Err(object_store::Error::NotFound { .. }) => continue,
+                    Err(source) => return Err(store_error(source)),
+                };
+                let decoded = tokio::task::spawn_blocking(move || events_from_parquet(&bytes))
+                    .await
+                    .expect("decoding Parquet does not panic")
+                    .map_err(|source| RawError::Parquet { path, source })?;
+                events.extend(decoded.into_iter().map(|logged| logged.record));
+            }
+            hour += HOUR_MS;
+        }
+        Ok(events)
+    }
+}
+
+/// The events the archiver has not committed, per partition from its position on.
+fn unarchived_tail(log: &dyn EventLog) -> Result<Vec<Event>, LogError> {
+    let stats = log.stats()?;
+    let mut events = Vec::new();
+    for partition in stats.partitions {
+        let committed = log.committed(ARCHIVER_CONSUMER, partition.partition)?;
+        let mut next = committed.map_or(partition.first_offset, |c| c.max(partition.first_offset));
+        loop {
+            let entries = log.read(partition.partition, next, READ_BATCH)?;
+            let Some(last) = entries.last() else {
+                break;
+            };
+            next = last.offset + 1;
+            events.extend(
+                entries
+                    .iter()
+                    .filter_map(|entry| serde_json::from_slice::<Event>(&entry.payload).ok()),
+            );
+        }
+    }
+    Ok(events)
+}

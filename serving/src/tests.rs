@@ -1,0 +1,565 @@
+//! Serving over real embedded stores: roll-ups against the direct computation, tenant
+//! isolation, scopes, and the seed API's shapes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use actix_web::test as http;
+use actix_web::{App, web};
+use proptest::prelude::*;
+use serde_json::Value;
+use tally_connectors::batch_views::BatchViews;
+use tally_connectors::catalog::CatalogHandle;
+use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
+use tally_connectors::testing::{deduplicated, demo_events, reference_states, sample_demo_events};
+use tally_connectors::view_store::{EmbeddedViewStore, ViewStore};
+use tally_model::tenant::DEMO_TENANT;
+use tally_model::time::{DAY_MS, HOUR_MS};
+use tally_model::{AggregateState, ApiKey, Catalog, Event, Granularity, Millis, Scope, Tenant};
+
+use crate::query::{Projection, Query, QueryParams, Rollup};
+use crate::raw::RawEvents;
+use crate::{Serving, ServingMetrics};
+
+/// 2026-11-22T00:00:00Z.
+const BASE: Millis = 1_795_305_600_000;
+const OTHER_TENANT: &str = "other";
+
+fn logged(events: &[Event]) -> Vec<(u32, u64, Event)> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(offset, event)| (0, offset as u64, event.clone()))
+        .collect()
+}
+
+fn params(pairs: &[(&str, &str)]) -> QueryParams {
+    let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    web::Query::<QueryParams>::from_query(&query.join("&"))
+        .unwrap()
+        .into_inner()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Minute states rolled up to hours, days and the whole range give the same rows as
+    /// folding the events straight into those buckets.
+    #[test]
+    fn roll_ups_equal_the_direct_computation(events in demo_events(BASE + 22 * HOUR_MS)) {
+        let catalog = Catalog::demo("w", "r");
+        let tenant = &catalog.tenants[DEMO_TENANT];
+        let minute_states = reference_states(&catalog, logged(&events), Millis::MIN..Millis::MAX);
+        let unique = deduplicated(logged(&events));
+        let range = (BASE, BASE + 2 * DAY_MS);
+        for view in &tenant.views {
+            for granularity in ["minute", "hour", "day", "all"] {
+                let group_by = view.dimensions.first().map_or("", String::as_str);
+                let query = Query::parse(
+                    &params(&[
+                        ("view", &view.name),
+                        ("from", &range.0.to_string()),
+                        ("to", &range.1.to_string()),
+                        ("granularity", granularity),
+                        ("group_by", group_by),
+                    ]),
+                    tenant,
+                    0,
+                )
+                .unwrap();
+                let projection = Projection::new(view, &query).unwrap();
+                let mut rollup = Rollup::new(&query);
+                for (key, state) in minute_states.iter().filter(|(k, _)| k.view == view.name) {
+                    rollup.add(&projection, key.bucket, &key.dimensions, state).unwrap();
+                }
+                let mut direct: HashMap<(Millis, Vec<String>), AggregateState> = HashMap::new();
+                for event in unique.iter().filter(|e| view.covers(&e.event_type)) {
+                    let bucket = match granularity {
+                        "minute" => Granularity::Minute.bucket_start(event.ts),
+                        "hour" => Granularity::Hour.bucket_start(event.ts),
+                        "day" => Granularity::Day.bucket_start(event.ts),
+                        _ => range.0,
+                    };
+                    let group = view.dimension_values(event).into_iter().take(1).collect();
+                    let state = direct.entry((bucket, group)).or_insert_with(|| view.empty_state());
+                    view.accumulate(state, event);
+                }
+                prop_assert_eq!(rollup.into_rows(), query.render(direct.into_iter().collect()));
+            }
+        }
+    }
+}
+
+/// Two tenants with the demo registry and views; keys of each scope.
+fn two_tenant_catalog() -> Catalog {
+    let key = |key: &str, tenant: &str, scopes: Vec<Scope>| ApiKey {
+        key: key.into(),
+        tenant: tenant.into(),
+        source: format!("{key}-source"),
+        scopes,
+    };
+    Catalog::new(
+        BTreeMap::from([
+            (DEMO_TENANT.to_owned(), Tenant::demo()),
+            (OTHER_TENANT.to_owned(), Tenant::demo()),
+        ]),
+        vec![
+            key("demo-read", DEMO_TENANT, vec![Scope::Read]),
+            key("demo-write", DEMO_TENANT, vec![Scope::Write]),
+            key("other-read", OTHER_TENANT, vec![Scope::Read]),
+        ],
+    )
+    .unwrap()
+}
+
+/// Serving over a real view store, object store and spool holding both tenants' events: the
+/// real-time store has their states, the log their raw events (nothing archived yet).
+struct Rig {
+    _dir: tempfile::TempDir,
+    serving: web::Data<Serving>,
+    events: BTreeMap<String, Vec<Event>>,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = two_tenant_catalog();
+        let demo = sample_demo_events(BASE);
+        let other: Vec<Event> = sample_demo_events(BASE + HOUR_MS)
+            .into_iter()
+            .map(|mut event| {
+                event.tenant = OTHER_TENANT.into();
+                event
+            })
+            .collect();
+        let spool = Spool::open(&dir.path().join("log"), SpoolOptions::default()).unwrap();
+        let records = demo
+            .iter()
+            .chain(&other)
+            .map(|e| AppendRecord::event(e, spool.partitions()))
+            .collect();
+        spool.append(records).await.unwrap();
+        let store = EmbeddedViewStore::open(&dir.path().join("views.redb")).unwrap();
+        let all: Vec<Event> = demo.iter().chain(&other).cloned().collect();
+        let states: Vec<_> = reference_states(&catalog, logged(&all), Millis::MIN..Millis::MAX)
+            .into_iter()
+            .collect();
+        store.upsert(&states).unwrap();
+        let objects =
+            tally_connectors::object_store::open_local(&dir.path().join("objects")).unwrap();
+        let serving = Serving::new(
+            CatalogHandle::new(catalog),
+            Arc::new(store),
+            BatchViews::with_cache(objects.clone(), 1 << 20),
+            RawEvents::new(objects, Some(Arc::new(spool))),
+            ServingMetrics::register(&mut Default::default()),
+        );
+        Rig {
+            _dir: dir,
+            serving: web::Data::new(serving),
+            events: BTreeMap::from([
+                (DEMO_TENANT.to_owned(), demo),
+                (OTHER_TENANT.to_owned(), other),
+            ]),
+        }
+    }
+
+    fn unique(&self, tenant: &str) -> Vec<Event> {
+        let mut unique = deduplicated(logged(&self.events[tenant]));
+        unique.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
+        unique
+    }
+}
+
+async fn get(
+    app: &impl actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse,
+        Error = actix_web::Error,
+    >,
+    uri: &str,
+    key: Option<&str>,
+) -> (u16, Value) {
+    let mut request = http::TestRequest::get().uri(uri);
+    if let Some(key) = key {
+        request = request.insert_header(("Authorization", format!("Bearer {key}")));
+    }
+    let response = http::call_service(app, request.to_request()).await;
+    let status = response.status().as_u16();
+    let body = http::read_body(response).await;
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn range_query(from: Millis, to: Millis) -> String {
+    format!("start_time={}&end_time={}", from / 1000, to / 1000)
+}
+
+#[actix_web::test]
+async fn a_read_key_sees_only_its_tenant_through_every_endpoint() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let whole = range_query(BASE - DAY_MS, BASE + DAY_MS);
+    for (tenant, key) in [(DEMO_TENANT, "demo-read"), (OTHER_TENANT, "other-read")] {
+        let unique = rig.unique(tenant);
+        let uri = format!(
+            "/v1/query?view=events_by_type&from={}&to={}&granularity=all",
+            BASE - DAY_MS,
+            BASE + DAY_MS
+        );
+        let (status, answer) = get(&app, &uri, Some(key)).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            answer["rows"][0]["count"],
+            unique.len(),
+            "{tenant}: {answer}"
+        );
+
+        let (status, count) = get(&app, &format!("/v1/events/count?{whole}"), Some(key)).await;
+        assert_eq!(
+            (status, &count["result"]),
+            (200, &Value::from(unique.len())),
+            "{count}"
+        );
+
+        let (_, found) = get(
+            &app,
+            &format!("/v1/events/search?{whole}&limit=1000"),
+            Some(key),
+        )
+        .await;
+        let found = found["result"].as_array().unwrap().clone();
+        assert_eq!(found.len(), unique.len());
+        assert!(
+            found.iter().all(|event| event["tenant"] == tenant),
+            "{tenant} saw another tenant's events"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn scopes_are_enforced() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let whole = range_query(BASE, BASE + DAY_MS);
+    for uri in [
+        "/v1/query?view=events_by_type".to_owned(),
+        format!("/v1/events/count?{whole}"),
+        format!("/v1/events/search?{whole}"),
+    ] {
+        assert_eq!(get(&app, &uri, None).await.0, 401, "{uri} without a key");
+        assert_eq!(
+            get(&app, &uri, Some("made-up")).await.0,
+            401,
+            "{uri} with an unknown key"
+        );
+        let (status, body) = get(&app, &uri, Some("demo-write")).await;
+        assert_eq!(status, 403, "{uri} with a write key");
+        assert!(body.to_string().contains("lacks the read scope"), "{body}");
+    }
+}
+
+#[actix_web::test]
+async fn the_seed_api_keeps_its_shapes_and_pages_through_every_event_once() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let unique = rig.unique(DEMO_TENANT);
+    let clicks = unique.iter().filter(|e| e.event_type == "click").count();
+
+    // Aligned to minutes: answered from the view; unaligned: counted from raw events.
+    for (from, to) in [(BASE, BASE + DAY_MS), (BASE + 1000, BASE + DAY_MS - 1000)] {
+        let uri = format!(
+            "/v1/events/count?event_type=click&{}",
+            range_query(from, to)
+        );
+        let (status, body) = get(&app, &uri, Some("demo-read")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["result"], clicks, "{body}");
+        assert_eq!(body["status"], "SUCCESS");
+        assert!(body["timeStamp"].as_i64().unwrap() > 0);
+    }
+
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let uri = format!(
+            "/v1/events/search?{}&limit=7{cursor}",
+            range_query(BASE, BASE + DAY_MS)
+        );
+        let (status, body) = get(&app, &uri, Some("demo-read")).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &Value::from("SUCCESS")),
+            "{body}"
+        );
+        let page = body["result"].as_array().unwrap();
+        assert!(page.len() <= 7);
+        seen.extend(
+            page.iter()
+                .map(|e| e["event_id"].as_str().unwrap().to_owned()),
+        );
+        match body["nextCursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = unique.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(seen, expected);
+
+    for (uri, reason) in [
+        (
+            "/v1/events/count?start_time=10".to_owned(),
+            "end_time is required",
+        ),
+        (
+            "/v1/events/count?start_time=x&end_time=10".to_owned(),
+            "not unix seconds",
+        ),
+        (
+            "/v1/events/search?start_time=20&end_time=10".to_owned(),
+            "after end_time",
+        ),
+        (
+            format!(
+                "/v1/events/search?{}&limit=0",
+                range_query(BASE, BASE + HOUR_MS)
+            ),
+            "limit must be",
+        ),
+        (
+            format!(
+                "/v1/events/search?{}&cursor=zzz",
+                range_query(BASE, BASE + HOUR_MS)
+            ),
+            "cursor 'zzz'",
+        ),
+    ] {
+        let (status, body) = get(&app, &uri, Some("demo-read")).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (400, &Value::from("ERROR")),
+            "{uri}: {body}"
+        );
+        assert!(
+            body["error"].as_str().unwrap().contains(reason),
+            "{uri}: {body}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn queries_answer_per_minute_from_the_speed_views_and_refuse_mistakes_with_400() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let uri = format!(
+        "/v1/query?view=revenue_by_country&from={BASE}&to={}&measures=count,avg(revenue),max(revenue)",
+        BASE + DAY_MS
+    );
+    let (status, answer) = get(&app, &uri, Some("demo-read")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["granularity"], "minute");
+    assert_eq!(
+        answer["horizon"],
+        Value::Null,
+        "no batch run has published a horizon"
+    );
+    assert_eq!(answer["sources"]["speed"][0], "2026-11-22T00:00:00.000Z");
+    let purchases = rig
+        .unique(DEMO_TENANT)
+        .into_iter()
+        .filter(|e| e.event_type == "purchase")
+        .count();
+    let rows = answer["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        purchases as u64
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["bucket"].as_str().unwrap().ends_with(":00.000Z")
+                && r["avg(revenue)"].is_f64())
+    );
+
+    for (query, reason) in [
+        ("view=nope", "no view 'nope'"),
+        (
+            "view=events_by_type&measures=p99(latency_ms)",
+            "cannot answer p99(latency_ms)",
+        ),
+        (
+            "view=events_by_type&group_by=colour",
+            "no dimension 'colour'",
+        ),
+        ("view=events_by_type&from=2000&to=1000", "is after to"),
+    ] {
+        let (status, body) = get(&app, &format!("/v1/query?{query}"), Some("demo-read")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(reason),
+            "{query}: {body}"
+        );
+    }
+}
+
+/// A real-time store whose first scan is preceded by the batch layer publishing a later
+/// horizon and the speed layer dropping what fell below it: the interleaving the order of
+/// reads in [`Serving::query`] must survive.
+struct HorizonMovesBeforeScan {
+    inner: EmbeddedViewStore,
+    on_first_scan: std::sync::Mutex<Option<HorizonMove>>,
+}
+
+/// What happens between the batch layer and the speed layer in the meantime.
+type HorizonMove = Box<dyn FnOnce(&EmbeddedViewStore) + Send>;
+
+impl ViewStore for HorizonMovesBeforeScan {
+    fn upsert(
+        &self,
+        rows: &[(tally_connectors::view_store::ViewKey, AggregateState)],
+    ) -> Result<(), tally_connectors::view_store::ViewStoreError> {
+        self.inner.upsert(rows)
+    }
+
+    fn scan(
+        &self,
+        tenant: &str,
+        view: &str,
+        buckets: std::ops::Range<Millis>,
+    ) -> Result<
+        Vec<(tally_connectors::view_store::ViewKey, AggregateState)>,
+        tally_connectors::view_store::ViewStoreError,
+    > {
+        if let Some(move_horizon) = self.on_first_scan.lock().unwrap().take() {
+            move_horizon(&self.inner);
+        }
+        self.inner.scan(tenant, view, buckets)
+    }
+
+    fn delete_before(
+        &self,
+        tenant: &str,
+        view: &str,
+        bucket: Millis,
+    ) -> Result<u64, tally_connectors::view_store::ViewStoreError> {
+        self.inner.delete_before(tenant, view, bucket)
+    }
+
+    fn record_progress(
+        &self,
+        writer: &str,
+        progress: &[u8],
+    ) -> Result<(), tally_connectors::view_store::ViewStoreError> {
+        self.inner.record_progress(writer, progress)
+    }
+
+    fn progress(
+        &self,
+        writer: &str,
+    ) -> Result<Option<Vec<u8>>, tally_connectors::view_store::ViewStoreError> {
+        self.inner.progress(writer)
+    }
+}
+
+/// A manifest of `events_by_type` whose hours `[BASE, BASE + hours h)` hold `states`.
+async fn publish_batch_hours(
+    views: &BatchViews,
+    states: &BTreeMap<tally_connectors::view_store::ViewKey, AggregateState>,
+    hours: i64,
+) {
+    use tally_model::manifest::{HourEntry, Manifest, RawInputs, ViewManifest, view_id};
+    let spec = Tenant::demo().views[0].clone();
+    let mut entry = ViewManifest::new(DEMO_TENANT, &spec);
+    for hour in (0..hours).map(|h| BASE + h * HOUR_MS) {
+        let rows: Vec<_> = states
+            .iter()
+            .filter(|(key, _)| {
+                key.view == spec.name && (hour..hour + HOUR_MS).contains(&key.bucket)
+            })
+            .map(|(key, state)| (key.bucket, key.dimensions.clone(), state.clone()))
+            .collect();
+        let path =
+            tally_model::layout::view_object_path(DEMO_TENANT, &spec.name, 1, hour, hours as u64);
+        views
+            .write_states(&path, &spec.dimensions, &rows)
+            .await
+            .unwrap();
+        let hour_entry = HourEntry {
+            logic_version: 1,
+            object: Some(path),
+            rows: rows.len() as u64,
+            events: 0,
+            inputs: RawInputs::default(),
+        };
+        entry.hours.insert(hour, hour_entry);
+    }
+    entry.horizon = BASE + hours * HOUR_MS;
+    let manifest = Manifest {
+        generation: hours as u64,
+        published_at: 0,
+        horizon: entry.horizon,
+        views: BTreeMap::from([(view_id(DEMO_TENANT, &spec.name), entry)]),
+    };
+    views.publish(&manifest).await.unwrap();
+}
+
+#[actix_web::test]
+async fn a_horizon_move_between_the_reads_of_a_query_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::demo("w", "demo-read");
+    let events = sample_demo_events(BASE);
+    let states = reference_states(&catalog, logged(&events), Millis::MIN..Millis::MAX);
+    let objects = tally_connectors::object_store::open_local(dir.path()).unwrap();
+    let views = BatchViews::new(objects.clone());
+    publish_batch_hours(&views, &states, 1).await;
+    let store = EmbeddedViewStore::open(&dir.path().join("views.redb")).unwrap();
+    let speed_states: Vec<_> = states
+        .iter()
+        .filter(|(key, _)| key.bucket >= BASE + HOUR_MS)
+        .map(|(key, state)| (key.clone(), state.clone()))
+        .collect();
+    store.upsert(&speed_states).unwrap();
+    let (moved_views, moved_states) = (views.clone(), states.clone());
+    let store = HorizonMovesBeforeScan {
+        inner: store,
+        on_first_scan: std::sync::Mutex::new(Some(Box::new(move |store: &EmbeddedViewStore| {
+            // The batch layer publishes horizon BASE + 2 h, then the speed layer drops below it.
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(publish_batch_hours(&moved_views, &moved_states, 2));
+            })
+            .join()
+            .unwrap();
+            store
+                .delete_before(DEMO_TENANT, "events_by_type", BASE + 2 * HOUR_MS)
+                .unwrap();
+        }))),
+    };
+    let serving = Serving::new(
+        CatalogHandle::new(catalog),
+        Arc::new(store),
+        views,
+        RawEvents::new(objects, None),
+        ServingMetrics::register(&mut Default::default()),
+    );
+    let params = params(&[
+        ("view", "events_by_type"),
+        ("from", &BASE.to_string()),
+        ("to", &(BASE + 4 * HOUR_MS).to_string()),
+        ("granularity", "all"),
+        ("measures", "count"),
+    ]);
+    let answer = serving.query(DEMO_TENANT, &params).await.unwrap();
+    assert_eq!(
+        answer.sources.batch[1], "2026-11-22T02:00:00.000Z",
+        "the later horizon is used"
+    );
+    assert_eq!(answer.rows[0]["count"], deduplicated(logged(&events)).len());
+}
