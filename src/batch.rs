@@ -11,9 +11,10 @@ use object_store::ObjectStore;
 use tally_batch_layer::telemetry::{BatchMetrics, RunSummary};
 use tally_batch_layer::{Archiver, Recompute, RollPolicy, RunProgress, RunRequest, Scheduler};
 use tally_connectors::batch_views::BatchViews;
+use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{EventLog, Spool, SpoolOptions};
 use tally_model::time::{format_rfc3339, parse_timestamp};
-use tally_model::{Catalog, Config, Event, LogicVersion, Millis, RejectedEvent};
+use tally_model::{Config, Event, LogicVersion, Millis, RejectedEvent};
 use tally_speed_layer::SpeedHandle;
 use tokio::sync::watch;
 
@@ -178,7 +179,7 @@ impl BatchServices {
     /// Starts the archivers of both streams and the scheduler.
     pub fn start(
         config: &Config,
-        catalog: Arc<Catalog>,
+        catalog: CatalogHandle,
         events: Arc<dyn EventLog>,
         rejected: Arc<dyn EventLog>,
         metrics: Arc<BatchMetrics>,
@@ -287,14 +288,9 @@ async fn spawn_archivers(
 
 async fn recompute_once(args: &ConfigArgs, request: &RunRequest) -> anyhow::Result<RunSummary> {
     let config = settings::load(args)?;
-    let (catalog, _) = crate::serve::catalog(&config)?;
+    let (catalog, _, _) = crate::catalog::load_async(&config).await?;
     let metrics = BatchMetrics::register(&mut Default::default());
-    let recompute = Recompute::new(
-        objects(&config)?,
-        Arc::new(catalog),
-        lateness_ms(&config),
-        metrics,
-    );
+    let recompute = Recompute::new(objects(&config)?, catalog, lateness_ms(&config), metrics);
     let progress = std::sync::Mutex::new(Progress::default());
     let summary = recompute
         .run(request, &|update| {
@@ -360,14 +356,15 @@ fn print_summary(summary: &RunSummary) {
 
 async fn schedule(args: &ScheduleArgs) -> anyhow::Result<()> {
     let config = settings::load(&args.config)?;
-    let (catalog, _) = crate::serve::catalog(&config)?;
+    let (catalog, catalog_store, _) = crate::catalog::load_async(&config).await?;
+    tokio::spawn(crate::catalog::follow(catalog_store, catalog.clone()));
     let metrics = BatchMetrics::register(&mut Default::default());
     let every = args
         .every
         .unwrap_or(Duration::from_secs(config.batch.every_secs));
     let recompute = Recompute::new(
         objects(&config)?,
-        Arc::new(catalog),
+        catalog,
         lateness_ms(&config),
         metrics.clone(),
     );

@@ -9,6 +9,7 @@
 mod batch;
 mod batch_bench;
 mod bench;
+mod catalog;
 mod generator;
 mod logs;
 mod serve;

@@ -2,28 +2,26 @@
 //! start the layers the mode runs, and serve them with health and metrics on one port.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use prometheus_client::registry::Registry;
-use rand::RngExt;
 use tally_batch_layer::telemetry::BatchMetrics;
 use tally_connectors::batch_views::BatchViews;
-use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{EventLog, Spool, SpoolOptions};
 use tally_connectors::view_store::EmbeddedViewStore;
 use tally_ingest::{Collector, IngestMetrics};
-use tally_model::{Catalog, Config};
+use tally_model::Config;
 use tally_serving::raw::RawEvents;
 use tally_serving::{Serving, ServingMetrics};
 use tally_speed_layer::{SpeedHandle, SpeedLayer, SpeedMetrics};
 
 use crate::ServeArgs;
 use crate::batch::{self, BatchServices};
+use crate::catalog::{self, DemoKeys};
 use crate::settings::{self, Stream};
 
 /// Which services to run.
@@ -53,7 +51,6 @@ impl Mode {
     }
 }
 
-const DEMO_KEYS_FILE: &str = "demo-keys.txt";
 /// Decoded batch-view objects serving keeps in memory.
 const SERVING_CACHE_BYTES: usize = 512 << 20;
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
@@ -92,8 +89,8 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let (catalog, demo_keys) = catalog(&config)?;
-    let catalog = Arc::new(catalog);
+    let (catalog_handle, catalog_store, demo_keys) = catalog::load(&config)?;
+    let catalog = catalog_handle.current();
     let mut registry = Registry::default();
     let mut spools = Vec::new();
     let (collector, events, rejected): (Option<web::Data<Collector>>, Arc<dyn EventLog>, _) =
@@ -114,7 +111,7 @@ pub fn serve(
             let rejected = open_spool(Stream::Rejected, config.log.rejected_partitions)?;
             spools = vec![events.clone(), rejected.clone()];
             let collector = Collector::new(
-                catalog.clone(),
+                catalog_handle.clone(),
                 events.clone(),
                 rejected.clone(),
                 config.ingest.clone(),
@@ -153,10 +150,11 @@ pub fn serve(
         (true, Some(speed_views)) => {
             let objects = batch::objects(&config)?;
             Some(web::Data::new(Serving::new(
-                CatalogHandle::new((*catalog).clone()),
+                catalog_handle.clone(),
+                Some(catalog_store.clone()),
                 speed_views.clone(),
                 BatchViews::with_cache(objects.clone(), SERVING_CACHE_BYTES),
-                RawEvents::new(objects, Some(events.clone())),
+                RawEvents::new(objects, Some(events.clone()), rejected.clone()),
                 ServingMetrics::register(&mut registry),
             )))
         }
@@ -182,7 +180,7 @@ pub fn serve(
     let batch = match (mode, rejected) {
         (Mode::Up, Some(rejected)) => Some(BatchServices::start(
             &config,
-            catalog.clone(),
+            catalog_handle.clone(),
             events,
             rejected,
             BatchMetrics::register(&mut registry),
@@ -230,10 +228,12 @@ pub fn serve(
         let server = server.run();
         on_listening(address, server.handle(), demo_keys.as_ref());
         let retention = actix_web::rt::spawn(enforce_retention(spools));
+        let catalog_changes = actix_web::rt::spawn(catalog::follow(catalog_store, catalog_handle));
         let horizon = following
             .map(|(config, speed)| actix_web::rt::spawn(batch::follow_horizon(config, speed)));
         server.await.context("running the HTTP server")?;
         retention.abort();
+        catalog_changes.abort();
         if let Some(horizon) = horizon {
             horizon.abort();
         }
@@ -246,76 +246,6 @@ pub fn serve(
         speed.stop().context("stopping the speed layer")?;
     }
     served
-}
-
-/// The catalog: the tenants the config declares, or the demo tenant (and its keys).
-pub fn catalog(config: &Config) -> anyhow::Result<(Catalog, Option<DemoKeys>)> {
-    if !config.tenants.is_empty() {
-        let catalog =
-            Catalog::new(config.tenants.clone(), config.api_keys.clone()).map_err(|problems| {
-                anyhow::anyhow!(
-                    "the config's tenants are inconsistent:\n  {}",
-                    problems.join("\n  ")
-                )
-            })?;
-        return Ok((catalog, None));
-    }
-    if !config.api_keys.is_empty() {
-        bail!(
-            "the config declares [[api_key]]s but no [tenant.<name>]; declare the tenants they name"
-        );
-    }
-    let keys = demo_keys(config)?;
-    Ok((Catalog::demo(&keys.write, &keys.read), Some(keys)))
-}
-
-/// The demo tenant's keys and where they are saved.
-pub struct DemoKeys {
-    write: String,
-    read: String,
-    saved_in: std::path::PathBuf,
-}
-
-/// The demo keys: from the config (`TALLY_DEMO_*_KEY`), else from the data directory, else new;
-/// always saved so that a restart keeps them.
-fn demo_keys(config: &Config) -> anyhow::Result<DemoKeys> {
-    let path = config.data_dir.join(DEMO_KEYS_FILE);
-    let saved = std::fs::read_to_string(&path).unwrap_or_default();
-    let saved_key = |name: &str| {
-        saved
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
-            .map(str::to_owned)
-    };
-    let pick = |configured: &str, name: &str| match configured {
-        "" => saved_key(name).unwrap_or_else(new_key),
-        key => key.to_owned(),
-    };
-    let keys = DemoKeys {
-        write: pick(&config.demo.write_key, "write_key"),
-        read: pick(&config.demo.read_key, "read_key"),
-        saved_in: path,
-    };
-    if keys.write == keys.read {
-        bail!(
-            "the demo write and read keys must differ (TALLY_DEMO_WRITE_KEY, TALLY_DEMO_READ_KEY)"
-        );
-    }
-    save_demo_keys(&keys.saved_in, &keys)?;
-    Ok(keys)
-}
-
-fn save_demo_keys(path: &Path, keys: &DemoKeys) -> anyhow::Result<()> {
-    let text = format!("write_key={}\nread_key={}\n", keys.write, keys.read);
-    std::fs::write(path, text).with_context(|| format!("saving demo keys to {}", path.display()))
-}
-
-fn new_key() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    format!(
-        "tk_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
 }
 
 fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>) {

@@ -9,7 +9,7 @@ use tally_connectors::view_store::{EmbeddedViewStore, ViewStore};
 use tally_model::state::MeasureSummary;
 use tally_model::tenant::DEMO_TENANT;
 use tally_model::time::{MINUTE_MS, format_rfc3339, parse_timestamp};
-use tally_model::{AggregateState, Measure, Tenant, ViewSpec};
+use tally_model::{AggregateState, Measure, ViewSpec};
 
 use crate::ConfigArgs;
 use crate::settings;
@@ -50,10 +50,8 @@ pub struct GetArgs {
 pub fn run(command: ViewsCommand) -> anyhow::Result<()> {
     let ViewsCommand::Get(args) = command;
     let config = settings::load(&args.config)?;
-    let mut tenants = config.tenants.clone();
-    if tenants.is_empty() {
-        tenants.insert(DEMO_TENANT.to_owned(), Tenant::demo());
-    }
+    let catalog = crate::catalog::load(&config)?.0.current();
+    let tenants = &catalog.tenants;
     let Some(tenant) = tenants.get(&args.tenant) else {
         bail!(
             "no tenant '{}'; the tenants are {:?}",

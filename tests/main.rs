@@ -2,6 +2,7 @@
 
 mod batch;
 mod cli;
+mod governance;
 mod kill;
 mod lambda;
 mod serving;

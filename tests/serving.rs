@@ -152,10 +152,11 @@ fn queries_count_each_event_once_while_the_horizon_moves() {
     });
 
     let serving = Arc::new(Serving::new(
-        CatalogHandle::new((*catalog).clone()),
+        CatalogHandle::from(catalog.clone()),
+        None,
         views,
         BatchViews::with_cache(objects.clone(), 64 << 20),
-        RawEvents::new(objects.clone(), Some(log.clone())),
+        RawEvents::new(objects.clone(), Some(log.clone()), None),
         ServingMetrics::register(&mut Default::default()),
     ));
     let params = QueryParams {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub const WRITE_KEY: &str = "test-write-key";
 pub const READ_KEY: &str = "test-read-key";
+pub const ADMIN_KEY: &str = "test-admin-key";
 
 /// A `tally` command with quiet logs and the demo keys fixed.
 pub fn tally() -> Command {
@@ -15,7 +16,8 @@ pub fn tally() -> Command {
     command
         .env("TALLY_LOG", "warn")
         .env("TALLY_DEMO_WRITE_KEY", WRITE_KEY)
-        .env("TALLY_DEMO_READ_KEY", READ_KEY);
+        .env("TALLY_DEMO_READ_KEY", READ_KEY)
+        .env("TALLY_DEMO_ADMIN_KEY", ADMIN_KEY);
     command
 }
 

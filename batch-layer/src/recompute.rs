@@ -17,6 +17,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use polars::prelude::*;
 use tally_connectors::batch_views::BatchViews;
+use tally_connectors::catalog::CatalogHandle;
 use tally_model::layout::{RawStream, parse_hour_partition, view_object_path};
 use tally_model::manifest::{HourEntry, LogicVersion, Manifest, RawInputs, ViewManifest, view_id};
 use tally_model::time::{HOUR_MS, format_rfc3339, now_millis};
@@ -73,7 +74,7 @@ struct Job {
 pub struct Recompute {
     store: Arc<dyn ObjectStore>,
     views: BatchViews,
-    catalog: Arc<Catalog>,
+    catalog: CatalogHandle,
     lateness_ms: Millis,
     metrics: Arc<BatchMetrics>,
 }
@@ -84,14 +85,14 @@ impl Recompute {
     /// horizon can pass them.
     pub fn new(
         store: Arc<dyn ObjectStore>,
-        catalog: Arc<Catalog>,
+        catalog: impl Into<CatalogHandle>,
         lateness_ms: Millis,
         metrics: Arc<BatchMetrics>,
     ) -> Self {
         Recompute {
             views: BatchViews::new(store.clone()),
             store,
-            catalog,
+            catalog: catalog.into(),
             lateness_ms,
             metrics,
         }
@@ -127,8 +128,10 @@ impl Recompute {
             archived.map_or(Millis::MIN, |through| through.div_euclid(HOUR_MS) * HOUR_MS);
         let wanted = request.hours.clone().unwrap_or(Millis::MIN..Millis::MAX);
 
+        // One catalog for the whole run, however governance changes it meanwhile.
+        let catalog = self.catalog.current();
         let mut work: BTreeMap<Millis, Vec<Job>> = BTreeMap::new();
-        for (tenant, spec) in self.catalog_views(request.view.as_deref()) {
+        for (tenant, spec) in catalog_views(&catalog, request.view.as_deref()) {
             let id = view_id(tenant, &spec.name);
             let entry = manifest
                 .views
@@ -175,7 +178,7 @@ impl Recompute {
 
         if let Some(through) = archived {
             let final_end = (through - self.lateness_ms).div_euclid(HOUR_MS) * HOUR_MS;
-            self.advance_horizons(&mut manifest, &raw_hours, final_end);
+            self.advance_horizons(&catalog, &mut manifest, &raw_hours, final_end);
         }
         summary.horizon = manifest.horizon;
         if published.as_ref() != Some(&manifest) {
@@ -185,20 +188,6 @@ impl Recompute {
             summary.generation = Some(generation);
         }
         Ok(summary)
-    }
-
-    /// Every (tenant, view) of the catalog, or only views named `only`.
-    fn catalog_views<'a>(
-        &'a self,
-        only: Option<&'a str>,
-    ) -> impl Iterator<Item = (&'a str, &'a ViewSpec)> + 'a {
-        self.catalog.tenants.iter().flat_map(move |(name, tenant)| {
-            tenant
-                .views
-                .iter()
-                .filter(move |spec| only.is_none_or(|only| spec.name == only))
-                .map(move |spec| (name.as_str(), spec))
-        })
     }
 
     /// Reads, dedupes and aggregates one hour for its jobs; returns the raw rows read.
@@ -307,12 +296,13 @@ impl Recompute {
     /// of them. Horizons never move back: the speed layer has dropped what lies before them.
     fn advance_horizons(
         &self,
+        catalog: &Catalog,
         manifest: &mut Manifest,
         raw_hours: &BTreeMap<Millis, RawHour>,
         final_end: Millis,
     ) {
         let mut least = final_end;
-        for (tenant, spec) in self.catalog_views(None) {
+        for (tenant, spec) in catalog_views(catalog, None) {
             let Some(entry) = manifest.views.get_mut(&view_id(tenant, &spec.name)) else {
                 least = least.min(manifest.horizon);
                 continue;
@@ -334,6 +324,20 @@ impl Recompute {
             manifest.horizon = least;
         }
     }
+}
+
+/// Every (tenant, view) of the catalog, or only views named `only`.
+fn catalog_views<'a>(
+    catalog: &'a Catalog,
+    only: Option<&'a str>,
+) -> impl Iterator<Item = (&'a str, &'a ViewSpec)> + 'a {
+    catalog.tenants.iter().flat_map(move |(name, tenant)| {
+        tenant
+            .views
+            .iter()
+            .filter(move |spec| only.is_none_or(|only| spec.name == only))
+            .map(move |spec| (name.as_str(), spec))
+    })
 }
 
 /// Decodes an hour's raw objects (only the columns its jobs read), dedupes them once, and

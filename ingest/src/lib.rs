@@ -20,9 +20,10 @@ use std::sync::Arc;
 use actix_cors::Cors;
 use actix_web::http::header;
 use actix_web::web;
+use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{AppendRecord, EventLog, LogError};
 use tally_model::config::IngestConfig;
-use tally_model::{ApiKey, Catalog, Millis, RejectedEvent, partition_of};
+use tally_model::{ApiKey, Millis, RejectedEvent, partition_of};
 
 pub use telemetry::IngestMetrics;
 
@@ -30,7 +31,7 @@ use crate::intake::Intake;
 
 /// The collector's shared state.
 pub struct Collector {
-    catalog: Arc<Catalog>,
+    catalog: CatalogHandle,
     events: Arc<dyn EventLog>,
     rejected: Arc<dyn EventLog>,
     limits: IngestConfig,
@@ -38,9 +39,10 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// A collector validating against `catalog`, appending to `events` and `rejected`.
+    /// A collector validating against `catalog` (as governance changes it), appending to
+    /// `events` and `rejected`.
     pub fn new(
-        catalog: Arc<Catalog>,
+        catalog: CatalogHandle,
         events: Arc<dyn EventLog>,
         rejected: Arc<dyn EventLog>,
         limits: IngestConfig,

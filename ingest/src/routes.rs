@@ -1,5 +1,6 @@
 //! The collector's HTTP routes: the batch endpoint and the image beacon.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -10,7 +11,7 @@ use serde_json::{Map, Value, json};
 use tally_model::registry::ValidationContext;
 use tally_model::tenant::AuthError;
 use tally_model::time::now_millis;
-use tally_model::{ApiKey, Millis, Scope};
+use tally_model::{ApiKey, Catalog, Millis, Scope};
 
 use crate::Collector;
 use crate::intake::{BodyFormat, Intake, intake};
@@ -53,8 +54,8 @@ async fn receive_batch(
     body: web::Payload,
     collector: &Collector,
 ) -> HttpResponse {
-    let key = match authorize(request, collector) {
-        Ok(key) => key,
+    let (key, catalog) = match authorize(request, collector) {
+        Ok(authorized) => authorized,
         Err(refusal) => return refusal.into_response(),
     };
     let format = match body_format(request) {
@@ -87,7 +88,7 @@ async fn receive_batch(
     };
     let received_at = now_millis();
     let context = collector.validation_context(&key, received_at, false);
-    let registry = &collector.catalog.tenants[&key.tenant].registry;
+    let registry = &catalog.tenants[&key.tenant].registry;
     let verdict = intake(
         &bytes,
         format,
@@ -142,8 +143,8 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         .find(|(name, _)| name == "k")
         .map(|(_, value)| value.as_str())
         .unwrap_or_default();
-    let Some(key) = collector
-        .catalog
+    let catalog = collector.catalog.current();
+    let Some(key) = catalog
         .key(key_secret)
         .filter(|key| key.allows(Scope::Write))
         .cloned()
@@ -172,7 +173,7 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
     }
     let received_at = now_millis();
     let context = collector.validation_context(&key, received_at, true);
-    let registry = &collector.catalog.tenants[&key.tenant].registry;
+    let registry = &catalog.tenants[&key.tenant].registry;
     let body = serde_json::to_vec(&Value::Object(event)).expect("a JSON map serializes");
     let verdict = intake(
         &body,
@@ -203,14 +204,18 @@ impl Refusal {
     }
 }
 
-/// The API key of the request, if it may write.
-fn authorize(request: &HttpRequest, collector: &Collector) -> Result<ApiKey, Refusal> {
+/// The API key of the request, if it may write, and the catalog it was checked against.
+fn authorize(
+    request: &HttpRequest,
+    collector: &Collector,
+) -> Result<(ApiKey, Arc<Catalog>), Refusal> {
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
-    match collector.catalog.authorize(header, Scope::Write) {
-        Ok(key) => Ok(key.clone()),
+    let catalog = collector.catalog.current();
+    match catalog.authorize(header, Scope::Write) {
+        Ok(key) => Ok((key.clone(), catalog.clone())),
         Err(refused) => Err(Refusal::new(
             StatusCode::from_u16(refused.status()).expect("401 and 403 are statuses"),
             match refused {

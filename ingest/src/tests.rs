@@ -5,6 +5,7 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::{App, test, web};
 use serde_json::{Value, json};
+use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{EventLog, Spool, SpoolOptions};
 use tally_model::config::IngestConfig;
 use tally_model::{Catalog, Event, RejectedEvent};
@@ -34,7 +35,7 @@ fn harness(limits: IngestConfig) -> Harness {
     };
     let (events, rejected) = (open("events", 2), open("rejected", 1));
     let metrics = IngestMetrics::register(&mut prometheus_client::registry::Registry::default());
-    let catalog = Arc::new(Catalog::demo("write-key", "read-key"));
+    let catalog = CatalogHandle::new(Catalog::demo("write-key", "read-key"), 0);
     let collector = web::Data::new(Collector::new(
         catalog,
         events.clone(),

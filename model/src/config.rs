@@ -172,6 +172,9 @@ pub struct DemoConfig {
     /// Read key; empty: reuse `<data-dir>/demo-keys.txt` or generate one.
     #[serde(default)]
     pub read_key: String,
+    /// Admin key (governance); empty: reuse `<data-dir>/demo-keys.txt` or generate one.
+    #[serde(default)]
+    pub admin_key: String,
 }
 
 fn default_data_dir() -> PathBuf {

@@ -3,11 +3,14 @@
 //! - [`query`]: `GET /v1/query`, one view over a range, batch views before the published
 //!   horizon and real-time views after it, rolled up, grouped, filtered and measured.
 //! - [`seed`]: the seed dashboards' API, `GET /v1/events/count` and `GET /v1/events/search`.
+//! - [`governance`]: the tag registry, views and keys of a tenant (admin key), suggestions,
+//!   recent rejected events.
 //! - [`raw`]: raw events for search, from the archive and the log tail.
 //!
 //! Every route needs a key of the right scope and sees only the key's tenant.
 //! [`Serving::configure`] mounts the routes on an actix-web `App`.
 
+pub mod governance;
 pub mod query;
 pub mod raw;
 mod seed;
@@ -23,7 +26,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 use tally_connectors::batch_views::{BatchViews, BatchViewsError};
-use tally_connectors::catalog::CatalogHandle;
+use tally_connectors::catalog::{CatalogHandle, CatalogStore};
 use tally_connectors::view_store::{ViewStore, ViewStoreError};
 use tally_model::time::now_millis;
 use tally_model::{ApiKey, Millis, Scope};
@@ -37,6 +40,7 @@ use crate::raw::{RawError, RawEvents};
 /// Serving's shared state.
 pub struct Serving {
     catalog: CatalogHandle,
+    governance: Option<CatalogStore>,
     speed_views: Arc<dyn ViewStore>,
     batch_views: BatchViews,
     raw: RawEvents,
@@ -88,9 +92,11 @@ pub struct QueryAnswer {
 }
 
 impl Serving {
-    /// Serving over these stores; `raw` is what search reads.
+    /// Serving over these stores; `raw` is what search reads. Governance saves changes to
+    /// `governance`; without one the catalog is read-only here.
     pub fn new(
         catalog: CatalogHandle,
+        governance: Option<CatalogStore>,
         speed_views: Arc<dyn ViewStore>,
         batch_views: BatchViews,
         raw: RawEvents,
@@ -98,6 +104,7 @@ impl Serving {
     ) -> Serving {
         Serving {
             catalog,
+            governance,
             speed_views,
             batch_views,
             raw,
@@ -117,7 +124,8 @@ impl Serving {
                 .app_data(serving.clone())
                 .route("/v1/query", web::get().to(get_query))
                 .route("/v1/events/count", web::get().to(seed::count))
-                .route("/v1/events/search", web::get().to(seed::search));
+                .route("/v1/events/search", web::get().to(seed::search))
+                .configure(governance::routes);
         }
     }
 

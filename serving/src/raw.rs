@@ -13,7 +13,7 @@ use tally_connectors::archive::{ArchiveError, events_from_parquet};
 use tally_connectors::log::{EventLog, LogError};
 use tally_model::layout::{ARCHIVER_CONSUMER, RawStream, hour_partition};
 use tally_model::time::HOUR_MS;
-use tally_model::{Event, Millis};
+use tally_model::{Event, Millis, RejectedEvent};
 use thiserror::Error;
 
 /// Records read from a log partition at a time.
@@ -66,12 +66,66 @@ impl RawFilter<'_> {
 pub struct RawEvents {
     objects: Arc<dyn ObjectStore>,
     log: Option<Arc<dyn EventLog>>,
+    rejected: Option<Arc<dyn EventLog>>,
 }
 
 impl RawEvents {
-    /// Raw events archived in `objects`, plus the unarchived tail of `log` when given.
-    pub fn new(objects: Arc<dyn ObjectStore>, log: Option<Arc<dyn EventLog>>) -> Self {
-        RawEvents { objects, log }
+    /// Raw events archived in `objects`, plus the unarchived tail of `log` when given, and
+    /// the `rejected` stream for recent rejects.
+    pub fn new(
+        objects: Arc<dyn ObjectStore>,
+        log: Option<Arc<dyn EventLog>>,
+        rejected: Option<Arc<dyn EventLog>>,
+    ) -> Self {
+        RawEvents {
+            objects,
+            log,
+            rejected,
+        }
+    }
+
+    /// Up to `limit` of the tenant's most recently received rejected events, newest first,
+    /// from the end of the rejected stream.
+    pub async fn recent_rejected(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<RejectedEvent>, RawError> {
+        let Some(log) = self.rejected.clone() else {
+            return Ok(Vec::new());
+        };
+        let tenant = tenant.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            for partition in log.stats()?.partitions {
+                // Walk back from the end of each partition until `limit` of the tenant's
+                // are found or the partition is exhausted.
+                let mut end = partition.next_offset;
+                let mut kept = 0;
+                while end > partition.first_offset && kept < limit {
+                    let start = end
+                        .saturating_sub(READ_BATCH as u64)
+                        .max(partition.first_offset);
+                    let entries = log.read(partition.partition, start, (end - start) as usize)?;
+                    for entry in entries.iter().rev() {
+                        let Ok(rejected) = serde_json::from_slice::<RejectedEvent>(&entry.payload)
+                        else {
+                            continue;
+                        };
+                        if rejected.tenant == tenant && kept < limit {
+                            kept += 1;
+                            found.push(rejected);
+                        }
+                    }
+                    end = start;
+                }
+            }
+            found.sort_by_key(|r| std::cmp::Reverse(r.received_at));
+            found.truncate(limit);
+            Ok(found)
+        })
+        .await
+        .expect("reading the rejected stream does not panic")
     }
 
     /// Every event matching `filter`, each once, ordered by event time, then event id.

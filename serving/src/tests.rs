@@ -148,10 +148,11 @@ impl Rig {
         let objects =
             tally_connectors::object_store::open_local(&dir.path().join("objects")).unwrap();
         let serving = Serving::new(
-            CatalogHandle::new(catalog),
+            CatalogHandle::new(catalog, 0),
+            None,
             Arc::new(store),
             BatchViews::with_cache(objects.clone(), 1 << 20),
-            RawEvents::new(objects, Some(Arc::new(spool))),
+            RawEvents::new(objects, Some(Arc::new(spool)), None),
             ServingMetrics::register(&mut Default::default()),
         );
         Rig {
@@ -543,10 +544,11 @@ async fn a_horizon_move_between_the_reads_of_a_query_loses_nothing() {
         }))),
     };
     let serving = Serving::new(
-        CatalogHandle::new(catalog),
+        CatalogHandle::new(catalog, 0),
+        None,
         Arc::new(store),
         views,
-        RawEvents::new(objects, None),
+        RawEvents::new(objects, None, None),
         ServingMetrics::register(&mut Default::default()),
     );
     let params = params(&[

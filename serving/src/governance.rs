@@ -1,0 +1,436 @@
+//! The governance API (admin key, the key's tenant only): the tag registry (tags and their
+//! aliases, event types with required and optional tags and retention, which sources may
+//! publish what), view specs, and API keys; tag suggestions; recent rejected events.
+//!
+//! Every change is checked as a whole catalog ([`Catalog::new`]), saved through the
+//! [`CatalogStore`] as a new generation and swapped into the shared [`CatalogHandle`], so a
+//! collector in this process validates against it from the next request on, and collectors
+//! elsewhere once they poll the store.
+
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tally_connectors::catalog::{CatalogError, CatalogStore};
+use tally_model::registry::{EventTypeSpec, SourcePolicy, TagSpec};
+use tally_model::{ApiKey, Catalog, Scope, Tenant, ViewSpec};
+
+use crate::Serving;
+
+/// Most rejected events one request lists.
+const MAX_REJECTED: usize = 500;
+
+/// A refused or failed governance request.
+type Refused = (StatusCode, String);
+
+/// Mounts the governance routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/v1/governance", web::get().to(overview))
+        .route("/v1/governance/suggest", web::get().to(suggest))
+        .route("/v1/governance/rejected", web::get().to(rejected))
+        .route("/v1/governance/tags/{name}", web::put().to(put_tag))
+        .route("/v1/governance/tags/{name}", web::delete().to(delete_tag))
+        .route(
+            "/v1/governance/event-types/{name}",
+            web::put().to(put_event_type),
+        )
+        .route(
+            "/v1/governance/event-types/{name}",
+            web::delete().to(delete_event_type),
+        )
+        .route("/v1/governance/sources/{name}", web::put().to(put_source))
+        .route(
+            "/v1/governance/sources/{name}",
+            web::delete().to(delete_source),
+        )
+        .route("/v1/governance/views/{name}", web::put().to(put_view))
+        .route("/v1/governance/views/{name}", web::delete().to(delete_view))
+        .route("/v1/governance/keys", web::post().to(post_key))
+        .route("/v1/governance/keys/{source}", web::delete().to(delete_key));
+}
+
+/// `GET /v1/governance`: the tenant's registry, views and keys (secrets shown only as a
+/// prefix). Read keys may look; changes need an admin key.
+async fn overview(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
+    answer(&serving, "governance", Instant::now(), async {
+        let key = serving.authorize(&request, Scope::Read)?;
+        let catalog = serving.catalog.current();
+        let tenant = &catalog.tenants[&key.tenant];
+        let keys: Vec<Value> = catalog
+            .keys
+            .values()
+            .filter(|k| k.tenant == key.tenant)
+            .map(|k| {
+                let shown: String = k.key.chars().take(6).collect();
+                json!({"source": k.source, "scopes": k.scopes, "key_prefix": format!("{shown}…")})
+            })
+            .collect();
+        Ok(json!({
+            "tenant": key.tenant,
+            "registry": tenant.registry,
+            "views": tenant.views,
+            "keys": keys,
+        }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct SuggestParams {
+    tag: String,
+}
+
+/// `GET /v1/governance/suggest?tag=acct_num`: the canonical tag meant.
+async fn suggest(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
+    answer(&serving, "governance_suggest", Instant::now(), async {
+        let key = serving.authorize(&request, Scope::Read)?;
+        let params = web::Query::<SuggestParams>::from_query(request.query_string())
+            .map_err(|err| bad(format!("query string: {err} (ask ?tag=<name>)")))?;
+        let catalog = serving.catalog.current();
+        let registry = &catalog.tenants[&key.tenant].registry;
+        let canonical = registry.suggest_tag(&params.tag);
+        let how = match (
+            registry.tags.contains_key(&params.tag),
+            registry.canonical_tag(&params.tag),
+        ) {
+            (true, _) => "canonical",
+            (false, Some(_)) => "alias",
+            (false, None) if canonical.is_some() => "similar",
+            _ => "unknown",
+        };
+        Ok(json!({"tag": params.tag, "canonical": canonical, "match": how}))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct RejectedParams {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/governance/rejected?limit=N`: the tenant's most recent rejected events with
+/// their reasons, newest first.
+async fn rejected(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
+    answer(&serving, "governance_rejected", Instant::now(), async {
+        let key = serving.authorize(&request, Scope::Read)?;
+        let params = web::Query::<RejectedParams>::from_query(request.query_string())
+            .map_err(|err| bad(format!("query string: {err}")))?;
+        let limit = params.limit.unwrap_or(50).min(MAX_REJECTED);
+        let rejected = serving
+            .raw
+            .recent_rejected(&key.tenant, limit)
+            .await
+            .map_err(|err| (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+        Ok(json!(rejected))
+    })
+    .await
+}
+
+async fn put_tag(
+    request: HttpRequest,
+    name: web::Path<String>,
+    body: web::Json<TagSpec>,
+    serving: web::Data<Serving>,
+) -> HttpResponse {
+    let name = name.into_inner();
+    change(&request, &serving, "tag", move |tenant| {
+        tenant.registry.tags.insert(name.clone(), body.into_inner());
+        Ok(format!("tag '{name}' saved"))
+    })
+    .await
+}
+
+async fn delete_tag(
+    request: HttpRequest,
+    name: web::Path<String>,
+    serving: web::Data<Serving>,
+) -> HttpResponse {
+    change(&request, &serving, "tag", move |tenant| {
+        removed(tenant.registry.tags.remove(name.as_str()), "tag", &name)
+    })
+    .await
+}
+
+async fn put_event_type(
+    request: HttpRequest,
+    name: web::Path<String>,
+    body: web::Json<EventTypeSpec>,
+    serving: web::Data<Serving>,
+) -> HttpResponse {
+    let name = name.into_inner();
+    change(&request, &serving, "event_type", move |tenant| {
+        tenant
+            .registry
+            .event_types
+            .insert(name.clone(), body.into_inner());
+        Ok(format!("event type '{name}' saved"))
+    })
+    .await
+}
+
+async fn delete_event_type(
+    request: HttpRequest,
+    name: web::Path<String>,
+    serving: web::Data<Serving>,
+) -> HttpResponse {
+    change(&request, &serving, "event_type", move |tenant| {
+        removed(
+            tenant.registry.event_types.remove(name.as_str()),
+            "event type",
+            &name,
+        )
+    })
+    .await
+}
+
+async fn put_source(
+    request: HttpRequest,
+    name: web::Path<String>,
+    body: web::Json<SourcePolicy>,
+    serving: web::Data<Serving>,
+) -> HttpResponse {
+    let name = name.into_inner();
+    change(&request, &serving, "source", move |tenant| {
+        tenant
+            .registry
+            .sources
+            .insert(name.clone(), body.into_inner());
+        Ok(format!(
+            "source '{name}' may now publish what its policy lists"
+        ))
+    })
+    .await
+}
+
+async fn delete_source(
+    request: HttpRequest,
+    name: web::Path<String>,
+    serving: web::Data<Serving>,
+) -> HttpResponse {
+    change(&request, &serving, "source", move |tenant| {
+        removed(
+            tenant.registry.sources.remove(name.as_str()),
+            "source",
+            &name,
+        )
+    })
+    .await
+}
+
+async fn put_view(
+    request: HttpRequest,
+    name: web::Path<String>,
+    body: web::Json<ViewSpec>,
+    serving: web::Data<Serving>,
+) -> HttpResponse {
+    let name = name.into_inner();
+    change(&request, &serving, "view", move |tenant| {
+        let spec = body.into_inner();
+        if spec.name != name {
+            return Err(bad(format!(
+                "the body names view '{}' but the path '{name}'",
+                spec.name
+            )));
+        }
+        let message = match tenant.views.iter_mut().find(|v| v.name == name) {
+            Some(existing) if *existing == spec => return Ok(format!("view '{name}' is unchanged")),
+            Some(existing) => {
+                *existing = spec;
+                format!(
+                    "view '{name}' changed: the batch layer computes new hours under a new logic version; recompute history with `tally batch reprocess --from <T> --to <T> --logic-version <N>` (the next `tally batch run` names N), and restart the speed layer so it compiles the new spec"
+                )
+            }
+            None => {
+                tenant.views.push(spec);
+                format!(
+                    "view '{name}' added: the batch layer computes it from the next run; restart the speed layer so it compiles the new spec"
+                )
+            }
+        };
+        Ok(message)
+    })
+    .await
+}
+
+async fn delete_view(
+    request: HttpRequest,
+    name: web::Path<String>,
+    serving: web::Data<Serving>,
+) -> HttpResponse {
+    change(&request, &serving, "view", move |tenant| {
+        let position = tenant.views.iter().position(|v| v.name == *name);
+        removed(position.map(|at| tenant.views.remove(at)), "view", &name)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct NewKey {
+    source: String,
+    scopes: Vec<Scope>,
+}
+
+/// `POST /v1/governance/keys {"source": "...", "scopes": ["write"]}`: a new key for the
+/// tenant; its secret is shown once, in the answer.
+async fn post_key(
+    request: HttpRequest,
+    body: web::Json<NewKey>,
+    serving: web::Data<Serving>,
+) -> HttpResponse {
+    let NewKey { source, scopes } = body.into_inner();
+    let secret = new_secret();
+    let shown = secret.clone();
+    change_catalog(&request, &serving, "key", move |catalog, tenant| {
+        if source.trim().is_empty() || scopes.is_empty() {
+            return Err(bad("a key needs a source name and at least one scope".to_owned()));
+        }
+        if catalog.keys.values().any(|k| k.tenant == tenant && k.source == source) {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("tenant '{tenant}' already has a key named '{source}'; delete it first"),
+            ));
+        }
+        catalog.keys.insert(
+            secret.clone(),
+            ApiKey {
+                key: secret,
+                tenant: tenant.to_owned(),
+                source: source.clone(),
+                scopes,
+            },
+        );
+        Ok(json!({"message": format!("key '{source}' created; its secret is shown only now"), "key": shown}))
+    })
+    .await
+}
+
+async fn delete_key(
+    request: HttpRequest,
+    source: web::Path<String>,
+    serving: web::Data<Serving>,
+) -> HttpResponse {
+    change_catalog(&request, &serving, "key", move |catalog, tenant| {
+        let before = catalog.keys.len();
+        catalog
+            .keys
+            .retain(|_, key| !(key.tenant == tenant && key.source == *source));
+        if catalog.keys.len() == before {
+            return Err((StatusCode::NOT_FOUND, format!("no key named '{source}'")));
+        }
+        Ok(json!({"message": format!("key '{source}' deleted")}))
+    })
+    .await
+}
+
+/// Applies a change to the admin's tenant.
+async fn change(
+    request: &HttpRequest,
+    serving: &Serving,
+    what: &'static str,
+    edit: impl FnOnce(&mut Tenant) -> Result<String, Refused>,
+) -> HttpResponse {
+    change_catalog(request, serving, what, move |catalog, tenant| {
+        let tenant = catalog
+            .tenants
+            .get_mut(tenant)
+            .expect("an authorized key's tenant exists");
+        edit(tenant).map(|message| json!({"message": message}))
+    })
+    .await
+}
+
+/// Applies a change to the catalog as the admin's tenant, checks the whole catalog, saves it
+/// as the next generation and makes it current.
+async fn change_catalog(
+    request: &HttpRequest,
+    serving: &Serving,
+    what: &'static str,
+    edit: impl FnOnce(&mut Catalog, &str) -> Result<Value, Refused>,
+) -> HttpResponse {
+    let route = match what {
+        "tag" => "governance_tag",
+        "event_type" => "governance_event_type",
+        "source" => "governance_source",
+        "view" => "governance_view",
+        _ => "governance_key",
+    };
+    answer(serving, route, Instant::now(), async {
+        let key = serving.authorize(request, Scope::Admin)?;
+        let Some(store) = &serving.governance else {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this process serves a read-only catalog; change it where tally up or tally serve runs".to_owned(),
+            ));
+        };
+        let (generation, current) = serving.catalog.current_with_generation();
+        let mut catalog = (*current).clone();
+        let reply = edit(&mut catalog, &key.tenant)?;
+        let keys = catalog.keys.values().cloned().collect();
+        let checked = Catalog::new(catalog.tenants, keys).map_err(|problems| {
+            bad(format!("the change leaves the catalog inconsistent: {}", problems.join("; ")))
+        })?;
+        save(serving, store, &checked, generation).await?;
+        Ok(reply)
+    })
+    .await
+}
+
+async fn save(
+    serving: &Serving,
+    store: &CatalogStore,
+    catalog: &Catalog,
+    generation: u64,
+) -> Result<(), Refused> {
+    match store.save(catalog, generation).await {
+        Ok(stored) => {
+            tracing::info!(generation = stored.generation, "catalog changed");
+            serving.catalog.offer(stored);
+            Ok(())
+        }
+        Err(err @ CatalogError::Conflict(_)) => Err((StatusCode::CONFLICT, err.to_string())),
+        Err(err) => {
+            tracing::error!(error = %err, "could not save the catalog");
+            Err((StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))
+        }
+    }
+}
+
+fn removed<T>(found: Option<T>, what: &str, name: &str) -> Result<String, Refused> {
+    match found {
+        Some(_) => Ok(format!("{what} '{name}' deleted")),
+        None => Err((StatusCode::NOT_FOUND, format!("no {what} '{name}'"))),
+    }
+}
+
+async fn answer(
+    serving: &Serving,
+    route: &'static str,
+    started: Instant,
+    result: impl Future<Output = Result<Value, Refused>>,
+) -> HttpResponse {
+    let response = match result.await {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err((status, error)) => HttpResponse::build(status).json(json!({"error": error})),
+    };
+    serving
+        .metrics
+        .request(route, response.status().as_u16(), started);
+    response
+}
+
+fn bad(message: String) -> Refused {
+    (StatusCode::BAD_REQUEST, message)
+}
+
+/// A new random key secret: `tk_` and 32 hex digits.
+pub fn new_secret() -> String {
+    use rand::RngExt;
+    let bytes: [u8; 16] = rand::rng().random();
+    format!(
+        "tk_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
