@@ -2,6 +2,7 @@
 
 mod batch;
 mod cli;
+mod dashboard;
 mod governance;
 mod kill;
 mod lambda;

@@ -6,10 +6,12 @@
 //! - [`governance`]: the tag registry, views and keys of a tenant (admin key), suggestions,
 //!   recent rejected events.
 //! - [`raw`]: raw events for search, from the archive and the log tail.
+//! - the dashboard at `/`: analytics, governance and search pages over the same API.
 //!
 //! Every route needs a key of the right scope and sees only the key's tenant.
 //! [`Serving::configure`] mounts the routes on an actix-web `App`.
 
+mod dashboard;
 pub mod governance;
 pub mod query;
 pub mod raw;
@@ -125,7 +127,8 @@ impl Serving {
                 .route("/v1/query", web::get().to(get_query))
                 .route("/v1/events/count", web::get().to(seed::count))
                 .route("/v1/events/search", web::get().to(seed::search))
-                .configure(governance::routes);
+                .configure(governance::routes)
+                .configure(dashboard::routes);
         }
     }
 
