@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use tally_batch_layer::telemetry::BatchMetrics;
@@ -19,10 +19,10 @@ use tally_connectors::batch_views::BatchViews;
 use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
 use tally_connectors::testing::{assert_states_agree, demo_events};
 use tally_connectors::view_store::{EmbeddedViewStore, ViewKey, ViewStore};
-use tally_model::config::SpeedConfig;
 use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{AggregateState, Catalog, Event, Millis};
-use tally_speed_layer::{SpeedLayer, SpeedMetrics};
+
+use crate::support::speed_caught_up;
 
 const PARTITIONS: u32 = 3;
 
@@ -31,38 +31,8 @@ fn speed_states(
     store: Arc<EmbeddedViewStore>,
     catalog: &Arc<Catalog>,
 ) -> BTreeMap<ViewKey, AggregateState> {
-    let speed = SpeedLayer {
-        log: log.clone(),
-        store: store.clone(),
-        catalog: catalog.clone(),
-        config: SpeedConfig {
-            workers: 2,
-            epoch_ms: 10,
-            ..SpeedConfig::default()
-        },
-        metrics: SpeedMetrics::register(&mut Default::default()),
-        max_event_lead: Duration::from_secs(24 * 3600),
-        // Keep everything: this test compares the layers over the same hours.
-        published_horizon: Some(Millis::MIN),
-    }
-    .start()
-    .unwrap();
-    let ends: Vec<u64> = log
-        .stats()
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.next_offset)
-        .collect();
-    let started = Instant::now();
-    while speed.reflected_offsets() != ends {
-        assert!(speed.failure().is_none(), "{:?}", speed.failure());
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "speed layer did not catch up"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // Keep everything: this test compares the layers over the same hours.
+    let speed = speed_caught_up(log, store.clone(), catalog.clone(), Some(Millis::MIN));
     speed.stop().unwrap();
     catalog.tenants["demo"]
         .views

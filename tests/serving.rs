@@ -14,13 +14,13 @@ use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
 use tally_connectors::testing::{deduplicated, reference_states, sample_demo_events};
 use tally_connectors::view_store::EmbeddedViewStore;
-use tally_model::config::SpeedConfig;
 use tally_model::time::{HOUR_MS, MINUTE_MS, now_millis};
 use tally_model::{Catalog, Event, Granularity, Millis};
 use tally_serving::query::QueryParams;
 use tally_serving::raw::{RawEvents, RawFilter};
 use tally_serving::{Serving, ServingMetrics};
-use tally_speed_layer::{SpeedLayer, SpeedMetrics};
+
+use crate::support::speed_caught_up;
 
 const PARTITIONS: u32 = 3;
 /// Hours of history the horizon walks across.
@@ -103,37 +103,7 @@ fn queries_count_each_event_once_while_the_horizon_moves() {
     let expected = expected_hourly(&catalog, &logged);
 
     let views = Arc::new(EmbeddedViewStore::open(&dir.path().join("views.redb")).unwrap());
-    let speed = SpeedLayer {
-        log: log.clone(),
-        store: views.clone(),
-        catalog: catalog.clone(),
-        config: SpeedConfig {
-            workers: 2,
-            epoch_ms: 10,
-            ..SpeedConfig::default()
-        },
-        metrics: SpeedMetrics::register(&mut Default::default()),
-        max_event_lead: Duration::from_secs(3600),
-        published_horizon: None,
-    }
-    .start()
-    .unwrap();
-    let ends: Vec<u64> = log
-        .stats()
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.next_offset)
-        .collect();
-    let started = Instant::now();
-    while speed.reflected_offsets() != ends {
-        assert!(speed.failure().is_none(), "{:?}", speed.failure());
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "speed layer did not catch up"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let speed = speed_caught_up(log.clone(), views.clone(), catalog.clone(), None);
 
     let objects = tally_connectors::object_store::open_local(&dir.path().join("objects")).unwrap();
     let metrics = BatchMetrics::register(&mut Default::default());

@@ -4,7 +4,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tally_connectors::log::{EventLog, Spool};
+use tally_connectors::view_store::EmbeddedViewStore;
+use tally_model::config::SpeedConfig;
+use tally_model::{Catalog, Millis};
+use tally_speed_layer::{SpeedHandle, SpeedLayer, SpeedMetrics};
 
 pub const WRITE_KEY: &str = "test-write-key";
 pub const READ_KEY: &str = "test-read-key";
@@ -204,4 +211,46 @@ pub fn log_stats(data_dir: &Path) -> serde_json::Value {
         .args(["log", "stats", "--json", "--data-dir"])
         .arg(data_dir));
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Starts a speed layer over `log` (two workers, 10 ms epochs) and returns once it reflects
+/// every record logged so far.
+pub fn speed_caught_up(
+    log: Arc<Spool>,
+    store: Arc<EmbeddedViewStore>,
+    catalog: Arc<Catalog>,
+    published_horizon: Option<Millis>,
+) -> SpeedHandle {
+    let speed = SpeedLayer {
+        log: log.clone(),
+        store,
+        catalog,
+        config: SpeedConfig {
+            workers: 2,
+            epoch_ms: 10,
+            ..SpeedConfig::default()
+        },
+        metrics: SpeedMetrics::register(&mut Default::default()),
+        max_event_lead: Duration::from_secs(24 * 3600),
+        published_horizon,
+    }
+    .start()
+    .unwrap();
+    let ends: Vec<u64> = log
+        .stats()
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.next_offset)
+        .collect();
+    let started = Instant::now();
+    while speed.reflected_offsets() != ends {
+        assert!(speed.failure().is_none(), "{:?}", speed.failure());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "speed layer did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    speed
 }

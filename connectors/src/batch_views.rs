@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use polars::prelude::*;
 use tally_model::manifest::{LogicVersion, Manifest};
 use tally_model::time::HOUR_MS;
@@ -25,6 +25,7 @@ use tally_model::{AggregateState, Millis, StateDecodeError};
 use thiserror::Error;
 
 use crate::archive::{ArchiveError, write_parquet};
+use crate::object_store::{get_optional, publish_generation};
 use crate::view_store::ViewKey;
 
 const CURRENT: &str = "manifests/CURRENT";
@@ -123,21 +124,11 @@ impl BatchViews {
     pub async fn publish(&self, manifest: &Manifest) -> Result<(), BatchViewsError> {
         let path = format!("manifests/manifest-{:010}.json", manifest.generation);
         let body = serde_json::to_vec_pretty(manifest).expect("a manifest serializes to JSON");
-        let create = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .store
-            .put_opts(&ObjectPath::from(path.as_str()), body.into(), create)
-            .await
-        {
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                return Err(BatchViewsError::Conflict(manifest.generation));
-            }
-            result => result.map_err(|source| store_error(&path, source))?,
-        };
-        self.put(CURRENT, path.into_bytes()).await
+        match publish_generation(self.store.as_ref(), &path, body, CURRENT).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(BatchViewsError::Conflict(manifest.generation)),
+            Err((path, source)) => Err(store_error(&path, source)),
+        }
     }
 
     /// Writes one hour of a view's states as a new object at `path`.
@@ -282,13 +273,9 @@ impl BatchViews {
     }
 
     async fn get_optional(&self, path: &str) -> Result<Option<bytes::Bytes>, BatchViewsError> {
-        match self.get(path).await {
-            Err(BatchViewsError::Store {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(None),
-            other => other.map(Some),
-        }
+        get_optional(self.store.as_ref(), path)
+            .await
+            .map_err(|source| store_error(path, source))
     }
 }
 

@@ -9,11 +9,12 @@
 
 use std::sync::{Arc, RwLock};
 
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tally_model::Catalog;
 use thiserror::Error;
+
+use crate::object_store::{get_optional, publish_generation};
 
 const CURRENT: &str = "governance/CURRENT";
 
@@ -98,40 +99,17 @@ impl CatalogStore {
         };
         let path = format!("governance/catalog-{:010}.json", stored.generation);
         let body = serde_json::to_vec_pretty(&stored).expect("a catalog serializes to JSON");
-        let create = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .store
-            .put_opts(&ObjectPath::from(path.as_str()), body.into(), create)
-            .await
-        {
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                return Err(CatalogError::Conflict(stored.generation));
-            }
-            result => result.map_err(|source| store_error(&path, source))?,
-        };
-        self.store
-            .put(
-                &ObjectPath::from(CURRENT),
-                PutPayload::from(path.into_bytes()),
-            )
-            .await
-            .map_err(|source| store_error(CURRENT, source))?;
-        Ok(stored)
+        match publish_generation(self.store.as_ref(), &path, body, CURRENT).await {
+            Ok(true) => Ok(stored),
+            Ok(false) => Err(CatalogError::Conflict(stored.generation)),
+            Err((path, source)) => Err(CatalogError::Store { path, source }),
+        }
     }
 
     async fn get_optional(&self, path: &str) -> Result<Option<bytes::Bytes>, CatalogError> {
-        let result = match self.store.get(&ObjectPath::from(path)).await {
-            Ok(object) => object.bytes().await,
-            Err(err) => Err(err),
-        };
-        match result {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(source) => Err(store_error(path, source)),
-        }
+        get_optional(self.store.as_ref(), path)
+            .await
+            .map_err(|source| store_error(path, source))
     }
 }
 
