@@ -17,13 +17,10 @@ use tally_connectors::catalog::{CatalogError, CatalogStore};
 use tally_model::registry::{EventTypeSpec, SourcePolicy, TagSpec};
 use tally_model::{ApiKey, Catalog, Scope, Tenant, ViewSpec};
 
-use crate::Serving;
+use crate::{Refusal, Serving, bad, respond};
 
 /// Most rejected events one request lists.
 const MAX_REJECTED: usize = 500;
-
-/// A refused or failed governance request.
-type Refused = (StatusCode, String);
 
 /// Mounts the governance routes.
 pub fn routes(config: &mut web::ServiceConfig) {
@@ -330,7 +327,7 @@ async fn change(
     request: &HttpRequest,
     serving: &Serving,
     what: &'static str,
-    edit: impl FnOnce(&mut Tenant) -> Result<String, Refused>,
+    edit: impl FnOnce(&mut Tenant) -> Result<String, Refusal>,
 ) -> HttpResponse {
     change_catalog(request, serving, what, move |catalog, tenant| {
         let tenant = catalog
@@ -348,7 +345,7 @@ async fn change_catalog(
     request: &HttpRequest,
     serving: &Serving,
     what: &'static str,
-    edit: impl FnOnce(&mut Catalog, &str) -> Result<Value, Refused>,
+    edit: impl FnOnce(&mut Catalog, &str) -> Result<Value, Refusal>,
 ) -> HttpResponse {
     let route = match what {
         "tag" => "governance_tag",
@@ -383,7 +380,7 @@ async fn save(
     store: &CatalogStore,
     catalog: &Catalog,
     generation: u64,
-) -> Result<(), Refused> {
+) -> Result<(), Refusal> {
     match store.save(catalog, generation).await {
         Ok(stored) => {
             tracing::info!(generation = stored.generation, "catalog changed");
@@ -398,7 +395,7 @@ async fn save(
     }
 }
 
-fn removed<T>(found: Option<T>, what: &str, name: &str) -> Result<String, Refused> {
+fn removed<T>(found: Option<T>, what: &str, name: &str) -> Result<String, Refusal> {
     match found {
         Some(_) => Ok(format!("{what} '{name}' deleted")),
         None => Err((StatusCode::NOT_FOUND, format!("no {what} '{name}'"))),
@@ -409,20 +406,9 @@ async fn answer(
     serving: &Serving,
     route: &'static str,
     started: Instant,
-    result: impl Future<Output = Result<Value, Refused>>,
+    result: impl Future<Output = Result<Value, Refusal>>,
 ) -> HttpResponse {
-    let response = match result.await {
-        Ok(body) => HttpResponse::Ok().json(body),
-        Err((status, error)) => HttpResponse::build(status).json(json!({"error": error})),
-    };
-    serving
-        .metrics
-        .request(route, response.status().as_u16(), started);
-    response
-}
-
-fn bad(message: String) -> Refused {
-    (StatusCode::BAD_REQUEST, message)
+    respond(serving, route, started, result.await)
 }
 
 /// A new random key secret: `tk_` and 32 hex digits.

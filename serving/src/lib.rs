@@ -201,11 +201,7 @@ impl Serving {
     }
 
     /// The key of the request, if it carries `scope`.
-    fn authorize(
-        &self,
-        request: &HttpRequest,
-        scope: Scope,
-    ) -> Result<ApiKey, (StatusCode, String)> {
+    fn authorize(&self, request: &HttpRequest, scope: Scope) -> Result<ApiKey, Refusal> {
         let header = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -222,25 +218,41 @@ impl Serving {
     }
 }
 
-async fn get_query(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
-    let started = Instant::now();
-    let response = match answer_query(&request, &serving).await {
-        Ok(answer) => HttpResponse::Ok().json(answer),
+/// A refused or failed request: its status and what to tell the caller.
+pub(crate) type Refusal = (StatusCode, String);
+
+/// A 400: the caller's to fix.
+pub(crate) fn bad(message: String) -> Refusal {
+    (StatusCode::BAD_REQUEST, message)
+}
+
+/// Answers `result` as JSON (a refusal as `{"error": ...}`) and records its latency.
+pub(crate) fn respond(
+    serving: &Serving,
+    route: &'static str,
+    started: Instant,
+    result: Result<impl serde::Serialize, Refusal>,
+) -> HttpResponse {
+    let response = match result {
+        Ok(body) => HttpResponse::Ok().json(body),
         Err((status, message)) => HttpResponse::build(status).json(json!({ "error": message })),
     };
     serving
         .metrics
-        .request("query", response.status().as_u16(), started);
+        .request(route, response.status().as_u16(), started);
     response
 }
 
-async fn answer_query(
-    request: &HttpRequest,
-    serving: &Serving,
-) -> Result<QueryAnswer, (StatusCode, String)> {
+async fn get_query(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
+    let started = Instant::now();
+    let answer = answer_query(&request, &serving).await;
+    respond(&serving, "query", started, answer)
+}
+
+async fn answer_query(request: &HttpRequest, serving: &Serving) -> Result<QueryAnswer, Refusal> {
     let key = serving.authorize(request, Scope::Read)?;
     let params = web::Query::<QueryParams>::from_query(request.query_string())
-        .map_err(|err| (StatusCode::BAD_REQUEST, format!("query string: {err}")))?;
+        .map_err(|err| bad(format!("query string: {err}")))?;
     serving.query(&key.tenant, &params).await.map_err(|err| {
         if err.status().is_server_error() {
             tracing::error!(error = %err, "query failed");

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use tally_model::time::{DAY_MS, now_millis};
 use tally_model::{ApiKey, Measure, Millis, Scope};
 
-use crate::Serving;
 use crate::query::QueryParams;
 use crate::raw::RawFilter;
+use crate::{Refusal, Serving, bad};
 
 /// Most events one search page holds.
 const MAX_LIMIT: usize = 1000;
@@ -34,9 +34,6 @@ struct SeedParams {
     limit: Option<usize>,
     cursor: Option<String>,
 }
-
-/// A refused or failed seed request: its status and message.
-type SeedError = (StatusCode, String);
 
 /// `GET /v1/events/count?event_type=E&start_time=S&end_time=E`.
 pub async fn count(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
@@ -93,7 +90,7 @@ pub async fn search(request: HttpRequest, serving: web::Data<Serving>) -> HttpRe
     respond(&serving, "events_search", started, result, next_cursor)
 }
 
-fn checked(request: &HttpRequest, serving: &Serving) -> Result<(ApiKey, SeedParams), SeedError> {
+fn checked(request: &HttpRequest, serving: &Serving) -> Result<(ApiKey, SeedParams), Refusal> {
     let key = serving.authorize(request, Scope::Read)?;
     let params = web::Query::<SeedParams>::from_query(request.query_string())
         .map_err(|err| bad(format!("query string: {err}")))?
@@ -102,7 +99,7 @@ fn checked(request: &HttpRequest, serving: &Serving) -> Result<(ApiKey, SeedPara
 }
 
 /// `[start_time, end_time)` in ms; both required, unix seconds.
-fn range(params: &SeedParams) -> Result<(Millis, Millis), SeedError> {
+fn range(params: &SeedParams) -> Result<(Millis, Millis), Refusal> {
     let seconds = |value: &Option<String>, name: &str| {
         let text = value
             .as_deref()
@@ -133,7 +130,7 @@ async fn count_events(
     event_type: Option<&str>,
     start: Millis,
     end: Millis,
-) -> Result<u64, SeedError> {
+) -> Result<u64, Refusal> {
     let catalog = serving.catalog.current();
     let view = catalog.tenants.get(&key.tenant).and_then(|tenant| {
         tenant.views.iter().find(|view| {
@@ -174,7 +171,7 @@ async fn count_events(
         .sum())
 }
 
-fn parse_cursor(text: &str) -> Result<(Millis, String), SeedError> {
+fn parse_cursor(text: &str) -> Result<(Millis, String), Refusal> {
     text.split_once(':')
         .and_then(|(ts, id)| Some((ts.parse().ok()?, id.to_owned())))
         .ok_or_else(|| bad(format!("cursor '{text}' is not one this API returned")))
@@ -184,7 +181,7 @@ fn respond(
     serving: &Serving,
     route: &'static str,
     started: Instant,
-    result: Result<Value, SeedError>,
+    result: Result<Value, Refusal>,
     next_cursor: Option<String>,
 ) -> HttpResponse {
     let response = match result {
@@ -206,11 +203,7 @@ fn respond(
     response
 }
 
-fn bad(message: String) -> SeedError {
-    (StatusCode::BAD_REQUEST, message)
-}
-
-fn server_error(err: impl std::fmt::Display) -> SeedError {
+fn server_error(err: impl std::fmt::Display) -> Refusal {
     tracing::error!(error = %err, "seed API read failed");
     (StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
 }
