@@ -78,6 +78,8 @@ struct Services {
     registry: Registry,
     collector: Option<web::Data<Collector>>,
     speed: Option<Arc<SpeedHandle>>,
+    /// `/openapi.json`, rendered once.
+    openapi: String,
 }
 
 /// Serves until stopped; `on_listening` is told the bound address, a handle to stop the
@@ -191,6 +193,7 @@ pub fn serve(
         registry,
         collector: collector.clone(),
         speed: speed.clone(),
+        openapi: openapi_document(mode),
     });
     let listen = match mode {
         Mode::Up | Mode::Ingest | Mode::Serve => &config.ingest.listen,
@@ -203,7 +206,8 @@ pub fn serve(
                 .app_data(services.clone())
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
-                .route("/metrics", web::get().to(metrics_text));
+                .route("/metrics", web::get().to(metrics_text))
+                .route("/openapi.json", web::get().to(openapi_json));
             let app = match &collector {
                 Some(collector) => app.configure(Collector::configure(collector.clone())),
                 None => app,
@@ -322,10 +326,66 @@ async fn enforce_retention(spools: Vec<Arc<Spool>>) {
     }
 }
 
+/// One OpenAPI document for the routes this process serves: its own, the collector's and
+/// serving's, as the mode runs them, with the bearer key scheme they refer to.
+fn openapi_document(mode: Mode) -> String {
+    use utoipa::OpenApi;
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+    #[derive(OpenApi)]
+    #[openapi(
+        info(title = "Tally", description = "Event analytics: collect every tracking event, query fresh and recomputable views"),
+        paths(healthz, readyz, metrics_text, openapi_json),
+        tags((name = "operations", description = "Health, readiness, metrics and this document"))
+    )]
+    struct ProcessApi;
+
+    let mut document = ProcessApi::openapi();
+    if mode.runs_collector() {
+        document.merge(tally_ingest::openapi());
+    }
+    if mode.runs_serving() {
+        document.merge(tally_serving::openapi::openapi());
+    }
+    document
+        .components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+        tally_serving::openapi::SECURITY_SCHEME,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "An API key: write for ingest, read for queries, admin for governance changes",
+                ))
+                .build(),
+        ),
+    );
+    document
+        .to_pretty_json()
+        .expect("an OpenAPI document serializes")
+}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document of this process's routes", content_type = "application/json")))]
+async fn openapi_json(services: web::Data<Services>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(services.openapi.clone())
+}
+
+/// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Up", body = Object)))]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
+/// `GET /readyz`: every layer in this process can do its work.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = Object),
+        (status = 503, description = "A layer failed; `error` says which and why", body = Object)))]
 async fn readyz(services: web::Data<Services>) -> HttpResponse {
     let collector = services
         .collector
@@ -343,6 +403,9 @@ async fn readyz(services: web::Data<Services>) -> HttpResponse {
     }
 }
 
+/// `GET /metrics`: Prometheus metrics (OpenMetrics text) of every layer in this process.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn metrics_text(services: web::Data<Services>) -> HttpResponse {
     if let Some(Err(err)) = services.collector.as_ref().map(|c| c.refresh_metrics()) {
         tracing::warn!(error = %err, "could not read spool sizes for /metrics");

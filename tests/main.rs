@@ -6,6 +6,7 @@ mod dashboard;
 mod governance;
 mod kill;
 mod lambda;
+mod openapi;
 mod serving;
 mod speed;
 mod support;

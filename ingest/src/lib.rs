@@ -27,6 +27,20 @@ use tally_model::{ApiKey, Millis, RejectedEvent, partition_of};
 
 pub use telemetry::IngestMetrics;
 
+/// The collector's routes as an OpenAPI document, from the handlers' annotations.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+
+    #[derive(OpenApi)]
+    #[openapi(
+        paths(routes::post_events, routes::pixel),
+        tags((name = "ingest", description = "Tracking events in: the batch API and the image beacon"))
+    )]
+    struct IngestApi;
+
+    IngestApi::openapi()
+}
+
 use crate::intake::Intake;
 
 /// The collector's shared state.

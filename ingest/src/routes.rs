@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tally_model::registry::ValidationContext;
 use tally_model::tenant::AuthError;
 use tally_model::time::now_millis;
@@ -23,19 +23,49 @@ const PIXEL_GIF: &[u8] = &[
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
-#[derive(Serialize)]
-struct IngestReply {
+/// The answer to a batch: how many events were kept, and why the others were not.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct IngestReply {
+    /// Events appended to the log, durable before this answer.
     accepted: usize,
+    /// Events kept in the rejected stream instead.
     rejected: Vec<RejectedReply>,
 }
 
-#[derive(Serialize)]
-struct RejectedReply {
+/// One event that was not accepted.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RejectedReply {
+    /// Its position in the request.
     index: usize,
+    /// Every reason, e.g. "unknown tag 'acount_number': did you mean account_number?".
     reasons: Vec<String>,
 }
 
+/// A refusal's body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct IngestError {
+    /// Why, and what to do.
+    error: String,
+}
+
 /// `POST /v1/events`: a JSON array (or NDJSON) of events, answered once the valid ones are durable.
+///
+/// Each event is an object with `event_type`, `user_id`, optional `event_id` (assigned when
+/// missing), optional `ts` (RFC 3339 or epoch ms; the receive time when missing) and `tags`
+/// (name to string, number or bool), checked against the tenant's tag registry.
+#[utoipa::path(post, path = "/v1/events", tag = "ingest",
+    request_body(description = "Events: a JSON array, or one JSON object per line", content(
+        (Vec<Object> = "application/json", example = json!([{"event_id": "e-1", "event_type": "purchase", "user_id": "u-42", "ts": "2026-11-22T10:00:00Z", "tags": {"revenue": 12.5, "country": "FR"}}])),
+        (String = "application/x-ndjson"))),
+    responses(
+        (status = 202, description = "The valid events are durable; the others are listed", body = IngestReply),
+        (status = 400, description = "No event was valid, or the body is not JSON", body = IngestReply),
+        (status = 401, description = "No key, or an unknown one", body = IngestError),
+        (status = 403, description = "The key may not write", body = IngestError),
+        (status = 413, description = "The body or every event is over the size limit", body = IngestError),
+        (status = 415, description = "Neither JSON nor NDJSON", body = IngestError),
+        (status = 503, description = "The log could not store the events; nothing was acknowledged, retry", body = IngestError)),
+    security(("api_key" = [])))]
 pub async fn post_events(
     request: HttpRequest,
     body: web::Payload,
@@ -122,6 +152,13 @@ async fn receive_batch(
 
 /// `GET /i?k=<write key>&e=<event type>&uid=<user>&<tag>=<value>...`: the image beacon.
 /// Always answers the GIF; rejects are recorded like any other.
+#[utoipa::path(get, path = "/i", tag = "ingest",
+    params(("k" = String, Query, description = "A write key"),
+        ("e" = String, Query, description = "The event type"),
+        ("uid" = String, Query, description = "The user id"),
+        ("eid" = Option<String>, Query, description = "The event id [default: assigned]"),
+        ("ts" = Option<String>, Query, description = "Event time, RFC 3339 or epoch ms [default: now]")),
+    responses((status = 200, description = "A 1x1 GIF, whatever happened", content_type = "image/gif")))]
 pub async fn pixel(request: HttpRequest, collector: web::Data<Collector>) -> HttpResponse {
     let started = Instant::now();
     if let Err(err) = record_pixel(&request, &collector).await {
@@ -270,7 +307,7 @@ fn reply(verdict: &Intake) -> IngestReply {
 fn error(status: StatusCode, message: String) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header(ContentType::json())
-        .json(json!({ "error": message }))
+        .json(IngestError { error: message })
 }
 
 impl Collector {

@@ -11,13 +11,16 @@ pub type Millis = i64;
 
 /// A validated tracking event, as ingest appends it to the log and every layer reads it.
 /// Totally ordered (tags compare numbers by `f64::total_cmp`), so dataflows can sort it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct Event {
     /// Unique per tenant: the client's id, or one ingest assigned before the spool write.
     pub event_id: String,
     /// One of the tenant's registered event types.
     pub event_type: String,
     /// Event time, as the client saw it (ms, UTC).
+    #[schema(value_type = i64)]
     pub ts: Millis,
     /// The tenant, taken from the API key, never from the body.
     pub tenant: String,
@@ -25,8 +28,10 @@ pub struct Event {
     pub user_id: String,
     /// Tags under their canonical names (aliases already resolved).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub tags: BTreeMap<String, TagValue>,
     /// When ingest received it (ms, UTC).
+    #[schema(value_type = i64)]
     pub received_at: Millis,
     /// The source (API key name) that published it.
     pub source: String,
@@ -182,13 +187,14 @@ impl<'de> Deserialize<'de> for TagValue {
 }
 
 /// An event ingest could not accept, kept in the rejected stream with every reason.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RejectedEvent {
     /// The tenant of the key that sent it.
     pub tenant: String,
     /// The source (API key name) that sent it.
     pub source: String,
     /// When ingest received it (ms, UTC).
+    #[schema(value_type = i64)]
     pub received_at: Millis,
     /// Its position in the request (0 for the pixel).
     pub index: usize,

@@ -20,7 +20,7 @@ pub const MAX_USER_ID_LEN: usize = 256;
 pub const ANY_EVENT_TYPE: &str = "*";
 
 /// A tenant's governance rules.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TagRegistry {
     /// Canonical tag name → its type and known misspellings.
@@ -35,7 +35,7 @@ pub struct TagRegistry {
 }
 
 /// One canonical tag.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TagSpec {
     /// The value type every event must use for this tag.
@@ -47,7 +47,7 @@ pub struct TagSpec {
 }
 
 /// The value type of a tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TagKind {
     /// Text.
@@ -69,7 +69,7 @@ impl TagKind {
 }
 
 /// One event type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventTypeSpec {
     /// Tags every event of this type must carry.
@@ -88,7 +88,7 @@ const fn default_retention_days() -> u32 {
 }
 
 /// What one source may publish.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourcePolicy {
     /// Event types it may publish; `"*"` allows all.

@@ -13,7 +13,19 @@ pub const HOUR_MS: Millis = 3_600_000;
 pub const DAY_MS: Millis = 86_400_000;
 
 /// The width of a view's time buckets, always aligned to UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {
     /// One-minute buckets.

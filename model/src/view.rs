@@ -15,7 +15,7 @@ use crate::time::Granularity;
 pub const BUILT_IN_FIELDS: [&str; 3] = ["event_type", "user_id", "source"];
 
 /// One view: which events it covers, how it groups them, what it measures, how finely.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ViewSpec {
     /// The view's name, unique per tenant.
@@ -25,7 +25,9 @@ pub struct ViewSpec {
     /// Group-by keys kept in the view: built-in fields or tags.
     #[serde(default)]
     pub dimensions: Vec<String>,
-    /// What it measures.
+    /// What it measures: `count`, `sum(tag)`, `min(tag)`, `max(tag)`, `uniq(field)`,
+    /// `quantiles(tag)`.
+    #[schema(value_type = Vec<String>, example = json!(["count", "sum(revenue)", "uniq(user_id)"]))]
     pub measures: Vec<Measure>,
     /// The finest bucket kept; queries roll up from it.
     pub granularity: Granularity,

@@ -11,11 +11,13 @@ use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tally_connectors::catalog::{CatalogError, CatalogStore};
 use tally_model::registry::{EventTypeSpec, SourcePolicy, TagSpec};
-use tally_model::{ApiKey, Catalog, Scope, Tenant, ViewSpec};
+use tally_model::{ApiKey, Catalog, RejectedEvent, Scope, Tenant, ViewSpec};
+
+use crate::ErrorBody;
 
 use crate::{Refusal, Serving, bad, respond};
 
@@ -51,7 +53,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
 
 /// `GET /v1/governance`: the tenant's registry, views and keys (secrets shown only as a
 /// prefix). Read keys may look; changes need an admin key.
-async fn overview(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
+#[utoipa::path(get, path = "/v1/governance", tag = "governance",
+    responses((status = 200, description = "The tenant's registry, views and keys (secrets as a prefix)", body = Object)))]
+pub(crate) async fn overview(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     answer(&serving, "governance", Instant::now(), async {
         let key = serving.authorize(&request, Scope::Read)?;
         let catalog = serving.catalog.current();
@@ -75,13 +79,18 @@ async fn overview(request: HttpRequest, serving: web::Data<Serving>) -> HttpResp
     .await
 }
 
-#[derive(Deserialize)]
-struct SuggestParams {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SuggestParams {
+    /// A tag name as a client might spell it.
     tag: String,
 }
 
 /// `GET /v1/governance/suggest?tag=acct_num`: the canonical tag meant.
-async fn suggest(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
+#[utoipa::path(get, path = "/v1/governance/suggest", tag = "governance",
+    params(SuggestParams),
+    responses((status = 200, description = "`canonical`: the tag meant, or null; `match`: canonical, alias, similar or unknown", body = Object)))]
+pub(crate) async fn suggest(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     answer(&serving, "governance_suggest", Instant::now(), async {
         let key = serving.authorize(&request, Scope::Read)?;
         let params = web::Query::<SuggestParams>::from_query(request.query_string())
@@ -103,14 +112,19 @@ async fn suggest(request: HttpRequest, serving: web::Data<Serving>) -> HttpRespo
     .await
 }
 
-#[derive(Deserialize)]
-struct RejectedParams {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RejectedParams {
+    /// How many to list [default: 50, at most 500].
     limit: Option<usize>,
 }
 
 /// `GET /v1/governance/rejected?limit=N`: the tenant's most recent rejected events with
 /// their reasons, newest first.
-async fn rejected(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
+#[utoipa::path(get, path = "/v1/governance/rejected", tag = "governance",
+    params(RejectedParams),
+    responses((status = 200, description = "Recent rejected events, newest first", body = [RejectedEvent])))]
+pub(crate) async fn rejected(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     answer(&serving, "governance_rejected", Instant::now(), async {
         let key = serving.authorize(&request, Scope::Read)?;
         let params = web::Query::<RejectedParams>::from_query(request.query_string())
@@ -126,7 +140,10 @@ async fn rejected(request: HttpRequest, serving: web::Data<Serving>) -> HttpResp
     .await
 }
 
-async fn put_tag(
+#[utoipa::path(put, path = "/v1/governance/tags/{name}", tag = "governance",
+    params(("name" = String, Path, description = "The canonical tag name")), request_body = TagSpec,
+    responses((status = 200, description = "Saved", body = Message)))]
+pub(crate) async fn put_tag(
     request: HttpRequest,
     name: web::Path<String>,
     body: web::Json<TagSpec>,
@@ -140,7 +157,10 @@ async fn put_tag(
     .await
 }
 
-async fn delete_tag(
+#[utoipa::path(delete, path = "/v1/governance/tags/{name}", tag = "governance",
+    params(("name" = String, Path, description = "The canonical tag name")),
+    responses((status = 200, description = "Deleted", body = Message), (status = 404, description = "No such tag", body = ErrorBody)))]
+pub(crate) async fn delete_tag(
     request: HttpRequest,
     name: web::Path<String>,
     serving: web::Data<Serving>,
@@ -151,7 +171,10 @@ async fn delete_tag(
     .await
 }
 
-async fn put_event_type(
+#[utoipa::path(put, path = "/v1/governance/event-types/{name}", tag = "governance",
+    params(("name" = String, Path, description = "The event type")), request_body = EventTypeSpec,
+    responses((status = 200, description = "Saved", body = Message)))]
+pub(crate) async fn put_event_type(
     request: HttpRequest,
     name: web::Path<String>,
     body: web::Json<EventTypeSpec>,
@@ -168,7 +191,10 @@ async fn put_event_type(
     .await
 }
 
-async fn delete_event_type(
+#[utoipa::path(delete, path = "/v1/governance/event-types/{name}", tag = "governance",
+    params(("name" = String, Path, description = "The event type")),
+    responses((status = 200, description = "Deleted", body = Message), (status = 404, description = "No such event type", body = ErrorBody)))]
+pub(crate) async fn delete_event_type(
     request: HttpRequest,
     name: web::Path<String>,
     serving: web::Data<Serving>,
@@ -183,7 +209,10 @@ async fn delete_event_type(
     .await
 }
 
-async fn put_source(
+#[utoipa::path(put, path = "/v1/governance/sources/{name}", tag = "governance",
+    params(("name" = String, Path, description = "The source (API key name)")), request_body = SourcePolicy,
+    responses((status = 200, description = "Saved", body = Message)))]
+pub(crate) async fn put_source(
     request: HttpRequest,
     name: web::Path<String>,
     body: web::Json<SourcePolicy>,
@@ -202,7 +231,10 @@ async fn put_source(
     .await
 }
 
-async fn delete_source(
+#[utoipa::path(delete, path = "/v1/governance/sources/{name}", tag = "governance",
+    params(("name" = String, Path, description = "The source (API key name)")),
+    responses((status = 200, description = "Deleted", body = Message), (status = 404, description = "No such source", body = ErrorBody)))]
+pub(crate) async fn delete_source(
     request: HttpRequest,
     name: web::Path<String>,
     serving: web::Data<Serving>,
@@ -217,7 +249,10 @@ async fn delete_source(
     .await
 }
 
-async fn put_view(
+#[utoipa::path(put, path = "/v1/governance/views/{name}", tag = "governance",
+    params(("name" = String, Path, description = "The view")), request_body = ViewSpec,
+    responses((status = 200, description = "Saved; the message says what to reprocess or restart", body = Message)))]
+pub(crate) async fn put_view(
     request: HttpRequest,
     name: web::Path<String>,
     body: web::Json<ViewSpec>,
@@ -252,7 +287,10 @@ async fn put_view(
     .await
 }
 
-async fn delete_view(
+#[utoipa::path(delete, path = "/v1/governance/views/{name}", tag = "governance",
+    params(("name" = String, Path, description = "The view")),
+    responses((status = 200, description = "Deleted", body = Message), (status = 404, description = "No such view", body = ErrorBody)))]
+pub(crate) async fn delete_view(
     request: HttpRequest,
     name: web::Path<String>,
     serving: web::Data<Serving>,
@@ -264,15 +302,37 @@ async fn delete_view(
     .await
 }
 
-#[derive(Deserialize)]
-struct NewKey {
+/// A key to create.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct NewKey {
+    /// The source name events sent with the key carry; unique per tenant.
     source: String,
+    /// What the key may do.
     scopes: Vec<Scope>,
+}
+
+/// A created key.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct NewKeySecret {
+    /// What happened.
+    message: String,
+    /// The secret, to send as `Authorization: Bearer <key>`; shown only in this answer.
+    key: String,
+}
+
+/// What a change did.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Message {
+    /// For people: what changed and what to do next.
+    message: String,
 }
 
 /// `POST /v1/governance/keys {"source": "...", "scopes": ["write"]}`: a new key for the
 /// tenant; its secret is shown once, in the answer.
-async fn post_key(
+#[utoipa::path(post, path = "/v1/governance/keys", tag = "governance", request_body = NewKey,
+    responses((status = 200, description = "Created; `key` holds the secret, shown only now", body = NewKeySecret),
+        (status = 409, description = "The tenant already has a key of that name", body = ErrorBody)))]
+pub(crate) async fn post_key(
     request: HttpRequest,
     body: web::Json<NewKey>,
     serving: web::Data<Serving>,
@@ -282,9 +342,15 @@ async fn post_key(
     let shown = secret.clone();
     change_catalog(&request, &serving, "key", move |catalog, tenant| {
         if source.trim().is_empty() || scopes.is_empty() {
-            return Err(bad("a key needs a source name and at least one scope".to_owned()));
+            return Err(bad(
+                "a key needs a source name and at least one scope".to_owned()
+            ));
         }
-        if catalog.keys.values().any(|k| k.tenant == tenant && k.source == source) {
+        if catalog
+            .keys
+            .values()
+            .any(|k| k.tenant == tenant && k.source == source)
+        {
             return Err((
                 StatusCode::CONFLICT,
                 format!("tenant '{tenant}' already has a key named '{source}'; delete it first"),
@@ -299,12 +365,18 @@ async fn post_key(
                 scopes,
             },
         );
-        Ok(json!({"message": format!("key '{source}' created; its secret is shown only now"), "key": shown}))
+        Ok(json!(NewKeySecret {
+            message: format!("key '{source}' created; its secret is shown only now"),
+            key: shown,
+        }))
     })
     .await
 }
 
-async fn delete_key(
+#[utoipa::path(delete, path = "/v1/governance/keys/{source}", tag = "governance",
+    params(("source" = String, Path, description = "The key's source name")),
+    responses((status = 200, description = "Deleted", body = Message), (status = 404, description = "No such key", body = ErrorBody)))]
+pub(crate) async fn delete_key(
     request: HttpRequest,
     source: web::Path<String>,
     serving: web::Data<Serving>,
@@ -317,7 +389,9 @@ async fn delete_key(
         if catalog.keys.len() == before {
             return Err((StatusCode::NOT_FOUND, format!("no key named '{source}'")));
         }
-        Ok(json!({"message": format!("key '{source}' deleted")}))
+        Ok(json!(Message {
+            message: format!("key '{source}' deleted")
+        }))
     })
     .await
 }
@@ -334,7 +408,7 @@ async fn change(
             .tenants
             .get_mut(tenant)
             .expect("an authorized key's tenant exists");
-        edit(tenant).map(|message| json!({"message": message}))
+        edit(tenant).map(|message| json!(Message { message }))
     })
     .await
 }

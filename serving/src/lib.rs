@@ -7,12 +7,14 @@
 //!   recent rejected events.
 //! - [`raw`]: raw events for search, from the archive and the log tail.
 //! - the dashboard at `/`: analytics, governance and search pages over the same API.
+//! - [`openapi`]: the OpenAPI document of these routes.
 //!
 //! Every route needs a key of the right scope and sees only the key's tenant.
 //! [`Serving::configure`] mounts the routes on an actix-web `App`.
 
 mod dashboard;
 pub mod governance;
+pub mod openapi;
 pub mod query;
 pub mod raw;
 mod seed;
@@ -26,7 +28,6 @@ use std::time::Instant;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::json;
 use tally_connectors::batch_views::{BatchViews, BatchViewsError};
 use tally_connectors::catalog::{CatalogHandle, CatalogStore};
 use tally_connectors::view_store::{ViewStore, ViewStoreError};
@@ -79,7 +80,7 @@ impl ServingError {
 }
 
 /// An answer to `GET /v1/query`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct QueryAnswer {
     /// The view queried.
     pub view: String,
@@ -90,6 +91,7 @@ pub struct QueryAnswer {
     /// Which layer answered which part of the range.
     pub sources: Sources,
     /// One object per bucket and group values: `bucket`, the group-by dimensions, the measures.
+    #[schema(value_type = Vec<Object>, example = json!([{"bucket": "2026-11-22T10:00:00Z", "country": "FR", "count": 42, "sum(revenue)": 310.5}]))]
     pub rows: Vec<serde_json::Value>,
 }
 
@@ -221,6 +223,13 @@ impl Serving {
 /// A refused or failed request: its status and what to tell the caller.
 pub(crate) type Refusal = (StatusCode, String);
 
+/// A refusal's body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    /// What went wrong and, where it can, what to do instead.
+    error: String,
+}
+
 /// A 400: the caller's to fix.
 pub(crate) fn bad(message: String) -> Refusal {
     (StatusCode::BAD_REQUEST, message)
@@ -235,7 +244,7 @@ pub(crate) fn respond(
 ) -> HttpResponse {
     let response = match result {
         Ok(body) => HttpResponse::Ok().json(body),
-        Err((status, message)) => HttpResponse::build(status).json(json!({ "error": message })),
+        Err((status, error)) => HttpResponse::build(status).json(ErrorBody { error }),
     };
     serving
         .metrics
@@ -243,7 +252,11 @@ pub(crate) fn respond(
     response
 }
 
-async fn get_query(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
+/// `GET /v1/query`: one view over `[from, to)`, batch views before the published horizon and
+/// real-time views after it.
+#[utoipa::path(get, path = "/v1/query", tag = "query", params(QueryParams),
+    responses((status = 200, description = "Rows per bucket and group", body = QueryAnswer)))]
+pub(crate) async fn get_query(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     let started = Instant::now();
     let answer = answer_query(&request, &serving).await;
     respond(&serving, "query", started, answer)

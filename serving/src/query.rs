@@ -23,7 +23,8 @@ const MAX_RANGE_MS: Millis = 366 * DAY_MS;
 const DEFAULT_RANGE_MS: Millis = DAY_MS;
 
 /// The query string of `GET /v1/query`.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct QueryParams {
     /// The view's name.
     pub view: Option<String>,
@@ -37,7 +38,8 @@ pub struct QueryParams {
     pub group_by: Option<String>,
     /// `dimension=value` pairs, comma-separated; rows must match all.
     pub filter: Option<String>,
-    /// Measures, comma-separated [default: every measure of the view].
+    /// Measures, comma-separated: `count`, `sum(t)`, `avg(t)`, `min(t)`, `max(t)`, `uniq(f)`,
+    /// `pNN(t)` such as `p99(latency_ms)` [default: every measure of the view].
     pub measures: Option<String>,
 }
 
@@ -494,7 +496,7 @@ impl Query {
 }
 
 /// Where the answer's numbers came from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Sources {
     /// Batch views answered for `[from, horizon)` (clamped to the range).
     pub batch: [String; 2],

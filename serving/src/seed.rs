@@ -11,10 +11,9 @@ use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use tally_model::time::{DAY_MS, now_millis};
-use tally_model::{ApiKey, Measure, Millis, Scope};
+use tally_model::{ApiKey, Event, Measure, Millis, Scope};
 
 use crate::query::QueryParams;
 use crate::raw::RawFilter;
@@ -26,17 +25,56 @@ const DEFAULT_LIMIT: usize = 100;
 /// Longest range a raw search or count may span.
 const MAX_RAW_RANGE_MS: Millis = 31 * DAY_MS;
 
-#[derive(Debug, Deserialize)]
-struct SeedParams {
+/// The query string of both seed routes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SeedParams {
+    /// Only events of this type [default: every type].
     event_type: Option<String>,
+    /// Start, inclusive, unix seconds.
     start_time: Option<String>,
+    /// End, exclusive, unix seconds; at most 31 days after the start.
     end_time: Option<String>,
+    /// Events per page, 1 to 1000 (search only) [default: 100].
     limit: Option<usize>,
+    /// `nextCursor` of the previous page (search only).
     cursor: Option<String>,
 }
 
-/// `GET /v1/events/count?event_type=E&start_time=S&end_time=E`.
-pub async fn count(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
+/// A seed API answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SeedAnswer<T> {
+    /// The count, or a page of events.
+    result: T,
+    /// `SUCCESS`.
+    status: &'static str,
+    /// When the answer was made (epoch ms).
+    #[serde(rename = "timeStamp")]
+    #[schema(value_type = i64)]
+    time_stamp: Millis,
+    /// Search only: the cursor of the next page, null on the last one.
+    #[serde(rename = "nextCursor", skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<Option<String>>,
+}
+
+/// A seed API error.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SeedError {
+    /// `ERROR`.
+    status: &'static str,
+    /// What went wrong.
+    error: String,
+}
+
+/// `GET /v1/events/count?event_type=E&start_time=S&end_time=E`: how many events in the
+/// range, each counted once.
+#[utoipa::path(get, path = "/v1/events/count", tag = "seed", params(SeedParams),
+    responses((status = 200, description = "The count", body = SeedAnswer<u64>),
+        (status = 400, description = "A parameter is missing or wrong", body = SeedError),
+        (status = 401, description = "No key, or an unknown one", body = SeedError),
+        (status = 403, description = "The key may not read", body = SeedError),
+        (status = 500, description = "A store failed", body = SeedError)))]
+pub(crate) async fn count(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     let started = Instant::now();
     let result = async {
         let (key, params) = checked(&request, &serving)?;
@@ -44,17 +82,18 @@ pub async fn count(request: HttpRequest, serving: web::Data<Serving>) -> HttpRes
         count_events(&serving, &key, params.event_type.as_deref(), start, end).await
     }
     .await;
-    respond(
-        &serving,
-        "events_count",
-        started,
-        result.map(|n| json!(n)),
-        None,
-    )
+    respond(&serving, "events_count", started, result, None)
 }
 
-/// `GET /v1/events/search?event_type=E&start_time=S&end_time=E&limit=L&cursor=C`.
-pub async fn search(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
+/// `GET /v1/events/search?event_type=E&start_time=S&end_time=E&limit=L&cursor=C`: raw events
+/// in the range, ordered by time and id, a page at a time.
+#[utoipa::path(get, path = "/v1/events/search", tag = "seed", params(SeedParams),
+    responses((status = 200, description = "A page of events", body = SeedAnswer<Vec<Event>>),
+        (status = 400, description = "A parameter is missing or wrong", body = SeedError),
+        (status = 401, description = "No key, or an unknown one", body = SeedError),
+        (status = 403, description = "The key may not read", body = SeedError),
+        (status = 500, description = "A store failed", body = SeedError)))]
+pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     let started = Instant::now();
     let mut next_cursor = None;
     let result = async {
@@ -71,7 +110,7 @@ pub async fn search(request: HttpRequest, serving: web::Data<Serving>) -> HttpRe
             range: start..end,
         };
         let events = serving.raw.scan(&filter).await.map_err(server_error)?;
-        let page: Vec<_> = events
+        let mut page: Vec<_> = events
             .iter()
             .filter(|e| {
                 after
@@ -84,10 +123,17 @@ pub async fn search(request: HttpRequest, serving: web::Data<Serving>) -> HttpRe
             let last = page[limit - 1];
             next_cursor = Some(format!("{}:{}", last.ts, last.event_id));
         }
-        Ok(json!(page[..page.len().min(limit)]))
+        page.truncate(limit);
+        Ok(page.into_iter().cloned().collect::<Vec<Event>>())
     }
     .await;
-    respond(&serving, "events_search", started, result, next_cursor)
+    respond(
+        &serving,
+        "events_search",
+        started,
+        result,
+        Some(next_cursor),
+    )
 }
 
 fn checked(request: &HttpRequest, serving: &Serving) -> Result<(ApiKey, SeedParams), Refusal> {
@@ -181,21 +227,20 @@ fn respond(
     serving: &Serving,
     route: &'static str,
     started: Instant,
-    result: Result<Value, Refusal>,
-    next_cursor: Option<String>,
+    result: Result<impl Serialize, Refusal>,
+    next_cursor: Option<Option<String>>,
 ) -> HttpResponse {
     let response = match result {
-        Ok(result) => {
-            let mut body =
-                json!({"result": result, "status": "SUCCESS", "timeStamp": now_millis()});
-            if route == "events_search" {
-                body["nextCursor"] = json!(next_cursor);
-            }
-            HttpResponse::Ok().json(body)
-        }
-        Err((status, error)) => {
-            HttpResponse::build(status).json(json!({"status": "ERROR", "error": error}))
-        }
+        Ok(result) => HttpResponse::Ok().json(SeedAnswer {
+            result,
+            status: "SUCCESS",
+            time_stamp: now_millis(),
+            next_cursor,
+        }),
+        Err((status, error)) => HttpResponse::build(status).json(SeedError {
+            status: "ERROR",
+            error,
+        }),
     };
     serving
         .metrics

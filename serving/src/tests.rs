@@ -9,13 +9,15 @@ use actix_web::{App, web};
 use proptest::prelude::*;
 use serde_json::Value;
 use tally_connectors::batch_views::BatchViews;
-use tally_connectors::catalog::CatalogHandle;
+use tally_connectors::catalog::{CatalogHandle, CatalogStore};
 use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
 use tally_connectors::testing::{deduplicated, demo_events, reference_states, sample_demo_events};
 use tally_connectors::view_store::{EmbeddedViewStore, ViewStore};
 use tally_model::tenant::DEMO_TENANT;
 use tally_model::time::{DAY_MS, HOUR_MS};
-use tally_model::{AggregateState, ApiKey, Catalog, Event, Granularity, Millis, Scope, Tenant};
+use tally_model::{
+    AggregateState, ApiKey, Catalog, Event, Granularity, Millis, RejectedEvent, Scope, Tenant,
+};
 
 use crate::query::{Projection, Query, QueryParams, Rollup};
 use crate::raw::RawEvents;
@@ -107,13 +109,16 @@ fn two_tenant_catalog() -> Catalog {
             key("demo-read", DEMO_TENANT, vec![Scope::Read]),
             key("demo-write", DEMO_TENANT, vec![Scope::Write]),
             key("other-read", OTHER_TENANT, vec![Scope::Read]),
+            key("demo-admin", DEMO_TENANT, vec![Scope::Read, Scope::Admin]),
+            key("other-admin", OTHER_TENANT, vec![Scope::Read, Scope::Admin]),
         ],
     )
     .unwrap()
 }
 
 /// Serving over a real view store, object store and spool holding both tenants' events: the
-/// real-time store has their states, the log their raw events (nothing archived yet).
+/// real-time store has their states, the log their raw events (nothing archived yet), the
+/// rejected stream one reject of each, and governance saves to the object store.
 struct Rig {
     _dir: tempfile::TempDir,
     serving: web::Data<Serving>,
@@ -145,14 +150,31 @@ impl Rig {
             .into_iter()
             .collect();
         store.upsert(&states).unwrap();
+        let rejected = Spool::open(&dir.path().join("rejected"), SpoolOptions::default()).unwrap();
+        let rejects = [DEMO_TENANT, OTHER_TENANT]
+            .into_iter()
+            .map(|tenant| AppendRecord {
+                partition: 0,
+                payload: serde_json::to_vec(&RejectedEvent {
+                    tenant: tenant.to_owned(),
+                    source: "web".to_owned(),
+                    received_at: BASE,
+                    index: 0,
+                    reasons: vec![format!("a reject of {tenant}")],
+                    payload: "{}".to_owned(),
+                })
+                .unwrap(),
+            })
+            .collect();
+        rejected.append(rejects).await.unwrap();
         let objects =
             tally_connectors::object_store::open_local(&dir.path().join("objects")).unwrap();
         let serving = Serving::new(
             CatalogHandle::new(catalog, 0),
-            None,
+            Some(CatalogStore::new(objects.clone())),
             Arc::new(store),
             BatchViews::with_cache(objects.clone(), 1 << 20),
-            RawEvents::new(objects, Some(Arc::new(spool)), None),
+            RawEvents::new(objects, Some(Arc::new(spool)), Some(Arc::new(rejected))),
             ServingMetrics::register(&mut Default::default()),
         );
         Rig {
@@ -181,7 +203,18 @@ async fn get(
     uri: &str,
     key: Option<&str>,
 ) -> (u16, Value) {
-    let mut request = http::TestRequest::get().uri(uri);
+    send(app, http::TestRequest::get().uri(uri), key).await
+}
+
+async fn send(
+    app: &impl actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse,
+        Error = actix_web::Error,
+    >,
+    mut request: http::TestRequest,
+    key: Option<&str>,
+) -> (u16, Value) {
     if let Some(key) = key {
         request = request.insert_header(("Authorization", format!("Bearer {key}")));
     }
@@ -236,6 +269,71 @@ async fn a_read_key_sees_only_its_tenant_through_every_endpoint() {
             "{tenant} saw another tenant's events"
         );
     }
+}
+
+#[actix_web::test]
+async fn governance_shows_and_changes_only_the_keys_tenant() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    for (tenant, key, other) in [
+        (DEMO_TENANT, "demo-admin", OTHER_TENANT),
+        (OTHER_TENANT, "other-admin", DEMO_TENANT),
+    ] {
+        let (status, overview) = get(&app, "/v1/governance", Some(key)).await;
+        assert_eq!((status, &overview["tenant"]), (200, &Value::from(tenant)));
+        let sources: Vec<&str> = overview["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["source"].as_str().unwrap())
+            .collect();
+        assert!(
+            sources.iter().all(|s| s.starts_with(tenant)),
+            "{tenant} sees keys {sources:?}"
+        );
+        let (_, rejected) = get(&app, "/v1/governance/rejected", Some(key)).await;
+        assert_eq!(
+            rejected,
+            serde_json::json!([{"tenant": tenant, "source": "web", "received_at": BASE,
+                "index": 0, "reasons": [format!("a reject of {tenant}")], "payload": "{}"}])
+        );
+        // The other tenant's key is not this admin's to delete, and stays valid.
+        let (status, body) = send(
+            &app,
+            http::TestRequest::delete().uri(&format!("/v1/governance/keys/{other}-read-source")),
+            Some(key),
+        )
+        .await;
+        assert_eq!(status, 404, "{body}");
+        let other_read = format!("{other}-read");
+        assert_eq!(get(&app, "/v1/governance", Some(&other_read)).await.0, 200);
+    }
+
+    // A tag one admin adds is in that tenant's registry only.
+    let (status, body) = send(
+        &app,
+        http::TestRequest::put()
+            .uri("/v1/governance/tags/plan")
+            .set_json(serde_json::json!({"type": "string"})),
+        Some("other-admin"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, other) = get(&app, "/v1/governance", Some("other-admin")).await;
+    let (_, demo) = get(&app, "/v1/governance", Some("demo-admin")).await;
+    assert!(other["registry"]["tags"].get("plan").is_some(), "{other}");
+    assert!(demo["registry"]["tags"].get("plan").is_none(), "{demo}");
+    let (status, _) = send(
+        &app,
+        http::TestRequest::delete().uri("/v1/governance/tags/plan"),
+        Some("demo-admin"),
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "the demo admin cannot delete the other tenant's tag"
+    );
 }
 
 #[actix_web::test]
