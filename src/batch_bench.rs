@@ -69,7 +69,7 @@ pub fn run(args: BatchBenchArgs) -> anyhow::Result<()> {
     );
     let hours = args.hours.max(1);
     let mut chunk = Vec::with_capacity(100_000);
-    for (index, event) in validated_events(&catalog, args.events)?.enumerate() {
+    for (index, event) in validated_events(&catalog, args.events, 0.02)?.enumerate() {
         let mut event: Event = event?;
         // Spread event times over the hours ending an hour ago, so every hour is closed.
         event.ts -= HOUR_MS * (1 + index as i64 % hours);

@@ -36,6 +36,8 @@ pub enum BenchCommand {
     Speed(SpeedBenchArgs),
     /// The batch layer: archive and recompute throughput, and DuckDB on the same Parquet.
     Batch(crate::batch_bench::BatchBenchArgs),
+    /// Serving: query latency and throughput over batch history and a real-time window.
+    Query(crate::query_bench::QueryBenchArgs),
 }
 
 /// Options of `tally bench speed`.
@@ -107,6 +109,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest(args) => ingest(args),
         BenchCommand::Speed(args) => speed(args),
         BenchCommand::Batch(args) => crate::batch_bench::run(args),
+        BenchCommand::Query(args) => crate::query_bench::run(args),
     }
 }
 
@@ -434,16 +437,17 @@ fn log_records(
     count: u64,
     partitions: u32,
 ) -> anyhow::Result<Vec<AppendRecord>> {
-    validated_events(catalog, count)?
+    validated_events(catalog, count, 0.02)?
         .map(|event| Ok(AppendRecord::event(&event?, partitions)))
         .collect()
 }
 
-/// `count` generated demo events (2 % resent, 5 % late), validated as ingest does, received
-/// now.
+/// `count` generated demo events (a `resent` share of them twice, 5 % late), validated as
+/// ingest does, received now.
 pub fn validated_events(
     catalog: &Catalog,
     count: u64,
+    resent: f64,
 ) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Event>> + '_> {
     let now = tally_model::time::now_millis();
     let registry = &catalog.tenants[DEMO_TENANT].registry;
@@ -462,7 +466,7 @@ pub fn validated_events(
         rate: None,
         batch: 1,
         users: 100_000,
-        duplicates: 0.02,
+        duplicates: resent,
         late: 0.05,
         invalid: 0.0,
         concurrency: 1,

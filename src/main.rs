@@ -1,10 +1,11 @@
 //! `tally`: the one binary that wires Tally's layers together and runs them.
 //!
-//! Each subcommand lives in its own module: [`serve`] runs the services (`up`, `ingest`),
-//! [`batch`] the batch layer's jobs (`archive`, `batch run|reprocess|schedule`), [`logs`]
-//! inspects the event log, [`generator`] sends realistic load (`gen`), and [`bench`]
-//! measures (`bench ingest`), [`views`] reads the real-time views. [`settings`] turns the config file, `TALLY_*` variables and
-//! flags into one [`tally_model::Config`].
+//! Each subcommand lives in its own module: [`serve`] runs the services (`up`, `ingest`,
+//! `speed`, `serve`), [`batch`] the batch layer's jobs (`archive`, `batch run|reprocess|schedule`),
+//! [`logs`] inspects the event log, [`generator`] sends realistic load (`gen`), [`bench`]
+//! measures (`bench ingest|speed`, with [`batch_bench`] and [`query_bench`] for `batch` and
+//! `query`), [`views`] reads the real-time views. [`settings`] turns the config file,
+//! `TALLY_*` variables and flags into one [`tally_model::Config`].
 
 mod batch;
 mod batch_bench;
@@ -12,6 +13,7 @@ mod bench;
 mod catalog;
 mod generator;
 mod logs;
+mod query_bench;
 mod serve;
 mod settings;
 mod views;

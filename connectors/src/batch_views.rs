@@ -75,7 +75,7 @@ pub enum BatchViewsError {
 #[derive(Clone)]
 pub struct BatchViews {
     store: Arc<dyn ObjectStore>,
-    cache: Option<Arc<Mutex<StateCache>>>,
+    cache: Option<Arc<Mutex<FifoCache<Vec<StateRow>>>>>,
 }
 
 /// One computed hour of a view: its logic version and the rows of its object.
@@ -85,6 +85,8 @@ pub struct BatchHour {
     pub hour: Millis,
     /// The logic version it was computed with (its spec is in the manifest).
     pub logic_version: LogicVersion,
+    /// The object its rows were read from; never rewritten, so a key for derived caches.
+    pub object: String,
     /// Every row of the hour's object.
     pub rows: Arc<Vec<StateRow>>,
 }
@@ -98,10 +100,7 @@ impl BatchViews {
     /// Batch views kept in `store`, keeping up to `cache_bytes` of decoded state objects in
     /// memory. Objects are never overwritten, so a cached object never goes stale.
     pub fn with_cache(store: Arc<dyn ObjectStore>, cache_bytes: usize) -> Self {
-        let cache = StateCache {
-            budget: cache_bytes,
-            ..StateCache::default()
-        };
+        let cache = FifoCache::new(cache_bytes);
         BatchViews {
             store,
             cache: Some(Arc::new(Mutex::new(cache))),
@@ -205,6 +204,7 @@ impl BatchViews {
                 hour,
                 logic_version: computed.logic_version,
                 rows: self.cached_states(object).await?,
+                object: object.to_owned(),
             });
         }
         Ok(hours)
@@ -248,10 +248,11 @@ impl BatchViews {
             return Ok(rows);
         }
         let rows = Arc::new(self.read_states(path).await?);
+        let size = rows.iter().map(|(_, d, state)| row_bytes(d, state)).sum();
         cache
             .lock()
             .expect("cache lock")
-            .insert(path.to_owned(), rows.clone());
+            .insert(path.to_owned(), rows.clone(), size);
         Ok(rows)
     }
 
@@ -286,42 +287,53 @@ fn store_error(path: &str, source: object_store::Error) -> BatchViewsError {
     }
 }
 
-/// Decoded state objects by path, the oldest inserted evicted first when over budget.
-#[derive(Default)]
-struct StateCache {
+/// Shared values by key within a byte budget, the oldest inserted evicted first. Suits
+/// values that never go stale under their key (objects are never overwritten).
+pub struct FifoCache<V> {
     budget: usize,
     used: usize,
-    objects: HashMap<String, (Arc<Vec<StateRow>>, usize)>,
+    entries: HashMap<String, (Arc<V>, usize)>,
     order: VecDeque<String>,
 }
 
-impl StateCache {
-    fn get(&self, path: &str) -> Option<Arc<Vec<StateRow>>> {
-        self.objects.get(path).map(|(rows, _)| rows.clone())
+impl<V> FifoCache<V> {
+    /// An empty cache holding up to `budget` bytes (as sized by the caller).
+    pub fn new(budget: usize) -> Self {
+        FifoCache {
+            budget,
+            used: 0,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
-    fn insert(&mut self, path: String, rows: Arc<Vec<StateRow>>) {
-        let size = rows
-            .iter()
-            .map(|(_, dimensions, state)| {
-                64 + dimensions.iter().map(String::len).sum::<usize>() + state.encode().len()
-            })
-            .sum::<usize>();
-        if size > self.budget || self.objects.contains_key(&path) {
+    /// The value under `key`, if cached.
+    pub fn get(&self, key: &str) -> Option<Arc<V>> {
+        self.entries.get(key).map(|(value, _)| value.clone())
+    }
+
+    /// Keeps `value` of `size` bytes under `key`, evicting the oldest entries to fit.
+    pub fn insert(&mut self, key: String, value: Arc<V>, size: usize) {
+        if size > self.budget || self.entries.contains_key(&key) {
             return;
         }
         while self.used + size > self.budget {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            if let Some((_, freed)) = self.objects.remove(&oldest) {
+            if let Some((_, freed)) = self.entries.remove(&oldest) {
                 self.used -= freed;
             }
         }
         self.used += size;
-        self.order.push_back(path.clone());
-        self.objects.insert(path, (rows, size));
+        self.order.push_back(key.clone());
+        self.entries.insert(key, (value, size));
     }
+}
+
+/// Roughly the memory one row of states takes, for cache budgets.
+pub fn row_bytes(dimensions: &[String], state: &AggregateState) -> usize {
+    64 + dimensions.iter().map(String::len).sum::<usize>() + state.encode().len()
 }
 
 fn decode_states(bytes: &[u8]) -> Result<Vec<StateRow>, String> {

@@ -22,22 +22,24 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use tally_connectors::batch_views::{BatchViews, BatchViewsError};
+use tally_connectors::batch_views::{BatchHour, BatchViews, BatchViewsError, FifoCache, row_bytes};
 use tally_connectors::catalog::{CatalogHandle, CatalogStore};
 use tally_connectors::view_store::{ViewStore, ViewStoreError};
-use tally_model::time::now_millis;
+use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{ApiKey, Millis, Scope};
 use thiserror::Error;
 
 pub use telemetry::ServingMetrics;
 
-use crate::query::{Projection, Query, QueryError, QueryParams, Rollup, Sources};
+use crate::query::{
+    Projection, Query, QueryError, QueryGranularity, QueryParams, RolledHour, Rollup, Sources,
+};
 use crate::raw::{RawError, RawEvents};
 
 /// Serving's shared state.
@@ -48,7 +50,12 @@ pub struct Serving {
     batch_views: BatchViews,
     raw: RawEvents,
     metrics: Arc<ServingMetrics>,
+    /// Whole batch hours rolled up per query shape: dashboards repeat their queries.
+    rolled_hours: Mutex<FifoCache<RolledHour>>,
 }
+
+/// Bytes of rolled batch hours serving keeps.
+const ROLLED_HOURS_CACHE_BYTES: usize = 256 << 20;
 
 /// Why a read failed on the server's side.
 #[derive(Debug, Error)]
@@ -113,6 +120,7 @@ impl Serving {
             batch_views,
             raw,
             metrics,
+            rolled_hours: Mutex::new(FifoCache::new(ROLLED_HOURS_CACHE_BYTES)),
         }
     }
 
@@ -179,9 +187,19 @@ impl Serving {
                         hour.logic_version
                     ))
                 })?;
-                for (bucket, dimensions, state) in hour.rows.iter() {
-                    if batch_range.contains(bucket) {
-                        rollup.add(&projection, *bucket, dimensions, state)?;
+                let whole =
+                    batch_range.start <= hour.hour && hour.hour + HOUR_MS <= batch_range.end;
+                match (query.granularity, whole) {
+                    // A whole hour rolls up the same for every query of this shape: once.
+                    (QueryGranularity::Bucketed(_), true) => {
+                        rollup.add_rolled(&self.rolled_hour(&query, &projection, &hour)?)?;
+                    }
+                    _ => {
+                        for (bucket, dimensions, state) in hour.rows.iter() {
+                            if batch_range.contains(bucket) {
+                                rollup.add(&projection, *bucket, dimensions, state)?;
+                            }
+                        }
                     }
                 }
             }
@@ -200,6 +218,34 @@ impl Serving {
             sources: Sources::split(&range, seam),
             rows: rollup.into_rows(),
         })
+    }
+
+    /// The rows of a whole batch hour rolled up for a query's shape, from the cache or
+    /// rolled now and cached.
+    fn rolled_hour(
+        &self,
+        query: &Query,
+        projection: &Projection,
+        hour: &BatchHour,
+    ) -> Result<Arc<RolledHour>, ServingError> {
+        let key = format!("{}|{}", hour.object, projection.rolled_key(query));
+        if let Some(rolled) = self.rolled_hours.lock().expect("cache lock").get(&key) {
+            return Ok(rolled);
+        }
+        let mut rollup = Rollup::new(query);
+        for (bucket, dimensions, state) in hour.rows.iter() {
+            rollup.add(projection, *bucket, dimensions, state)?;
+        }
+        let rolled = Arc::new(rollup.into_rolled());
+        let size = rolled
+            .iter()
+            .map(|((_, group), state)| row_bytes(group, state))
+            .sum();
+        self.rolled_hours
+            .lock()
+            .expect("cache lock")
+            .insert(key, rolled.clone(), size);
+        Ok(rolled)
     }
 
     /// The key of the request, if it carries `scope`.

@@ -8,8 +8,10 @@
 //! and the store still held every bucket from it on.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -424,10 +426,61 @@ impl Projection {
     }
 }
 
+/// An answer row's key: its bucket and group values.
+pub type RowKey = (Millis, Vec<String>);
+
+/// The rolled-up rows of one stored hour for one query shape, shared by the queries that
+/// ask for it (see [`Rollup::add_rolled`]).
+pub type RolledHour = Vec<(RowKey, AggregateState)>;
+
+/// An answer row's state: its own, or until a second state merges in, one of a shared
+/// rolled hour's (no copy of its sketches).
+enum RowState {
+    Owned(AggregateState),
+    Shared(Arc<RolledHour>, usize),
+}
+
+impl RowState {
+    fn get(&self) -> &AggregateState {
+        match self {
+            RowState::Owned(state) => state,
+            RowState::Shared(hour, index) => &hour[*index].1,
+        }
+    }
+
+    fn into_owned(self) -> AggregateState {
+        match self {
+            RowState::Owned(state) => state,
+            RowState::Shared(hour, index) => hour[index].1.clone(),
+        }
+    }
+
+    fn owned(&mut self) -> &mut AggregateState {
+        if let RowState::Shared(hour, index) = self {
+            *self = RowState::Owned(hour[*index].1.clone());
+        }
+        match self {
+            RowState::Owned(state) => state,
+            RowState::Shared(..) => unreachable!("made owned above"),
+        }
+    }
+}
+
+impl Projection {
+    /// What identifies the rows this projection rolls up from one object for `query`: the
+    /// answer granularity, the groups, the filter and the measures picked.
+    pub fn rolled_key(&self, query: &Query) -> String {
+        format!(
+            "{}|{:?}|{:?}|{:?}",
+            query.granularity, self.group, self.filter, self.picked
+        )
+    }
+}
+
 /// The answer's rows as they are being merged: (answer bucket, group values) → state.
 pub struct Rollup<'q> {
     query: &'q Query,
-    rows: HashMap<(Millis, Vec<String>), AggregateState, foldhash::fast::FixedState>,
+    rows: HashMap<RowKey, RowState, foldhash::fast::FixedState>,
 }
 
 impl<'q> Rollup<'q> {
@@ -463,31 +516,61 @@ impl<'q> Rollup<'q> {
         let row = self
             .rows
             .entry(key)
-            .or_insert_with(|| AggregateState::for_measures(&self.query.sources));
-        row.merge_projected(state, &projection.picked)
+            .or_insert_with(|| RowState::Owned(AggregateState::for_measures(&self.query.sources)));
+        row.owned().merge_projected(state, &projection.picked)
+    }
+
+    /// Merges rows already rolled up for this query's shape, sharing their states until
+    /// another merges into the same row.
+    pub fn add_rolled(
+        &mut self,
+        hour: &Arc<RolledHour>,
+    ) -> Result<(), tally_model::state::MergeError> {
+        for (index, (key, state)) in hour.iter().enumerate() {
+            match self.rows.entry(key.clone()) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(RowState::Shared(hour.clone(), index));
+                }
+                Entry::Occupied(mut occupied) => occupied.get_mut().owned().merge(state)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows rolled up so far, owned; for caching a rolled hour.
+    pub fn into_rolled(self) -> RolledHour {
+        self.rows
+            .into_iter()
+            .map(|(key, state)| (key, state.into_owned()))
+            .collect()
     }
 
     /// The rows as JSON objects, ordered by bucket, then group values.
     pub fn into_rows(self) -> Vec<Value> {
-        self.query.render(self.rows.into_iter().collect())
+        let rows = self
+            .rows
+            .iter()
+            .map(|(key, state)| (key, state.get()))
+            .collect();
+        self.query.render(rows)
     }
 }
 
 impl Query {
     /// Answer rows as JSON objects, ordered by bucket, then group values, from states shaped
     /// like the view's measures this query reads.
-    pub fn render(&self, mut rows: Vec<((Millis, Vec<String>), AggregateState)>) -> Vec<Value> {
+    pub fn render(&self, mut rows: Vec<(&RowKey, &AggregateState)>) -> Vec<Value> {
         let query = self;
-        rows.sort_by(|(a, _), (b, _)| a.cmp(b));
+        rows.sort_by_key(|(key, _)| *key);
         rows.into_iter()
             .map(|((bucket, group), state)| {
                 let mut row = Map::new();
-                row.insert("bucket".into(), json!(format_rfc3339(bucket)));
+                row.insert("bucket".into(), json!(format_rfc3339(*bucket)));
                 for (name, value) in query.group_by.iter().zip(group) {
                     row.insert(name.clone(), json!(value));
                 }
                 for measure in &query.measures {
-                    row.insert(measure.to_string(), measure.value(&state, &query.sources));
+                    row.insert(measure.to_string(), measure.value(state, &query.sources));
                 }
                 Value::Object(row)
             })

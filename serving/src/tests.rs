@@ -45,8 +45,9 @@ fn params(pairs: &[(&str, &str)]) -> QueryParams {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
-    /// Minute states rolled up to hours, days and the whole range give the same rows as
-    /// folding the events straight into those buckets.
+    /// Minute states rolled up to hours, days and the whole range, directly or an hour at a
+    /// time and then merged, give the same rows as folding the events straight into those
+    /// buckets.
     #[test]
     fn roll_ups_equal_the_direct_computation(events in demo_events(BASE + 22 * HOUR_MS)) {
         let catalog = Catalog::demo("w", "r");
@@ -71,8 +72,20 @@ proptest! {
                 .unwrap();
                 let projection = Projection::new(view, &query).unwrap();
                 let mut rollup = Rollup::new(&query);
+                // The same states also rolled an hour at a time, then merged as serving
+                // merges cached whole hours.
+                let mut by_hour: BTreeMap<Millis, Rollup> = BTreeMap::new();
                 for (key, state) in minute_states.iter().filter(|(k, _)| k.view == view.name) {
                     rollup.add(&projection, key.bucket, &key.dimensions, state).unwrap();
+                    by_hour
+                        .entry(Granularity::Hour.bucket_start(key.bucket))
+                        .or_insert_with(|| Rollup::new(&query))
+                        .add(&projection, key.bucket, &key.dimensions, state)
+                        .unwrap();
+                }
+                let mut from_hours = Rollup::new(&query);
+                for hour in by_hour.into_values() {
+                    from_hours.add_rolled(&Arc::new(hour.into_rolled())).unwrap();
                 }
                 let mut direct: HashMap<(Millis, Vec<String>), AggregateState> = HashMap::new();
                 for event in unique.iter().filter(|e| view.covers(&e.event_type)) {
@@ -86,7 +99,9 @@ proptest! {
                     let state = direct.entry((bucket, group)).or_insert_with(|| view.empty_state());
                     view.accumulate(state, event);
                 }
-                prop_assert_eq!(rollup.into_rows(), query.render(direct.into_iter().collect()));
+                let expected = query.render(direct.iter().collect());
+                prop_assert_eq!(&from_hours.into_rows(), &expected);
+                prop_assert_eq!(rollup.into_rows(), expected);
             }
         }
     }
