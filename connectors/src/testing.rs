@@ -1,6 +1,6 @@
 //! Test support shared by the layers' tests (feature `testing`): random demo events with
-//! resent copies, the plain reference computation of every view, and the comparison of states
-//! that the Lambda design promises.
+//! resent copies, the plain reference computation of every view, the comparison of states
+//! that the Lambda design promises, and a Kafka-protocol [`Broker`].
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -183,4 +183,105 @@ pub fn assert_states_agree(
             }
         }
     }
+}
+
+/// A Kafka-protocol broker (tansu) for the tests, on a free local port, in its own folder.
+/// `TALLY_TANSU` names the binary (`.ci/run` builds it into `~/.cache/tally/tansu`).
+pub struct Broker {
+    /// `127.0.0.1:<port>`.
+    pub address: String,
+    dir: tempfile::TempDir,
+    process: Option<std::process::Child>,
+}
+
+impl Broker {
+    /// Starts a broker keeping topics in SQLite, so a restart keeps what it stored.
+    pub fn start() -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut broker = Broker {
+            address: format!("127.0.0.1:{port}"),
+            dir: tempfile::tempdir().expect("a folder for the broker"),
+            process: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// Kills the broker (an outage); [`restart`](Self::restart) brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and storage, and waits until it listens.
+    pub fn restart(&mut self) {
+        self.stop();
+        let binary = tansu_binary();
+        let url = format!("tcp://{}", self.address);
+        let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("a log file");
+        let process = std::process::Command::new(&binary)
+            .current_dir(self.dir.path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(log.try_clone().expect("a log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "starting the Kafka-protocol broker {binary}: {err}; run `bash .ci/run` \
+                     (it builds tansu into ~/.cache/tally/tansu) or set TALLY_TANSU"
+                )
+            });
+        self.process = Some(process);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.address).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker did not listen on {} within 30 s; see {}",
+                self.address,
+                self.dir.path().join("broker.log").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Creates `topic` with `partitions`.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let status = std::process::Command::new(tansu_binary())
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://{}", self.address),
+            ])
+            .args(["--partitions", &partitions.to_string(), topic])
+            .status()
+            .expect("running tansu topic create");
+        assert!(status.success(), "creating topic {topic}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The tansu binary: `TALLY_TANSU`, or where `.ci/run` installs it.
+fn tansu_binary() -> String {
+    std::env::var("TALLY_TANSU").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/tally/tansu/bin/tansu")
+    })
 }

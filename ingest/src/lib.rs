@@ -3,7 +3,8 @@
 //! Each event is validated on its own against its tenant's tag registry ([`intake`]); valid
 //! events are appended to the event log, invalid ones with their reasons to the rejected
 //! stream, and the request is answered only once both are durable. [`Collector::configure`]
-//! mounts the routes on an actix-web `App`; [`IngestMetrics`] are what it measures.
+//! mounts the routes on an actix-web `App`; [`IngestMetrics`] are what it measures. When the
+//! event log is Kafka, the [`forwarder`] ships the spools to it.
 //!
 //! ```no_run
 //! # fn wire(collector: actix_web::web::Data<tally_ingest::Collector>) {
@@ -11,6 +12,7 @@
 //! # }
 //! ```
 
+pub mod forwarder;
 pub mod intake;
 mod routes;
 mod telemetry;
