@@ -102,6 +102,7 @@ struct IngestBenchReport {
 const GOAL_EVENTS_PER_SECOND: f64 = 200_000.0;
 const GOAL_P99_OVER_FSYNC_P99: f64 = 1.5;
 pub const BENCH_WRITE_KEY: &str = "bench-write-key";
+pub const BENCH_READ_KEY: &str = "bench-read-key";
 
 /// Runs a benchmark and prints its figures.
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -130,7 +131,7 @@ fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
     config.data_dir = scratch.path().join("data");
     config.ingest.listen = "127.0.0.1:0".to_owned();
     config.demo.write_key = BENCH_WRITE_KEY.to_owned();
-    config.demo.read_key = "bench-read-key".to_owned();
+    config.demo.read_key = BENCH_READ_KEY.to_owned();
     let (bound, listening) = mpsc::channel();
     let server = std::thread::spawn(move || {
         serve::serve(config, serve::Mode::Ingest, |address, handle, _| {
@@ -287,7 +288,7 @@ impl BenchLog {
             .tempdir_in(dir)?;
         let config =
             Config::parse("", std::env::vars()).context("in TALLY_* environment variables")?;
-        let catalog = Arc::new(Catalog::demo(BENCH_WRITE_KEY, "bench-read-key"));
+        let catalog = Arc::new(Catalog::demo(BENCH_WRITE_KEY, BENCH_READ_KEY));
         let log = Arc::new(Spool::open(
             &scratch.path().join("log"),
             SpoolOptions::from_config(&config.log),

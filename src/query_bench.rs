@@ -27,7 +27,7 @@ use tally_model::tenant::DEMO_TENANT;
 use tally_model::time::{DAY_MS, HOUR_MS, now_millis};
 use tally_model::{AggregateState, Catalog, Config, Event, Granularity, Millis, ViewSpec};
 
-use crate::bench::{BenchLog, validated_events};
+use crate::bench::{BENCH_READ_KEY, BenchLog, validated_events};
 use crate::generator::Percentiles;
 use crate::settings::{self, Stream};
 use crate::{batch, serve};
@@ -84,7 +84,6 @@ struct QueryBenchReport {
 
 const GOAL_P99_MS: f64 = 10.0;
 const GOAL_QUERIES_PER_SECOND: f64 = 20_000.0;
-const READ_KEY: &str = "bench-read-key";
 
 /// Runs the benchmark.
 pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
@@ -97,7 +96,7 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     drop(log);
     config.data_dir = scratch.path().join("data");
     config.ingest.listen = "127.0.0.1:0".to_owned();
-    config.demo.read_key = READ_KEY.to_owned();
+    config.demo.read_key = BENCH_READ_KEY.to_owned();
     let tenant = &catalog.tenants[DEMO_TENANT];
     anyhow::ensure!(
         tenant.views.iter().any(|v| v.name == args.view),
@@ -359,7 +358,7 @@ async fn load(
         .timeout(Duration::from_secs(60))
         .connector(awc::Connector::new().limit(args.concurrency))
         .finish();
-    let authorization = format!("Bearer {READ_KEY}");
+    let authorization = format!("Bearer {BENCH_READ_KEY}");
     let fetch = |client: awc::Client, authorization: String, url: String| async move {
         let mut response = client
             .get(&url)
