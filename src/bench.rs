@@ -341,14 +341,7 @@ fn speed(args: SpeedBenchArgs) -> anyhow::Result<()> {
         "bench: replaying {} events with {workers} workers ...",
         args.events
     );
-    let ends = |log: &Spool| -> anyhow::Result<Vec<u64>> {
-        Ok(log
-            .stats()?
-            .partitions
-            .iter()
-            .map(|p| p.next_offset)
-            .collect())
-    };
+    let ends = |log: &Spool| -> anyhow::Result<Vec<u64>> { Ok(log.stats()?.next_offsets()) };
     let replayed = ends(&log)?;
     while !reflects(&speed.reflected_offsets(), &replayed) {
         anyhow::ensure!(

@@ -105,7 +105,7 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     );
 
     let now = now_millis();
-    let horizon = now - now.rem_euclid(HOUR_MS);
+    let horizon = Granularity::Hour.bucket_start(now);
     let history_start = horizon - args.days.max(1) * DAY_MS;
     let query_from = Granularity::Minute.bucket_start(now - DAY_MS);
     let view = tenant
@@ -209,20 +209,20 @@ fn timed_events(
     }))
 }
 
-/// The states of every view covering `event`, keyed by view, bucket and dimension values.
-type Folded = BTreeMap<(String, Millis, Vec<String>), AggregateState>;
+/// One view's states by bucket and dimension values.
+type Folded = BTreeMap<(Millis, Vec<String>), AggregateState>;
 
-fn fold(views: &[ViewSpec], states: &mut Folded, event: &Event) {
-    for view in views.iter().filter(|v| v.covers(&event.event_type)) {
-        let key = (
-            view.name.clone(),
-            view.bucket_of(event.ts),
-            view.dimension_values(event),
-        );
-        view.accumulate(
-            states.entry(key).or_insert_with(|| view.empty_state()),
-            event,
-        );
+/// Folds `event` into the states of every view covering it; `states` holds one map per view,
+/// in the views' order.
+fn fold(views: &[ViewSpec], states: &mut [Folded], event: &Event) {
+    for (view, states) in views.iter().zip(states) {
+        if view.covers(&event.event_type) {
+            let key = (view.bucket_of(event.ts), view.dimension_values(event));
+            view.accumulate(
+                states.entry(key).or_insert_with(|| view.empty_state()),
+                event,
+            );
+        }
     }
 }
 
@@ -239,6 +239,7 @@ fn fold_history(
 ) -> anyhow::Result<u64> {
     let views = catalog.tenants[DEMO_TENANT].views.clone();
     let batch_views = BatchViews::new(batch::objects(config)?);
+    let writer_views = batch_views.clone();
     let (hours, folder) = mpsc::sync_channel::<(Millis, Vec<Event>)>(2);
     let handle = runtime.handle().clone();
     let writer = std::thread::spawn(move || -> anyhow::Result<Vec<ViewManifest>> {
@@ -247,19 +248,18 @@ fn fold_history(
             .map(|view| ViewManifest::new(DEMO_TENANT, view))
             .collect();
         for (hour, events) in folder {
-            let mut states = Folded::new();
+            let mut states = vec![Folded::new(); views.len()];
             for event in &events {
                 fold(&views, &mut states, event);
             }
-            for (view, entry) in views.iter().zip(&mut entries) {
+            for ((view, entry), states) in views.iter().zip(&mut entries).zip(states) {
                 let rows: Vec<_> = states
-                    .iter()
-                    .filter(|((name, _, _), _)| *name == view.name)
-                    .map(|((_, bucket, values), state)| (*bucket, values.clone(), state.clone()))
+                    .into_iter()
+                    .map(|((bucket, values), state)| (bucket, values, state))
                     .collect();
                 let object =
                     tally_model::layout::view_object_path(DEMO_TENANT, &view.name, 1, hour, 1);
-                handle.block_on(batch_views.write_states(&object, &view.dimensions, &rows))?;
+                handle.block_on(writer_views.write_states(&object, &view.dimensions, &rows))?;
                 entry.hours.insert(
                     hour,
                     HourEntry {
@@ -283,7 +283,7 @@ fn fold_history(
         if index > 0 && index % 10_000_000 == 0 {
             eprintln!("bench: {index} events folded ...");
         }
-        let hour = event.ts - event.ts.rem_euclid(HOUR_MS);
+        let hour = Granularity::Hour.bucket_start(event.ts);
         if current_hour.is_some_and(|current| current != hour) {
             let full = std::mem::take(&mut hour_events);
             if hours.send((current_hour.unwrap(), full)).is_err() {
@@ -310,7 +310,7 @@ fn fold_history(
             .map(|entry| (view_id(DEMO_TENANT, &entry.view), entry))
             .collect(),
     };
-    runtime.block_on(BatchViews::new(batch::objects(config)?).publish(&manifest))?;
+    runtime.block_on(batch_views.publish(&manifest))?;
     Ok(in_range)
 }
 
@@ -323,23 +323,26 @@ fn fold_live(
     spec: &ViewSpec,
 ) -> anyhow::Result<u64> {
     let views = &catalog.tenants[DEMO_TENANT].views;
-    let mut states = Folded::new();
+    let mut states = vec![Folded::new(); views.len()];
     let mut feeding = 0;
     for event in events {
         let event = event?;
         feeding += u64::from(spec.covers(&event.event_type));
         fold(views, &mut states, &event);
     }
-    let rows: Vec<_> = states
-        .into_iter()
-        .map(|((view, bucket, dimensions), state)| {
-            let key = ViewKey {
-                tenant: DEMO_TENANT.to_owned(),
-                view,
-                bucket,
-                dimensions,
-            };
-            (key, state)
+    let rows: Vec<_> = views
+        .iter()
+        .zip(states)
+        .flat_map(|(view, states)| {
+            states.into_iter().map(|((bucket, dimensions), state)| {
+                let key = ViewKey {
+                    tenant: DEMO_TENANT.to_owned(),
+                    view: view.name.clone(),
+                    bucket,
+                    dimensions,
+                };
+                (key, state)
+            })
         })
         .collect();
     let store = EmbeddedViewStore::open(&settings::views_path(&config.data_dir))?;

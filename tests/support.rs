@@ -236,13 +236,7 @@ pub fn speed_caught_up(
     }
     .start()
     .unwrap();
-    let ends: Vec<u64> = log
-        .stats()
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.next_offset)
-        .collect();
+    let ends = log.stats().unwrap().next_offsets();
     let started = Instant::now();
     while speed.reflected_offsets() != ends {
         assert!(speed.failure().is_none(), "{:?}", speed.failure());

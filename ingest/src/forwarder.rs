@@ -170,20 +170,16 @@ impl Forwarder {
     async fn forward(&self, producer: &FutureProducer) -> Result<usize, ForwardError> {
         let stats = self.spool.stats()?;
         let mut positions = Vec::with_capacity(stats.partitions.len());
+        let mut backlog = 0;
         for partition in &stats.partitions {
             let from = self
                 .spool
                 .committed(FORWARDER, partition.partition)?
                 .unwrap_or(partition.first_offset)
                 .max(partition.first_offset);
+            backlog += partition.next_offset.saturating_sub(from);
             positions.push((partition.partition, from));
         }
-        let mut backlog: u64 = stats
-            .partitions
-            .iter()
-            .zip(&positions)
-            .map(|(partition, (_, from))| partition.next_offset.saturating_sub(*from))
-            .sum();
         let mut delivered_total = 0;
         for (partition, from) in positions {
             let entries = self.spool.read(partition, from, BATCH)?;

@@ -194,13 +194,7 @@ impl Serving {
                     (QueryGranularity::Bucketed(_), true) => {
                         rollup.add_rolled(&self.rolled_hour(&query, &projection, &hour)?)?;
                     }
-                    _ => {
-                        for (bucket, dimensions, state) in hour.rows.iter() {
-                            if batch_range.contains(bucket) {
-                                rollup.add(&projection, *bucket, dimensions, state)?;
-                            }
-                        }
-                    }
+                    _ => rollup.add_rows(&projection, &hour.rows, &batch_range)?,
                 }
             }
         }
@@ -233,9 +227,7 @@ impl Serving {
             return Ok(rolled);
         }
         let mut rollup = Rollup::new(query);
-        for (bucket, dimensions, state) in hour.rows.iter() {
-            rollup.add(projection, *bucket, dimensions, state)?;
-        }
+        rollup.add_rows(projection, &hour.rows, &(Millis::MIN..Millis::MAX))?;
         let rolled = Arc::new(rollup.into_rolled());
         let size = rolled
             .iter()

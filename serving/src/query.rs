@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use tally_connectors::batch_views::StateRow;
 use tally_model::state::MeasureSummary;
 use tally_model::time::{DAY_MS, format_rfc3339, parse_timestamp};
 use tally_model::{AggregateState, Granularity, Measure, Millis, Tenant, ViewSpec};
@@ -424,6 +425,15 @@ impl Projection {
             picked,
         })
     }
+
+    /// What identifies the rows this projection rolls up from one object for `query`: the
+    /// answer granularity, the groups, the filter and the measures picked.
+    pub fn rolled_key(&self, query: &Query) -> String {
+        format!(
+            "{}|{:?}|{:?}|{:?}",
+            query.granularity, self.group, self.filter, self.picked
+        )
+    }
 }
 
 /// An answer row's key: its bucket and group values.
@@ -463,17 +473,6 @@ impl RowState {
             RowState::Owned(state) => state,
             RowState::Shared(..) => unreachable!("made owned above"),
         }
-    }
-}
-
-impl Projection {
-    /// What identifies the rows this projection rolls up from one object for `query`: the
-    /// answer granularity, the groups, the filter and the measures picked.
-    pub fn rolled_key(&self, query: &Query) -> String {
-        format!(
-            "{}|{:?}|{:?}|{:?}",
-            query.granularity, self.group, self.filter, self.picked
-        )
     }
 }
 
@@ -518,6 +517,21 @@ impl<'q> Rollup<'q> {
             .entry(key)
             .or_insert_with(|| RowState::Owned(AggregateState::for_measures(&self.query.sources)));
         row.owned().merge_projected(state, &projection.picked)
+    }
+
+    /// Folds the stored rows of one object whose bucket is in `buckets`.
+    pub fn add_rows(
+        &mut self,
+        projection: &Projection,
+        rows: &[StateRow],
+        buckets: &Range<Millis>,
+    ) -> Result<(), tally_model::state::MergeError> {
+        for (bucket, dimensions, state) in rows {
+            if buckets.contains(bucket) {
+                self.add(projection, *bucket, dimensions, state)?;
+            }
+        }
+        Ok(())
     }
 
     /// Merges rows already rolled up for this query's shape, sharing their states until

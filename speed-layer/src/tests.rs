@@ -77,14 +77,7 @@ impl Rig {
 
     /// Waits until the store reflects every record in the log.
     fn wait_caught_up(&self, speed: &SpeedHandle) {
-        let ends: Vec<u64> = self
-            .log
-            .stats()
-            .unwrap()
-            .partitions
-            .iter()
-            .map(|p| p.next_offset)
-            .collect();
+        let ends = self.log.stats().unwrap().next_offsets();
         let started = Instant::now();
         while speed.reflected_offsets() != ends {
             assert!(speed.failure().is_none(), "{:?}", speed.failure());

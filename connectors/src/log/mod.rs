@@ -86,6 +86,14 @@ pub struct LogStats {
     pub partitions: Vec<PartitionStats>,
 }
 
+impl LogStats {
+    /// The offset the next record of each partition will get, in partition order: the log's
+    /// end, which a consumer has caught up with once it reflects these.
+    pub fn next_offsets(&self) -> Vec<Offset> {
+        self.partitions.iter().map(|p| p.next_offset).collect()
+    }
+}
+
 /// Figures of one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PartitionStats {
