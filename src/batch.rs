@@ -14,7 +14,7 @@ use tally_connectors::batch_views::BatchViews;
 use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{EventLog, Spool, SpoolOptions};
 use tally_model::time::{format_rfc3339, parse_timestamp};
-use tally_model::{Config, Event, LogicVersion, Millis, RejectedEvent};
+use tally_model::{Config, Event, LogKind, LogicVersion, Millis, RejectedEvent};
 use tally_speed_layer::SpeedHandle;
 use tokio::sync::watch;
 
@@ -125,6 +125,9 @@ pub fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the archive runtime")?;
     let open = |stream, partitions| -> anyhow::Result<Arc<dyn EventLog>> {
+        if config.log.kind == LogKind::Kafka {
+            return settings::kafka_log(&config, stream);
+        }
         let dir = settings::spool_dir(&config.data_dir, stream);
         let options = SpoolOptions {
             partitions,

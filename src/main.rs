@@ -12,6 +12,7 @@ mod batch_bench;
 mod bench;
 mod catalog;
 mod generator;
+mod kafka;
 mod logs;
 mod query_bench;
 mod serve;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use tally_model::LogKind;
 
 /// Tally: event analytics that keeps every event, serves fresh metrics and can recompute
 /// every number from the raw data.
@@ -60,6 +62,9 @@ enum Command {
     /// Inspect the event log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Kafka administration.
+    #[command(subcommand)]
+    Kafka(kafka::KafkaCommand),
     /// Send realistic load to a collector and report what was accepted and rejected.
     Gen(generator::GenArgs),
     /// Measure Tally's speed; the README's figures come from here.
@@ -76,6 +81,13 @@ struct ConfigArgs {
     /// Directory of the spool and every embedded store [default: tally-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The event log the layers read: the local spool, or Kafka fed by the collector's
+    /// forwarder [default: spool].
+    #[arg(long, value_name = "KIND")]
+    log: Option<LogKind>,
+    /// Kafka bootstrap brokers, comma-separated host:port [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "HOSTS")]
+    brokers: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -133,6 +145,7 @@ fn main() -> ExitCode {
             rejected,
             lines,
         }) => logs::tail(&config, rejected, lines),
+        Command::Kafka(command) => kafka::run(command),
         Command::Gen(args) => generator::run(args),
         Command::Bench(command) => bench::run(command),
     };

@@ -11,10 +11,11 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tally_batch_layer::telemetry::BatchMetrics;
 use tally_connectors::batch_views::BatchViews;
-use tally_connectors::log::{EventLog, Spool, SpoolOptions};
+use tally_connectors::log::{EventLog, Spool, SpoolOptions, kafka};
 use tally_connectors::view_store::EmbeddedViewStore;
+use tally_ingest::forwarder::{Forwarder, ForwarderMetrics, ForwarderStatus};
 use tally_ingest::{Collector, IngestMetrics};
-use tally_model::Config;
+use tally_model::{Config, LogKind};
 use tally_serving::raw::RawEvents;
 use tally_serving::{Serving, ServingMetrics};
 use tally_speed_layer::{SpeedHandle, SpeedLayer, SpeedMetrics};
@@ -77,6 +78,8 @@ pub fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
 struct Services {
     registry: Registry,
     collector: Option<web::Data<Collector>>,
+    /// The Kafka forwarders' statuses, when the log is Kafka.
+    forwarders: Vec<Arc<ForwarderStatus>>,
     speed: Option<Arc<SpeedHandle>>,
     /// `/openapi.json`, rendered once.
     openapi: String,
@@ -95,42 +98,66 @@ pub fn serve(
     let catalog = catalog_handle.current();
     let mut registry = Registry::default();
     let mut spools = Vec::new();
-    let (collector, events, rejected): (Option<web::Data<Collector>>, Arc<dyn EventLog>, _) =
-        if mode.runs_collector() {
-            let metrics = IngestMetrics::register(&mut registry);
-            let open_spool = |stream, partitions| {
-                let options = SpoolOptions {
-                    partitions,
-                    on_fsync: Some(metrics.fsync_observer()),
-                    ..SpoolOptions::from_config(&config.log)
-                };
-                let dir = settings::spool_dir(&config.data_dir, stream);
-                Spool::open(&dir, options)
-                    .map(Arc::new)
-                    .with_context(|| format!("opening the {} spool", Stream::name(stream)))
+    let mut forwarders = Vec::new();
+    let kafka = config.log.kind == LogKind::Kafka;
+    let (collector, spool_logs) = if mode.runs_collector() {
+        let metrics = IngestMetrics::register(&mut registry);
+        let open_spool = |stream, partitions| {
+            let options = SpoolOptions {
+                partitions,
+                on_fsync: Some(metrics.fsync_observer()),
+                ..SpoolOptions::from_config(&config.log)
             };
-            let events = open_spool(Stream::Events, config.log.partitions)?;
-            let rejected = open_spool(Stream::Rejected, config.log.rejected_partitions)?;
-            spools = vec![events.clone(), rejected.clone()];
-            let collector = Collector::new(
-                catalog_handle.clone(),
-                events.clone(),
-                rejected.clone(),
-                config.ingest.clone(),
-                metrics,
-            );
-            let rejected: Arc<dyn EventLog> = rejected;
-            (Some(web::Data::new(collector)), events, Some(rejected))
-        } else {
-            let dir = settings::spool_dir(&config.data_dir, Stream::Events);
-            let events = Spool::open_read_only(&dir).with_context(|| {
-                format!(
-                    "following the events spool in {}; start `tally ingest` first",
-                    dir.display()
-                )
-            })?;
-            (None, Arc::new(events), None)
+            let dir = settings::spool_dir(&config.data_dir, stream);
+            Spool::open(&dir, options)
+                .map(Arc::new)
+                .with_context(|| format!("opening the {} spool", Stream::name(stream)))
         };
+        let events = open_spool(Stream::Events, config.log.partitions)?;
+        let rejected = open_spool(Stream::Rejected, config.log.rejected_partitions)?;
+        spools = vec![events.clone(), rejected.clone()];
+        if kafka {
+            let client = kafka::client_config(&config.kafka);
+            let metrics = ForwarderMetrics::register(&mut registry);
+            for (stream, spool) in [(Stream::Events, &events), (Stream::Rejected, &rejected)] {
+                let status = metrics.status(stream.name());
+                let forwarder = Forwarder::new(spool.clone(), &client, stream.topic(&config), status)
+                    .context("starting the Kafka forwarder")?;
+                forwarders.push(forwarder);
+            }
+        }
+        let collector = Collector::new(
+            catalog_handle.clone(),
+            events.clone(),
+            rejected.clone(),
+            config.ingest.clone(),
+            metrics,
+        );
+        let logs: (Arc<dyn EventLog>, Arc<dyn EventLog>) = (events, rejected);
+        (Some(web::Data::new(collector)), Some(logs))
+    } else {
+        (None, None)
+    };
+    // What the speed layer, the archiver and raw search read: the spool, or each its own
+    // reader of the Kafka topics.
+    let layer_log = |stream: Stream| -> anyhow::Result<Option<Arc<dyn EventLog>>> {
+        Ok(match (kafka, &spool_logs, stream) {
+            (true, _, stream) => Some(settings::kafka_log(&config, stream)?),
+            (false, Some((events, _)), Stream::Events) => Some(events.clone()),
+            (false, Some((_, rejected)), Stream::Rejected) => Some(rejected.clone()),
+            (false, None, Stream::Events) => {
+                let dir = settings::spool_dir(&config.data_dir, Stream::Events);
+                let events = Spool::open_read_only(&dir).with_context(|| {
+                    format!(
+                        "following the events spool in {}; start `tally ingest` first",
+                        dir.display()
+                    )
+                })?;
+                Some(Arc::new(events))
+            }
+            (false, None, Stream::Rejected) => None,
+        })
+    };
     let views_path = settings::views_path(&config.data_dir);
     let speed_views = match mode {
         Mode::Up | Mode::Speed => Some(
@@ -156,7 +183,11 @@ pub fn serve(
                 Some(catalog_store.clone()),
                 speed_views.clone(),
                 BatchViews::with_cache(objects.clone(), SERVING_CACHE_BYTES),
-                RawEvents::new(objects, Some(events.clone()), rejected.clone()),
+                RawEvents::new(
+                    objects,
+                    layer_log(Stream::Events)?,
+                    layer_log(Stream::Rejected)?,
+                ),
                 ServingMetrics::register(&mut registry),
             )))
         }
@@ -166,7 +197,7 @@ pub fn serve(
         (true, Some(speed_views)) => {
             let published_horizon = batch::published_horizon(&config)?;
             let layer = SpeedLayer {
-                log: events.clone(),
+                log: layer_log(Stream::Events)?.context("the speed layer reads the events log")?,
                 store: speed_views,
                 catalog: catalog.clone(),
                 config: config.speed.clone(),
@@ -179,8 +210,8 @@ pub fn serve(
         _ => None,
     };
     // `tally up` archives both streams and recomputes on a schedule, in the background.
-    let batch = match (mode, rejected) {
-        (Mode::Up, Some(rejected)) => Some(BatchServices::start(
+    let batch = match (mode, layer_log(Stream::Events)?, layer_log(Stream::Rejected)?) {
+        (Mode::Up, Some(events), Some(rejected)) => Some(BatchServices::start(
             &config,
             catalog_handle.clone(),
             events,
@@ -192,6 +223,7 @@ pub fn serve(
     let services = web::Data::new(Services {
         registry,
         collector: collector.clone(),
+        forwarders: forwarders.iter().map(Forwarder::status).collect(),
         speed: speed.clone(),
         openapi: openapi_document(mode),
     });
@@ -200,6 +232,8 @@ pub fn serve(
         Mode::Speed => &config.speed.listen,
     };
     let following = speed.clone().map(|speed| (config.clone(), speed));
+    // The speed layer replays the topic from its horizon: say so if it keeps less.
+    let retention_check = (kafka && mode.runs_speed_layer()).then(|| config.clone());
     let served = actix_web::rt::System::new().block_on(async move {
         let server = HttpServer::new(move || {
             let app = App::new()
@@ -232,10 +266,22 @@ pub fn serve(
         let server = server.run();
         on_listening(address, server.handle(), demo_keys.as_ref());
         let retention = actix_web::rt::spawn(enforce_retention(spools));
+        let (stop_forwarding, forwarding_stopped) = tokio::sync::watch::channel(false);
+        let forwarding: Vec<_> = forwarders
+            .into_iter()
+            .map(|forwarder| actix_web::rt::spawn(forwarder.run(forwarding_stopped.clone())))
+            .collect();
+        if let Some(config) = retention_check {
+            actix_web::rt::spawn(warn_on_short_retention(config));
+        }
         let catalog_changes = actix_web::rt::spawn(catalog::follow(catalog_store, catalog_handle));
         let horizon = following
             .map(|(config, speed)| actix_web::rt::spawn(batch::follow_horizon(config, speed)));
         server.await.context("running the HTTP server")?;
+        stop_forwarding.send_replace(true);
+        for forwarded in forwarding {
+            forwarded.await.context("the Kafka forwarder panicked")?;
+        }
         retention.abort();
         catalog_changes.abort();
         if let Some(horizon) = horizon {
@@ -292,10 +338,22 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
         "  health      http://{address}/healthz   http://{address}/readyz   http://{address}/metrics"
     );
     println!(
-        "  data        {} (event log in {})",
+        "  data        {} (spool in {})",
         config.data_dir.display(),
         config.data_dir.join("log").display()
     );
+    if config.log.kind == LogKind::Kafka {
+        println!(
+            "  event log   Kafka topics {} and {} on {}{}",
+            config.kafka.events_topic,
+            config.kafka.rejected_topic,
+            config.kafka.brokers,
+            match mode.runs_collector() {
+                true => ", fed from the spool by the forwarder",
+                false => "",
+            }
+        );
+    }
     if let (Some(keys), true) = (demo, mode.runs_collector() || mode.runs_serving()) {
         println!(
             "  demo tenant write key {}   read key {}   (saved in {})",
@@ -307,6 +365,16 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
             "  try         curl -X POST http://{address}/v1/events -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n                -d '[{{\"event_type\":\"page_view\",\"user_id\":\"u1\",\"tags\":{{\"url\":\"/home\",\"os_type\":\"ios\"}}}}]'",
             keys.write
         );
+    }
+}
+
+/// Warns, at start, when a topic does not keep records as long as a restarted speed layer
+/// replays.
+async fn warn_on_short_retention(config: Config) {
+    for stream in [Stream::Events, Stream::Rejected] {
+        if let Some(warning) = crate::kafka::retention_warning(&config, stream.topic(&config)).await {
+            tracing::warn!("{warning}");
+        }
     }
 }
 
@@ -384,7 +452,7 @@ async fn healthz() -> HttpResponse {
 
 /// `GET /readyz`: every layer in this process can do its work.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready", body = Object),
+    responses((status = 200, description = "Ready, or degraded (Kafka unreachable: events are kept in the spool and forwarded when it returns)", body = Object),
         (status = 503, description = "A layer failed; `error` says which and why", body = Object)))]
 async fn readyz(services: web::Data<Services>) -> HttpResponse {
     let collector = services
@@ -396,10 +464,18 @@ async fn readyz(services: web::Data<Services>) -> HttpResponse {
         .as_ref()
         .and_then(|s| s.failure())
         .map(Err::<(), String>);
-    match collector.into_iter().chain(speed).find_map(Result::err) {
+    if let Some(error) = collector.into_iter().chain(speed).find_map(Result::err) {
+        return HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "unavailable", "error": error}));
+    }
+    // Ingest still acknowledges from its spool while Kafka is away: degraded, not down.
+    let forwarding = services.forwarders.iter().find_map(|f| f.failure());
+    match forwarding {
         None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Some(error) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "unavailable", "error": error})),
+        Some(error) => HttpResponse::Ok().json(serde_json::json!({
+            "status": "degraded",
+            "error": format!("forwarding to Kafka: {error}; the spool keeps the backlog"),
+        })),
     }
 }
 

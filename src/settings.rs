@@ -1,8 +1,10 @@
 //! Loading the configuration: the file, then `TALLY_*` variables, then command-line flags.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
+use tally_connectors::log::{EventLog, KafkaLog, kafka};
 use tally_model::Config;
 
 use crate::{ConfigArgs, ServeArgs};
@@ -22,7 +24,27 @@ pub fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
+    if let Some(kind) = args.log {
+        config.log.kind = kind;
+    }
+    if let Some(brokers) = &args.brokers {
+        config.kafka.brokers = brokers.clone();
+    }
     Ok(config)
+}
+
+/// Opens a stream's Kafka topic as an event log: one per reader, since each positions its
+/// own partition consumers.
+pub fn kafka_log(config: &Config, stream: Stream) -> anyhow::Result<Arc<dyn EventLog>> {
+    let topic = stream.topic(config);
+    let client = kafka::client_config(&config.kafka);
+    let log = KafkaLog::open(&client, topic).with_context(|| {
+        format!(
+            "opening Kafka topic {topic} on {} (is the broker up? `tally kafka init` creates the topics)",
+            config.kafka.brokers
+        )
+    })?;
+    Ok(Arc::new(log))
 }
 
 /// The configuration for a serving command.
@@ -59,11 +81,19 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// The stream's name (and Kafka topic).
+    /// The stream's name (and its spool folder's).
     pub fn name(self) -> &'static str {
         match self {
             Stream::Events => "events",
             Stream::Rejected => "events.rejected",
+        }
+    }
+
+    /// The stream's Kafka topic.
+    pub fn topic(self, config: &Config) -> &str {
+        match self {
+            Stream::Events => &config.kafka.events_topic,
+            Stream::Rejected => &config.kafka.rejected_topic,
         }
     }
 }

@@ -17,7 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tally_connectors::archive::{self, ArchiveError, Logged};
-use tally_connectors::log::{EventLog, Offset};
+use tally_connectors::log::{EventLog, LogError, Offset};
 use tally_model::layout::{RawStream, archive_progress_path, raw_object_path};
 use tally_model::time::HOUR_MS;
 use tally_model::{BatchConfig, Event, Millis, RejectedEvent};
@@ -28,6 +28,8 @@ use crate::{BatchError, now_millis};
 pub use tally_model::layout::ARCHIVER_CONSUMER as CONSUMER;
 /// Most records read from a partition at a time.
 const READ_BATCH: usize = 10_000;
+/// How long the archiver waits before trying an unavailable log again.
+const UNAVAILABLE_WAIT: Duration = Duration::from_secs(1);
 
 /// A record kind the archiver writes: accepted or rejected events.
 pub trait Archivable: DeserializeOwned + Send + Sync + 'static {
@@ -406,13 +408,40 @@ impl<T: Archivable> Archiver<T> {
         Ok(())
     }
 
-    /// Runs passes until `stop` resolves, then flushes every open roll.
+    /// The archiver as [`Archiver::open`] makes it, once the log answers again.
+    async fn reopen(self, stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<Self, BatchError> {
+        let Archiver {
+            log,
+            store,
+            policy,
+            metrics,
+            ..
+        } = self;
+        loop {
+            let _ = tokio::time::timeout(UNAVAILABLE_WAIT, stop.changed()).await;
+            match Archiver::open(log.clone(), store.clone(), policy, metrics.clone()).await {
+                Err(BatchError::Log(LogError::Unavailable(_))) if !*stop.borrow() => {}
+                reopened => return reopened,
+            }
+        }
+    }
+
+    /// Runs passes until `stop` resolves, then flushes every open roll. While the log is
+    /// unavailable (a Kafka outage) it waits and starts over from what is durable, as after
+    /// a restart, so a roll cut short by the outage is redone, not half-kept.
     pub async fn run(
         mut self,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), BatchError> {
         loop {
-            let report = self.pass(false).await?;
+            let report = match self.pass(false).await {
+                Err(BatchError::Log(LogError::Unavailable(reason))) => {
+                    tracing::warn!(stream = T::STREAM.name(), %reason, "the event log is unavailable; the archiver retries");
+                    self = self.reopen(&mut stop).await?;
+                    continue;
+                }
+                report => report?,
+            };
             if *stop.borrow() {
                 self.pass(true).await?;
                 return Ok(());

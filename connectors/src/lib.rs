@@ -27,6 +27,6 @@ pub mod batch_views;
 pub mod catalog;
 pub mod log;
 pub mod object_store;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod view_store;

@@ -8,9 +8,7 @@
 //! the broker returns the backlog drains in order. A record may reach Kafka twice (a resend
 //! after a crash between delivery and commit); the layers downstream dedupe by event id.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -18,6 +16,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use serde::Deserialize;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tally_connectors::log::kafka::producer_config;
 use tally_connectors::log::{EventLog, LogError};
 use thiserror::Error;
 use tokio::sync::watch;
@@ -46,20 +50,21 @@ pub enum ForwardError {
 /// What the forwarder reports to `/readyz` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct ForwarderStatus {
-    forwarded: AtomicU64,
-    backlog: AtomicU64,
+    forwarded: Counter,
+    backlog: Gauge,
+    failing: Gauge,
     failure: Mutex<Option<String>>,
 }
 
 impl ForwarderStatus {
     /// Records delivered since start.
     pub fn forwarded(&self) -> u64 {
-        self.forwarded.load(Ordering::Relaxed)
+        self.forwarded.get()
     }
 
     /// Records in the spool not yet delivered, as of the last pass.
     pub fn backlog(&self) -> u64 {
-        self.backlog.load(Ordering::Relaxed)
+        self.backlog.get().max(0) as u64
     }
 
     /// Why the last pass failed, while deliveries keep failing.
@@ -71,7 +76,57 @@ impl ForwarderStatus {
     }
 
     fn set_failure(&self, failure: Option<String>) {
+        self.failing.set(i64::from(failure.is_some()));
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = failure;
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    stream: &'static str,
+}
+
+/// The forwarders' metrics, `tally_forwarder_*{stream}`: one family per metric, a label per
+/// forwarded stream.
+#[derive(Debug, Default)]
+pub struct ForwarderMetrics {
+    forwarded: Family<StreamLabels, Counter>,
+    backlog: Family<StreamLabels, Gauge>,
+    failing: Family<StreamLabels, Gauge>,
+}
+
+impl ForwarderMetrics {
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &mut Registry) -> ForwarderMetrics {
+        let metrics = ForwarderMetrics::default();
+        let forwarder = registry.sub_registry_with_prefix("tally_forwarder");
+        forwarder.register(
+            "records_forwarded",
+            "Spool records whose delivery Kafka confirmed",
+            metrics.forwarded.clone(),
+        );
+        forwarder.register(
+            "backlog_records",
+            "Spool records not yet delivered to Kafka",
+            metrics.backlog.clone(),
+        );
+        forwarder.register(
+            "failing",
+            "1 while deliveries to Kafka fail (the spool keeps the backlog)",
+            metrics.failing.clone(),
+        );
+        metrics
+    }
+
+    /// The status of the forwarder of `stream`, exported under its label.
+    pub fn status(&self, stream: &'static str) -> Arc<ForwarderStatus> {
+        let labels = StreamLabels { stream };
+        Arc::new(ForwarderStatus {
+            forwarded: self.forwarded.get_or_create(&labels).clone(),
+            backlog: self.backlog.get_or_create(&labels).clone(),
+            failing: self.failing.get_or_create(&labels).clone(),
+            failure: Mutex::default(),
+        })
     }
 }
 
@@ -87,34 +142,21 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// A forwarder of `spool` to `topic`, with `client` (brokers, security) and the producer
-    /// settings Tally needs: idempotence, `acks=all`, lz4 batches. Settings already in
-    /// `client` win, so an operator can tune linger and batch size.
+    /// settings Tally needs ([`producer_config`]), reporting to `status`.
     pub fn new(
         spool: Arc<dyn EventLog>,
         client: &ClientConfig,
         topic: &str,
+        status: Arc<ForwarderStatus>,
     ) -> Result<Forwarder, ForwardError> {
-        let mut config = ClientConfig::new();
-        for (name, value) in [
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("compression.type", "lz4"),
-            ("linger.ms", "5"),
-            ("batch.size", "1000000"),
-            ("message.timeout.ms", "30000"),
-        ] {
-            config.set(name, value);
-        }
-        for (name, value) in client.config_map() {
-            config.set(name, value);
-        }
+        let config = producer_config(client);
         spool.register_consumer(FORWARDER)?;
         Ok(Forwarder {
             spool,
             producer: Mutex::new(config.create()?),
             config,
             topic: topic.to_owned(),
-            status: Arc::default(),
+            status,
         })
     }
 
@@ -186,11 +228,12 @@ impl Forwarder {
             if entries.is_empty() {
                 continue;
             }
-            let keys: Vec<Vec<u8>> = entries.iter().map(|e| record_key(&e.payload)).collect();
-            let sends = entries.iter().zip(&keys).map(|(entry, key)| {
-                let record = FutureRecord::to(&self.topic)
-                    .key(key.as_slice())
+            let heads: Vec<RecordHead> = entries.iter().map(|e| record_head(&e.payload)).collect();
+            let sends = entries.iter().zip(&heads).map(|(entry, head)| {
+                let mut record = FutureRecord::to(&self.topic)
+                    .key(head.key.as_slice())
                     .payload(entry.payload.as_slice());
+                record.timestamp = head.received_at;
                 producer.send(record, Timeout::Never)
             });
             let reports = futures::future::join_all(sends).await;
@@ -198,40 +241,54 @@ impl Forwarder {
             if delivered > 0 {
                 let next = entries[delivered - 1].offset + 1;
                 self.spool.commit(FORWARDER, partition, next)?;
-                self.status
-                    .forwarded
-                    .fetch_add(delivered as u64, Ordering::Relaxed);
+                self.status.forwarded.inc_by(delivered as u64);
                 delivered_total += delivered;
                 backlog -= delivered as u64;
             }
             if let Some(Err((err, _))) = reports.into_iter().nth(delivered) {
-                self.status.backlog.store(backlog, Ordering::Relaxed);
+                self.status.backlog.set(backlog as i64);
                 return Err(err.into());
             }
         }
-        self.status.backlog.store(backlog, Ordering::Relaxed);
+        self.status.backlog.set(backlog as i64);
         Ok(delivered_total)
     }
 }
 
-/// The Kafka key of a spool record: `tenant/user_id` for events, `tenant/source` for
-/// rejects, so one user's (or source's) records stay in order in one Kafka partition.
-fn record_key(payload: &[u8]) -> Vec<u8> {
+/// What the forwarder takes from a spool record for its Kafka record.
+struct RecordHead {
+    /// `tenant/user_id` for events, `tenant/source` for rejects, so one user's (or source's)
+    /// records stay in order in one Kafka partition.
+    key: Vec<u8>,
+    /// The record's timestamp: when ingest received it, so a replay can start by time
+    /// (Kafka's `offsets_for_times`).
+    received_at: Option<i64>,
+}
+
+fn record_head(payload: &[u8]) -> RecordHead {
     #[derive(Deserialize)]
-    struct Keyed<'a> {
+    struct Head<'a> {
         #[serde(borrow)]
         tenant: std::borrow::Cow<'a, str>,
         #[serde(borrow, default)]
         user_id: Option<std::borrow::Cow<'a, str>>,
         #[serde(borrow, default)]
         source: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        received_at: Option<i64>,
     }
-    match serde_json::from_slice::<Keyed>(payload) {
-        Ok(keyed) => {
-            let who = keyed.user_id.or(keyed.source).unwrap_or_default();
-            format!("{}/{who}", keyed.tenant).into_bytes()
+    match serde_json::from_slice::<Head>(payload) {
+        Ok(head) => {
+            let who = head.user_id.or(head.source).unwrap_or_default();
+            RecordHead {
+                key: format!("{}/{who}", head.tenant).into_bytes(),
+                received_at: head.received_at,
+            }
         }
-        Err(_) => Vec::new(),
+        Err(_) => RecordHead {
+            key: Vec::new(),
+            received_at: None,
+        },
     }
 }
 
@@ -305,6 +362,8 @@ mod tests {
                 let message = message.unwrap();
                 let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
                 let event: Event = serde_json::from_slice(message.payload().unwrap()).unwrap();
+                let stamped = message.timestamp().to_millis();
+                assert_eq!(stamped, Some(event.received_at), "stamped with the receive time");
                 messages.push((message.partition(), key, event));
             }
         }
@@ -331,7 +390,7 @@ mod tests {
         client
             .set("bootstrap.servers", &broker.address)
             .set("message.timeout.ms", "3000");
-        let forwarder = Forwarder::new(spool.clone(), &client, "events").unwrap();
+        let forwarder = Forwarder::new(spool.clone(), &client, "events", Arc::default()).unwrap();
 
         let before = events(0, 1500);
         append(&spool, &before).await;

@@ -14,6 +14,8 @@ use crate::tenant::{ApiKey, Tenant};
 
 /// Every environment variable that overrides a field starts with this.
 pub const ENV_PREFIX: &str = "TALLY_";
+/// Variables that set a librdkafka property in `kafka.client`.
+const KAFKA_CLIENT_PREFIX: &str = "TALLY_KAFKA_CLIENT_";
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,9 @@ pub struct Config {
     /// The event log (the spool when embedded).
     #[serde(default)]
     pub log: LogConfig,
+    /// Kafka, when `log.kind = "kafka"`.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
     /// The speed layer.
     #[serde(default)]
     pub speed: SpeedConfig,
@@ -73,6 +78,10 @@ pub struct IngestConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    /// Which log the layers read: the local spool, or Kafka, which the collector then feeds
+    /// from its spool through the forwarder.
+    #[serde(default)]
+    pub kind: LogKind,
     /// Partitions of the event stream; a user's events stay in one.
     #[serde(default = "default_partitions")]
     pub partitions: u32,
@@ -85,6 +94,62 @@ pub struct LogConfig {
     /// Sealed segments older than this are deleted once every registered consumer is past them.
     #[serde(default = "default_retention_hours")]
     pub retention_hours: u64,
+}
+
+/// Which event log the layers read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogKind {
+    /// The collector's spool on local disk: everything in one data directory.
+    #[default]
+    Spool,
+    /// Kafka topics, fed from the collector's spool by the forwarder.
+    Kafka,
+}
+
+impl std::str::FromStr for LogKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "spool" => Ok(LogKind::Spool),
+            "kafka" => Ok(LogKind::Kafka),
+            other => Err(format!("unknown event log {other:?}: use spool or kafka")),
+        }
+    }
+}
+
+/// Kafka: brokers, topics, and the client settings passed to librdkafka.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma-separated `host:port`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Topic of accepted events.
+    #[serde(default = "default_events_topic")]
+    pub events_topic: String,
+    /// Topic of rejected events with their reasons.
+    #[serde(default = "default_rejected_topic")]
+    pub rejected_topic: String,
+    /// Partitions `tally kafka init` gives the events topic.
+    #[serde(default = "default_kafka_partitions")]
+    pub partitions: u32,
+    /// Partitions `tally kafka init` gives the rejected topic.
+    #[serde(default = "default_rejected_partitions")]
+    pub rejected_partitions: u32,
+    /// Replicas of each partition.
+    #[serde(default = "default_replication")]
+    pub replication: u16,
+    /// Retention `tally kafka init` sets (`retention.ms`), in hours. It must cover the speed
+    /// layer's replay window: `speed.horizon_hours` plus `ingest.max_future_secs`.
+    #[serde(default = "default_retention_hours")]
+    pub retention_hours: u64,
+    /// librdkafka properties for every client, e.g. `"security.protocol" = "SASL_SSL"`,
+    /// `"sasl.mechanism" = "SCRAM-SHA-512"`, `"ssl.ca.location" = "/etc/ca.pem"`. A variable
+    /// `TALLY_KAFKA_CLIENT_SASL_PASSWORD` sets `sasl.password` (underscores become dots).
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
 }
 
 /// The speed layer.
@@ -204,6 +269,21 @@ const fn default_partitions() -> u32 {
 const fn default_rejected_partitions() -> u32 {
     1
 }
+fn default_brokers() -> String {
+    "127.0.0.1:9092".to_owned()
+}
+fn default_events_topic() -> String {
+    "events".to_owned()
+}
+fn default_rejected_topic() -> String {
+    "events.rejected".to_owned()
+}
+const fn default_kafka_partitions() -> u32 {
+    4
+}
+const fn default_replication() -> u16 {
+    1
+}
 const fn default_segment_bytes() -> u64 {
     128 * 1024 * 1024
 }
@@ -222,6 +302,11 @@ impl Default for IngestConfig {
     }
 }
 impl Default for LogConfig {
+    fn default() -> Self {
+        Config::default_section()
+    }
+}
+impl Default for KafkaConfig {
     fn default() -> Self {
         Config::default_section()
     }
@@ -282,7 +367,13 @@ impl Config {
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
         apply_env(&mut merged, ENV_PREFIX.trim_end_matches('_'), &env)?;
-        let config: Config = merged.try_into()?;
+        let mut config: Config = merged.try_into()?;
+        for (var, value) in &env {
+            if let Some(property) = var.strip_prefix(KAFKA_CLIENT_PREFIX) {
+                let property = property.to_lowercase().replace('_', ".");
+                config.kafka.client.insert(property, value.clone());
+            }
+        }
         config.check()?;
         Ok(config)
     }
@@ -304,6 +395,15 @@ impl Config {
                 "log.retention_hours ({}) must cover speed.horizon_hours plus ingest.max_future_secs ({replay_hours} h): a restarted speed layer replays that far",
                 self.log.retention_hours
             )));
+        }
+        if self.log.kind == LogKind::Kafka && self.kafka.retention_hours < replay_hours {
+            return Err(ConfigError::Invalid(format!(
+                "kafka.retention_hours ({}) must cover speed.horizon_hours plus ingest.max_future_secs ({replay_hours} h): a restarted speed layer replays that far",
+                self.kafka.retention_hours
+            )));
+        }
+        if self.kafka.partitions == 0 || self.kafka.rejected_partitions == 0 {
+            return invalid("kafka.partitions and kafka.rejected_partitions must be at least 1");
         }
         if self.batch.roll_events == 0 || self.batch.roll_bytes == 0 || self.batch.every_secs == 0 {
             return invalid(
@@ -435,6 +535,27 @@ mod tests {
         );
         let err = Config::parse("[log]\npartitions = 0\n", []).unwrap_err();
         assert!(err.to_string().contains("log.partitions"), "{err}");
+    }
+
+    #[test]
+    fn kafka_is_chosen_and_its_client_set_from_the_environment() {
+        let config = Config::parse(
+            "[log]\nkind = \"kafka\"\n[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n",
+            env(&[
+                ("TALLY_KAFKA_BROKERS", "b1:9092,b2:9092"),
+                ("TALLY_KAFKA_CLIENT_SASL_PASSWORD", "hunter2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.log.kind, LogKind::Kafka);
+        assert_eq!(config.kafka.brokers, "b1:9092,b2:9092");
+        assert_eq!(config.kafka.client["security.protocol"], "SASL_SSL");
+        assert_eq!(config.kafka.client["sasl.password"], "hunter2");
+        let err = Config::parse("[log]\nkind = \"kafka\"\n[kafka]\nretention_hours = 24\n", [])
+            .unwrap_err();
+        assert!(err.to_string().contains("kafka.retention_hours"), "{err}");
+        let err = Config::parse("[log]\nkind = \"zookeeper\"\n", []).unwrap_err();
+        assert!(err.to_string().contains("kafka"), "{err}");
     }
 
     #[test]

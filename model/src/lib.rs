@@ -35,7 +35,7 @@ pub mod tenant;
 pub mod time;
 pub mod view;
 
-pub use config::{BatchConfig, Config, ConfigError};
+pub use config::{BatchConfig, Config, ConfigError, KafkaConfig, LogKind};
 pub use event::{Event, Millis, RejectedEvent, TagValue, partition_of, stable_hash};
 pub use manifest::{LogicVersion, Manifest, ViewManifest};
 pub use registry::{RejectReason, TagKind, TagRegistry, ValidationContext};

@@ -278,12 +278,16 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
     let mut next = Vec::with_capacity(partitions.len());
     for &partition in &partitions {
         let kept = &stats.partitions[partition as usize];
-        next.push(replay_start(
-            layer.log.as_ref(),
-            partition,
-            kept.first_offset..kept.next_offset,
-            received_floor,
-        )?);
+        let start = match layer.log.offset_for_time(partition, received_floor)? {
+            Some(indexed) => indexed.clamp(kept.first_offset, kept.next_offset),
+            None => replay_start(
+                layer.log.as_ref(),
+                partition,
+                kept.first_offset..kept.next_offset,
+                received_floor,
+            )?,
+        };
+        next.push(start);
     }
     let epoch_length = Duration::from_millis(layer.config.epoch_ms);
     let max_records = layer.config.max_records_per_epoch;
@@ -314,7 +318,14 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
         let mut oldest_received: Option<Millis> = None;
         let mut caught_up = true;
         for (slot, &partition) in partitions.iter().enumerate() {
-            let entries = layer.log.read(partition, next[slot], max_records)?;
+            let entries = match layer.log.read(partition, next[slot], max_records) {
+                Err(LogError::Unavailable(reason)) => {
+                    tracing::warn!(partition, %reason, "the event log is unavailable; retrying");
+                    caught_up = false;
+                    continue;
+                }
+                read => read?,
+            };
             caught_up &= entries.len() < max_records;
             for entry in entries {
                 next[slot] = entry.offset + 1;
@@ -356,15 +367,17 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
             record_progress(layer, index, epoch, horizon, &partitions, &next);
             last_recorded = Some((horizon, next.clone()));
         }
-        let ends = layer.log.stats()?;
-        let lag: Vec<(u32, u64)> = partitions
+        let ends = match layer.log.stats() {
+            Err(LogError::Unavailable(_)) => None,
+            stats => Some(stats?),
+        };
+        let lag: Vec<(u32, u64)> = ends
             .iter()
-            .zip(&next)
-            .map(|(p, n)| {
-                (
-                    *p,
-                    ends.partitions[*p as usize].next_offset.saturating_sub(*n),
-                )
+            .flat_map(|ends| {
+                partitions.iter().zip(&next).map(|(p, n)| {
+                    let end = ends.partitions[*p as usize].next_offset;
+                    (*p, end.saturating_sub(*n))
+                })
             })
             .collect();
         let freshness = oldest_received

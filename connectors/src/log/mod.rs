@@ -1,6 +1,8 @@
 //! The event log: partitioned, append-only, readable by (partition, offset), with consumer
-//! positions. The embedded backend is the [`Spool`]; Kafka implements the same trait.
+//! positions. The embedded backend is the [`Spool`]; [`KafkaLog`] reads and writes a Kafka
+//! topic through the same trait.
 
+pub mod kafka;
 mod segment;
 mod spool;
 
@@ -9,8 +11,10 @@ use std::path::PathBuf;
 use std::pin::Pin;
 
 use serde::Serialize;
+use tally_model::Millis;
 use thiserror::Error;
 
+pub use kafka::KafkaLog;
 pub use spool::{Spool, SpoolOptions};
 
 /// A record's position in its partition: 0, 1, 2, ... with no gaps.
@@ -73,6 +77,27 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Offsets, record counts and sizes per partition.
     fn stats(&self) -> Result<LogStats, LogError>;
+
+    /// The first offset of `partition` whose record was received at or after `time`, when
+    /// the log indexes receive times (Kafka's record timestamps); `None` when it does not,
+    /// and the caller searches the records themselves.
+    fn offset_for_time(&self, partition: u32, time: Millis) -> Result<Option<Offset>, LogError> {
+        let _ = (partition, time);
+        Ok(None)
+    }
+}
+
+/// Consumer names are letters, digits, `-`, `_` and `.`: they name files and Kafka groups.
+fn check_consumer_name(name: &str) -> Result<(), LogError> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(LogError::ConsumerName(name.to_owned()))
+    }
 }
 
 /// Per-partition figures of a log.
@@ -181,6 +206,12 @@ pub enum LogError {
         "partition {0}'s writer has stopped after an I/O error; restart the process (see the log for the cause)"
     )]
     WriterStopped(u32),
+    /// The log's server did not answer (a broker outage): retry later.
+    #[error("the event log is unavailable: {0}")]
+    Unavailable(String),
+    /// The log's server refused a request or is misconfigured.
+    #[error("the event log: {0}")]
+    Backend(String),
     /// A consumer name is unusable.
     #[error("invalid consumer name {0:?}: use letters, digits, '-', '_' or '.'")]
     ConsumerName(String),

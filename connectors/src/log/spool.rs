@@ -353,7 +353,7 @@ impl EventLog for Spool {
     }
 
     fn register_consumer(&self, consumer: &str) -> Result<(), LogError> {
-        check_consumer_name(consumer)?;
+        super::check_consumer_name(consumer)?;
         let mut consumers = lock(&self.consumers);
         if consumers.0.contains_key(consumer) {
             return Ok(());
@@ -363,7 +363,7 @@ impl EventLog for Spool {
     }
 
     fn commit(&self, consumer: &str, partition: u32, next: Offset) -> Result<(), LogError> {
-        check_consumer_name(consumer)?;
+        super::check_consumer_name(consumer)?;
         self.partition(partition)?;
         let mut consumers = lock(&self.consumers);
         consumers
@@ -787,18 +787,6 @@ fn write_json_atomically(path: &Path, value: &impl Serialize) -> Result<(), LogE
         .map_err(io("write", &temporary))?;
     fs::rename(&temporary, path).map_err(io("replace", path))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-fn check_consumer_name(name: &str) -> Result<(), LogError> {
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if valid {
-        Ok(())
-    } else {
-        Err(LogError::ConsumerName(name.to_owned()))
-    }
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LogError {
