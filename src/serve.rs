@@ -120,9 +120,10 @@ pub fn serve(
             let client = kafka::client_config(&config.kafka);
             let metrics = ForwarderMetrics::register(&mut registry);
             for (stream, spool) in [(Stream::Events, &events), (Stream::Rejected, &rejected)] {
-                let status = metrics.status(stream.name());
-                let forwarder = Forwarder::new(spool.clone(), &client, stream.topic(&config), status)
-                    .context("starting the Kafka forwarder")?;
+                let topic = stream.topic(&config);
+                let forwarder =
+                    Forwarder::new(spool.clone(), &client, topic, &metrics, stream.name())
+                        .context("starting the Kafka forwarder")?;
                 forwarders.push(forwarder);
             }
         }
@@ -210,7 +211,11 @@ pub fn serve(
         _ => None,
     };
     // `tally up` archives both streams and recomputes on a schedule, in the background.
-    let batch = match (mode, layer_log(Stream::Events)?, layer_log(Stream::Rejected)?) {
+    let batch = match (
+        mode,
+        layer_log(Stream::Events)?,
+        layer_log(Stream::Rejected)?,
+    ) {
         (Mode::Up, Some(events), Some(rejected)) => Some(BatchServices::start(
             &config,
             catalog_handle.clone(),
@@ -372,7 +377,8 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
 /// replays.
 async fn warn_on_short_retention(config: Config) {
     for stream in [Stream::Events, Stream::Rejected] {
-        if let Some(warning) = crate::kafka::retention_warning(&config, stream.topic(&config)).await {
+        if let Some(warning) = crate::kafka::retention_warning(&config, stream.topic(&config)).await
+        {
             tracing::warn!("{warning}");
         }
     }
@@ -485,6 +491,11 @@ async fn readyz(services: web::Data<Services>) -> HttpResponse {
 async fn metrics_text(services: web::Data<Services>) -> HttpResponse {
     if let Some(Err(err)) = services.collector.as_ref().map(|c| c.refresh_metrics()) {
         tracing::warn!(error = %err, "could not read spool sizes for /metrics");
+    }
+    for forwarder in &services.forwarders {
+        if let Err(err) = forwarder.backlog() {
+            tracing::warn!(error = %err, "could not read the forwarder's backlog for /metrics");
+        }
     }
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &services.registry) {

@@ -26,8 +26,9 @@ use crate::support::speed_caught_up;
 
 const PARTITIONS: u32 = 3;
 
-fn speed_states(
-    log: Arc<Spool>,
+/// Every view state a speed layer over `log` builds, from the first record on.
+pub fn speed_states(
+    log: Arc<dyn EventLog>,
     store: Arc<EmbeddedViewStore>,
     catalog: &Arc<Catalog>,
 ) -> BTreeMap<ViewKey, AggregateState> {
@@ -45,8 +46,9 @@ fn speed_states(
         .collect()
 }
 
-fn batch_states(
-    log: Arc<Spool>,
+/// Every batch view state the archiver and recompute build from `log`.
+pub fn batch_states(
+    log: Arc<dyn EventLog>,
     objects: &std::path::Path,
     catalog: &Arc<Catalog>,
 ) -> BTreeMap<ViewKey, AggregateState> {

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_connectors::log::{EventLog, Spool};
+use tally_connectors::log::EventLog;
 use tally_connectors::view_store::EmbeddedViewStore;
 use tally_model::config::SpeedConfig;
 use tally_model::{Catalog, Millis};
@@ -53,9 +53,16 @@ impl Tally {
     }
 
     /// Starts `tally up` from a prepared command (for extra environment).
-    pub fn up_with(data_dir: &Path, mut command: Command) -> Tally {
+    pub fn up_with(data_dir: &Path, command: Command) -> Tally {
+        Tally::up_with_args(data_dir, command, &[])
+    }
+
+    /// Starts `tally up <args>` from a prepared command.
+    pub fn up_with_args(data_dir: &Path, mut command: Command, args: &[&str]) -> Tally {
         let mut child = command
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("up")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .stdout(Stdio::piped())
             .spawn()
@@ -216,7 +223,7 @@ pub fn log_stats(data_dir: &Path) -> serde_json::Value {
 /// Starts a speed layer over `log` (two workers, 10 ms epochs) and returns once it reflects
 /// every record logged so far.
 pub fn speed_caught_up(
-    log: Arc<Spool>,
+    log: Arc<dyn EventLog>,
     store: Arc<EmbeddedViewStore>,
     catalog: Arc<Catalog>,
     published_horizon: Option<Millis>,

@@ -409,7 +409,10 @@ impl<T: Archivable> Archiver<T> {
     }
 
     /// The archiver as [`Archiver::open`] makes it, once the log answers again.
-    async fn reopen(self, stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<Self, BatchError> {
+    async fn reopen(
+        self,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Self, BatchError> {
         let Archiver {
             log,
             store,

@@ -11,18 +11,18 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
-use serde::Deserialize;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde::Deserialize;
 use tally_connectors::log::kafka::producer_config;
-use tally_connectors::log::{EventLog, LogError};
+use tally_connectors::log::{EventLog, LogError, Offset};
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -48,8 +48,8 @@ pub enum ForwardError {
 }
 
 /// What the forwarder reports to `/readyz` and `/metrics`.
-#[derive(Debug, Default)]
 pub struct ForwarderStatus {
+    spool: Arc<dyn EventLog>,
     forwarded: Counter,
     backlog: Gauge,
     failing: Gauge,
@@ -62,9 +62,15 @@ impl ForwarderStatus {
         self.forwarded.get()
     }
 
-    /// Records in the spool not yet delivered, as of the last pass.
-    pub fn backlog(&self) -> u64 {
-        self.backlog.get().max(0) as u64
+    /// Records in the spool not yet delivered, read from the spool now (also while a pass
+    /// waits on an unreachable broker); the backlog metric is updated with it.
+    pub fn backlog(&self) -> Result<u64, LogError> {
+        let backlog = positions(self.spool.as_ref())?
+            .into_iter()
+            .map(|(_, from, end)| end - from)
+            .sum();
+        self.backlog.set(backlog as i64);
+        Ok(backlog)
     }
 
     /// Why the last pass failed, while deliveries keep failing.
@@ -118,10 +124,11 @@ impl ForwarderMetrics {
         metrics
     }
 
-    /// The status of the forwarder of `stream`, exported under its label.
-    pub fn status(&self, stream: &'static str) -> Arc<ForwarderStatus> {
+    /// The status of the forwarder of `spool`, exported under the label `stream`.
+    fn status(&self, stream: &'static str, spool: Arc<dyn EventLog>) -> Arc<ForwarderStatus> {
         let labels = StreamLabels { stream };
         Arc::new(ForwarderStatus {
+            spool,
             forwarded: self.forwarded.get_or_create(&labels).clone(),
             backlog: self.backlog.get_or_create(&labels).clone(),
             failing: self.failing.get_or_create(&labels).clone(),
@@ -142,21 +149,22 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// A forwarder of `spool` to `topic`, with `client` (brokers, security) and the producer
-    /// settings Tally needs ([`producer_config`]), reporting to `status`.
+    /// settings Tally needs ([`producer_config`]), reporting under `metrics` as `stream`.
     pub fn new(
         spool: Arc<dyn EventLog>,
         client: &ClientConfig,
         topic: &str,
-        status: Arc<ForwarderStatus>,
+        metrics: &ForwarderMetrics,
+        stream: &'static str,
     ) -> Result<Forwarder, ForwardError> {
         let config = producer_config(client);
         spool.register_consumer(FORWARDER)?;
         Ok(Forwarder {
+            status: metrics.status(stream, spool.clone()),
             spool,
             producer: Mutex::new(config.create()?),
             config,
             topic: topic.to_owned(),
-            status,
         })
     }
 
@@ -196,6 +204,10 @@ impl Forwarder {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let result = self.forward(&producer).await;
+        // Reads the spool: what it holds now, records appended during the pass included.
+        if let Err(err) = self.status.backlog() {
+            tracing::warn!(error = %err, "could not measure the forwarder's backlog");
+        }
         if let Err(ForwardError::Kafka(_)) = &result {
             match self.config.create() {
                 Ok(fresh) => {
@@ -210,20 +222,8 @@ impl Forwarder {
     }
 
     async fn forward(&self, producer: &FutureProducer) -> Result<usize, ForwardError> {
-        let stats = self.spool.stats()?;
-        let mut positions = Vec::with_capacity(stats.partitions.len());
-        let mut backlog = 0;
-        for partition in &stats.partitions {
-            let from = self
-                .spool
-                .committed(FORWARDER, partition.partition)?
-                .unwrap_or(partition.first_offset)
-                .max(partition.first_offset);
-            backlog += partition.next_offset.saturating_sub(from);
-            positions.push((partition.partition, from));
-        }
         let mut delivered_total = 0;
-        for (partition, from) in positions {
+        for (partition, from, _) in positions(self.spool.as_ref())? {
             let entries = self.spool.read(partition, from, BATCH)?;
             if entries.is_empty() {
                 continue;
@@ -243,16 +243,27 @@ impl Forwarder {
                 self.spool.commit(FORWARDER, partition, next)?;
                 self.status.forwarded.inc_by(delivered as u64);
                 delivered_total += delivered;
-                backlog -= delivered as u64;
             }
             if let Some(Err((err, _))) = reports.into_iter().nth(delivered) {
-                self.status.backlog.set(backlog as i64);
                 return Err(err.into());
             }
         }
-        self.status.backlog.set(backlog as i64);
         Ok(delivered_total)
     }
+}
+
+/// Per spool partition: the partition, the first record not yet forwarded, and the end.
+fn positions(spool: &dyn EventLog) -> Result<Vec<(u32, Offset, Offset)>, LogError> {
+    let stats = spool.stats()?;
+    let mut positions = Vec::with_capacity(stats.partitions.len());
+    for partition in &stats.partitions {
+        let from = spool
+            .committed(FORWARDER, partition.partition)?
+            .unwrap_or(partition.first_offset)
+            .clamp(partition.first_offset, partition.next_offset);
+        positions.push((partition.partition, from, partition.next_offset));
+    }
+    Ok(positions)
 }
 
 /// What the forwarder takes from a spool record for its Kafka record.
@@ -333,7 +344,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match forwarder.pass().await {
-                Ok(0) if forwarder.status().backlog() == 0 => return,
+                Ok(0) if forwarder.status().backlog().unwrap() == 0 => return,
                 Ok(_) => {}
                 Err(err) => assert!(Instant::now() < deadline, "still failing: {err}"),
             }
@@ -363,7 +374,11 @@ mod tests {
                 let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
                 let event: Event = serde_json::from_slice(message.payload().unwrap()).unwrap();
                 let stamped = message.timestamp().to_millis();
-                assert_eq!(stamped, Some(event.received_at), "stamped with the receive time");
+                assert_eq!(
+                    stamped,
+                    Some(event.received_at),
+                    "stamped with the receive time"
+                );
                 messages.push((message.partition(), key, event));
             }
         }
@@ -390,7 +405,9 @@ mod tests {
         client
             .set("bootstrap.servers", &broker.address)
             .set("message.timeout.ms", "3000");
-        let forwarder = Forwarder::new(spool.clone(), &client, "events", Arc::default()).unwrap();
+        let metrics = ForwarderMetrics::default();
+        let forwarder =
+            Forwarder::new(spool.clone(), &client, "events", &metrics, "events").unwrap();
 
         let before = events(0, 1500);
         append(&spool, &before).await;
@@ -408,7 +425,7 @@ mod tests {
         let during = events(1500, 500);
         append(&spool, &during).await;
         assert!(forwarder.pass().await.is_err(), "no broker, no delivery");
-        assert_eq!(forwarder.status().backlog(), 500);
+        assert_eq!(forwarder.status().backlog().unwrap(), 500);
         assert!(forwarder.status().failure().is_some());
         broker.restart();
         drain(&forwarder).await;

@@ -551,8 +551,11 @@ mod tests {
         assert_eq!(config.kafka.brokers, "b1:9092,b2:9092");
         assert_eq!(config.kafka.client["security.protocol"], "SASL_SSL");
         assert_eq!(config.kafka.client["sasl.password"], "hunter2");
-        let err = Config::parse("[log]\nkind = \"kafka\"\n[kafka]\nretention_hours = 24\n", [])
-            .unwrap_err();
+        let err = Config::parse(
+            "[log]\nkind = \"kafka\"\n[kafka]\nretention_hours = 24\n",
+            [],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("kafka.retention_hours"), "{err}");
         let err = Config::parse("[log]\nkind = \"zookeeper\"\n", []).unwrap_err();
         assert!(err.to_string().contains("kafka"), "{err}");

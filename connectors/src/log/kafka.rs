@@ -253,7 +253,12 @@ impl EventLog for KafkaLog {
         self.check_partition(partition)?;
         // Brokers differ on a time after the last record (Kafka answers "end", tansu 0), so
         // that case is settled here from the last record's own timestamp.
-        let end = self.stats()?.partitions[partition as usize].next_offset;
+        let kept = self.stats()?.partitions[partition as usize].clone();
+        let end = kept.next_offset;
+        // Kafka reads negative times as "earliest" and "latest" markers.
+        if time <= 0 {
+            return Ok(Some(kept.first_offset));
+        }
         let last = match end.checked_sub(1) {
             Some(last) => self.timestamp_at(partition, last)?,
             None => return Ok(Some(end)),
@@ -472,7 +477,7 @@ pub fn producer_config(client: &ClientConfig) -> ClientConfig {
         ("compression.type", "lz4"),
         ("linger.ms", "5"),
         ("batch.size", "1000000"),
-        ("message.timeout.ms", "30000"),
+        ("message.timeout.ms", "10000"),
     ] {
         config.set(name, value);
     }
@@ -536,10 +541,19 @@ mod tests {
             ]
         );
         let again = create_topics(&config).await.unwrap();
-        assert!(again.iter().all(|(_, outcome)| *outcome == TopicOutcome::Existed));
+        assert!(
+            again
+                .iter()
+                .all(|(_, outcome)| *outcome == TopicOutcome::Existed)
+        );
         let client = client_config(&config);
         assert_eq!(KafkaLog::open(&client, "events").unwrap().partitions(), 3);
-        assert_eq!(KafkaLog::open(&client, "events.rejected").unwrap().partitions(), 1);
+        assert_eq!(
+            KafkaLog::open(&client, "events.rejected")
+                .unwrap()
+                .partitions(),
+            1
+        );
         let retention = topic_retention(&config, "events").await;
         assert_eq!(retention.unwrap(), Some(Duration::from_secs(100 * 3600)));
     }
@@ -561,7 +575,11 @@ mod tests {
         assert_eq!(log.offset_for_time(0, 1_500).unwrap(), Some(1));
         assert_eq!(log.offset_for_time(0, 3_000).unwrap(), Some(2));
         assert_eq!(log.offset_for_time(0, 9_000).unwrap(), Some(3));
-        assert_eq!(log.read(0, 3, 10).unwrap(), [], "at the end: nothing, at once");
+        assert_eq!(
+            log.read(0, 3, 10).unwrap(),
+            [],
+            "at the end: nothing, at once"
+        );
 
         broker.stop();
         let log_during_outage = KafkaLog::open(&client(&broker), "timed");
