@@ -38,6 +38,8 @@ pub enum BenchCommand {
     Batch(crate::batch_bench::BatchBenchArgs),
     /// Serving: query latency and throughput over batch history and a real-time window.
     Query(crate::query_bench::QueryBenchArgs),
+    /// The Kafka forwarder beside a bare rdkafka producer loop, against a running broker.
+    Kafka(crate::kafka_bench::KafkaBenchArgs),
 }
 
 /// Options of `tally bench speed`.
@@ -111,6 +113,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Speed(args) => speed(args),
         BenchCommand::Batch(args) => crate::batch_bench::run(args),
         BenchCommand::Query(args) => crate::query_bench::run(args),
+        BenchCommand::Kafka(args) => crate::kafka_bench::run(args),
     }
 }
 

@@ -30,7 +30,14 @@ pub fn run(command: KafkaCommand) -> anyhow::Result<()> {
         .build()
         .context("starting a runtime")?;
     runtime.block_on(async {
-        let outcomes = kafka::create_topics(&config.kafka)
+        let topics = [
+            (config.kafka.events_topic.as_str(), config.kafka.partitions),
+            (
+                config.kafka.rejected_topic.as_str(),
+                config.kafka.rejected_partitions,
+            ),
+        ];
+        let outcomes = kafka::create_topics(&config.kafka, &topics)
             .await
             .with_context(|| format!("creating the topics on {}", config.kafka.brokers))?;
         for (topic, outcome) in outcomes {

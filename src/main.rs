@@ -2,10 +2,11 @@
 //!
 //! Each subcommand lives in its own module: [`serve`] runs the services (`up`, `ingest`,
 //! `speed`, `serve`), [`batch`] the batch layer's jobs (`archive`, `batch run|reprocess|schedule`),
-//! [`logs`] inspects the event log, [`generator`] sends realistic load (`gen`), [`bench`]
-//! measures (`bench ingest|speed`, with [`batch_bench`] and [`query_bench`] for `batch` and
-//! `query`), [`views`] reads the real-time views. [`settings`] turns the config file,
-//! `TALLY_*` variables and flags into one [`tally_model::Config`].
+//! [`logs`] inspects the event log, [`kafka`] creates the Kafka topics, [`generator`] sends
+//! realistic load (`gen`), [`bench`] measures (`bench ingest|speed`, with [`batch_bench`],
+//! [`query_bench`] and [`kafka_bench`] for `batch`, `query` and `kafka`), [`views`] reads the
+//! real-time views. [`settings`] turns the config file, `TALLY_*` variables and flags into
+//! one [`tally_model::Config`].
 
 mod batch;
 mod batch_bench;
@@ -13,6 +14,7 @@ mod bench;
 mod catalog;
 mod generator;
 mod kafka;
+mod kafka_bench;
 mod logs;
 mod query_bench;
 mod serve;

@@ -211,18 +211,19 @@ pub fn serve(
         _ => None,
     };
     // `tally up` archives both streams and recomputes on a schedule, in the background.
-    let batch = match (
-        mode,
-        layer_log(Stream::Events)?,
-        layer_log(Stream::Rejected)?,
-    ) {
-        (Mode::Up, Some(events), Some(rejected)) => Some(BatchServices::start(
-            &config,
-            catalog_handle.clone(),
-            events,
-            rejected,
-            BatchMetrics::register(&mut registry),
-        )?),
+    let batch = match mode {
+        Mode::Up => {
+            let events = layer_log(Stream::Events)?.context("the archiver reads the events")?;
+            let rejected =
+                layer_log(Stream::Rejected)?.context("the archiver reads the rejected events")?;
+            Some(BatchServices::start(
+                &config,
+                catalog_handle.clone(),
+                events,
+                rejected,
+                BatchMetrics::register(&mut registry),
+            )?)
+        }
         _ => None,
     };
     let services = web::Data::new(Services {
@@ -271,11 +272,17 @@ pub fn serve(
         let server = server.run();
         on_listening(address, server.handle(), demo_keys.as_ref());
         let retention = actix_web::rt::spawn(enforce_retention(spools));
-        let (stop_forwarding, forwarding_stopped) = tokio::sync::watch::channel(false);
-        let forwarding: Vec<_> = forwarders
+        let forwarding = forwarders
             .into_iter()
-            .map(|forwarder| actix_web::rt::spawn(forwarder.run(forwarding_stopped.clone())))
-            .collect();
+            .map(|forwarder| {
+                let (stop, stopped) = std::sync::mpsc::channel();
+                std::thread::Builder::new()
+                    .name("tally-forwarder".into())
+                    .spawn(move || forwarder.run(stopped))
+                    .map(|thread| (stop, thread))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .context("starting the forwarder threads")?;
         if let Some(config) = retention_check {
             actix_web::rt::spawn(warn_on_short_retention(config));
         }
@@ -283,9 +290,11 @@ pub fn serve(
         let horizon = following
             .map(|(config, speed)| actix_web::rt::spawn(batch::follow_horizon(config, speed)));
         server.await.context("running the HTTP server")?;
-        stop_forwarding.send_replace(true);
-        for forwarded in forwarding {
-            forwarded.await.context("the Kafka forwarder panicked")?;
+        for (stop, thread) in forwarding {
+            drop(stop);
+            if thread.join().is_err() {
+                anyhow::bail!("the Kafka forwarder panicked");
+            }
         }
         retention.abort();
         catalog_changes.abort();

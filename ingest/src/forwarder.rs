@@ -8,7 +8,8 @@
 //! the broker returns the backlog drains in order. A record may reach Kafka twice (a resend
 //! after a crash between delivery and commit); the layers downstream dedupe by event id.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,21 +17,23 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use rdkafka::ClientConfig;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext};
 use serde::Deserialize;
 use tally_connectors::log::kafka::producer_config;
 use tally_connectors::log::{EventLog, LogError, Offset};
 use thiserror::Error;
-use tokio::sync::watch;
 
 /// The forwarder's consumer name in the spool.
 pub const FORWARDER: &str = "kafka-forwarder";
 
-/// Records sent per partition before their deliveries are awaited and committed.
-const BATCH: usize = 10_000;
+/// Records sent per partition in one pass, before their reports are awaited.
+const BATCH: usize = 100_000;
+/// How long a send waits for room when the producer's queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
+/// How long one poll for delivery reports blocks (rdkafka's `poll` always takes all of it).
+const REPORT_WAIT: Duration = Duration::from_millis(1);
 /// How long an idle forwarder waits before looking at the spool again.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// How long it waits after a failed pass before retrying.
@@ -137,12 +140,12 @@ impl ForwarderMetrics {
     }
 }
 
-/// Ships one spool to one topic.
+/// Ships one spool to one topic, on a thread of its own ([`Forwarder::run`]).
 pub struct Forwarder {
     spool: Arc<dyn EventLog>,
     config: ClientConfig,
     /// Replaced after a failed delivery (see [`Forwarder::pass`]).
-    producer: Mutex<FutureProducer>,
+    producer: BaseProducer<Deliveries>,
     topic: String,
     status: Arc<ForwarderStatus>,
 }
@@ -162,7 +165,7 @@ impl Forwarder {
         Ok(Forwarder {
             status: metrics.status(stream, spool.clone()),
             spool,
-            producer: Mutex::new(config.create()?),
+            producer: config.create_with_context(Deliveries::default())?,
             config,
             topic: topic.to_owned(),
         })
@@ -173,10 +176,11 @@ impl Forwarder {
         self.status.clone()
     }
 
-    /// Forwards until `stop` turns true, retrying failed passes.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        while !*stop.borrow() {
-            let wait = match self.pass().await {
+    /// Forwards, retrying failed passes, until `stop` receives or its sender is dropped.
+    /// It blocks: run it on a thread of its own.
+    pub fn run(mut self, stop: mpsc::Receiver<()>) {
+        loop {
+            let wait = match self.pass() {
                 Ok(0) => IDLE_WAIT,
                 Ok(_) => Duration::ZERO,
                 Err(err) => {
@@ -184,35 +188,29 @@ impl Forwarder {
                     RETRY_WAIT
                 }
             };
-            if !wait.is_zero() {
-                let _ = tokio::time::timeout(wait, stop.changed()).await;
+            match stop.recv_timeout(wait) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
     }
 
-    /// Sends up to a batch of each partition's unforwarded records, awaits their delivery
-    /// reports and commits the spool position past the delivered ones. Returns how many
-    /// were delivered; a failure is also kept in the status until a pass succeeds.
+    /// Sends up to a batch of each partition's unforwarded records, waits for their delivery
+    /// reports and commits the spool position past the confirmed ones. Returns how many were
+    /// delivered; a failure is also kept in the status until a pass succeeds.
     ///
     /// After a failed delivery the producer is replaced, so the next pass resends from the
     /// spool position under a new idempotent producer id: a broker that lost the old
     /// producer's sequence state (as tansu does across a restart) accepts it again.
-    pub async fn pass(&self) -> Result<usize, ForwardError> {
-        let producer = self
-            .producer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let result = self.forward(&producer).await;
+    pub fn pass(&mut self) -> Result<usize, ForwardError> {
+        let result = self.forward();
         // Reads the spool: what it holds now, records appended during the pass included.
         if let Err(err) = self.status.backlog() {
             tracing::warn!(error = %err, "could not measure the forwarder's backlog");
         }
         if let Err(ForwardError::Kafka(_)) = &result {
-            match self.config.create() {
-                Ok(fresh) => {
-                    *self.producer.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
-                }
+            match self.config.create_with_context(Deliveries::default()) {
+                Ok(fresh) => self.producer = fresh,
                 Err(err) => tracing::warn!(error = %err, "could not create a new Kafka producer"),
             }
         }
@@ -221,34 +219,105 @@ impl Forwarder {
         result
     }
 
-    async fn forward(&self, producer: &FutureProducer) -> Result<usize, ForwardError> {
-        let mut delivered_total = 0;
-        for (partition, from, _) in positions(self.spool.as_ref())? {
-            let entries = self.spool.read(partition, from, BATCH)?;
-            if entries.is_empty() {
-                continue;
+    fn forward(&self) -> Result<usize, ForwardError> {
+        let mut batches = Vec::new();
+        for (partition, from, end) in positions(self.spool.as_ref())? {
+            if from < end {
+                batches.push((partition, self.spool.read(partition, from, BATCH)?));
             }
-            let heads: Vec<RecordHead> = entries.iter().map(|e| record_head(&e.payload)).collect();
-            let sends = entries.iter().zip(&heads).map(|(entry, head)| {
-                let mut record = FutureRecord::to(&self.topic)
+        }
+        let queued: usize = batches.iter().map(|(_, entries)| entries.len()).sum();
+        let deliveries = self.producer.context();
+        deliveries.expect(queued);
+        // Every partition's batch is queued before any report is awaited, so all are in
+        // flight together; each record's index in the pass is its delivery opaque.
+        let mut index = 0;
+        for (_, entries) in &batches {
+            for entry in entries {
+                let head = record_head(&entry.payload);
+                let mut record = BaseRecord::with_opaque_to(&self.topic, index)
                     .key(head.key.as_slice())
                     .payload(entry.payload.as_slice());
                 record.timestamp = head.received_at;
-                producer.send(record, Timeout::Never)
-            });
-            let reports = futures::future::join_all(sends).await;
-            let delivered = reports.iter().take_while(|r| r.is_ok()).count();
+                loop {
+                    match self.producer.send(record) {
+                        Ok(()) => break,
+                        // Retrying the same record before the next keeps the order.
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            self.producer.poll(QUEUE_FULL_WAIT);
+                        }
+                        Err((err, _)) => return Err(err.into()),
+                    }
+                }
+                self.producer.poll(Duration::ZERO);
+                index += 1;
+            }
+        }
+        // librdkafka reports every record within `message.timeout.ms`, delivered or not.
+        while deliveries.pending() > 0 {
+            self.producer.poll(REPORT_WAIT);
+        }
+        let outcomes = deliveries.take();
+        let mut first = 0;
+        let mut delivered_total = 0;
+        for (partition, entries) in &batches {
+            let outcomes = &outcomes[first..first + entries.len()];
+            first += entries.len();
+            let delivered = outcomes.iter().take_while(|o| o.is_none()).count();
             if delivered > 0 {
                 let next = entries[delivered - 1].offset + 1;
-                self.spool.commit(FORWARDER, partition, next)?;
+                self.spool.commit(FORWARDER, *partition, next)?;
                 self.status.forwarded.inc_by(delivered as u64);
                 delivered_total += delivered;
             }
-            if let Some(Err((err, _))) = reports.into_iter().nth(delivered) {
-                return Err(err.into());
+            if let Some(Some(err)) = outcomes.get(delivered) {
+                return Err(err.clone().into());
             }
         }
         Ok(delivered_total)
+    }
+}
+
+/// The delivery reports of one pass: per record (by its index in the pass), `None` until
+/// and unless it failed. Reports arrive only inside `poll`, on the forwarder's thread.
+#[derive(Default)]
+struct Deliveries {
+    outcomes: Mutex<Vec<Option<KafkaError>>>,
+    pending: AtomicUsize,
+}
+
+impl Deliveries {
+    fn expect(&self, records: usize) {
+        *self.outcomes.lock().unwrap_or_else(PoisonError::into_inner) = vec![None; records];
+        self.pending.store(records, Ordering::Release);
+    }
+
+    fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    fn take(&self) -> Vec<Option<KafkaError>> {
+        std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        if let Err((err, _)) = result
+            && let Some(outcome) = self
+                .outcomes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_mut(index)
+        {
+            *outcome = Some(err.clone());
+        }
+        self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -267,16 +336,17 @@ fn positions(spool: &dyn EventLog) -> Result<Vec<(u32, Offset, Offset)>, LogErro
 }
 
 /// What the forwarder takes from a spool record for its Kafka record.
-struct RecordHead {
+pub struct RecordHead {
     /// `tenant/user_id` for events, `tenant/source` for rejects, so one user's (or source's)
     /// records stay in order in one Kafka partition.
-    key: Vec<u8>,
+    pub key: Vec<u8>,
     /// The record's timestamp: when ingest received it, so a replay can start by time
     /// (Kafka's `offsets_for_times`).
-    received_at: Option<i64>,
+    pub received_at: Option<i64>,
 }
 
-fn record_head(payload: &[u8]) -> RecordHead {
+/// The Kafka key and timestamp of a spool record (an event's or a reject's JSON).
+pub fn record_head(payload: &[u8]) -> RecordHead {
     #[derive(Deserialize)]
     struct Head<'a> {
         #[serde(borrow)]
@@ -340,10 +410,10 @@ mod tests {
 
     /// Passes until nothing is left to forward, retrying failed passes as `run` does (a
     /// restarted broker takes a moment to be reachable again).
-    async fn drain(forwarder: &Forwarder) {
+    fn drain(forwarder: &mut Forwarder) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match forwarder.pass().await {
+            match forwarder.pass() {
                 Ok(0) if forwarder.status().backlog().unwrap() == 0 => return,
                 Ok(_) => {}
                 Err(err) => assert!(Instant::now() < deadline, "still failing: {err}"),
@@ -406,12 +476,12 @@ mod tests {
             .set("bootstrap.servers", &broker.address)
             .set("message.timeout.ms", "3000");
         let metrics = ForwarderMetrics::default();
-        let forwarder =
+        let mut forwarder =
             Forwarder::new(spool.clone(), &client, "events", &metrics, "events").unwrap();
 
         let before = events(0, 1500);
         append(&spool, &before).await;
-        drain(&forwarder).await;
+        drain(&mut forwarder);
         for partition in spool.stats().unwrap().partitions {
             assert_eq!(
                 spool.committed(FORWARDER, partition.partition).unwrap(),
@@ -424,11 +494,11 @@ mod tests {
         broker.stop();
         let during = events(1500, 500);
         append(&spool, &during).await;
-        assert!(forwarder.pass().await.is_err(), "no broker, no delivery");
+        assert!(forwarder.pass().is_err(), "no broker, no delivery");
         assert_eq!(forwarder.status().backlog().unwrap(), 500);
         assert!(forwarder.status().failure().is_some());
         broker.restart();
-        drain(&forwarder).await;
+        drain(&mut forwarder);
         assert_eq!(forwarder.status().failure(), None);
 
         let messages = consume(&broker, "events", 2000);

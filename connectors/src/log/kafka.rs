@@ -379,17 +379,16 @@ pub enum TopicOutcome {
     Existed,
 }
 
-/// Creates the events and rejected topics with the configured partitions, replication and
-/// retention; topics that exist are left alone.
-pub async fn create_topics(config: &KafkaConfig) -> Result<Vec<(String, TopicOutcome)>, LogError> {
+/// Creates `topics` (name, partitions) with the configured replication and retention;
+/// topics that exist are left alone.
+pub async fn create_topics(
+    config: &KafkaConfig,
+    topics: &[(&str, u32)],
+) -> Result<Vec<(String, TopicOutcome)>, LogError> {
     let admin: AdminClient<DefaultClientContext> = client_config(config)
         .create()
         .map_err(|err| kafka_error("creating a Kafka admin client", err))?;
     let retention_ms = (config.retention_hours * 3_600_000).to_string();
-    let topics = [
-        (&config.events_topic, config.partitions),
-        (&config.rejected_topic, config.rejected_partitions),
-    ];
     let new_topics: Vec<NewTopic> = topics
         .iter()
         .map(|(name, partitions)| {
@@ -477,6 +476,8 @@ pub fn producer_config(client: &ClientConfig) -> ClientConfig {
         ("compression.type", "lz4"),
         ("linger.ms", "5"),
         ("batch.size", "1000000"),
+        // Room for the forwarder's batches of every spool partition at once.
+        ("queue.buffering.max.messages", "1000000"),
         ("message.timeout.ms", "10000"),
     ] {
         config.set(name, value);
@@ -528,11 +529,11 @@ mod tests {
         let broker = Broker::start();
         let config = KafkaConfig {
             brokers: broker.address.clone(),
-            partitions: 3,
             retention_hours: 100,
             ..KafkaConfig::default()
         };
-        let created = create_topics(&config).await.unwrap();
+        let topics = [("events", 3), ("events.rejected", 1)];
+        let created = create_topics(&config, &topics).await.unwrap();
         assert_eq!(
             created,
             [
@@ -540,7 +541,7 @@ mod tests {
                 ("events.rejected".to_owned(), TopicOutcome::Created)
             ]
         );
-        let again = create_topics(&config).await.unwrap();
+        let again = create_topics(&config, &topics).await.unwrap();
         assert!(
             again
                 .iter()
