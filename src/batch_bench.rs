@@ -10,7 +10,6 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tally_batch_layer::telemetry::BatchMetrics;
 use tally_batch_layer::{Archiver, Recompute, RollPolicy, RunRequest};
-use tally_connectors::log::{AppendRecord, EventLog};
 use tally_model::time::HOUR_MS;
 use tally_model::view::BUILT_IN_FIELDS;
 use tally_model::{Event, Measure, ViewSpec};
@@ -53,12 +52,7 @@ struct BatchBenchReport {
 
 /// Runs the benchmark.
 pub fn run(args: BatchBenchArgs) -> anyhow::Result<()> {
-    let BenchLog {
-        scratch,
-        config,
-        catalog,
-        log,
-    } = BenchLog::create(&args.dir)?;
+    let bench_log = BenchLog::create(&args.dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -68,18 +62,22 @@ pub fn run(args: BatchBenchArgs) -> anyhow::Result<()> {
         args.events, args.hours
     );
     let hours = args.hours.max(1);
-    let mut chunk = Vec::with_capacity(100_000);
-    for (index, event) in validated_events(&catalog, args.events, 0.02)?.enumerate() {
-        let mut event: Event = event?;
-        // Spread event times over the hours ending an hour ago, so every hour is closed.
-        event.ts -= HOUR_MS * (1 + index as i64 % hours);
-        chunk.push(AppendRecord::event(&event, log.partitions()));
-        if chunk.len() == chunk.capacity() {
-            runtime.block_on(log.append(std::mem::take(&mut chunk)))?;
-            chunk.reserve(100_000);
-        }
-    }
-    runtime.block_on(log.append(chunk))?;
+    let events = validated_events(&bench_log.catalog, args.events, 0.02)?;
+    bench_log.append_all(
+        &runtime,
+        events.enumerate().map(|(index, event)| {
+            let mut event: Event = event?;
+            // Spread event times over the hours ending an hour ago, so every hour is closed.
+            event.ts -= HOUR_MS * (1 + index as i64 % hours);
+            Ok(event)
+        }),
+    )?;
+    let BenchLog {
+        scratch,
+        config,
+        catalog,
+        log,
+    } = bench_log;
 
     let objects = scratch.path().join("objects");
     let store = tally_connectors::object_store::open_local(&objects)?;

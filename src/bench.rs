@@ -303,6 +303,27 @@ impl BenchLog {
             log,
         })
     }
+
+    /// Appends `events` to the spool, 100,000 at a time.
+    pub fn append_all(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        events: impl Iterator<Item = anyhow::Result<Event>>,
+    ) -> anyhow::Result<()> {
+        const CHUNK: usize = 100_000;
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for event in events {
+            chunk.push(AppendRecord::event(&event?, self.log.partitions()));
+            if chunk.len() == CHUNK {
+                runtime.block_on(
+                    self.log
+                        .append(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))),
+                )?;
+            }
+        }
+        runtime.block_on(self.log.append(chunk))?;
+        Ok(())
+    }
 }
 
 /// Appended batches of the freshness run: when each was appended, and the log's ends after it.

@@ -13,7 +13,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use serde::Serialize;
 use tally_connectors::log::kafka::{self, producer_config};
-use tally_connectors::log::{AppendRecord, EventLog, LogEntry};
+use tally_connectors::log::{EventLog, LogEntry};
 use tally_ingest::forwarder::{Forwarder, ForwarderMetrics, record_head};
 use tally_model::KafkaConfig;
 
@@ -53,25 +53,19 @@ struct KafkaBenchReport {
 
 /// Runs the benchmark.
 pub fn run(args: KafkaBenchArgs) -> anyhow::Result<()> {
-    let BenchLog {
-        scratch,
-        config,
-        catalog,
-        log,
-    } = BenchLog::create(&args.dir)?;
+    let bench_log = BenchLog::create(&args.dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     eprintln!("bench: spooling {} events ...", args.events);
-    let mut chunk = Vec::with_capacity(100_000);
-    for event in validated_events(&catalog, args.events, 0.0)? {
-        chunk.push(AppendRecord::event(&event?, log.partitions()));
-        if chunk.len() == chunk.capacity() {
-            runtime.block_on(log.append(std::mem::take(&mut chunk)))?;
-            chunk.reserve(100_000);
-        }
-    }
-    runtime.block_on(log.append(chunk))?;
+    let events = validated_events(&bench_log.catalog, args.events, 0.0)?;
+    bench_log.append_all(&runtime, events)?;
+    let BenchLog {
+        scratch,
+        config,
+        log,
+        ..
+    } = bench_log;
     let records = spooled(log.as_ref())?;
     let payload_bytes = records.iter().map(|r| r.payload.len() as u64).sum();
 
