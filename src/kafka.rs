@@ -46,10 +46,8 @@ pub fn run(command: KafkaCommand) -> anyhow::Result<()> {
                 TopicOutcome::Existed => println!("topic {topic} exists; left as it is"),
             }
         }
-        for topic in [&config.kafka.events_topic, &config.kafka.rejected_topic] {
-            if let Some(warning) = retention_warning(&config, topic).await {
-                println!("warning: {warning}");
-            }
+        for warning in retention_warnings(&config).await {
+            println!("warning: {warning}");
         }
         anyhow::Ok(())
     })
@@ -61,9 +59,18 @@ pub fn replay_window(config: &Config) -> Duration {
     Duration::from_secs(config.speed.horizon_hours * 3600 + config.ingest.max_future_secs)
 }
 
+/// What is wrong with the retention of the events and rejected topics, if anything.
+pub async fn retention_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for topic in [&config.kafka.events_topic, &config.kafka.rejected_topic] {
+        warnings.extend(retention_warning(config, topic).await);
+    }
+    warnings
+}
+
 /// Why `topic`'s retention is a problem, if it is: shorter than the replay window, or not
 /// readable from the broker.
-pub async fn retention_warning(config: &Config, topic: &str) -> Option<String> {
+async fn retention_warning(config: &Config, topic: &str) -> Option<String> {
     let window = replay_window(config);
     match kafka::topic_retention(&config.kafka, topic).await {
         Ok(Some(retention)) if retention < window => Some(format!(

@@ -385,11 +385,8 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
 /// Warns, at start, when a topic does not keep records as long as a restarted speed layer
 /// replays.
 async fn warn_on_short_retention(config: Config) {
-    for stream in [Stream::Events, Stream::Rejected] {
-        if let Some(warning) = crate::kafka::retention_warning(&config, stream.topic(&config)).await
-        {
-            tracing::warn!("{warning}");
-        }
+    for warning in crate::kafka::retention_warnings(&config).await {
+        tracing::warn!("{warning}");
     }
 }
 

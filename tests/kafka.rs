@@ -3,7 +3,6 @@
 //! through a broker outage and counts every acknowledged event once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{Catalog, KafkaConfig};
 
 use crate::lambda::{batch_states, speed_states};
-use crate::support::{READ_KEY, Tally, run, tally};
+use crate::support::{READ_KEY, Tally, acked_ids, failed_requests, run, tally};
 
 const PARTITIONS: u32 = 3;
 
@@ -143,24 +142,6 @@ fn tally_up_on_kafka_acknowledges_through_a_broker_outage_and_counts_every_event
     );
 }
 
-/// `failed requests N` from a `tally gen` report.
-fn failed_requests(report: &[u8]) -> u64 {
-    let report = String::from_utf8_lossy(report);
-    report
-        .split("failed requests ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no failed-requests count in {report}"))
-}
-
-fn acked_ids(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 fn counted<'a>(ids: impl Iterator<Item = &'a String>) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for id in ids {
@@ -189,12 +170,7 @@ fn topic_ids(topic: &dyn EventLog) -> BTreeMap<String, usize> {
 
 /// A `tally_forwarder_<name>{stream="events"}` value from `/metrics`.
 fn forwarder_metric(server: &Tally, name: &str) -> u64 {
-    let (_, metrics) = server.http("GET", "/metrics", &[], "");
-    let prefix = format!("tally_forwarder_{name}{{stream=\"events\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or(0)
+    server.metric(&format!("tally_forwarder_{name}{{stream=\"events\"}}"))
 }
 
 fn wait_until_forwarded(server: &Tally, records: u64) {

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::{Tally, log_stats, logged_event_ids, post_events};
+use crate::support::{Tally, acked_ids, failed_requests, log_stats, logged_event_ids, post_events};
 
 #[test]
 fn every_acknowledged_event_survives_kill_9_mid_load() {
@@ -39,22 +39,14 @@ fn every_acknowledged_event_survives_kill_9_mid_load() {
     );
     server.kill9();
     let report = generator.wait_with_output().unwrap();
+    let failed = failed_requests(&report.stdout);
     let report = String::from_utf8_lossy(&report.stdout).into_owned();
-    let failed: u64 = report
-        .split("failed requests ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap();
     assert!(
         failed > 0,
         "the kill must land mid-load, yet every request succeeded: {report}"
     );
 
-    let acked: HashSet<String> = std::fs::read_to_string(&acked_path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let acked: HashSet<String> = acked_ids(&acked_path).into_iter().collect();
     assert!(acked.len() >= 20_000, "{} acked ids: {report}", acked.len());
 
     let restarted = Tally::up(&data_dir);

@@ -115,14 +115,15 @@ impl Tally {
 
     /// Events acknowledged so far, from `/metrics`.
     pub fn accepted(&self) -> u64 {
+        self.metric("tally_ingest_events_accepted_total")
+    }
+
+    /// The value of the `/metrics` series `name` (with its labels, if any); 0 when absent.
+    pub fn metric(&self, name: &str) -> u64 {
         let (_, metrics) = self.http("GET", "/metrics", &[], "");
         metrics
             .lines()
-            .find_map(|line| {
-                line.strip_prefix("tally_ingest_events_accepted_total ")?
-                    .parse()
-                    .ok()
-            })
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0)
     }
 
@@ -181,6 +182,25 @@ pub fn http(
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// `failed requests N` from a `tally gen` report.
+pub fn failed_requests(report: &[u8]) -> u64 {
+    let report = String::from_utf8_lossy(report);
+    report
+        .split("failed requests ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no failed-requests count in {report}"))
+}
+
+/// The ids `tally gen --acked-ids FILE` wrote, one per acknowledgement.
+pub fn acked_ids(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Posts a JSON body of events with the demo write key.

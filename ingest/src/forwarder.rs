@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -24,6 +23,8 @@ use serde::Deserialize;
 use tally_connectors::log::kafka::producer_config;
 use tally_connectors::log::{EventLog, LogError, Offset};
 use thiserror::Error;
+
+use crate::telemetry::StreamLabels;
 
 /// The forwarder's consumer name in the spool.
 pub const FORWARDER: &str = "kafka-forwarder";
@@ -88,11 +89,6 @@ impl ForwarderStatus {
         self.failing.set(i64::from(failure.is_some()));
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = failure;
     }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StreamLabels {
-    stream: &'static str,
 }
 
 /// The forwarders' metrics, `tally_forwarder_*{stream}`: one family per metric, a label per

@@ -23,9 +23,10 @@ struct RouteLabels {
     status: u16,
 }
 
+/// The label of a per-stream metric: `events` or `events.rejected`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StreamLabels {
-    stream: &'static str,
+pub(crate) struct StreamLabels {
+    pub(crate) stream: &'static str,
 }
 
 /// The collector's metrics.

@@ -114,6 +114,43 @@ impl KafkaLog {
         list
     }
 
+    /// A consumer of `partition` alone, positioned at `offset`.
+    fn consumer_at(&self, partition: u32, offset: Offset) -> Result<BaseConsumer, LogError> {
+        let consumer: BaseConsumer = consumer_config(&self.client)
+            .create()
+            .map_err(|err| kafka_error("creating a Kafka consumer", err))?;
+        consumer
+            .assign(&self.one_partition(partition, KafkaOffset::Offset(offset as i64)))
+            .map_err(|err| kafka_error("assigning a Kafka partition", err))?;
+        Ok(consumer)
+    }
+
+    /// The first offset `partition` keeps and the offset its next record will get.
+    fn watermarks(&self, partition: u32) -> Result<(Offset, Offset), LogError> {
+        let (low, high) = self
+            .admin
+            .fetch_watermarks(&self.topic, partition as i32, REQUEST_TIMEOUT)
+            .map_err(|err| unavailable("reading Kafka watermarks", err))?;
+        Ok((low.max(0) as Offset, high.max(0) as Offset))
+    }
+
+    /// The timestamp of the record at `offset`, if it has one.
+    fn timestamp_at(&self, partition: u32, offset: Offset) -> Result<Option<Millis>, LogError> {
+        let consumer = self.consumer_at(partition, offset)?;
+        let deadline = Instant::now() + READ_WAIT;
+        while Instant::now() < deadline {
+            match consumer.poll(deadline.saturating_duration_since(Instant::now())) {
+                Some(Ok(message)) => return Ok(message.timestamp().to_millis()),
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+                _ => {}
+            }
+        }
+        Err(LogError::Unavailable(format!(
+            "Kafka did not send record {offset} of partition {partition} within {} s",
+            READ_WAIT.as_secs()
+        )))
+    }
+
     /// Runs `action` with the client of consumer group `tally.<consumer>`.
     fn with_group<T>(
         &self,
@@ -181,21 +218,26 @@ impl EventLog for KafkaLog {
             .unwrap_or_else(PoisonError::into_inner);
         let reader = match slot.as_mut() {
             Some(reader) if reader.next == from => reader,
-            _ => {
-                let consumer: BaseConsumer = consumer_config(&self.client)
-                    .create()
-                    .map_err(|err| kafka_error("creating a Kafka consumer", err))?;
-                consumer
-                    .assign(&self.one_partition(partition, KafkaOffset::Offset(from as i64)))
-                    .map_err(|err| kafka_error("assigning a Kafka partition", err))?;
-                slot.insert(PartitionReader {
-                    consumer,
-                    next: from,
-                    at_end: false,
-                })
-            }
+            _ => slot.insert(PartitionReader {
+                consumer: self.consumer_at(partition, from)?,
+                next: from,
+                at_end: false,
+            }),
         };
-        reader.read(partition, max)
+        reader.read(partition, max).map_err(|err| match err {
+            // The reader knows the offset was deleted, not which is the oldest kept.
+            LogError::OffsetDeleted {
+                partition, offset, ..
+            } => match self.watermarks(partition) {
+                Ok((first, _)) => LogError::OffsetDeleted {
+                    partition,
+                    offset,
+                    first,
+                },
+                Err(unavailable) => unavailable,
+            },
+            other => other,
+        })
     }
 
     fn register_consumer(&self, consumer: &str) -> Result<(), LogError> {
@@ -232,11 +274,7 @@ impl EventLog for KafkaLog {
     fn stats(&self) -> Result<LogStats, LogError> {
         let mut stats = LogStats::default();
         for partition in 0..self.partitions {
-            let (low, high) = self
-                .admin
-                .fetch_watermarks(&self.topic, partition as i32, REQUEST_TIMEOUT)
-                .map_err(|err| unavailable("reading Kafka watermarks", err))?;
-            let (first, next) = (low.max(0) as Offset, high.max(0) as Offset);
+            let (first, next) = self.watermarks(partition)?;
             stats.records += next.saturating_sub(first);
             stats.partitions.push(PartitionStats {
                 partition,
@@ -253,11 +291,10 @@ impl EventLog for KafkaLog {
         self.check_partition(partition)?;
         // Brokers differ on a time after the last record (Kafka answers "end", tansu 0), so
         // that case is settled here from the last record's own timestamp.
-        let kept = self.stats()?.partitions[partition as usize].clone();
-        let end = kept.next_offset;
+        let (first, end) = self.watermarks(partition)?;
         // Kafka reads negative times as "earliest" and "latest" markers.
         if time <= 0 {
-            return Ok(Some(kept.first_offset));
+            return Ok(Some(first));
         }
         let last = match end.checked_sub(1) {
             Some(last) => self.timestamp_at(partition, last)?,
@@ -278,30 +315,6 @@ impl EventLog for KafkaLog {
                 KafkaOffset::End => Some(end),
                 _ => None,
             }))
-    }
-}
-
-impl KafkaLog {
-    /// The timestamp of the record at `offset`, if it has one.
-    fn timestamp_at(&self, partition: u32, offset: Offset) -> Result<Option<Millis>, LogError> {
-        let consumer: BaseConsumer = consumer_config(&self.client)
-            .create()
-            .map_err(|err| kafka_error("creating a Kafka consumer", err))?;
-        consumer
-            .assign(&self.one_partition(partition, KafkaOffset::Offset(offset as i64)))
-            .map_err(|err| kafka_error("assigning a Kafka partition", err))?;
-        let deadline = Instant::now() + READ_WAIT;
-        while Instant::now() < deadline {
-            match consumer.poll(deadline.saturating_duration_since(Instant::now())) {
-                Some(Ok(message)) => return Ok(message.timestamp().to_millis()),
-                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
-                _ => {}
-            }
-        }
-        Err(LogError::Unavailable(format!(
-            "Kafka did not send record {offset} of partition {partition} within {} s",
-            READ_WAIT.as_secs()
-        )))
     }
 }
 
@@ -333,6 +346,7 @@ impl PartitionReader {
                 Some(Err(KafkaError::MessageConsumption(
                     RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset,
                 ))) => {
+                    // `first` is filled in by `KafkaLog::read`.
                     return Err(LogError::OffsetDeleted {
                         partition,
                         offset: self.next,
