@@ -401,11 +401,19 @@ impl RangeArgs {
     }
 }
 
-/// The object store: the `objects` folder of the data directory.
+/// The object store `objects.url` names, by default the `objects` folder of the data
+/// directory.
 pub fn objects(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    let root = settings::objects_dir(&config.data_dir);
-    tally_connectors::object_store::open_local(&root)
-        .with_context(|| format!("opening the object store in {}", root.display()))
+    let url = match config.objects.url.as_str() {
+        "" => settings::objects_dir(&config.data_dir)
+            .display()
+            .to_string(),
+        url => url.to_owned(),
+    };
+    Ok(tally_connectors::object_store::open(
+        &url,
+        &config.objects.options,
+    )?)
 }
 
 /// How late an event may arrive: ingest rejects later ones, so older hours are final.

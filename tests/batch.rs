@@ -36,7 +36,7 @@ fn archived_positions(objects: &Path) -> Vec<(u32, u64)> {
     positions
 }
 
-fn logged(data_dir: &Path) -> Vec<(u32, u64, Event)> {
+pub fn logged(data_dir: &Path) -> Vec<(u32, u64, Event)> {
     let spool = Spool::open_read_only(&data_dir.join("log/events")).unwrap();
     (0..spool.partitions())
         .flat_map(|partition| {

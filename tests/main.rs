@@ -7,6 +7,7 @@ mod governance;
 mod kafka;
 mod kill;
 mod lambda;
+mod objects;
 mod openapi;
 mod serving;
 mod speed;

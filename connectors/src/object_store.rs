@@ -1,13 +1,107 @@
-//! The object store holding raw Parquet partitions and batch views. The embedded default is
-//! `object_store`'s `LocalFileSystem` under the data directory; S3 and HDFS plug in behind the
-//! same `ObjectStore` trait.
+//! The object store holding raw Parquet partitions, batch views and the catalog, opened from
+//! a URL: a local folder (the embedded default, `object_store`'s `LocalFileSystem`), S3 or any
+//! S3-compatible server (`object_store`'s `AmazonS3`), or HDFS (`hdfs-native`). Everything
+//! above this module sees only the `ObjectStore` trait.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use hdfs_native_object_store::HdfsObjectStoreBuilder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use thiserror::Error;
+
+/// Why an object store could not be opened.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The URL is malformed or names a scheme Tally has no store for.
+    #[error("object store URL {url:?}: {reason}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store refused its settings or could not be set up.
+    #[error("opening the object store at {url}")]
+    Store {
+        /// The URL as given.
+        url: String,
+        /// The store's own error.
+        source: object_store::Error,
+    },
+}
+
+/// Opens the store at `url`:
+///
+/// - a path or `file:///path`: a folder on this machine, created if missing;
+/// - `s3://bucket[/prefix]`: S3 or an S3-compatible server. Settings come from the standard
+///   `AWS_*` variables (`AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...), then from
+///   `options` by `object_store`'s names (`aws_endpoint`, `aws_allow_http`, ...);
+/// - `hdfs://namenode:port[/prefix]` (or a name service, `hdfs://ns/prefix`): HDFS, with
+///   `options` as Hadoop properties over those of `HADOOP_CONF_DIR`.
+///
+/// Objects live under the prefix, so several deployments can share a bucket.
+pub fn open(
+    url: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<Arc<dyn ObjectStore>, OpenError> {
+    let invalid = |reason: String| OpenError::Url {
+        url: url.to_owned(),
+        reason,
+    };
+    let store_error = |source| OpenError::Store {
+        url: url.to_owned(),
+        source,
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return open_local(Path::new(url)).map_err(store_error);
+    };
+    let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = prefix.trim_matches('/');
+    let store: Arc<dyn ObjectStore> = match scheme {
+        "file" if authority.is_empty() => {
+            return open_local(Path::new(&format!("/{prefix}"))).map_err(store_error);
+        }
+        "file" => {
+            return Err(invalid(
+                "a file URL takes an absolute path, as in file:///var/lib/tally/objects".into(),
+            ));
+        }
+        "s3" | "s3a" => {
+            let mut builder = AmazonS3Builder::from_env().with_url(format!("s3://{authority}"));
+            for (key, value) in options {
+                let key: AmazonS3ConfigKey = key
+                    .parse()
+                    .map_err(|_| invalid(format!("{key:?} is not an S3 setting")))?;
+                builder = builder.with_config(key, value);
+            }
+            Arc::new(builder.build().map_err(store_error)?)
+        }
+        "hdfs" | "viewfs" => Arc::new(
+            HdfsObjectStoreBuilder::new()
+                .with_url(format!("{scheme}://{authority}"))
+                .with_config(options.clone())
+                .build()
+                .map_err(store_error)?,
+        ),
+        _ => {
+            return Err(invalid(format!(
+                "unknown scheme {scheme:?}; use a path, file://, s3:// or hdfs://"
+            )));
+        }
+    };
+    Ok(if prefix.is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    })
+}
 
 /// Opens the local object store rooted at `root`, creating the folder.
 pub fn open_local(root: &Path) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
@@ -66,23 +160,93 @@ pub async fn get_optional(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use futures::TryStreamExt;
 
-    #[tokio::test]
-    async fn stores_and_lists_objects_under_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_local(&dir.path().join("objects")).unwrap();
-        let path = ObjectPath::from("raw/events/dt=2026-11-22/hour=16/part-00000-1-2.parquet");
+    use super::*;
+    use crate::testing::{S3Server, backend_uri};
+
+    /// What the layers rely on: objects round-trip and list by prefix, create-only writes
+    /// refuse a taken name, and a published generation is read through its pointer.
+    async fn serves_the_layers(store: Arc<dyn ObjectStore>) {
+        let raw = ObjectPath::from("raw/events/dt=2026-11-22/hour=16/part-00000-1-2.parquet");
         store
-            .put(&path, PutPayload::from_static(b"bytes"))
+            .put(&raw, PutPayload::from_static(b"rows"))
             .await
             .unwrap();
-        let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
-        assert_eq!(bytes.as_ref(), b"bytes");
+        let bytes = store.get(&raw).await.unwrap().bytes().await.unwrap();
+        assert_eq!(bytes.as_ref(), b"rows");
+        let listed: Vec<_> = store
+            .list(Some(&ObjectPath::from("raw/events")))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(listed, [raw.to_string()]);
+
+        assert_eq!(
+            get_optional(&*store, "manifest/current").await.unwrap(),
+            None
+        );
+        let first =
+            publish_generation(&*store, "manifest/g-1", b"one".to_vec(), "manifest/current");
+        assert!(first.await.unwrap());
+        let taken =
+            publish_generation(&*store, "manifest/g-1", b"two".to_vec(), "manifest/current");
         assert!(
-            dir.path()
-                .join("objects/raw/events/dt=2026-11-22/hour=16")
-                .is_dir()
+            !taken.await.unwrap(),
+            "a taken generation must not be overwritten"
+        );
+        let pointer = get_optional(&*store, "manifest/current").await.unwrap();
+        assert_eq!(pointer.as_deref(), Some(&b"manifest/g-1"[..]));
+        let generation = get_optional(&*store, "manifest/g-1").await.unwrap();
+        assert_eq!(generation.as_deref(), Some(&b"one"[..]));
+
+        store.delete(&raw).await.unwrap();
+        assert_eq!(get_optional(&*store, raw.as_ref()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_local_folder_serves_the_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("objects");
+        serves_the_layers(open(root.to_str().unwrap(), &BTreeMap::new()).unwrap()).await;
+        assert!(root.join("manifest/g-1").is_file());
+        let url = format!("file://{}", dir.path().join("other").display());
+        serves_the_layers(open(&url, &BTreeMap::new()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn an_s3_server_serves_the_layers() {
+        let server = S3Server::start();
+        serves_the_layers(open(&server.url, &server.options).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn hdfs_serves_the_layers() {
+        let test = "connectors::object_store::hdfs_serves_the_layers";
+        let Some(uri) = backend_uri("TALLY_HDFS_URI", test, "hdfs://namenode:9000/tally-test")
+        else {
+            return;
+        };
+        let unique = format!("{}/test-{}", uri.trim_end_matches('/'), std::process::id());
+        serves_the_layers(open(&unique, &BTreeMap::new()).unwrap()).await;
+    }
+
+    #[test]
+    fn urls_it_cannot_open_say_why() {
+        let options = BTreeMap::new();
+        let error = open("gs://bucket", &options).err().unwrap().to_string();
+        assert!(error.contains("unknown scheme \"gs\""), "{error}");
+        let error = open("file://host/path", &options)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("absolute path"), "{error}");
+        let options = BTreeMap::from([("aws_colour".to_owned(), "blue".to_owned())]);
+        let error = open("s3://bucket", &options).err().unwrap().to_string();
+        assert!(
+            error.contains("\"aws_colour\" is not an S3 setting"),
+            "{error}"
         );
     }
 }

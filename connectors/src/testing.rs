@@ -1,6 +1,7 @@
 //! Test support shared by the layers' tests (feature `testing`): random demo events with
 //! resent copies, the plain reference computation of every view, the comparison of states
-//! that the Lambda design promises, and a Kafka-protocol [`Broker`].
+//! that the Lambda design promises, a Kafka-protocol [`Broker`], an [`S3Server`], and the loud
+//! skip of tests whose server cannot run here ([`backend_uri`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -197,12 +198,8 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker keeping topics in SQLite, so a restart keeps what it stored.
     pub fn start() -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
         let mut broker = Broker {
-            address: format!("127.0.0.1:{port}"),
+            address: free_local_address(),
             dir: tempfile::tempdir().expect("a folder for the broker"),
             process: None,
         };
@@ -223,8 +220,8 @@ impl Broker {
         self.stop();
         let binary = tansu_binary();
         let url = format!("tcp://{}", self.address);
-        let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("a log file");
-        let process = std::process::Command::new(&binary)
+        let mut command = std::process::Command::new(&binary);
+        command
             .current_dir(self.dir.path())
             .args([
                 "broker",
@@ -233,27 +230,15 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .stdout(log.try_clone().expect("a log file"))
-            .stderr(log)
-            .spawn()
+            .args(["--storage-engine", "sqlite://tansu.db"]);
+        let started = start_listening(command, &self.address, &self.dir.path().join("broker.log"))
             .unwrap_or_else(|err| {
                 panic!(
-                    "starting the Kafka-protocol broker {binary}: {err}; run `bash .ci/run` \
-                     (it builds tansu into ~/.cache/tally/tansu) or set TALLY_TANSU"
+                    "the Kafka-protocol broker {binary}: {err}; run `bash .ci/run` (it builds \
+                     tansu into ~/.cache/tally/tansu) or set TALLY_TANSU"
                 )
             });
-        self.process = Some(process);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(&self.address).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the broker did not listen on {} within 30 s; see {}",
-                self.address,
-                self.dir.path().join("broker.log").display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        self.process = Some(started);
     }
 
     /// Creates `topic` with `partitions`.
@@ -279,6 +264,150 @@ impl Drop for Broker {
 }
 
 /// The tansu binary: `TALLY_TANSU`, or where `.ci/run` installs it.
+/// An S3-compatible server for the tests: the bucket and prefix named by `TALLY_S3_URI` when
+/// set (with the `AWS_*` variables for its endpoint and keys), else a `moto_server` (PyPI
+/// `moto[server]`, which `.ci/run` installs) started on a free local port with one bucket.
+/// Each value gets a prefix of its own, so tests sharing a bucket never see each other.
+pub struct S3Server {
+    /// `s3://bucket/prefix` for `object_store::open`.
+    pub url: String,
+    /// Settings reaching this server: endpoint, region, keys.
+    pub options: BTreeMap<String, String>,
+    process: Option<std::process::Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl S3Server {
+    /// Connects to `TALLY_S3_URI` or starts a local server; panics saying what to install.
+    pub fn start() -> S3Server {
+        let unique = format!(
+            "test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("a clock after 1970")
+                .as_nanos()
+        );
+        if let Ok(uri) = std::env::var("TALLY_S3_URI") {
+            return S3Server {
+                url: format!("{}/{unique}", uri.trim_end_matches('/')),
+                options: BTreeMap::new(),
+                process: None,
+                _dir: None,
+            };
+        }
+        let address = free_local_address();
+        let dir = tempfile::tempdir().expect("a folder for the S3 server");
+        let binary = std::env::var("TALLY_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let (host, port) = address.split_once(':').expect("host:port");
+        let mut command = std::process::Command::new(&binary);
+        command.args(["-H", host, "-p", port]);
+        let process = start_listening(command, &address, &dir.path().join("s3.log"))
+            .unwrap_or_else(|err| {
+                panic!(
+                    "the S3 server {binary}: {err}; run `bash .ci/run` (it installs it with \
+                     `pip install 'moto[server]'`), set TALLY_MOTO_SERVER, or point \
+                     TALLY_S3_URI at a bucket"
+                )
+            });
+        const BUCKET: &str = "tally-test";
+        http_put(&address, &format!("/{BUCKET}")).expect("creating the test bucket");
+        let options = [
+            ("aws_endpoint", format!("http://{address}")),
+            ("aws_allow_http", "true".to_owned()),
+            ("aws_region", "us-east-1".to_owned()),
+            ("aws_access_key_id", "tally".to_owned()),
+            ("aws_secret_access_key", "tally-secret".to_owned()),
+        ];
+        S3Server {
+            url: format!("s3://{BUCKET}/{unique}"),
+            options: options.map(|(k, v)| (k.to_owned(), v)).into(),
+            process: Some(process),
+            _dir: Some(dir),
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+/// The URI in the variable `var`, naming a server this machine cannot run (HDFS, ScyllaDB);
+/// `None` after telling the terminal, past the test harness's capture, that `test` was skipped
+/// and how to run it.
+pub fn backend_uri(var: &str, test: &str, example: &str) -> Option<String> {
+    use std::io::Write;
+    match std::env::var(var) {
+        Ok(uri) if !uri.is_empty() => Some(uri),
+        _ => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: {var} is unset; set it (e.g. {var}={example}) to run it"
+            );
+            None
+        }
+    }
+}
+
+/// `127.0.0.1:<a port free just now>`.
+fn free_local_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Spawns `command` with its output in `log` and waits up to 30 s for `address` to accept
+/// connections.
+fn start_listening(
+    mut command: std::process::Command,
+    address: &str,
+    log: &std::path::Path,
+) -> Result<std::process::Child, String> {
+    let file =
+        std::fs::File::create(log).map_err(|err| format!("creating {}: {err}", log.display()))?;
+    let mut process = command
+        .stdout(file.try_clone().map_err(|err| err.to_string())?)
+        .stderr(file)
+        .spawn()
+        .map_err(|err| format!("starting it: {err}"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(address).is_err() {
+        if std::time::Instant::now() > deadline || matches!(process.try_wait(), Ok(Some(_))) {
+            let _ = process.kill();
+            return Err(format!(
+                "it did not listen on {address} within 30 s; see {}",
+                log.display()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(process)
+}
+
+/// A bodiless `PUT path` over plain HTTP; `Err` unless the answer is 200.
+fn http_put(address: &str, path: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).map_err(|err| err.to_string())?;
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|err| err.to_string())?;
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    match answer.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(format!("PUT {path} answered {answer:?}")),
+    }
+}
+
 fn tansu_binary() -> String {
     std::env::var("TALLY_TANSU").unwrap_or_else(|_| {
         let home = std::env::var("HOME").unwrap_or_default();

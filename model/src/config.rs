@@ -16,6 +16,8 @@ use crate::tenant::{ApiKey, Tenant};
 pub const ENV_PREFIX: &str = "TALLY_";
 /// Variables that set a librdkafka property in `kafka.client`.
 const KAFKA_CLIENT_PREFIX: &str = "TALLY_KAFKA_CLIENT_";
+/// Variables that set an object store setting in `objects.options`.
+const OBJECTS_OPTIONS_PREFIX: &str = "TALLY_OBJECTS_OPTIONS_";
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +35,9 @@ pub struct Config {
     /// Kafka, when `log.kind = "kafka"`.
     #[serde(default)]
     pub kafka: KafkaConfig,
+    /// The object store: raw Parquet, batch views and the catalog.
+    #[serde(default)]
+    pub objects: ObjectsConfig,
     /// The speed layer.
     #[serde(default)]
     pub speed: SpeedConfig,
@@ -150,6 +155,22 @@ pub struct KafkaConfig {
     /// `TALLY_KAFKA_CLIENT_SASL_PASSWORD` sets `sasl.password` (underscores become dots).
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+}
+
+/// The object store holding raw Parquet partitions, batch views and the catalog.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectsConfig {
+    /// Where: empty for `<data_dir>/objects`; else a folder, `file:///path`,
+    /// `s3://bucket/prefix` (S3 or an S3-compatible server) or `hdfs://namenode:port/prefix`.
+    #[serde(default)]
+    pub url: String,
+    /// Settings of the store. S3 takes `object_store`'s names, e.g. `aws_endpoint`,
+    /// `aws_region`, `aws_allow_http`, `aws_access_key_id`, and also reads the standard
+    /// `AWS_*` variables; `TALLY_OBJECTS_OPTIONS_AWS_ENDPOINT` sets `aws_endpoint`. HDFS takes
+    /// Hadoop properties, e.g. `"dfs.ha.namenodes.ns" = "nn1,nn2"`, over `HADOOP_CONF_DIR`'s.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 /// The speed layer.
@@ -373,6 +394,12 @@ impl Config {
                 let property = property.to_lowercase().replace('_', ".");
                 config.kafka.client.insert(property, value.clone());
             }
+            if let Some(setting) = var.strip_prefix(OBJECTS_OPTIONS_PREFIX) {
+                config
+                    .objects
+                    .options
+                    .insert(setting.to_lowercase(), value.clone());
+            }
         }
         config.check()?;
         Ok(config)
@@ -559,6 +586,25 @@ mod tests {
         assert!(err.to_string().contains("kafka.retention_hours"), "{err}");
         let err = Config::parse("[log]\nkind = \"zookeeper\"\n", []).unwrap_err();
         assert!(err.to_string().contains("kafka"), "{err}");
+    }
+
+    #[test]
+    fn the_object_store_is_set_from_the_file_and_the_environment() {
+        assert_eq!(Config::default().objects, ObjectsConfig::default());
+        let config = Config::parse(
+            "[objects]\nurl = \"s3://events/tally\"\n[objects.options]\naws_region = \"eu-west-1\"\n",
+            env(&[
+                ("TALLY_OBJECTS_URL", "s3://archive/prod"),
+                ("TALLY_OBJECTS_OPTIONS_AWS_ENDPOINT", "http://127.0.0.1:9000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.objects.url, "s3://archive/prod");
+        assert_eq!(config.objects.options["aws_region"], "eu-west-1");
+        assert_eq!(
+            config.objects.options["aws_endpoint"],
+            "http://127.0.0.1:9000"
+        );
     }
 
     #[test]
