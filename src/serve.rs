@@ -81,6 +81,8 @@ struct Services {
     /// The Kafka forwarders' statuses, when the log is Kafka.
     forwarders: Vec<Arc<ForwarderStatus>>,
     speed: Option<Arc<SpeedHandle>>,
+    /// The batch jobs' health, when this process runs them.
+    batch: Option<Arc<BatchMetrics>>,
     /// `/openapi.json`, rendered once.
     openapi: String,
 }
@@ -211,26 +213,29 @@ pub fn serve(
         _ => None,
     };
     // `tally up` archives both streams and recomputes on a schedule, in the background.
-    let batch = match mode {
+    let (batch, batch_metrics) = match mode {
         Mode::Up => {
             let events = layer_log(Stream::Events)?.context("the archiver reads the events")?;
             let rejected =
                 layer_log(Stream::Rejected)?.context("the archiver reads the rejected events")?;
-            Some(BatchServices::start(
+            let metrics = BatchMetrics::register(&mut registry);
+            let services = BatchServices::start(
                 &config,
                 catalog_handle.clone(),
                 events,
                 rejected,
-                BatchMetrics::register(&mut registry),
-            )?)
+                metrics.clone(),
+            )?;
+            (Some(services), Some(metrics))
         }
-        _ => None,
+        _ => (None, None),
     };
     let services = web::Data::new(Services {
         registry,
         collector: collector.clone(),
         forwarders: forwarders.iter().map(Forwarder::status).collect(),
         speed: speed.clone(),
+        batch: batch_metrics,
         openapi: openapi_document(mode),
     });
     let listen = match mode {
@@ -464,7 +469,7 @@ async fn healthz() -> HttpResponse {
 
 /// `GET /readyz`: every layer in this process can do its work.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready, or degraded (Kafka unreachable: events are kept in the spool and forwarded when it returns)", body = Object),
+    responses((status = 200, description = "Ready, or degraded (Kafka or the object store unreachable: events are kept in the log and forwarded or archived when it returns)", body = Object),
         (status = 503, description = "A layer failed; `error` says which and why", body = Object)))]
 async fn readyz(services: web::Data<Services>) -> HttpResponse {
     let collector = services
@@ -480,13 +485,25 @@ async fn readyz(services: web::Data<Services>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"status": "unavailable", "error": error}));
     }
-    // Ingest still acknowledges from its spool while Kafka is away: degraded, not down.
-    let forwarding = services.forwarders.iter().find_map(|f| f.failure());
-    match forwarding {
+    // Ingest still acknowledges while Kafka or the object store is away, and the log keeps
+    // what is not yet forwarded or archived: degraded, not down.
+    let forwarding = services
+        .forwarders
+        .iter()
+        .find_map(|f| f.failure())
+        .map(|error| format!("forwarding to Kafka: {error}; the spool keeps the backlog"));
+    let batch = services
+        .batch
+        .as_ref()
+        .and_then(|b| b.failure())
+        .map(|error| {
+            format!("batch layer: {error}; it retries, and the log keeps what is not archived")
+        });
+    match forwarding.or(batch) {
         None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Some(error) => HttpResponse::Ok().json(serde_json::json!({
             "status": "degraded",
-            "error": format!("forwarding to Kafka: {error}; the spool keeps the backlog"),
+            "error": error,
         })),
     }
 }

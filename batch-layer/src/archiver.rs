@@ -17,19 +17,21 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tally_connectors::archive::{self, ArchiveError, Logged};
-use tally_connectors::log::{EventLog, LogError, Offset};
+use tally_connectors::log::{EventLog, Offset};
 use tally_model::layout::{RawStream, archive_progress_path, raw_object_path};
 use tally_model::time::HOUR_MS;
 use tally_model::{BatchConfig, Event, Millis, RejectedEvent};
 
-use crate::telemetry::BatchMetrics;
+use crate::telemetry::{BatchJob, BatchMetrics};
 use crate::{BatchError, now_millis};
 
 pub use tally_model::layout::ARCHIVER_CONSUMER as CONSUMER;
 /// Most records read from a partition at a time.
 const READ_BATCH: usize = 10_000;
 /// How long the archiver waits before trying an unavailable log again.
-const UNAVAILABLE_WAIT: Duration = Duration::from_secs(1);
+/// First wait before an archiver whose pass failed starts over; it doubles up to the max.
+const RETRY_WAIT: Duration = Duration::from_secs(1);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 
 /// A record kind the archiver writes: accepted or rejected events.
 pub trait Archivable: DeserializeOwned + Send + Sync + 'static {
@@ -408,7 +410,8 @@ impl<T: Archivable> Archiver<T> {
         Ok(())
     }
 
-    /// The archiver as [`Archiver::open`] makes it, once the log answers again.
+    /// The archiver as [`Archiver::open`] makes it, once the log and the store answer again;
+    /// the last error once `stop` is set.
     async fn reopen(
         self,
         stop: &mut tokio::sync::watch::Receiver<bool>,
@@ -420,30 +423,40 @@ impl<T: Archivable> Archiver<T> {
             metrics,
             ..
         } = self;
+        let mut wait = RETRY_WAIT;
         loop {
-            let _ = tokio::time::timeout(UNAVAILABLE_WAIT, stop.changed()).await;
+            let _ = tokio::time::timeout(wait, stop.changed()).await;
             match Archiver::open(log.clone(), store.clone(), policy, metrics.clone()).await {
-                Err(BatchError::Log(LogError::Unavailable(_))) if !*stop.borrow() => {}
+                Err(err) if !*stop.borrow() => {
+                    metrics.job_failed(BatchJob::Archiver(T::STREAM), &err);
+                    wait = (wait * 2).min(MAX_RETRY_WAIT);
+                }
                 reopened => return reopened,
             }
         }
     }
 
-    /// Runs passes until `stop` resolves, then flushes every open roll. While the log is
-    /// unavailable (a Kafka outage) it waits and starts over from what is durable, as after
-    /// a restart, so a roll cut short by the outage is redone, not half-kept.
+    /// Runs passes until `stop` resolves, then flushes every open roll. When a pass fails (the
+    /// log or the object store is unavailable) it reports the job failing, waits, and starts
+    /// over from what is durable, as after a restart, so a roll cut short is redone, not
+    /// half-kept.
     pub async fn run(
         mut self,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), BatchError> {
+        let job = BatchJob::Archiver(T::STREAM);
         loop {
             let report = match self.pass(false).await {
-                Err(BatchError::Log(LogError::Unavailable(reason))) => {
-                    tracing::warn!(stream = T::STREAM.name(), %reason, "the event log is unavailable; the archiver retries");
+                Ok(report) => {
+                    self.metrics.job_succeeded(job);
+                    report
+                }
+                Err(err) => {
+                    tracing::warn!(stream = T::STREAM.name(), error = %err, "archiving failed; the archiver retries from what is durable");
+                    self.metrics.job_failed(job, &err);
                     self = self.reopen(&mut stop).await?;
                     continue;
                 }
-                report => report?,
             };
             if *stop.borrow() {
                 self.pass(true).await?;

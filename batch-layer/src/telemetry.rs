@@ -1,6 +1,7 @@
 //! What the batch layer measures, in one place: every metric it exports to `/metrics`.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,6 +16,30 @@ use tally_model::time::now_millis;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamLabels {
     stream: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: &'static str,
+}
+
+/// The batch jobs whose health `/readyz` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BatchJob {
+    /// The archiver of one raw stream.
+    Archiver(RawStream),
+    /// Scheduled recompute.
+    Recompute,
+}
+
+impl BatchJob {
+    fn name(self) -> &'static str {
+        match self {
+            BatchJob::Archiver(RawStream::Events) => "archiver events",
+            BatchJob::Archiver(RawStream::Rejected) => "archiver rejected",
+            BatchJob::Recompute => "recompute",
+        }
+    }
 }
 
 /// The batch layer's metrics.
@@ -32,6 +57,8 @@ pub struct BatchMetrics {
     last_run_hours: Gauge,
     last_run_rows: Gauge,
     horizon: Gauge,
+    failing: Family<JobLabels, Gauge>,
+    failures: Mutex<BTreeMap<BatchJob, String>>,
 }
 
 /// What one recompute did, for the metrics and the operator.
@@ -110,7 +137,39 @@ impl BatchMetrics {
             "The published horizon (ms since the epoch); now minus this is the horizon lag",
             metrics.horizon.clone(),
         );
+        batch.register(
+            "failing",
+            "1 while a batch job's last attempt failed (it retries), by job",
+            metrics.failing.clone(),
+        );
         Arc::new(metrics)
+    }
+
+    /// The failure of the first batch job whose last attempt failed, for `/readyz`.
+    pub fn failure(&self) -> Option<String> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let (job, error) = failures.iter().next()?;
+        Some(format!("{}: {error}", job.name()))
+    }
+
+    /// `job`'s last attempt failed with `error`; it will retry.
+    pub(crate) fn job_failed(&self, job: BatchJob, error: &dyn std::fmt::Display) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.insert(job, error.to_string());
+        self.failing
+            .get_or_create(&JobLabels { job: job.name() })
+            .set(1);
+    }
+
+    /// `job`'s last attempt succeeded.
+    pub(crate) fn job_succeeded(&self, job: BatchJob) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.remove(&job).is_some() {
+            tracing::info!(job = job.name(), "the batch job works again");
+        }
+        self.failing
+            .get_or_create(&JobLabels { job: job.name() })
+            .set(0);
     }
 
     pub(crate) fn events_archived(&self, stream: RawStream, events: usize) {
@@ -132,6 +191,7 @@ impl BatchMetrics {
 
     /// A recompute finished.
     pub fn run_finished(&self, summary: &RunSummary, took: Duration) {
+        self.job_succeeded(BatchJob::Recompute);
         self.runs.inc();
         self.last_run_finished.set(now_millis());
         self.last_run_millis.set(took.as_millis() as i64);
@@ -151,6 +211,7 @@ impl BatchMetrics {
 
     /// A recompute failed.
     pub fn run_failed(&self, error: &dyn std::fmt::Display) {
+        self.job_failed(BatchJob::Recompute, error);
         self.run_failures.inc();
         tracing::error!(%error, "batch recompute failed; the published manifest is unchanged");
     }

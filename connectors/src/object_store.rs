@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hdfs_native_object_store::HdfsObjectStoreBuilder;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
 use thiserror::Error;
 
 /// Why an object store could not be opened.
@@ -42,7 +43,9 @@ pub enum OpenError {
 /// - a path or `file:///path`: a folder on this machine, created if missing;
 /// - `s3://bucket[/prefix]`: S3 or an S3-compatible server. Settings come from the standard
 ///   `AWS_*` variables (`AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...), then from
-///   `options` by `object_store`'s names (`aws_endpoint`, `aws_allow_http`, ...);
+///   `options` by `object_store`'s names (`aws_endpoint`, `aws_allow_http`, ...), plus
+///   `max_retries` and `retry_timeout_secs` (how long a request is retried before it fails:
+///   3 minutes by default);
 /// - `hdfs://namenode:port[/prefix]` (or a name service, `hdfs://ns/prefix`): HDFS, with
 ///   `options` as Hadoop properties over those of `HADOOP_CONF_DIR`.
 ///
@@ -75,13 +78,25 @@ pub fn open(
         }
         "s3" | "s3a" => {
             let mut builder = AmazonS3Builder::from_env().with_url(format!("s3://{authority}"));
+            let mut retry = RetryConfig::default();
             for (key, value) in options {
-                let key: AmazonS3ConfigKey = key
-                    .parse()
-                    .map_err(|_| invalid(format!("{key:?} is not an S3 setting")))?;
-                builder = builder.with_config(key, value);
+                let number = || {
+                    value.parse::<u64>().map_err(|_| {
+                        invalid(format!("{key} must be a whole number, not {value:?}"))
+                    })
+                };
+                match key.as_str() {
+                    "max_retries" => retry.max_retries = number()? as usize,
+                    "retry_timeout_secs" => retry.retry_timeout = Duration::from_secs(number()?),
+                    _ => {
+                        let key: AmazonS3ConfigKey = key
+                            .parse()
+                            .map_err(|_| invalid(format!("{key:?} is not an S3 setting")))?;
+                        builder = builder.with_config(key, value);
+                    }
+                }
             }
-            Arc::new(builder.build().map_err(store_error)?)
+            Arc::new(builder.with_retry(retry).build().map_err(store_error)?)
         }
         "hdfs" | "viewfs" => Arc::new(
             HdfsObjectStoreBuilder::new()

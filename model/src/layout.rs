@@ -18,7 +18,7 @@ use crate::time::{Granularity, HOUR_MS, date_and_hour};
 pub const ARCHIVER_CONSUMER: &str = "archiver";
 
 /// Which raw stream an object belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RawStream {
     /// Accepted events.
     Events,
