@@ -66,6 +66,9 @@ pub struct ScheduleArgs {
     /// Period between runs, e.g. 15m, 90s, 1h [default: batch.every_secs].
     #[arg(long, value_parser = parse_period)]
     every: Option<Duration>,
+    /// Address to serve /metrics, /healthz and /readyz on [default: batch.listen].
+    #[arg(long)]
+    listen: Option<String>,
 }
 
 /// Which hours and views a job covers.
@@ -361,7 +364,12 @@ async fn schedule(args: &ScheduleArgs) -> anyhow::Result<()> {
     let config = settings::load(&args.config)?;
     let (catalog, catalog_store, _) = crate::catalog::load_async(&config).await?;
     tokio::spawn(crate::catalog::follow(catalog_store, catalog.clone()));
-    let metrics = BatchMetrics::register(&mut Default::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = BatchMetrics::register(&mut registry);
+    let listen = args.listen.as_ref().unwrap_or(&config.batch.listen);
+    let (address, server) = crate::serve::operations_server(listen, registry, metrics.clone())?;
+    let operations = server.handle();
+    tokio::spawn(server);
     let every = args
         .every
         .unwrap_or(Duration::from_secs(config.batch.every_secs));
@@ -374,8 +382,11 @@ async fn schedule(args: &ScheduleArgs) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let scheduler = tokio::spawn(Scheduler::new(Arc::new(recompute), every, metrics).run(stopped));
     println!("tally batch schedule: recomputing every {every:?}; Ctrl-C stops");
+    println!("  listening on http://{address}");
+    println!("  health      http://{address}/healthz   http://{address}/readyz   http://{address}/metrics");
     tokio::signal::ctrl_c().await.ok();
     stop.send_replace(true);
+    operations.stop(true).await;
     scheduler.await.context("the scheduler panicked")
 }
 

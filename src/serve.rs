@@ -236,7 +236,7 @@ pub fn serve(
         forwarders: forwarders.iter().map(Forwarder::status).collect(),
         speed: speed.clone(),
         batch: batch_metrics,
-        openapi: openapi_document(mode),
+        openapi: openapi_document(mode.runs_collector(), mode.runs_serving()),
     });
     let listen = match mode {
         Mode::Up | Mode::Ingest | Mode::Serve => &config.ingest.listen,
@@ -411,9 +411,40 @@ async fn enforce_retention(spools: Vec<Arc<Spool>>) {
     }
 }
 
-/// One OpenAPI document for the routes this process serves: its own, the collector's and
-/// serving's, as the mode runs them, with the bearer key scheme they refer to.
-fn openapi_document(mode: Mode) -> String {
+/// Health, readiness, `/metrics` and `/openapi.json` alone, for a batch job running as its own
+/// process: bound to `listen`, to be awaited (or stopped through its handle).
+pub fn operations_server(
+    listen: &str,
+    registry: Registry,
+    batch: Arc<BatchMetrics>,
+) -> anyhow::Result<(SocketAddr, actix_web::dev::Server)> {
+    let services = web::Data::new(Services {
+        registry,
+        collector: None,
+        forwarders: Vec::new(),
+        speed: None,
+        batch: Some(batch),
+        openapi: openapi_document(false, false),
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(services.clone())
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics_text))
+            .route("/openapi.json", web::get().to(openapi_json))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(listen)
+    .with_context(|| format!("listening on {listen} (set --listen)"))?;
+    let address = *server.addrs().first().context("the server bound no address")?;
+    Ok((address, server.run()))
+}
+
+/// One OpenAPI document for the routes this process serves: its own, and the collector's and
+/// serving's when it runs them, with the bearer key scheme they refer to.
+fn openapi_document(collector: bool, serving: bool) -> String {
     use utoipa::OpenApi;
     use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -426,10 +457,10 @@ fn openapi_document(mode: Mode) -> String {
     struct ProcessApi;
 
     let mut document = ProcessApi::openapi();
-    if mode.runs_collector() {
+    if collector {
         document.merge(tally_ingest::openapi());
     }
-    if mode.runs_serving() {
+    if serving {
         document.merge(tally_serving::openapi::openapi());
     }
     document

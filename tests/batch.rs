@@ -135,3 +135,35 @@ fn kill_9_mid_archive_and_mid_publish_loses_and_duplicates_nothing() {
     assert!(!expected.is_empty(), "some hours are closed and computed");
     assert_states_agree(&batch, &expected);
 }
+
+#[test]
+fn batch_schedule_runs_on_its_period_and_reports_on_its_own_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let up = Tally::up(&data_dir);
+    let generated = up
+        .generator()
+        .args(["--events", "2000", "--late", "0.5", "--seed", "3"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{generated:?}");
+    up.kill9();
+    run(tally()
+        .args(["archive", "--once", "--data-dir"])
+        .arg(&data_dir));
+
+    let mut command = tally();
+    command
+        .args(["batch", "schedule", "--every", "1s", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&data_dir);
+    let schedule = Tally::start(command);
+    schedule.wait_for("two scheduled runs", Duration::from_secs(60), |s| {
+        s.metric("tally_batch_runs_total") >= 2
+    });
+    assert!(schedule.metric("tally_batch_horizon_ms") > 0, "a horizon published");
+    assert_eq!(schedule.metric("tally_batch_run_failures_total"), 0);
+    let (status, body) = schedule.http("GET", "/readyz", &[], "");
+    assert_eq!((status, body.contains("\"ready\"")), (200, true), "{body}");
+}

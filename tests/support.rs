@@ -59,14 +59,21 @@ impl Tally {
 
     /// Starts `tally up <args>` from a prepared command.
     pub fn up_with_args(data_dir: &Path, mut command: Command, args: &[&str]) -> Tally {
-        let mut child = command
+        command
             .arg("up")
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .arg(data_dir);
+        Tally::start(command)
+    }
+
+    /// Starts a complete `tally` command that serves HTTP and says where, and waits until it
+    /// listens.
+    pub fn start(mut command: Command) -> Tally {
+        let mut child = command
             .stdout(Stdio::piped())
             .spawn()
-            .expect("tally up starts");
+            .expect("tally starts");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut address = None;
         let mut line = String::new();
@@ -78,7 +85,7 @@ impl Tally {
             line.clear();
         }
         let address = address
-            .unwrap_or_else(|| panic!("tally up exited before listening: {:?}", child.wait()));
+            .unwrap_or_else(|| panic!("tally exited before listening: {:?}", child.wait()));
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         Tally { child, address }
     }

@@ -201,6 +201,9 @@ pub struct SpeedConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
+    /// Address `tally batch schedule` serves `/metrics` and health on.
+    #[serde(default = "default_batch_listen")]
+    pub listen: String,
     /// The archiver closes a raw file once it holds this many events...
     #[serde(default = "default_roll_events")]
     pub roll_events: usize,
@@ -289,6 +292,9 @@ const fn default_partitions() -> u32 {
 }
 const fn default_rejected_partitions() -> u32 {
     1
+}
+fn default_batch_listen() -> String {
+    "127.0.0.1:8082".to_owned()
 }
 fn default_brokers() -> String {
     "127.0.0.1:9092".to_owned()
