@@ -2,11 +2,13 @@
 //! `tally up` runs beside the collector and the speed layer: the archivers of both streams and
 //! the recompute scheduler; and the horizon follower of every running speed layer.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use object_store::ObjectStore;
 use tally_batch_layer::telemetry::{BatchMetrics, RunSummary};
 use tally_batch_layer::{Archiver, Recompute, RollPolicy, RunProgress, RunRequest, Scheduler};
@@ -309,9 +311,11 @@ async fn recompute_once(args: &ConfigArgs, request: &RunRequest) -> anyhow::Resu
     Ok(summary)
 }
 
-/// A one-line progress report on stderr: hours done, raw rows read, time left.
+/// Progress on stderr: hours done, raw rows read, rows/s and time left; a bar (indicatif)
+/// on a terminal, a line per hour otherwise (logs, CI).
 #[derive(Default)]
 struct Progress {
+    bar: Option<ProgressBar>,
     hours: usize,
     done: usize,
     rows: u64,
@@ -325,20 +329,35 @@ impl Progress {
                 self.hours = hours;
                 self.started = Some(std::time::Instant::now());
                 eprintln!("recomputing {hours} hour(s)");
+                if std::io::stderr().is_terminal() && hours > 0 {
+                    let bar = ProgressBar::new(hours as u64);
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{bar:30} {pos}/{len} hours  {msg}  {elapsed} elapsed, about {eta} left",
+                        )
+                        .expect("a valid progress template"),
+                    );
+                    self.bar = Some(bar);
+                }
             }
             RunProgress::HourDone { raw_rows } => {
                 self.done += 1;
                 self.rows += raw_rows;
                 let elapsed = self.started.map_or(Duration::ZERO, |at| at.elapsed());
-                let left = elapsed.mul_f64((self.hours - self.done) as f64 / self.done as f64);
-                eprintln!(
-                    "  [{}/{}] {} raw rows, {:.0} rows/s, about {:.0?} left",
-                    self.done,
-                    self.hours,
-                    self.rows,
-                    self.rows as f64 / elapsed.as_secs_f64().max(1e-9),
-                    left
-                );
+                let rate = self.rows as f64 / elapsed.as_secs_f64().max(1e-9);
+                let Some(bar) = &self.bar else {
+                    let left = elapsed.mul_f64((self.hours - self.done) as f64 / self.done as f64);
+                    eprintln!(
+                        "  [{}/{}] {} raw rows, {rate:.0} rows/s, about {left:.0?} left",
+                        self.done, self.hours, self.rows
+                    );
+                    return;
+                };
+                bar.set_message(format!("{} raw rows, {rate:.0} rows/s", self.rows));
+                bar.inc(1);
+                if self.done == self.hours {
+                    bar.finish();
+                }
             }
         }
     }
