@@ -11,7 +11,9 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::ObjectStore;
 use tally_batch_layer::telemetry::{BatchMetrics, RunSummary};
-use tally_batch_layer::{Archiver, Recompute, RollPolicy, RunProgress, RunRequest, Scheduler};
+use tally_batch_layer::{
+    Archiver, Recompute, RollPolicy, RunProgress, RunRequest, Scheduler, sweep,
+};
 use tally_connectors::batch_views::BatchViews;
 use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{EventLog, Spool, SpoolOptions};
@@ -35,8 +37,22 @@ pub enum BatchCommand {
     /// Recompute a range with the current view specs under a new logic version, beside the old
     /// one, then swap the manifest for that range in one step.
     Reprocess(ReprocessArgs),
-    /// Run recompute every --every, never two at once, until Ctrl-C.
+    /// Run recompute every --every, never two at once, until Ctrl-C; each run is followed by
+    /// a retention sweep.
     Schedule(ScheduleArgs),
+    /// Delete the manifests and view objects that superseded versions left behind (older
+    /// than --grace and named by no manifest younger than it).
+    Sweep(SweepArgs),
+}
+
+/// Options of `tally batch sweep`.
+#[derive(Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// How long superseded views stay readable, e.g. 1h, 15m, 0s [default: 1h].
+    #[arg(long, value_parser = parse_period)]
+    grace: Option<Duration>,
 }
 
 /// Options of `tally batch run`.
@@ -118,6 +134,16 @@ pub fn run(command: BatchCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             BatchCommand::Schedule(args) => schedule(&args).await,
+            BatchCommand::Sweep(args) => {
+                let config = settings::load(&args.config)?;
+                let grace = args.grace.unwrap_or(sweep::DEFAULT_GRACE);
+                let report = sweep::sweep(objects(&config)?, grace).await?;
+                println!(
+                    "deleted {} manifest(s) and {} view object(s), {} bytes",
+                    report.manifests, report.objects, report.bytes
+                );
+                Ok(())
+            }
         }
     })
 }
@@ -402,7 +428,9 @@ async fn schedule(args: &ScheduleArgs) -> anyhow::Result<()> {
     let scheduler = tokio::spawn(Scheduler::new(Arc::new(recompute), every, metrics).run(stopped));
     println!("tally batch schedule: recomputing every {every:?}; Ctrl-C stops");
     println!("  listening on http://{address}");
-    println!("  health      http://{address}/healthz   http://{address}/readyz   http://{address}/metrics");
+    println!(
+        "  health      http://{address}/healthz   http://{address}/readyz   http://{address}/metrics"
+    );
     tokio::signal::ctrl_c().await.ok();
     stop.send_replace(true);
     operations.stop(true).await;

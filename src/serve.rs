@@ -438,7 +438,10 @@ pub fn operations_server(
     .disable_signals()
     .bind(listen)
     .with_context(|| format!("listening on {listen} (set --listen)"))?;
-    let address = *server.addrs().first().context("the server bound no address")?;
+    let address = *server
+        .addrs()
+        .first()
+        .context("the server bound no address")?;
     Ok((address, server.run()))
 }
 

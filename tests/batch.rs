@@ -155,14 +155,24 @@ fn batch_schedule_runs_on_its_period_and_reports_on_its_own_port() {
 
     let mut command = tally();
     command
-        .args(["batch", "schedule", "--every", "1s", "--listen", "127.0.0.1:0"])
+        .args([
+            "batch",
+            "schedule",
+            "--every",
+            "1s",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(&data_dir);
     let schedule = Tally::start(command);
     schedule.wait_for("two scheduled runs", Duration::from_secs(60), |s| {
         s.metric("tally_batch_runs_total") >= 2
     });
-    assert!(schedule.metric("tally_batch_horizon_ms") > 0, "a horizon published");
+    assert!(
+        schedule.metric("tally_batch_horizon_ms") > 0,
+        "a horizon published"
+    );
     assert_eq!(schedule.metric("tally_batch_run_failures_total"), 0);
     let (status, body) = schedule.http("GET", "/readyz", &[], "");
     assert_eq!((status, body.contains("\"ready\"")), (200, true), "{body}");

@@ -84,8 +84,8 @@ impl Tally {
             }
             line.clear();
         }
-        let address = address
-            .unwrap_or_else(|| panic!("tally exited before listening: {:?}", child.wait()));
+        let address =
+            address.unwrap_or_else(|| panic!("tally exited before listening: {:?}", child.wait()));
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         Tally { child, address }
     }

@@ -23,6 +23,7 @@ pub mod archiver;
 pub mod plan;
 pub mod recompute;
 pub mod scheduler;
+pub mod sweep;
 pub mod telemetry;
 
 #[cfg(test)]

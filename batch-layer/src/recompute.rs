@@ -98,6 +98,11 @@ impl Recompute {
         }
     }
 
+    /// The object store it reads and writes.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     /// Computes what `request` asks for and publishes the result.
     pub async fn run(
         &self,

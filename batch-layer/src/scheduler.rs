@@ -1,4 +1,5 @@
-//! The scheduler: runs recompute every few minutes, skipping a tick while a run is in flight.
+//! The scheduler: runs recompute every few minutes, then the retention sweep, skipping a tick
+//! while a run is in flight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::recompute::{Recompute, RunRequest};
+use crate::sweep::{DEFAULT_GRACE, sweep};
 use crate::telemetry::BatchMetrics;
 
 /// Runs [`Recompute`] on a fixed period.
@@ -52,7 +54,11 @@ impl Scheduler {
         let recompute = self.recompute.clone();
         tokio::spawn(async move {
             // Failures are logged and counted by the run itself; the next tick retries.
-            let _ = recompute.run(&RunRequest::default(), &|_| {}).await;
+            if recompute.run(&RunRequest::default(), &|_| {}).await.is_ok()
+                && let Err(error) = sweep(recompute.store(), DEFAULT_GRACE).await
+            {
+                tracing::warn!(%error, "the retention sweep failed; the next run retries it");
+            }
             drop(guard);
         });
     }

@@ -29,6 +29,8 @@ use crate::object_store::{get_optional, publish_generation};
 use crate::view_store::ViewKey;
 
 const CURRENT: &str = "manifests/CURRENT";
+/// Every manifest generation is an object named `<this><generation>.json`.
+pub const MANIFEST_PREFIX: &str = "manifests/manifest-";
 
 /// One row of a batch view: a bucket, its dimension values, its state.
 pub type StateRow = (Millis, Vec<String>, AggregateState);
@@ -109,19 +111,30 @@ impl BatchViews {
 
     /// The published manifest, if any run has published one.
     pub async fn manifest(&self) -> Result<Option<Manifest>, BatchViewsError> {
-        let Some(pointer) = self.get_optional(CURRENT).await? else {
-            return Ok(None);
-        };
-        let path = String::from_utf8_lossy(&pointer).trim().to_owned();
-        let bytes = self.get(&path).await?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| BatchViewsError::Manifest { path, source })
+        match self.current_manifest_path().await? {
+            Some(path) => self.manifest_at(&path).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The object of the published manifest, if any run has published one.
+    pub async fn current_manifest_path(&self) -> Result<Option<String>, BatchViewsError> {
+        let pointer = self.get_optional(CURRENT).await?;
+        Ok(pointer.map(|pointer| String::from_utf8_lossy(&pointer).trim().to_owned()))
+    }
+
+    /// The manifest stored at `path`, published or not.
+    pub async fn manifest_at(&self, path: &str) -> Result<Manifest, BatchViewsError> {
+        let bytes = self.get(path).await?;
+        serde_json::from_slice(&bytes).map_err(|source| BatchViewsError::Manifest {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Publishes `manifest` (whose generation must be new) atomically.
     pub async fn publish(&self, manifest: &Manifest) -> Result<(), BatchViewsError> {
-        let path = format!("manifests/manifest-{:010}.json", manifest.generation);
+        let path = format!("{MANIFEST_PREFIX}{:010}.json", manifest.generation);
         let body = serde_json::to_vec_pretty(manifest).expect("a manifest serializes to JSON");
         match publish_generation(self.store.as_ref(), &path, body, CURRENT).await {
             Ok(true) => Ok(()),

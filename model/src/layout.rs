@@ -17,6 +17,9 @@ use crate::time::{Granularity, HOUR_MS, date_and_hour};
 /// and readers of raw events take the log from its committed offsets on.
 pub const ARCHIVER_CONSUMER: &str = "archiver";
 
+/// Every batch view state object lies under this prefix.
+pub const VIEWS_PREFIX: &str = "views/";
+
 /// Which raw stream an object belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RawStream {
@@ -94,7 +97,7 @@ pub fn view_object_path(
 ) -> String {
     let (date, hour) = date_and_hour(hour_start);
     format!(
-        "views/{tenant}/{view}/v={version}/dt={date}/hour={hour:02}/states-{generation:010}.parquet"
+        "{VIEWS_PREFIX}{tenant}/{view}/v={version}/dt={date}/hour={hour:02}/states-{generation:010}.parquet"
     )
 }
 
