@@ -5,19 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
-use object_store::ObjectStore;
-use tally_connectors::archive::events_from_parquet;
 use tally_connectors::batch_views::BatchViews;
-use tally_connectors::testing::{Link, S3Server, assert_states_agree, reference_states};
-use tally_model::time::HOUR_MS;
-use tally_model::{Catalog, Millis};
+use tally_connectors::testing::{Link, S3Server};
 
-use crate::batch::logged;
-use crate::support::{READ_KEY, Tally, WRITE_KEY, failed_requests, run, tally};
+use crate::batch::{archived_positions, assert_batch_views_count, logged};
+use crate::support::{Tally, failed_requests, run, tally};
 
 /// `tally` set, through its environment, to keep its objects at `url`.
 fn tally_on(url: &str, options: &BTreeMap<String, String>) -> Command {
@@ -28,30 +22,6 @@ fn tally_on(url: &str, options: &BTreeMap<String, String>) -> Command {
         command.env(var, value);
     }
     command
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Every (partition, offset) in the raw events archive of `store`, sorted, with repeats.
-fn archived_positions(store: &Arc<dyn ObjectStore>) -> Vec<(u32, u64)> {
-    runtime().block_on(async {
-        let prefix = object_store::path::Path::from("raw/events");
-        let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
-        let mut positions = Vec::new();
-        for object in objects {
-            let get = object_store::ObjectStoreExt::get(store.as_ref(), &object.location);
-            let bytes = get.await.unwrap().bytes().await.unwrap();
-            let logged = events_from_parquet(&bytes).unwrap();
-            positions.extend(logged.iter().map(|l| (l.partition, l.offset)));
-        }
-        positions.sort_unstable();
-        positions
-    })
 }
 
 #[test]
@@ -83,28 +53,8 @@ fn the_batch_layer_on_s3_archives_and_counts_every_logged_event_once() {
         "nothing may land in the local object folder"
     );
 
-    let runtime = runtime();
     let store = tally_connectors::object_store::open(&server.url, &server.options).unwrap();
-    let views = BatchViews::new(store);
-    let manifest = runtime
-        .block_on(views.manifest())
-        .unwrap()
-        .expect("a manifest published on S3");
-    let computed_end = manifest
-        .views
-        .values()
-        .flat_map(|view| view.hours.keys())
-        .max()
-        .map_or(Millis::MIN, |last| last + HOUR_MS);
-    let catalog = Catalog::demo(WRITE_KEY, READ_KEY);
-    let mut batch = BTreeMap::new();
-    for view in &catalog.tenants["demo"].views {
-        let read = views.read(&manifest, "demo", &view.name, Millis::MIN..computed_end);
-        batch.extend(runtime.block_on(read).unwrap());
-    }
-    let expected = reference_states(&catalog, logged(&data_dir), Millis::MIN..computed_end);
-    assert!(!expected.is_empty(), "late events closed some hours");
-    assert_states_agree(&batch, &expected);
+    assert_batch_views_count(&BatchViews::new(store), logged(&data_dir));
 }
 
 #[test]
