@@ -249,10 +249,7 @@ pub fn serve(
         let server = HttpServer::new(move || {
             let app = App::new()
                 .app_data(services.clone())
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
-                .route("/metrics", web::get().to(metrics_text))
-                .route("/openapi.json", web::get().to(openapi_json));
+                .configure(operations_routes);
             let app = match &collector {
                 Some(collector) => app.configure(Collector::configure(collector.clone())),
                 None => app,
@@ -411,6 +408,15 @@ async fn enforce_retention(spools: Vec<Arc<Spool>>) {
     }
 }
 
+/// Every process's own routes: health, readiness, `/metrics` and `/openapi.json`.
+fn operations_routes(routes: &mut web::ServiceConfig) {
+    routes
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics_text))
+        .route("/openapi.json", web::get().to(openapi_json));
+}
+
 /// Health, readiness, `/metrics` and `/openapi.json` alone, for a batch job running as its own
 /// process: bound to `listen`, to be awaited (or stopped through its handle).
 pub fn operations_server(
@@ -429,10 +435,7 @@ pub fn operations_server(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(services.clone())
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics_text))
-            .route("/openapi.json", web::get().to(openapi_json))
+            .configure(operations_routes)
     })
     .workers(1)
     .disable_signals()

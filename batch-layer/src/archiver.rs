@@ -28,7 +28,6 @@ use crate::{BatchError, now_millis};
 pub use tally_model::layout::ARCHIVER_CONSUMER as CONSUMER;
 /// Most records read from a partition at a time.
 const READ_BATCH: usize = 10_000;
-/// How long the archiver waits before trying an unavailable log again.
 /// First wait before an archiver whose pass failed starts over; it doubles up to the max.
 const RETRY_WAIT: Duration = Duration::from_secs(1);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
