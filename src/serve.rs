@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use tally_batch_layer::telemetry::BatchMetrics;
 use tally_connectors::batch_views::BatchViews;
 use tally_connectors::log::{EventLog, Spool, SpoolOptions, kafka};
-use tally_connectors::view_store::EmbeddedViewStore;
+use tally_connectors::view_store::Access;
 use tally_ingest::forwarder::{Forwarder, ForwarderMetrics, ForwarderStatus};
 use tally_ingest::{Collector, IngestMetrics};
 use tally_model::{Config, LogKind};
@@ -161,23 +161,19 @@ pub fn serve(
             (false, None, Stream::Rejected) => None,
         })
     };
-    let views_path = settings::views_path(&config.data_dir);
     let speed_views = match mode {
-        Mode::Up | Mode::Speed => Some(
-            EmbeddedViewStore::open(&views_path)
-                .with_context(|| format!("opening the view store {}", views_path.display()))?,
-        ),
-        Mode::Serve => Some(
-            EmbeddedViewStore::open_read_only(&views_path).with_context(|| {
-                format!(
-                    "following the view store {}; start `tally speed` (or `tally up`) first",
-                    views_path.display()
-                )
-            })?,
-        ),
+        Mode::Up | Mode::Speed => Some(settings::view_store(
+            &config,
+            Access::ReadWrite,
+            "is another `tally up` or `tally speed` running on it?",
+        )?),
+        Mode::Serve => Some(settings::view_store(
+            &config,
+            Access::ReadOnly,
+            "start `tally speed` (or `tally up`) first",
+        )?),
         Mode::Ingest => None,
-    }
-    .map(Arc::new);
+    };
     let serving = match (mode.runs_serving(), &speed_views) {
         (true, Some(speed_views)) => {
             let objects = batch::objects(&config)?;
@@ -332,10 +328,9 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
         );
     }
     if mode.runs_speed_layer() {
-        let views = settings::views_path(&config.data_dir);
         println!(
             "  speed layer real-time views in {}; read them with `tally views get --view events_by_type`",
-            views.display()
+            settings::views_location(config)
         );
     }
     if mode.runs_serving() {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tally_connectors::log::{EventLog, KafkaLog, kafka};
+use tally_connectors::view_store::{self, ViewStore};
 use tally_model::Config;
 
 use crate::{ConfigArgs, ServeArgs};
@@ -59,6 +60,25 @@ pub fn load_for_serving(args: &ServeArgs) -> anyhow::Result<Config> {
 /// The embedded view store's file.
 pub fn views_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("views.redb")
+}
+
+/// Where the real-time views are, for messages: the ScyllaDB URL or the embedded file.
+pub fn views_location(config: &Config) -> String {
+    match config.views.url.as_str() {
+        "" => views_path(&config.data_dir).display().to_string(),
+        url => url.to_owned(),
+    }
+}
+
+/// Opens the configured view store; `hint` says what to do if it cannot be opened.
+pub fn view_store(
+    config: &Config,
+    access: view_store::Access,
+    hint: &str,
+) -> anyhow::Result<Arc<dyn ViewStore>> {
+    let path = views_path(&config.data_dir);
+    view_store::open(&config.views.url, &path, access)
+        .with_context(|| format!("opening the view store {}; {hint}", views_location(config)))
 }
 
 /// The local object store's folder: raw Parquet, batch views, manifests.

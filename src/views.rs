@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
-use tally_connectors::view_store::{EmbeddedViewStore, ViewStore};
+use tally_connectors::view_store::Access;
 use tally_model::state::MeasureSummary;
 use tally_model::tenant::DEMO_TENANT;
 use tally_model::time::{MINUTE_MS, format_rfc3339, parse_timestamp};
@@ -102,13 +102,11 @@ pub fn run(command: ViewsCommand) -> anyhow::Result<()> {
     if from > to {
         bail!("--from is after --to");
     }
-    let path = settings::views_path(&config.data_dir);
-    let store = EmbeddedViewStore::open_read_only(&path).with_context(|| {
-        format!(
-            "opening the view store {}; has `tally up` run with this --data-dir?",
-            path.display()
-        )
-    })?;
+    let store = settings::view_store(
+        &config,
+        Access::ReadOnly,
+        "has `tally up` run with this configuration and --data-dir?",
+    )?;
     let mut rows: BTreeMap<(i64, Vec<String>), AggregateState> = BTreeMap::new();
     for (key, state) in store.scan(&args.tenant, &view.name, from..to)? {
         let dimensions = kept.iter().map(|&i| key.dimensions[i].clone()).collect();

@@ -1,5 +1,6 @@
 //! Guarantee 2 through the speed layer: after `kill -9` mid-stream and a restart, the views
-//! count every logged event once: no double count, nothing missing.
+//! count every logged event once: no double count, nothing missing. On the embedded view
+//! store always, and on ScyllaDB when `TALLY_SCYLLA_URI` is set.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -8,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tally_model::time::parse_timestamp;
+
+use tally_connectors::testing::backend_uri;
+use tally_connectors::view_store::ScyllaViewStore;
+use tally_connectors::view_store::scylla::{SCHEME, ScyllaUri};
 
 use crate::support::{Tally, run, tally};
 
@@ -35,9 +40,16 @@ fn expected_counts(data_dir: &Path) -> BTreeMap<(i64, String, String), u64> {
     counts
 }
 
+/// `tally` on the view store `views_url` (empty: embedded).
+fn tally_on(views_url: &str) -> std::process::Command {
+    let mut command = tally();
+    command.env("TALLY_VIEWS_URL", views_url);
+    command
+}
+
 /// The same, from `tally views get --json`.
-fn stored_counts(data_dir: &Path) -> BTreeMap<(i64, String, String), u64> {
-    let output = run(tally()
+fn stored_counts(data_dir: &Path, views_url: &str) -> BTreeMap<(i64, String, String), u64> {
+    let output = run(tally_on(views_url)
         .args([
             "views",
             "get",
@@ -71,9 +83,33 @@ fn stored_counts(data_dir: &Path) -> BTreeMap<(i64, String, String), u64> {
 
 #[test]
 fn views_count_each_event_once_after_kill_9_mid_stream() {
+    views_count_each_event_once_after_kill_9_on("");
+}
+
+#[test]
+fn scylla_views_count_each_event_once_after_kill_9_mid_stream() {
+    let test = "speed::scylla_views_count_each_event_once_after_kill_9_mid_stream";
+    let Some(uri) = backend_uri("TALLY_SCYLLA_URI", test, "scylla://127.0.0.1:9042") else {
+        return;
+    };
+    let target = ScyllaUri::parse(&uri).unwrap();
+    let views_url = format!(
+        "{SCHEME}{}/tally_test_speed_{}?replication_factor={}",
+        target.nodes.join(","),
+        std::process::id(),
+        target.replication_factor
+    );
+    views_count_each_event_once_after_kill_9_on(&views_url);
+    ScyllaViewStore::connect(&views_url)
+        .unwrap()
+        .drop_keyspace()
+        .unwrap();
+}
+
+fn views_count_each_event_once_after_kill_9_on(views_url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let server = Tally::up(&data_dir);
+    let server = Tally::up_with(&data_dir, tally_on(views_url));
     let generator = server
         .generator()
         .args([
@@ -113,12 +149,12 @@ fn views_count_each_event_once_after_kill_9_mid_stream() {
     server.kill9();
     generator.wait_with_output().unwrap();
 
-    let restarted = Tally::up(&data_dir);
+    let restarted = Tally::up_with(&data_dir, tally_on(views_url));
     let expected = expected_counts(&data_dir);
     assert!(expected.values().sum::<u64>() >= 10_000);
     let started = Instant::now();
     loop {
-        let stored = stored_counts(&data_dir);
+        let stored = stored_counts(&data_dir, views_url);
         if stored == expected {
             break;
         }

@@ -437,7 +437,7 @@ impl Drop for Link {
 }
 
 /// `127.0.0.1:<a port free just now>`.
-fn free_local_address() -> String {
+pub fn free_local_address() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")

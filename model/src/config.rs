@@ -38,6 +38,9 @@ pub struct Config {
     /// The object store: raw Parquet, batch views and the catalog.
     #[serde(default)]
     pub objects: ObjectsConfig,
+    /// The real-time view store the speed layer writes and serving reads.
+    #[serde(default)]
+    pub views: ViewsConfig,
     /// The speed layer.
     #[serde(default)]
     pub speed: SpeedConfig,
@@ -171,6 +174,17 @@ pub struct ObjectsConfig {
     /// Hadoop properties, e.g. `"dfs.ha.namenodes.ns" = "nn1,nn2"`, over `HADOOP_CONF_DIR`'s.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+/// The real-time view store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewsConfig {
+    /// Where: empty for the embedded store (`<data_dir>/views.redb`), or ScyllaDB as
+    /// `scylla://host:9042[,host2:9042]/keyspace[?replication_factor=3]` (the keyspace and
+    /// tables are created if missing; keyspace `tally` and factor 1 by default).
+    #[serde(default)]
+    pub url: String,
 }
 
 /// The speed layer.
@@ -611,6 +625,17 @@ mod tests {
             config.objects.options["aws_endpoint"],
             "http://127.0.0.1:9000"
         );
+    }
+
+    #[test]
+    fn the_view_store_is_embedded_unless_a_url_is_set() {
+        assert_eq!(Config::default().views.url, "");
+        let config = Config::parse(
+            "[views]\nurl = \"scylla://db1:9042/tally\"\n",
+            env(&[("TALLY_VIEWS_URL", "scylla://db2:9042/tally")]),
+        )
+        .unwrap();
+        assert_eq!(config.views.url, "scylla://db2:9042/tally");
     }
 
     #[test]

@@ -74,3 +74,60 @@ pub fn run(store: &dyn ViewStore) {
         "other views untouched"
     );
 }
+
+/// States spread over days and big enough that a backend must split its writes; deletes
+/// that cut whole days and part of one; progress that round-trips.
+pub fn spans_days_and_large_upserts(store: &dyn ViewStore) {
+    const DAY: i64 = 24 * 60 * 60 * 1000;
+    const HOUR: i64 = 60 * 60 * 1000;
+    let mut rows = Vec::new();
+    for hour in 0..72 {
+        for user in 0..20 {
+            let mut state = AggregateState::for_measures(&[Measure::Uniq("user_id".into())]);
+            for n in 0..200 {
+                state.measures[0].add(tally_model::event::FieldValue::Str(&format!(
+                    "u{hour}-{user}-{n}"
+                )));
+            }
+            state.count = (hour * 100 + user) as u64;
+            rows.push((key("t", "v", hour * HOUR, &format!("d{user:02}")), state));
+        }
+    }
+    let bytes: usize = rows.iter().map(|(_, state)| state.encode().len()).sum();
+    assert!(
+        bytes > 1 << 20,
+        "{bytes} bytes: enough to need several batches"
+    );
+    store.upsert(&rows).unwrap();
+    let scanned = store.scan("t", "v", i64::MIN..i64::MAX).unwrap();
+    assert_eq!(
+        scanned, rows,
+        "every state back, ordered by bucket then dimensions"
+    );
+    let second_day = store.scan("t", "v", DAY - HOUR..DAY + HOUR).unwrap();
+    assert_eq!(
+        second_day,
+        rows[23 * 20..25 * 20],
+        "a range across a day boundary"
+    );
+
+    let cut = DAY + 6 * HOUR;
+    assert_eq!(store.delete_before("t", "v", cut).unwrap(), 30 * 20);
+    assert_eq!(
+        store.scan("t", "v", i64::MIN..i64::MAX).unwrap(),
+        rows[30 * 20..]
+    );
+    assert_eq!(
+        store.delete_before("t", "v", cut).unwrap(),
+        0,
+        "nothing left to delete"
+    );
+
+    assert_eq!(store.progress("worker-0").unwrap(), None);
+    store.record_progress("worker-0", b"epoch 1").unwrap();
+    store.record_progress("worker-0", b"epoch 2").unwrap();
+    assert_eq!(
+        store.progress("worker-0").unwrap().as_deref(),
+        Some(&b"epoch 2"[..])
+    );
+}

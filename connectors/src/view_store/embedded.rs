@@ -188,6 +188,13 @@ mod tests {
     }
 
     #[test]
+    fn spans_days_splits_batches_and_keeps_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedViewStore::open(&dir.path().join("views.redb")).unwrap();
+        conformance::spans_days_and_large_upserts(&store);
+    }
+
+    #[test]
     fn a_reader_beside_the_writer_follows_its_commits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("views.redb");
