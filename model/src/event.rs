@@ -58,7 +58,7 @@ pub enum FieldValue<'a> {
     Tag(&'a TagValue),
 }
 
-impl FieldValue<'_> {
+impl<'a> FieldValue<'a> {
     /// The numeric value, if the field is a number tag.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
@@ -68,10 +68,12 @@ impl FieldValue<'_> {
     }
 
     /// The value as a dimension string: numbers in their shortest form, bools as `true`/`false`.
-    pub fn to_dimension(&self) -> String {
-        match self {
-            FieldValue::Str(s) => (*s).to_owned(),
-            FieldValue::Tag(tag) => tag.to_string(),
+    /// Borrowed for strings, so hot paths can look a key up without allocating.
+    pub fn as_dimension(&self) -> std::borrow::Cow<'a, str> {
+        match *self {
+            FieldValue::Str(text) => text.into(),
+            FieldValue::Tag(TagValue::String(text)) => text.as_str().into(),
+            FieldValue::Tag(tag) => tag.to_string().into(),
         }
     }
 }

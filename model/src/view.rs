@@ -41,15 +41,22 @@ impl ViewSpec {
 
     /// The event's values for this view's dimensions; a missing tag is the empty string.
     pub fn dimension_values(&self, event: &Event) -> Vec<String> {
-        self.dimensions
-            .iter()
-            .map(|dimension| {
-                event
-                    .field(dimension)
-                    .map(|v| v.to_dimension())
-                    .unwrap_or_default()
-            })
+        self.borrowed_dimension_values(event)
+            .map(std::borrow::Cow::into_owned)
             .collect()
+    }
+
+    /// [`dimension_values`](Self::dimension_values), borrowed from the event where it can be.
+    pub fn borrowed_dimension_values<'a>(
+        &'a self,
+        event: &'a Event,
+    ) -> impl Iterator<Item = std::borrow::Cow<'a, str>> + 'a {
+        self.dimensions.iter().map(|dimension| {
+            event
+                .field(dimension)
+                .map(|v| v.as_dimension())
+                .unwrap_or_default()
+        })
     }
 
     /// The width of the buckets its states are stored in: the view's granularity, but never

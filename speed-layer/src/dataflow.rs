@@ -13,10 +13,11 @@
 //!    partials into the absolute states it owns and upserts the changed ones when the epoch
 //!    closes. Upserts of absolute values: writing a state twice is harmless.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use foldhash::fast::FixedState;
 use std::rc::Rc;
@@ -54,7 +55,7 @@ type Partials = Vec<(ViewKey, AggregateState)>;
 
 /// Every tenant's views, looked up by tenant.
 pub struct CompiledViews {
-    by_tenant: HashMap<String, Vec<ViewSpec>>,
+    by_tenant: FastMap<String, Vec<ViewSpec>>,
 }
 
 impl CompiledViews {
@@ -167,7 +168,7 @@ fn fold_epoch(
     // When the dedupe swaps one copy for an earlier one, the -old and +new arrive together;
     // with equal content they cancel, and the count stays.
     updates.sort_unstable_by_key(|((id, (_, content)), diff)| (*id, *content, -*diff));
-    let mut partials: FastMap<ViewKey, AggregateState> = FastMap::default();
+    let mut partials = PartialTable::default();
     let mut counted = 0;
     for group in updates.chunk_by(|((a, (_, x)), _), ((b, (_, y)), _)| (a, x) == (b, y)) {
         let net: isize = group.iter().map(|(_, diff)| diff).sum();
@@ -192,20 +193,52 @@ fn fold_epoch(
         };
         counted += 1;
         for view in views.for_event(&event) {
-            let key = ViewKey {
-                tenant: event.tenant.clone(),
-                view: view.name.clone(),
-                bucket: view.bucket_of(event.ts),
-                dimensions: view.dimension_values(&event),
-            };
-            view.accumulate(
-                partials.entry(key).or_insert_with(|| view.empty_state()),
-                &event,
-            );
+            partials.accumulate(view, &event);
         }
     }
     metrics.events_counted(counted);
-    partials.into_iter().collect()
+    partials.into_partials()
+}
+
+/// One epoch's partial states by view key. An event finds its state through its key's parts
+/// borrowed from the event, so only a key new in the epoch builds an owned [`ViewKey`] (a few
+/// strings: building one per event and view was the largest cost of the fold).
+#[derive(Default)]
+struct PartialTable {
+    table: hashbrown::HashTable<(ViewKey, AggregateState)>,
+}
+
+impl PartialTable {
+    fn accumulate(&mut self, view: &ViewSpec, event: &Event) {
+        let bucket = view.bucket_of(event.ts);
+        // Looked up once: each lookup searches the event's tags.
+        let dimensions: Vec<Cow<str>> = view.borrowed_dimension_values(event).collect();
+        let hash = key_hash_of_parts(&event.tenant, &view.name, bucket, dimensions.iter());
+        let is_key = |(key, _): &(ViewKey, AggregateState)| {
+            key.bucket == bucket
+                && key.view == view.name
+                && key.tenant == event.tenant
+                && key.dimensions == dimensions
+        };
+        let (_, state) = self
+            .table
+            .entry(hash, is_key, |(key, _)| key_hash(key))
+            .or_insert_with(|| {
+                let key = ViewKey {
+                    tenant: event.tenant.clone(),
+                    view: view.name.clone(),
+                    bucket,
+                    dimensions: dimensions.iter().map(|d| d.to_string()).collect(),
+                };
+                (key, view.empty_state())
+            })
+            .into_mut();
+        view.accumulate(state, event);
+    }
+
+    fn into_partials(self) -> Partials {
+        self.table.into_iter().collect()
+    }
 }
 
 /// Where a worker's owned states go, and what it needs to keep them.
@@ -382,5 +415,21 @@ impl OwnedStates {
 }
 
 fn key_hash(key: &ViewKey) -> u64 {
-    hash_with(0, key)
+    let dimensions = key.dimensions.iter().map(String::as_str);
+    key_hash_of_parts(&key.tenant, &key.view, key.bucket, dimensions)
+}
+
+/// [`key_hash`] of a key given by parts, none of which need be owned.
+fn key_hash_of_parts(
+    tenant: &str,
+    view: &str,
+    bucket: Millis,
+    dimensions: impl Iterator<Item = impl AsRef<str>>,
+) -> u64 {
+    let mut hasher = FixedState::with_seed(0).build_hasher();
+    (tenant, view, bucket).hash(&mut hasher);
+    for dimension in dimensions {
+        dimension.as_ref().hash(&mut hasher);
+    }
+    hasher.finish()
 }

@@ -355,7 +355,8 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
         let epoch = *input.time();
         input.advance_to(epoch + 1);
         input.flush();
-        worker.step_while(|| probe.less_than(input.time()));
+        // Parks while waiting on the other workers (they wake it), rather than spinning.
+        worker.step_or_park_while(None, || probe.less_than(input.time()));
         // What the epoch did not count were duplicates.
         epoch_events.borrow_mut().clear();
         // The store now reflects every record read so far.
