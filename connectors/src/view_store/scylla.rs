@@ -677,9 +677,11 @@ mod tests {
         assert_eq!(Client::day_of(Millis::MIN), Millis::MIN);
     }
 
-    /// A fresh keyspace per run on the cluster in `TALLY_SCYLLA_URI`, dropped afterwards.
-    fn scratch_store(test: &str) -> Option<ScyllaViewStore> {
-        let uri = backend_uri("TALLY_SCYLLA_URI", test, "scylla://127.0.0.1:9042")?;
+    /// Runs `check` on a fresh keyspace of the cluster in `TALLY_SCYLLA_URI`, then drops it.
+    fn on_scratch_keyspace(test: &str, check: impl FnOnce(&dyn ViewStore)) {
+        let Some(uri) = backend_uri("TALLY_SCYLLA_URI", test, "scylla://127.0.0.1:9042") else {
+            return;
+        };
         let target = ScyllaUri::parse(&uri).expect("TALLY_SCYLLA_URI parses");
         let keyspace = format!(
             "tally_test_{}_{}",
@@ -694,24 +696,20 @@ mod tests {
             target.nodes.join(","),
             target.replication_factor
         );
-        Some(ScyllaViewStore::connect(&uri).expect("connecting to TALLY_SCYLLA_URI"))
+        let store = ScyllaViewStore::connect(&uri).expect("connecting to TALLY_SCYLLA_URI");
+        check(&store);
+        store.drop_keyspace().unwrap();
     }
 
     #[test]
     fn passes_the_view_store_conformance_suite() {
-        let Some(store) = scratch_store("connectors::view_store::scylla::conformance") else {
-            return;
-        };
-        conformance::run(&store);
-        store.drop_keyspace().unwrap();
+        let test = "connectors::view_store::scylla::conformance";
+        on_scratch_keyspace(test, conformance::run);
     }
 
     #[test]
     fn spans_days_splits_batches_and_keeps_progress() {
-        let Some(store) = scratch_store("connectors::view_store::scylla::spans_days") else {
-            return;
-        };
-        conformance::spans_days_and_large_upserts(&store);
-        store.drop_keyspace().unwrap();
+        let test = "connectors::view_store::scylla::spans_days";
+        on_scratch_keyspace(test, conformance::spans_days_and_large_upserts);
     }
 }
