@@ -291,10 +291,8 @@ pub async fn follow_horizon(config: Config, speed: Arc<SpeedHandle>) {
     loop {
         ticks.tick().await;
         match views.manifest().await {
-            Ok(Some(manifest)) if manifest.horizon > speed.horizon() => {
-                speed.advance_horizon(manifest.horizon)
-            }
-            Ok(_) => {}
+            Ok(Some(manifest)) => speed.follow_published_horizon(manifest.horizon),
+            Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "could not read the batch manifest"),
         }
     }

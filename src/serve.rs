@@ -15,6 +15,7 @@ use tally_connectors::log::{EventLog, Spool, SpoolOptions, kafka};
 use tally_connectors::view_store::Access;
 use tally_ingest::forwarder::{Forwarder, ForwarderMetrics, ForwarderStatus};
 use tally_ingest::{Collector, IngestMetrics};
+use tally_model::time::format_rfc3339;
 use tally_model::{Config, LogKind};
 use tally_serving::raw::RawEvents;
 use tally_serving::{Serving, ServingMetrics};
@@ -501,7 +502,7 @@ async fn healthz() -> HttpResponse {
 
 /// `GET /readyz`: every layer in this process can do its work.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready, or degraded (Kafka or the object store unreachable: events are kept in the log and forwarded or archived when it returns)", body = Object),
+    responses((status = 200, description = "Ready, or degraded (Kafka or the object store unreachable: events are kept in the log and forwarded or archived when it returns; or a gap at the seam between the layers)", body = Object),
         (status = 503, description = "A layer failed; `error` says which and why", body = Object)))]
 async fn readyz(services: web::Data<Services>) -> HttpResponse {
     let collector = services
@@ -531,7 +532,18 @@ async fn readyz(services: web::Data<Services>) -> HttpResponse {
         .map(|error| {
             format!("batch layer: {error}; it retries, and the log keeps what is not archived")
         });
-    match forwarding.or(batch) {
+    let seam = services
+        .speed
+        .as_ref()
+        .and_then(|s| s.seam_gap())
+        .map(|gap| {
+            format!(
+                "buckets from {} to {} are in neither layer: the batch layer published a horizon behind the speed layer's; they return when it catches up, or now if the speed layer restarts while the log still holds them",
+                format_rfc3339(gap.start),
+                format_rfc3339(gap.end)
+            )
+        });
+    match forwarding.or(batch).or(seam) {
         None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Some(error) => HttpResponse::Ok().json(serde_json::json!({
             "status": "degraded",

@@ -200,7 +200,7 @@ fn queries_count_each_event_once_while_the_horizon_moves() {
         let summary = runtime.block_on(recompute.run(&request, &|_| {})).unwrap();
         assert_eq!(summary.horizon, base + hour * HOUR_MS);
         wait_for_answers(2);
-        speed.advance_horizon(summary.horizon);
+        speed.follow_published_horizon(summary.horizon);
         // Answers while the speed layer drops the hour that fell below the horizon.
         wait_for_answers(5);
     }

@@ -62,7 +62,8 @@ pub struct SpeedLayer {
     /// restart replays from the first record received this long before the horizon.
     pub max_event_lead: Duration,
     /// The horizon the batch layer has published, if it has: the speed layer then keeps
-    /// everything from it on and follows only what [`SpeedHandle::advance_horizon`] is told.
+    /// everything from it on and follows only what [`SpeedHandle::follow_published_horizon`]
+    /// is told.
     /// Without one it trails `now − speed.horizon_hours`.
     pub published_horizon: Option<Millis>,
 }
@@ -129,6 +130,8 @@ struct Shared {
     horizon: Arc<AtomicI64>,
     /// Until the batch layer publishes a horizon, it trails the clock.
     trailing: AtomicBool,
+    /// The last horizon the batch layer published, while it is before the speed layer's.
+    published_below: Mutex<Option<Millis>>,
     stop: AtomicBool,
     failure: Arc<Mutex<Option<String>>>,
     /// Per partition: the offset up to which the view store reflects the log.
@@ -166,6 +169,7 @@ impl SpeedLayer {
             workers,
             horizon,
             trailing: AtomicBool::new(trailing),
+            published_below: Mutex::new(None),
             stop: AtomicBool::new(false),
             failure: Arc::new(Mutex::new(None)),
         });
@@ -201,11 +205,40 @@ impl SpeedHandle {
         self.shared.horizon.load(Ordering::Acquire)
     }
 
-    /// Moves the horizon forward (never back) to one the batch layer published; from then on
-    /// the horizon no longer trails the clock.
-    pub fn advance_horizon(&self, horizon: Millis) {
-        self.shared.trailing.store(false, Ordering::Release);
-        self.shared.horizon.fetch_max(horizon, Ordering::AcqRel);
+    /// Follows a horizon the batch layer published. At or after the speed layer's own, the
+    /// horizon moves there and no longer trails the clock. Before it, nothing moves: the
+    /// buckets between the two were dropped here and are not yet in the batch views, which
+    /// [`seam_gap`](Self::seam_gap) reports until the published horizon catches up (a
+    /// restart closes the gap at once while the log still holds it: it replays from the
+    /// published horizon).
+    pub fn follow_published_horizon(&self, published: Millis) {
+        let own = self.horizon();
+        let mut gap = self
+            .shared
+            .published_below
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if published >= own {
+            self.shared.trailing.store(false, Ordering::Release);
+            self.shared.horizon.fetch_max(published, Ordering::AcqRel);
+            *gap = None;
+        } else {
+            *gap = Some(published);
+        }
+        let seconds = gap.map_or(0, |published| (own - published) / 1000);
+        self.shared.layer.metrics.seam_gap(seconds);
+    }
+
+    /// Buckets in neither layer: from a published batch horizon up to the speed layer's own,
+    /// when the batch layer published one behind it. See
+    /// [`follow_published_horizon`](Self::follow_published_horizon).
+    pub fn seam_gap(&self) -> Option<std::ops::Range<Millis>> {
+        let published = *self
+            .shared
+            .published_below
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        published.map(|published| published..self.horizon())
     }
 
     /// The first error a worker met, if any; the workers stop after one.

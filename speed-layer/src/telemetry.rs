@@ -24,6 +24,7 @@ pub struct SpeedMetrics {
     epochs: Counter,
     lag_records: Family<PartitionLabels, Gauge>,
     state_keys: Gauge,
+    seam_gap_seconds: Gauge,
     freshness_seconds: Histogram,
 }
 
@@ -39,6 +40,7 @@ impl SpeedMetrics {
             epochs: Counter::default(),
             lag_records: Family::default(),
             state_keys: Gauge::default(),
+            seam_gap_seconds: Gauge::default(),
             // 1 ms to ~65 s.
             freshness_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
         };
@@ -78,6 +80,11 @@ impl SpeedMetrics {
             "state_keys",
             "View keys held in memory",
             metrics.state_keys.clone(),
+        );
+        speed.register(
+            "seam_gap_seconds",
+            "Width of the buckets in neither layer, when the batch layer published a horizon behind the speed layer's (0 normally)",
+            metrics.seam_gap_seconds.clone(),
         );
         speed.register(
             "freshness_seconds",
@@ -120,6 +127,10 @@ impl SpeedMetrics {
         if let Some(freshness) = freshness {
             self.freshness_seconds.observe(freshness.as_secs_f64());
         }
+    }
+
+    pub(crate) fn seam_gap(&self, seconds: i64) {
+        self.seam_gap_seconds.set(seconds);
     }
 
     pub(crate) fn state_keys_changed(&self, delta: i64) {

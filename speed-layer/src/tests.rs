@@ -174,7 +174,7 @@ fn moving_the_horizon_retracts_older_buckets_from_memory_and_store() {
         before.keys().any(|k| k.bucket < horizon) && before.keys().any(|k| k.bucket >= horizon),
         "the events straddle the new horizon"
     );
-    speed.advance_horizon(horizon);
+    speed.follow_published_horizon(horizon);
     let started = Instant::now();
     while rig.stored().keys().any(|k| k.bucket < horizon) {
         assert!(
@@ -237,4 +237,29 @@ fn a_restart_replays_from_the_first_record_that_can_reach_the_horizon() {
         crate::replay_start(rig.log.as_ref(), partition, 0..100, Millis::MAX).unwrap(),
         100
     );
+}
+
+#[test]
+fn a_published_horizon_behind_the_trailing_one_is_reported_as_a_gap_until_it_catches_up() {
+    let rig = rig();
+    let speed = rig.start(1);
+    assert_eq!(speed.seam_gap(), None);
+    let trailing = speed.horizon();
+    let behind = trailing - 2 * HOUR_MS;
+    speed.follow_published_horizon(behind);
+    let gap = speed
+        .seam_gap()
+        .expect("a gap below the speed layer's horizon");
+    assert_eq!(gap.start, behind);
+    assert!(
+        gap.end >= trailing,
+        "up to the speed layer's own horizon: {gap:?}"
+    );
+    assert!(speed.horizon() >= trailing, "a horizon never moves back");
+
+    let ahead = trailing + HOUR_MS;
+    speed.follow_published_horizon(ahead);
+    assert_eq!(speed.seam_gap(), None, "the batch layer caught up");
+    assert_eq!(speed.horizon(), ahead);
+    speed.stop().unwrap();
 }
