@@ -279,7 +279,7 @@ impl<T: Archivable> Archiver<T> {
         }
         let entries = self.log.read(part.partition, part.read_from, max)?;
         for entry in &entries {
-            match serde_json::from_slice::<T>(&entry.payload) {
+            match entry.decode::<T>() {
                 Ok(record) => {
                     part.roll.push(Logged {
                         partition: part.partition,

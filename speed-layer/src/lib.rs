@@ -362,7 +362,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
             caught_up &= entries.len() < max_records;
             for entry in entries {
                 next[slot] = entry.offset + 1;
-                let event: Event = match serde_json::from_slice(&entry.payload) {
+                let event: Event = match entry.decode() {
                     Ok(event) => event,
                     Err(err) => {
                         layer.metrics.undecodable();

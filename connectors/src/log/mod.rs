@@ -51,6 +51,18 @@ pub struct LogEntry {
     pub payload: Vec<u8>,
 }
 
+impl LogEntry {
+    /// Decodes the JSON payload. It checks UTF-8 once for the whole record, then parses text:
+    /// faster than parsing bytes, which checks each string on its own.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        match std::str::from_utf8(&self.payload) {
+            Ok(text) => serde_json::from_str(text),
+            // Parsing the bytes reports where the bad byte is.
+            Err(_) => serde_json::from_slice(&self.payload),
+        }
+    }
+}
+
 /// Resolves once every appended record is durable, to their offsets in input order.
 pub type AppendFuture = Pin<Box<dyn Future<Output = Result<Vec<Offset>, LogError>> + Send>>;
 
@@ -219,3 +231,25 @@ pub enum LogError {
 
 #[cfg(test)]
 mod conformance;
+
+#[cfg(test)]
+mod tests {
+    use super::LogEntry;
+
+    #[test]
+    fn entries_decode_from_text_and_say_where_bytes_are_bad() {
+        let entry = |payload: &[u8]| LogEntry {
+            offset: 0,
+            payload: payload.to_vec(),
+        };
+        let decoded: serde_json::Value = entry(b"{\"tag\":\"caf\\u00e9 \xc3\xa9\"}")
+            .decode()
+            .unwrap();
+        assert_eq!(decoded["tag"], "café é");
+        let error = entry(b"{\"tag\":\"\xff\"}")
+            .decode::<serde_json::Value>()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("column"), "{error}");
+    }
+}
