@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::ObjectStore;
+use tally_batch_layer::retention::expire_raw_events;
 use tally_batch_layer::telemetry::{BatchMetrics, RunSummary};
 use tally_batch_layer::{
     Archiver, Recompute, RollPolicy, RunProgress, RunRequest, Scheduler, sweep,
@@ -17,7 +18,7 @@ use tally_batch_layer::{
 use tally_connectors::batch_views::BatchViews;
 use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{EventLog, Spool, SpoolOptions};
-use tally_model::time::{format_rfc3339, parse_timestamp};
+use tally_model::time::{format_rfc3339, now_millis, parse_timestamp};
 use tally_model::{Config, Event, LogKind, LogicVersion, Millis, RejectedEvent};
 use tally_speed_layer::SpeedHandle;
 use tokio::sync::watch;
@@ -38,10 +39,11 @@ pub enum BatchCommand {
     /// one, then swap the manifest for that range in one step.
     Reprocess(ReprocessArgs),
     /// Run recompute every --every, never two at once, until Ctrl-C; each run is followed by
-    /// a retention sweep.
+    /// a retention sweep and raw retention.
     Schedule(ScheduleArgs),
     /// Delete the manifests and view objects that superseded versions left behind (older
-    /// than --grace and named by no manifest younger than it).
+    /// than --grace and named by no manifest younger than it), and the raw events past their
+    /// event type's retention_days.
     Sweep(SweepArgs),
 }
 
@@ -141,6 +143,13 @@ pub fn run(command: BatchCommand) -> anyhow::Result<()> {
                 println!(
                     "deleted {} manifest(s) and {} view object(s), {} bytes",
                     report.manifests, report.objects, report.bytes
+                );
+                let (catalog, _, _) = crate::catalog::load_async(&config).await?;
+                let expired =
+                    expire_raw_events(objects(&config)?, &catalog.current(), now_millis()).await?;
+                println!(
+                    "dropped {} raw event(s) past their retention: {} raw object(s) deleted, {} rewritten",
+                    expired.events, expired.deleted, expired.rewritten
                 );
                 Ok(())
             }

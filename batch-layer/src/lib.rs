@@ -22,6 +22,7 @@
 pub mod archiver;
 pub mod plan;
 pub mod recompute;
+pub mod retention;
 pub mod scheduler;
 pub mod sweep;
 pub mod telemetry;

@@ -26,6 +26,7 @@ use tally_model::{Catalog, Millis, ViewSpec, stable_hash};
 use crate::BatchError;
 use crate::archiver::archived_through;
 use crate::plan::{self, BuiltStates, dedupe};
+use crate::retention::frozen_before;
 use crate::telemetry::{BatchMetrics, RunSummary};
 
 /// What a run should compute.
@@ -103,6 +104,11 @@ impl Recompute {
         self.store.clone()
     }
 
+    /// The catalog it computes the views of.
+    pub fn catalog(&self) -> &CatalogHandle {
+        &self.catalog
+    }
+
     /// Computes what `request` asks for and publishes the result.
     pub async fn run(
         &self,
@@ -143,9 +149,14 @@ impl Recompute {
                 .entry(id.clone())
                 .or_insert_with(|| ViewManifest::new(tenant, spec));
             let version = choose_version(entry, spec, request.reprocess_as)?;
+            let frozen_end = frozen_before(&catalog, tenant, spec, now_millis());
             for (&hour, raw) in raw_hours.range(wanted.clone()) {
                 if hour >= closed_end {
                     break;
+                }
+                // Raw retention may have thinned these hours: their states are final.
+                if hour + HOUR_MS <= frozen_end && entry.hours.contains_key(&hour) {
+                    continue;
                 }
                 let (version, spec) = match entry.hours.get(&hour) {
                     Some(_) if request.reprocess_as.is_some() => (version, spec.clone()),
@@ -312,13 +323,13 @@ impl Recompute {
                 least = least.min(manifest.horizon);
                 continue;
             };
+            let frozen_end = frozen_before(catalog, tenant, spec, now_millis());
             let first_gap = raw_hours
                 .range(..final_end)
-                .find(|(hour, raw)| {
-                    entry
-                        .hours
-                        .get(hour)
-                        .is_none_or(|done| done.inputs != raw.inputs)
+                .find(|(hour, raw)| match entry.hours.get(hour) {
+                    None => true,
+                    Some(_) if **hour + HOUR_MS <= frozen_end => false,
+                    Some(done) => done.inputs != raw.inputs,
                 })
                 .map_or(final_end, |(hour, _)| *hour);
             entry.horizon = entry.horizon.max(first_gap);

@@ -1,5 +1,5 @@
-//! The scheduler: runs recompute every few minutes, then the retention sweep, skipping a tick
-//! while a run is in flight.
+//! The scheduler: runs recompute every few minutes, then the retention sweep and raw
+//! retention, skipping a tick while a run is in flight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +7,10 @@ use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 use tokio::time::MissedTickBehavior;
 
+use tally_model::time::now_millis;
+
 use crate::recompute::{Recompute, RunRequest};
+use crate::retention::expire_raw_events;
 use crate::sweep::{DEFAULT_GRACE, sweep};
 use crate::telemetry::BatchMetrics;
 
@@ -54,10 +57,15 @@ impl Scheduler {
         let recompute = self.recompute.clone();
         tokio::spawn(async move {
             // Failures are logged and counted by the run itself; the next tick retries.
-            if recompute.run(&RunRequest::default(), &|_| {}).await.is_ok()
-                && let Err(error) = sweep(recompute.store(), DEFAULT_GRACE).await
-            {
-                tracing::warn!(%error, "the retention sweep failed; the next run retries it");
+            if recompute.run(&RunRequest::default(), &|_| {}).await.is_ok() {
+                if let Err(error) = sweep(recompute.store(), DEFAULT_GRACE).await {
+                    tracing::warn!(%error, "the retention sweep failed; the next run retries it");
+                }
+                let catalog = recompute.catalog().current();
+                let expired = expire_raw_events(recompute.store(), &catalog, now_millis()).await;
+                if let Err(error) = expired {
+                    tracing::warn!(%error, "raw retention failed; the next run retries it");
+                }
             }
             drop(guard);
         });

@@ -20,6 +20,7 @@ use tally_model::{AggregateState, Catalog, Event, Millis};
 
 use crate::archiver::{self, Archiver, CONSUMER, RollPolicy};
 use crate::recompute::{Recompute, RunRequest};
+use crate::retention::{RetentionReport, expire_raw_events};
 use crate::telemetry::{BatchMetrics, RunSummary};
 
 const PARTITIONS: u32 = 3;
@@ -415,4 +416,62 @@ fn the_sweep_deletes_only_what_no_reader_can_reach() {
         states,
         "every query answers as before"
     );
+}
+
+#[test]
+fn raw_retention_drops_expired_events_and_keeps_their_batch_numbers() {
+    let rig = rig();
+    let events = sample_demo_events(base());
+    rig.append(&events);
+    rig.archive();
+    rig.recompute(&demo(), 0, RunRequest::default());
+    let numbers = rig.batch_states(&demo());
+    let horizon = rig.manifest().horizon;
+
+    // Clicks are kept for 0 days: every closed hour's clicks have expired.
+    let mut short = demo();
+    let registry = &mut short.tenants.get_mut("demo").unwrap().registry;
+    registry
+        .event_types
+        .get_mut("click")
+        .unwrap()
+        .retention_days = 0;
+    let logged: Vec<(u32, u64, Event)> = (0..PARTITIONS)
+        .flat_map(|partition| {
+            let entries = rig.log.read(partition, 0, usize::MAX).unwrap();
+            entries
+                .into_iter()
+                .map(move |entry| (partition, entry.offset, entry.decode::<Event>().unwrap()))
+        })
+        .collect();
+    let clicks = logged
+        .iter()
+        .filter(|(_, _, e)| e.event_type == "click")
+        .count();
+    assert!(clicks > 0 && clicks < logged.len(), "a mix to thin");
+    let expire = || {
+        rig.runtime
+            .block_on(expire_raw_events(rig.store.clone(), &short, now_millis()))
+            .unwrap()
+    };
+    let report = expire();
+    assert_eq!(report.events, clicks as u64);
+    assert!(report.rewritten > 0);
+    let mut kept: Vec<(u32, u64)> = logged
+        .iter()
+        .filter(|(_, _, e)| e.event_type != "click")
+        .map(|(partition, offset, _)| (*partition, *offset))
+        .collect();
+    kept.sort_unstable();
+    assert_eq!(rig.raw_rows(), kept, "exactly the clicks are gone");
+    assert_eq!(
+        expire(),
+        RetentionReport::default(),
+        "a second pass finds nothing"
+    );
+
+    // The thinned hours are frozen for views covering clicks: their numbers stay.
+    rig.recompute(&short, 0, RunRequest::default());
+    assert_eq!(rig.batch_states(&short), numbers);
+    assert!(rig.manifest().horizon >= horizon);
 }

@@ -83,8 +83,11 @@ pub struct EventTypeSpec {
     pub retention_days: u32,
 }
 
+/// How long raw events of a type are kept when its spec does not say.
+pub const DEFAULT_RETENTION_DAYS: u32 = 395;
+
 const fn default_retention_days() -> u32 {
-    395
+    DEFAULT_RETENTION_DAYS
 }
 
 /// What one source may publish.
