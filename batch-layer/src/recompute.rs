@@ -150,12 +150,14 @@ impl Recompute {
                 .or_insert_with(|| ViewManifest::new(tenant, spec));
             let version = choose_version(entry, spec, request.reprocess_as)?;
             let frozen_end = frozen_before(&catalog, tenant, spec, now_millis());
+            let mut frozen = 0;
             for (&hour, raw) in raw_hours.range(wanted.clone()) {
                 if hour >= closed_end {
                     break;
                 }
                 // Raw retention may have thinned these hours: their states are final.
                 if hour + HOUR_MS <= frozen_end && entry.hours.contains_key(&hour) {
+                    frozen += 1;
                     continue;
                 }
                 let (version, spec) = match entry.hours.get(&hour) {
@@ -178,6 +180,13 @@ impl Recompute {
                     version,
                     spec,
                 });
+            }
+            if frozen > 0 && request.reprocess_as.is_some() {
+                tracing::warn!(
+                    view = %id,
+                    hours = frozen,
+                    "not reprocessing hours older than the shortest raw retention of the event types this view covers: their raw events may be gone, so their states stay as computed"
+                );
             }
         }
 
