@@ -176,7 +176,15 @@ impl ScyllaViewStore {
                 operation: "starting the ScyllaDB client's runtime".into(),
                 source: boxed(e),
             })?;
-        let client = runtime.block_on(Client::connect(target))?;
+        // Not `block_on`, nor dropping the runtime: both panic when the caller is itself
+        // inside a runtime.
+        let client = match wait_for(&runtime, Client::connect(target)) {
+            Ok(client) => client,
+            Err(error) => {
+                runtime.shutdown_background();
+                return Err(error);
+            }
+        };
         Ok(ScyllaViewStore {
             runtime: Some(runtime),
             client: Arc::new(client),
@@ -208,16 +216,24 @@ impl ScyllaViewStore {
         F: Future<Output = Result<T, ViewStoreError>> + Send + 'static,
     {
         let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        let work = work(self.client.clone());
-        runtime.spawn(async move {
-            let _ = reply.send(work.await);
-        });
-        answer.recv().map_err(|_| ViewStoreError::Scylla {
-            operation: "waiting for the ScyllaDB client".into(),
-            source: "its runtime stopped".into(),
-        })?
+        wait_for(runtime, work(self.client.clone()))
     }
+}
+
+/// Runs `work` on `runtime` and blocks the calling thread until it is done, from any thread,
+/// inside another runtime or not.
+fn wait_for<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl Future<Output = Result<T, ViewStoreError>> + Send + 'static,
+) -> Result<T, ViewStoreError> {
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = reply.send(work.await);
+    });
+    answer.recv().map_err(|_| ViewStoreError::Scylla {
+        operation: "waiting for the ScyllaDB client".into(),
+        source: "its runtime stopped".into(),
+    })?
 }
 
 impl Drop for ScyllaViewStore {
@@ -658,9 +674,13 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_cluster_is_named_in_the_error() {
+    fn an_unreachable_cluster_is_named_in_the_error_even_from_inside_a_runtime() {
         let address = crate::testing::free_local_address();
-        let error = ScyllaViewStore::connect(&format!("scylla://{address}/tally"))
+        let caller = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let error = caller
+            .block_on(async { ScyllaViewStore::connect(&format!("scylla://{address}/tally")) })
             .err()
             .expect("nothing listens there")
             .to_string();
