@@ -22,6 +22,7 @@ use tally_model::time::HOUR_MS;
 use tally_model::{Catalog, Event, Millis, ViewSpec};
 
 use crate::BatchError;
+use crate::sweep::delete;
 
 const DAY_MS: Millis = 24 * HOUR_MS;
 
@@ -132,10 +133,7 @@ pub async fn expire_raw_events(
         }
         report.events += (before - kept.len()) as u64;
         if kept.is_empty() {
-            match store.delete(&meta.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(source) => return Err(BatchError::store(&path, source)),
-            }
+            delete(&store, &meta.location).await?;
             report.deleted += 1;
         } else {
             let bytes = events_to_parquet(&kept)?;

@@ -102,7 +102,11 @@ async fn list(store: &Arc<dyn ObjectStore>, prefix: &str) -> Result<Vec<ObjectMe
         .map_err(|source| BatchError::store(prefix, source))
 }
 
-async fn delete(store: &Arc<dyn ObjectStore>, location: &ObjectPath) -> Result<(), BatchError> {
+/// Deletes an object; one already gone is fine.
+pub(crate) async fn delete(
+    store: &Arc<dyn ObjectStore>,
+    location: &ObjectPath,
+) -> Result<(), BatchError> {
     match store.delete(location).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(source) => Err(BatchError::store(location.as_ref(), source)),
