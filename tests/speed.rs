@@ -174,3 +174,48 @@ fn views_count_each_event_once_after_kill_9_on(views_url: &str) {
     }
     drop(restarted);
 }
+
+/// A batch horizon published behind the speed layer's trailing one leaves buckets in neither
+/// layer: `/readyz` says so, and stops once a horizon at or after the speed layer's arrives.
+#[test]
+fn a_batch_horizon_behind_the_speed_layer_shows_as_a_gap_until_it_catches_up() {
+    use tally_connectors::batch_views::BatchViews;
+    use tally_model::time::{HOUR_MS, now_millis};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut command = tally();
+    command.env("TALLY_BATCH_EVERY_SECS", "86400");
+    let server = Tally::up_with(&data_dir, command);
+    let readiness = |tally: &Tally| tally.http("GET", "/readyz", &[], "").1;
+    // The scheduler's first run (at start) must not race the manifests published below.
+    server.wait_for("the first batch run", Duration::from_secs(60), |s| {
+        s.metric("tally_batch_runs_total") >= 1 && readiness(s).contains("\"ready\"")
+    });
+
+    let runtime = crate::batch::runtime();
+    let objects = tally_connectors::object_store::open_local(&data_dir.join("objects")).unwrap();
+    let views = BatchViews::new(objects);
+    let publish = |horizon: i64| {
+        runtime.block_on(async {
+            let mut manifest = views.manifest().await.unwrap().unwrap_or_default();
+            manifest.generation += 1;
+            manifest.horizon = horizon;
+            views.publish(&manifest).await.unwrap();
+        })
+    };
+    let hour = now_millis().div_euclid(HOUR_MS) * HOUR_MS;
+    publish(hour - 72 * HOUR_MS);
+    server.wait_for("the gap to show", Duration::from_secs(30), |s| {
+        readiness(s).contains("are in neither layer")
+    });
+    let report = readiness(&server);
+    assert!(report.contains("\"degraded\""), "{report}");
+    assert!(server.metric("tally_speed_seam_gap_seconds") >= 23 * 3600);
+
+    publish(hour);
+    server.wait_for("the gap to close", Duration::from_secs(30), |s| {
+        readiness(s).contains("\"ready\"")
+    });
+    assert_eq!(server.metric("tally_speed_seam_gap_seconds"), 0);
+}
