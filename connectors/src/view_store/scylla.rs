@@ -27,6 +27,8 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use tally_model::{AggregateState, Millis};
@@ -150,16 +152,14 @@ struct Client {
     progress: PreparedStatement,
 }
 
-fn failed(operation: impl Into<String>) -> impl FnOnce(ScyllaFailure) -> ViewStoreError {
-    let operation = operation.into();
-    move |source| ViewStoreError::Scylla { operation, source }
-}
-
-/// Any error of the driver.
-type ScyllaFailure = Box<dyn std::error::Error + Send + Sync>;
-
-fn boxed<E: std::error::Error + Send + Sync + 'static>(error: E) -> ScyllaFailure {
-    Box::new(error)
+/// Turns a driver error into a [`ViewStoreError`] that says what the store was doing.
+fn failed<E: std::error::Error + Send + Sync + 'static>(
+    operation: &str,
+) -> impl FnOnce(E) -> ViewStoreError + '_ {
+    move |source| ViewStoreError::Scylla {
+        operation: operation.to_owned(),
+        source: Box::new(source),
+    }
 }
 
 impl ScyllaViewStore {
@@ -172,10 +172,7 @@ impl ScyllaViewStore {
             .thread_name("tally-scylla")
             .enable_all()
             .build()
-            .map_err(|e| ViewStoreError::Scylla {
-                operation: "starting the ScyllaDB client's runtime".into(),
-                source: boxed(e),
-            })?;
+            .map_err(failed("starting the ScyllaDB client's runtime"))?;
         // Not `block_on`, nor dropping the runtime: both panic when the caller is itself
         // inside a runtime.
         let client = match wait_for(&runtime, Client::connect(target)) {
@@ -191,11 +188,6 @@ impl ScyllaViewStore {
         })
     }
 
-    /// The keyspace in use.
-    pub fn keyspace(&self) -> &str {
-        &self.client.keyspace
-    }
-
     /// Drops the keyspace and everything in it: for tests that made their own.
     pub fn drop_keyspace(&self) -> Result<(), ViewStoreError> {
         self.run(|client| async move {
@@ -205,7 +197,7 @@ impl ScyllaViewStore {
                 .query_unpaged(statement, ())
                 .await
                 .map(drop)
-                .map_err(|e| failed("dropping the keyspace")(boxed(e)))
+                .map_err(failed("dropping the keyspace"))
         })
     }
 
@@ -253,10 +245,9 @@ impl Client {
             .connection_timeout(Duration::from_secs(5))
             .build()
             .await
-            .map_err(|e| ViewStoreError::Scylla {
-                operation: format!("connecting to ScyllaDB at {nodes} (is it up?)"),
-                source: boxed(e),
-            })?;
+            .map_err(failed(&format!(
+                "connecting to ScyllaDB at {nodes} (is it up?)"
+            )))?;
         let keyspace = target.keyspace;
         let schema = [
             format!(
@@ -283,17 +274,17 @@ impl Client {
             session
                 .query_unpaged(statement.clone(), ())
                 .await
-                .map_err(|e| failed(format!("creating the schema: {statement}"))(boxed(e)))?;
+                .map_err(failed(&format!("creating the schema: {statement}")))?;
         }
         session
             .await_schema_agreement()
             .await
-            .map_err(|e| failed("waiting for schema agreement")(boxed(e)))?;
+            .map_err(failed("waiting for schema agreement"))?;
         let prepare = async |text: String| {
             let mut statement = session
                 .prepare(text.clone())
                 .await
-                .map_err(|e| failed(format!("preparing {text}"))(boxed(e)))?;
+                .map_err(failed(&format!("preparing {text}")))?;
             statement.set_is_idempotent(true);
             Ok::<_, ViewStoreError>(statement)
         };
@@ -349,6 +340,27 @@ impl Client {
         bucket.div_euclid(DAY_MS).saturating_mul(DAY_MS)
     }
 
+    /// Every row a prepared `SELECT` returns, page by page.
+    async fn select<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        operation: &str,
+    ) -> Result<Vec<R>, ViewStoreError>
+    where
+        R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata> + Send + 'static,
+    {
+        self.session
+            .execute_iter(statement.clone(), values)
+            .await
+            .map_err(failed(operation))?
+            .rows_stream::<R>()
+            .map_err(failed(operation))?
+            .try_collect()
+            .await
+            .map_err(failed(operation))
+    }
+
     /// The day partitions of a view that may hold buckets in `buckets`, in order.
     async fn days(
         &self,
@@ -356,18 +368,10 @@ impl Client {
         view: &str,
         buckets: Range<Millis>,
     ) -> Result<Vec<Millis>, ViewStoreError> {
-        let error = || failed(format!("listing the days of {tenant}/{view}"));
         let values = (tenant, view, Self::day_of(buckets.start), buckets.end);
-        self.session
-            .execute_iter(self.days_between.clone(), values)
-            .await
-            .map_err(|e| error()(boxed(e)))?
-            .rows_stream::<(Millis,)>()
-            .map_err(|e| error()(boxed(e)))?
-            .map_ok(|(day,)| day)
-            .try_collect()
-            .await
-            .map_err(|e| error()(boxed(e)))
+        let what = format!("listing the days of {tenant}/{view}");
+        let days: Vec<(Millis,)> = self.select(&self.days_between, values, &what).await?;
+        Ok(days.into_iter().map(|(day,)| day).collect())
     }
 
     async fn scan_day(
@@ -377,18 +381,10 @@ impl Client {
         day: Millis,
         buckets: Range<Millis>,
     ) -> Result<Vec<(ViewKey, AggregateState)>, ViewStoreError> {
-        let error = || failed(format!("reading {tenant}/{view} on day {day}"));
         let values = (tenant, view, day, buckets.start, buckets.end);
-        let stored: Vec<(Millis, Vec<String>, Vec<u8>)> = self
-            .session
-            .execute_iter(self.scan_day.clone(), values)
-            .await
-            .map_err(|e| error()(boxed(e)))?
-            .rows_stream()
-            .map_err(|e| error()(boxed(e)))?
-            .try_collect()
-            .await
-            .map_err(|e| error()(boxed(e)))?;
+        let what = format!("reading {tenant}/{view} on day {day}");
+        let stored: Vec<(Millis, Vec<String>, Vec<u8>)> =
+            self.select(&self.scan_day, values, &what).await?;
         stored
             .into_iter()
             .map(|(bucket, dimensions, bytes)| {
@@ -413,34 +409,23 @@ impl Client {
         day: Millis,
         bucket: Millis,
     ) -> Result<u64, ViewStoreError> {
-        let error = || failed(format!("counting {tenant}/{view} on day {day}"));
         let values = (tenant, view, day, bucket);
-        let mut rows = self
-            .session
-            .execute_iter(self.buckets_before.clone(), values)
-            .await
-            .map_err(|e| error()(boxed(e)))?
-            .rows_stream::<(Millis,)>()
-            .map_err(|e| error()(boxed(e)))?;
-        let mut count = 0;
-        while let Some(row) = rows.next().await {
-            row.map_err(|e| error()(boxed(e)))?;
-            count += 1;
-        }
-        Ok(count)
+        let what = format!("counting {tenant}/{view} on day {day}");
+        let buckets: Vec<(Millis,)> = self.select(&self.buckets_before, values, &what).await?;
+        Ok(buckets.len() as u64)
     }
 
     async fn execute(
         &self,
         statement: &PreparedStatement,
-        values: impl scylla::serialize::row::SerializeRow,
+        values: impl SerializeRow,
         operation: String,
     ) -> Result<(), ViewStoreError> {
         self.session
             .execute_unpaged(statement, values)
             .await
             .map(drop)
-            .map_err(|e| failed(operation)(boxed(e)))
+            .map_err(failed(&operation))
     }
 
     /// Writes rows of one partition as one unlogged batch.
@@ -462,13 +447,10 @@ impl Client {
             .batch(&batch, values)
             .await
             .map(drop)
-            .map_err(|e| {
-                let what = format!(
-                    "writing {} states of {tenant}/{view} on day {day}",
-                    rows.len()
-                );
-                failed(what)(boxed(e))
-            })
+            .map_err(failed(&format!(
+                "writing {} states of {tenant}/{view} on day {day}",
+                rows.len()
+            )))
     }
 }
 
@@ -616,17 +598,9 @@ impl ViewStore for ScyllaViewStore {
     fn progress(&self, writer: &str) -> Result<Option<Vec<u8>>, ViewStoreError> {
         let writer = writer.to_owned();
         self.run(|client| async move {
-            let error = || failed(format!("reading the progress of {writer}"));
-            client
-                .session
-                .execute_unpaged(&client.progress, (&writer,))
-                .await
-                .map_err(|e| error()(boxed(e)))?
-                .into_rows_result()
-                .map_err(|e| error()(boxed(e)))?
-                .maybe_first_row::<(Vec<u8>,)>()
-                .map(|row| row.map(|(bytes,)| bytes))
-                .map_err(|e| error()(boxed(e)))
+            let what = format!("reading the progress of {writer}");
+            let found: Vec<(Vec<u8>,)> = client.select(&client.progress, (&writer,), &what).await?;
+            Ok(found.into_iter().next().map(|(bytes,)| bytes))
         })
     }
 }
