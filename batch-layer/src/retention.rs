@@ -18,13 +18,11 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tally_connectors::archive::{events_from_parquet, events_to_parquet};
 use tally_model::layout::{RawStream, parse_hour_partition};
 use tally_model::registry::{DEFAULT_RETENTION_DAYS, EventTypeSpec};
-use tally_model::time::HOUR_MS;
+use tally_model::time::{DAY_MS, HOUR_MS};
 use tally_model::{Catalog, Event, Millis, ViewSpec};
 
 use crate::BatchError;
 use crate::sweep::delete;
-
-const DAY_MS: Millis = 24 * HOUR_MS;
 
 /// What a retention pass dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,6 +35,10 @@ pub struct RetentionReport {
     pub events: u64,
 }
 
+fn retention_ms(days: u32) -> Millis {
+    Millis::from(days) * DAY_MS
+}
+
 /// How long the catalog keeps raw events of each tenant and event type.
 struct Retention<'a> {
     catalog: &'a Catalog,
@@ -46,7 +48,7 @@ struct Retention<'a> {
 
 impl<'a> Retention<'a> {
     fn new(catalog: &'a Catalog) -> Self {
-        let default_ms = Millis::from(DEFAULT_RETENTION_DAYS) * DAY_MS;
+        let default_ms = retention_ms(DEFAULT_RETENTION_DAYS);
         let shortest_ms = catalog
             .tenants
             .values()
@@ -61,7 +63,7 @@ impl<'a> Retention<'a> {
     }
 
     fn days(spec: &EventTypeSpec) -> Millis {
-        Millis::from(spec.retention_days) * DAY_MS
+        retention_ms(spec.retention_days)
     }
 
     /// An event type no longer registered keeps the default retention.
@@ -87,7 +89,7 @@ pub fn frozen_before(catalog: &Catalog, tenant: &str, spec: &ViewSpec, now: Mill
         .flatten()
         .filter(|(name, _)| spec.covers(name))
         .map(|(_, event_type)| Retention::days(event_type))
-        .fold(Millis::from(DEFAULT_RETENTION_DAYS) * DAY_MS, Millis::min);
+        .fold(retention_ms(DEFAULT_RETENTION_DAYS), Millis::min);
     now.saturating_sub(shortest)
 }
 

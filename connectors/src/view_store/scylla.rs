@@ -31,6 +31,7 @@ use scylla::deserialize::row::DeserializeRow;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use tally_model::time::DAY_MS;
 use tally_model::{AggregateState, Millis};
 
 use super::{ViewKey, ViewStore, ViewStoreError};
@@ -44,8 +45,6 @@ const BATCH_BYTES: usize = 96 * 1024;
 
 /// Requests in flight at once for one call.
 const CONCURRENCY: usize = 32;
-
-const DAY_MS: Millis = 24 * 60 * 60 * 1000;
 
 /// Where and how to connect, parsed from a `scylla://` URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
