@@ -138,6 +138,8 @@ impl Recompute {
         let closed_end =
             archived.map_or(Millis::MIN, |through| through.div_euclid(HOUR_MS) * HOUR_MS);
         let wanted = request.hours.clone().unwrap_or(Millis::MIN..Millis::MAX);
+        // One clock reading for what raw retention has frozen, in planning and horizons alike.
+        let started_at = now_millis();
 
         // One catalog for the whole run, however governance changes it meanwhile.
         let catalog = self.catalog.current();
@@ -149,7 +151,7 @@ impl Recompute {
                 .entry(id.clone())
                 .or_insert_with(|| ViewManifest::new(tenant, spec));
             let version = choose_version(entry, spec, request.reprocess_as)?;
-            let frozen_end = frozen_before(&catalog, tenant, spec, now_millis());
+            let frozen_end = frozen_before(&catalog, tenant, spec, started_at);
             let mut frozen = 0;
             for (&hour, raw) in raw_hours.range(wanted.clone()) {
                 if hour >= closed_end {
@@ -203,7 +205,7 @@ impl Recompute {
 
         if let Some(through) = archived {
             let final_end = (through - self.lateness_ms).div_euclid(HOUR_MS) * HOUR_MS;
-            self.advance_horizons(&catalog, &mut manifest, &raw_hours, final_end);
+            self.advance_horizons(&catalog, &mut manifest, &raw_hours, final_end, started_at);
         }
         summary.horizon = manifest.horizon;
         if published.as_ref() != Some(&manifest) {
@@ -319,12 +321,14 @@ impl Recompute {
     /// Moves each view's horizon to the end of its contiguous computed hours before
     /// `final_end` (hours that can no longer receive events), and the manifest's to the least
     /// of them. Horizons never move back: the speed layer has dropped what lies before them.
+    /// Hours raw retention had frozen at `frozen_at` count as computed.
     fn advance_horizons(
         &self,
         catalog: &Catalog,
         manifest: &mut Manifest,
         raw_hours: &BTreeMap<Millis, RawHour>,
         final_end: Millis,
+        frozen_at: Millis,
     ) {
         let mut least = final_end;
         for (tenant, spec) in catalog_views(catalog, None) {
@@ -332,7 +336,7 @@ impl Recompute {
                 least = least.min(manifest.horizon);
                 continue;
             };
-            let frozen_end = frozen_before(catalog, tenant, spec, now_millis());
+            let frozen_end = frozen_before(catalog, tenant, spec, frozen_at);
             let first_gap = raw_hours
                 .range(..final_end)
                 .find(|(hour, raw)| match entry.hours.get(hour) {
