@@ -139,14 +139,14 @@ pub fn run(command: BatchCommand) -> anyhow::Result<()> {
             BatchCommand::Sweep(args) => {
                 let config = settings::load(&args.config)?;
                 let grace = args.grace.unwrap_or(sweep::DEFAULT_GRACE);
-                let report = sweep::sweep(objects(&config)?, grace).await?;
+                let store = objects(&config)?;
+                let report = sweep::sweep(store.clone(), grace).await?;
                 println!(
                     "deleted {} manifest(s) and {} view object(s), {} bytes",
                     report.manifests, report.objects, report.bytes
                 );
                 let (catalog, _, _) = crate::catalog::load_async(&config).await?;
-                let expired =
-                    expire_raw_events(objects(&config)?, &catalog.current(), now_millis()).await?;
+                let expired = expire_raw_events(store, &catalog.current(), now_millis()).await?;
                 println!(
                     "dropped {} raw event(s) past their retention: {} raw object(s) deleted, {} rewritten",
                     expired.events, expired.deleted, expired.rewritten
