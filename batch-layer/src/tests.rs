@@ -120,15 +120,20 @@ impl Rig {
         states
     }
 
-    fn expected(&self, catalog: &Catalog) -> BTreeMap<ViewKey, AggregateState> {
-        let logged = (0..PARTITIONS).flat_map(|partition| {
-            let entries = self.log.read(partition, 0, usize::MAX).unwrap();
-            entries.into_iter().map(move |entry| {
-                let event: Event = serde_json::from_slice(&entry.payload).unwrap();
-                (partition, entry.offset, event)
+    /// Every logged event with its position.
+    fn logged(&self) -> Vec<(u32, u64, Event)> {
+        (0..PARTITIONS)
+            .flat_map(|partition| {
+                let entries = self.log.read(partition, 0, usize::MAX).unwrap();
+                entries
+                    .into_iter()
+                    .map(move |entry| (partition, entry.offset, entry.decode().unwrap()))
             })
-        });
-        reference_states(catalog, logged, Millis::MIN..Millis::MAX)
+            .collect()
+    }
+
+    fn expected(&self, catalog: &Catalog) -> BTreeMap<ViewKey, AggregateState> {
+        reference_states(catalog, self.logged(), Millis::MIN..Millis::MAX)
     }
 
     /// Every raw event object's rows.
@@ -436,14 +441,7 @@ fn raw_retention_drops_expired_events_and_keeps_their_batch_numbers() {
         .get_mut("click")
         .unwrap()
         .retention_days = 0;
-    let logged: Vec<(u32, u64, Event)> = (0..PARTITIONS)
-        .flat_map(|partition| {
-            let entries = rig.log.read(partition, 0, usize::MAX).unwrap();
-            entries
-                .into_iter()
-                .map(move |entry| (partition, entry.offset, entry.decode::<Event>().unwrap()))
-        })
-        .collect();
+    let logged = rig.logged();
     let clicks = logged
         .iter()
         .filter(|(_, _, e)| e.event_type == "click")
