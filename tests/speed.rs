@@ -12,7 +12,7 @@ use tally_model::time::parse_timestamp;
 
 use tally_connectors::testing::backend_uri;
 use tally_connectors::view_store::ScyllaViewStore;
-use tally_connectors::view_store::scylla::{SCHEME, ScyllaUri};
+use tally_connectors::view_store::scylla::ScyllaUri;
 
 use crate::support::{Tally, run, tally};
 
@@ -92,13 +92,11 @@ fn scylla_views_count_each_event_once_after_kill_9_mid_stream() {
     let Some(uri) = backend_uri("TALLY_SCYLLA_URI", test, "scylla://127.0.0.1:9042") else {
         return;
     };
-    let target = ScyllaUri::parse(&uri).unwrap();
-    let views_url = format!(
-        "{SCHEME}{}/tally_test_speed_{}?replication_factor={}",
-        target.nodes.join(","),
-        std::process::id(),
-        target.replication_factor
-    );
+    let views_url = ScyllaUri {
+        keyspace: format!("tally_test_speed_{}", std::process::id()),
+        ..ScyllaUri::parse(&uri).unwrap()
+    }
+    .to_string();
     views_count_each_event_once_after_kill_9_on(&views_url);
     ScyllaViewStore::connect(&views_url)
         .unwrap()

@@ -78,8 +78,7 @@ pub fn run(store: &dyn ViewStore) {
 /// States spread over days and big enough that a backend must split its writes; deletes
 /// that cut whole days and part of one; progress that round-trips.
 pub fn spans_days_and_large_upserts(store: &dyn ViewStore) {
-    const DAY: i64 = 24 * 60 * 60 * 1000;
-    const HOUR: i64 = 60 * 60 * 1000;
+    use tally_model::time::{DAY_MS as DAY, HOUR_MS as HOUR};
     let mut rows = Vec::new();
     for hour in 0..72 {
         for user in 0..20 {

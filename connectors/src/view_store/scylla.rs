@@ -129,6 +129,15 @@ impl ScyllaUri {
     }
 }
 
+/// The URI again, in the form [`ScyllaUri::parse`] reads.
+impl std::fmt::Display for ScyllaUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (nodes, keyspace) = (self.nodes.join(","), &self.keyspace);
+        let factor = self.replication_factor;
+        write!(f, "{SCHEME}{nodes}/{keyspace}?replication_factor={factor}")
+    }
+}
+
 /// Views in ScyllaDB (or Cassandra). See the module doc and [`ViewStore`].
 pub struct ScyllaViewStore {
     /// Runs the driver; `None` only while dropping.
@@ -628,6 +637,12 @@ mod tests {
                 replication_factor: 3,
             }
         );
+        let uri = "scylla://db:9042,db2:9043/views_prod?replication_factor=3";
+        assert_eq!(
+            ScyllaUri::parse(uri).unwrap().to_string(),
+            uri,
+            "prints as it parses"
+        );
         for (uri, says) in [
             ("cassandra://db", "must start with scylla://"),
             ("scylla:///tally", "names no node"),
@@ -675,21 +690,19 @@ mod tests {
         let Some(uri) = backend_uri("TALLY_SCYLLA_URI", test, "scylla://127.0.0.1:9042") else {
             return;
         };
-        let target = ScyllaUri::parse(&uri).expect("TALLY_SCYLLA_URI parses");
-        let keyspace = format!(
-            "tally_test_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        );
-        let uri = format!(
-            "{SCHEME}{}/{keyspace}?replication_factor={}",
-            target.nodes.join(","),
-            target.replication_factor
-        );
-        let store = ScyllaViewStore::connect(&uri).expect("connecting to TALLY_SCYLLA_URI");
+        let scratch = ScyllaUri {
+            keyspace: format!(
+                "tally_test_{}_{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .subsec_nanos()
+            ),
+            ..ScyllaUri::parse(&uri).expect("TALLY_SCYLLA_URI parses")
+        };
+        let store =
+            ScyllaViewStore::connect(&scratch.to_string()).expect("connecting to TALLY_SCYLLA_URI");
         check(&store);
         store.drop_keyspace().unwrap();
     }
