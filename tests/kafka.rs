@@ -102,7 +102,7 @@ fn tally_up_on_kafka_acknowledges_through_a_broker_outage_and_counts_every_event
     });
     broker.stop();
     server.wait_for("/readyz to say degraded", Duration::from_secs(60), |s| {
-        s.http("GET", "/readyz", &[], "").1.contains("\"degraded\"")
+        s.readiness().contains("\"degraded\"")
     });
     let report = load.wait_with_output().unwrap();
     assert_eq!(
@@ -122,7 +122,7 @@ fn tally_up_on_kafka_acknowledges_through_a_broker_outage_and_counts_every_event
     broker.restart();
     wait_until_forwarded(&server, 9000);
     server.wait_for("/readyz to say ready", Duration::from_secs(60), |s| {
-        s.http("GET", "/readyz", &[], "").1.contains("\"ready\"")
+        s.readiness().contains("\"ready\"")
     });
     let in_topic = topic_ids(kafka_log(&broker, "events").as_ref());
     let missing: Vec<&String> = steady

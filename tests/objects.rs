@@ -80,7 +80,6 @@ fn tally_up_archives_everything_once_across_an_object_store_outage() {
         .env("TALLY_BATCH_ROLL_SECS", "1");
     let up = Tally::up_with(&data_dir, command);
     let archived = |up: &Tally| up.metric("tally_batch_events_archived_total{stream=\"events\"}");
-    let readiness = |up: &Tally| up.http("GET", "/readyz", &[], "").1;
     let send = |seed: &str| {
         let report = up
             .generator()
@@ -105,7 +104,7 @@ fn tally_up_archives_everything_once_across_an_object_store_outage() {
         "/readyz to report the archiver failing",
         Duration::from_secs(60),
         |up| {
-            let body = readiness(up);
+            let body = up.readiness();
             body.contains("degraded") && body.contains("archiver events")
         },
     );
@@ -113,7 +112,7 @@ fn tally_up_archives_everything_once_across_an_object_store_outage() {
     up.wait_for(
         "the archiver to recover and catch up",
         Duration::from_secs(90),
-        |up| readiness(up).contains("\"ready\"") && archived(up) >= up.accepted(),
+        |up| up.readiness().contains("\"ready\"") && archived(up) >= up.accepted(),
     );
     up.kill9();
 

@@ -185,10 +185,9 @@ fn a_batch_horizon_behind_the_speed_layer_shows_as_a_gap_until_it_catches_up() {
     let mut command = tally();
     command.env("TALLY_BATCH_EVERY_SECS", "86400");
     let server = Tally::up_with(&data_dir, command);
-    let readiness = |tally: &Tally| tally.http("GET", "/readyz", &[], "").1;
     // The scheduler's first run (at start) must not race the manifests published below.
     server.wait_for("the first batch run", Duration::from_secs(60), |s| {
-        s.metric("tally_batch_runs_total") >= 1 && readiness(s).contains("\"ready\"")
+        s.metric("tally_batch_runs_total") >= 1 && s.readiness().contains("\"ready\"")
     });
 
     let runtime = crate::batch::runtime();
@@ -205,15 +204,15 @@ fn a_batch_horizon_behind_the_speed_layer_shows_as_a_gap_until_it_catches_up() {
     let hour = now_millis().div_euclid(HOUR_MS) * HOUR_MS;
     publish(hour - 72 * HOUR_MS);
     server.wait_for("the gap to show", Duration::from_secs(30), |s| {
-        readiness(s).contains("are in neither layer")
+        s.readiness().contains("are in neither layer")
     });
-    let report = readiness(&server);
+    let report = server.readiness();
     assert!(report.contains("\"degraded\""), "{report}");
     assert!(server.metric("tally_speed_seam_gap_seconds") >= 23 * 3600);
 
     publish(hour);
     server.wait_for("the gap to close", Duration::from_secs(30), |s| {
-        readiness(s).contains("\"ready\"")
+        s.readiness().contains("\"ready\"")
     });
     assert_eq!(server.metric("tally_speed_seam_gap_seconds"), 0);
 }

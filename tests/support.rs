@@ -120,6 +120,11 @@ impl Tally {
         command
     }
 
+    /// The body of `GET /readyz`.
+    pub fn readiness(&self) -> String {
+        self.http("GET", "/readyz", &[], "").1
+    }
+
     /// Events acknowledged so far, from `/metrics`.
     pub fn accepted(&self) -> u64 {
         self.metric("tally_ingest_events_accepted_total")
