@@ -368,7 +368,7 @@ impl<T: Archivable> Archiver<T> {
         part.progress.archived_through = part
             .progress
             .archived_through
-            .max(through - self.policy.clock_slack_ms);
+            .max(through.saturating_sub(self.policy.clock_slack_ms));
         write_progress(
             self.store.as_ref(),
             T::STREAM,

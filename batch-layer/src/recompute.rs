@@ -20,7 +20,7 @@ use tally_connectors::batch_views::BatchViews;
 use tally_connectors::catalog::CatalogHandle;
 use tally_model::layout::{RawStream, parse_hour_partition, view_object_path};
 use tally_model::manifest::{HourEntry, LogicVersion, Manifest, RawInputs, ViewManifest, view_id};
-use tally_model::time::{HOUR_MS, format_rfc3339, now_millis};
+use tally_model::time::{Granularity, HOUR_MS, format_rfc3339, now_millis};
 use tally_model::{Catalog, Millis, ViewSpec, stable_hash};
 
 use crate::BatchError;
@@ -135,8 +135,10 @@ impl Recompute {
         let archived = archived_through(self.store.as_ref(), RawStream::Events).await?;
         let raw_hours = self.list_raw_hours().await?;
         // Hours the archiver has passed: every event received before their end is archived.
-        let closed_end =
-            archived.map_or(Millis::MIN, |through| through.div_euclid(HOUR_MS) * HOUR_MS);
+        // A partition that has archived nothing yet reads Millis::MIN: nothing is closed.
+        let closed_end = archived.map_or(Millis::MIN, |through| {
+            Granularity::Hour.bucket_start(through)
+        });
         let wanted = request.hours.clone().unwrap_or(Millis::MIN..Millis::MAX);
         // One clock reading for what raw retention has frozen, in planning and horizons alike.
         let started_at = now_millis();
@@ -204,11 +206,17 @@ impl Recompute {
         }
 
         if let Some(through) = archived {
-            let final_end = (through - self.lateness_ms).div_euclid(HOUR_MS) * HOUR_MS;
+            let final_end =
+                Granularity::Hour.bucket_start(through.saturating_sub(self.lateness_ms));
             self.advance_horizons(&catalog, &mut manifest, &raw_hours, final_end, started_at);
         }
         summary.horizon = manifest.horizon;
-        if published.as_ref() != Some(&manifest) {
+        // A first manifest with no hour and no horizon would tell readers nothing, and its
+        // default horizon would read as one the batch layer lags behind.
+        let nothing_yet = published.is_none()
+            && summary.hours == 0
+            && manifest.horizon == Manifest::default().horizon;
+        if published.as_ref() != Some(&manifest) && !nothing_yet {
             manifest.generation = generation;
             manifest.published_at = now_millis();
             self.views.publish(&manifest).await?;

@@ -473,3 +473,29 @@ fn raw_retention_drops_expired_events_and_keeps_their_batch_numbers() {
     assert_eq!(rig.batch_states(&short), numbers);
     assert!(rig.manifest().horizon >= horizon);
 }
+
+#[test]
+fn a_run_before_any_partition_has_archived_publishes_nothing_and_does_not_overflow() {
+    let rig = rig();
+    // Progress as a partition records it before its first roll lands: nothing archived yet.
+    for partition in 0..PARTITIONS {
+        let progress = archiver::PartitionProgress {
+            partitions: PARTITIONS,
+            archived_through: Millis::MIN,
+            ..Default::default()
+        };
+        let path = tally_model::layout::archive_progress_path(RawStream::Events, partition);
+        let body = serde_json::to_vec(&progress).unwrap();
+        rig.runtime
+            .block_on(object_store::ObjectStoreExt::put(
+                &rig.store,
+                &object_store::path::Path::from(path.as_str()),
+                body.into(),
+            ))
+            .unwrap();
+    }
+    let summary = rig.recompute(&demo(), 0, RunRequest::default());
+    assert_eq!((summary.hours, summary.generation), (0, None));
+    let views = BatchViews::new(rig.store.clone());
+    assert_eq!(rig.runtime.block_on(views.manifest()).unwrap(), None);
+}

@@ -46,9 +46,10 @@ impl Granularity {
         }
     }
 
-    /// The start of the bucket holding `ts`; correct for times before 1970 too.
+    /// The start of the bucket holding `ts`; correct for times before 1970 too, and
+    /// `Millis::MIN` ("nothing yet" in progress records) for the first bucket of time.
     pub const fn bucket_start(self, ts: Millis) -> Millis {
-        ts.div_euclid(self.millis()) * self.millis()
+        ts.div_euclid(self.millis()).saturating_mul(self.millis())
     }
 }
 
@@ -109,6 +110,12 @@ mod tests {
             "2026-11-22T00:00:00.000Z"
         );
         assert_eq!(Granularity::Minute.bucket_start(-1), -MINUTE_MS);
+        assert_eq!(Granularity::Day.bucket_start(DAY_MS + 1), DAY_MS);
+        assert_eq!(
+            Granularity::Hour.bucket_start(Millis::MIN),
+            Millis::MIN,
+            "the first bucket of time saturates instead of overflowing"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use scylla::deserialize::row::DeserializeRow;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use tally_model::time::DAY_MS;
+use tally_model::time::Granularity;
 use tally_model::{AggregateState, Millis};
 
 use super::{ViewKey, ViewStore, ViewStoreError};
@@ -343,11 +343,6 @@ impl Client {
         })
     }
 
-    /// The start of `bucket`'s UTC day; saturates at the ends of time.
-    fn day_of(bucket: Millis) -> Millis {
-        bucket.div_euclid(DAY_MS).saturating_mul(DAY_MS)
-    }
-
     /// Every row a prepared `SELECT` returns, page by page.
     async fn select<R>(
         &self,
@@ -376,7 +371,12 @@ impl Client {
         view: &str,
         buckets: Range<Millis>,
     ) -> Result<Vec<Millis>, ViewStoreError> {
-        let values = (tenant, view, Self::day_of(buckets.start), buckets.end);
+        let values = (
+            tenant,
+            view,
+            Granularity::Day.bucket_start(buckets.start),
+            buckets.end,
+        );
         let what = format!("listing the days of {tenant}/{view}");
         let days: Vec<(Millis,)> = self.select(&self.days_between, values, &what).await?;
         Ok(days.into_iter().map(|(day,)| day).collect())
@@ -502,7 +502,7 @@ impl ViewStore for ScyllaViewStore {
             let partition = (
                 key.tenant.clone(),
                 key.view.clone(),
-                Client::day_of(key.bucket),
+                Granularity::Day.bucket_start(key.bucket),
             );
             partitions.entry(partition).or_default().push((
                 key.bucket,
@@ -570,7 +570,7 @@ impl ViewStore for ScyllaViewStore {
     ) -> Result<u64, ViewStoreError> {
         let (tenant, view) = (tenant.to_owned(), view.to_owned());
         self.run(|client| async move {
-            let last_day = Client::day_of(bucket);
+            let last_day = Granularity::Day.bucket_start(bucket);
             let mut deleted = 0;
             for day in client.days(&tenant, &view, Millis::MIN..bucket).await? {
                 deleted += client.count_before(&tenant, &view, day, bucket).await?;
@@ -676,13 +676,6 @@ mod tests {
             error.contains(&format!("connecting to ScyllaDB at {address} (is it up?)")),
             "{error}"
         );
-    }
-
-    #[test]
-    fn day_of_floors_to_utc_days_and_saturates() {
-        assert_eq!(Client::day_of(DAY_MS + 1), DAY_MS);
-        assert_eq!(Client::day_of(-1), -DAY_MS);
-        assert_eq!(Client::day_of(Millis::MIN), Millis::MIN);
     }
 
     /// Runs `check` on a fresh keyspace of the cluster in `TALLY_SCYLLA_URI`, then drops it.
