@@ -5,6 +5,8 @@
 //!    which dedupes each hour partition, so a replayed or retried event changes nothing and
 //!    both layers keep the same copy. Differential sees only a [`Sighting`] of each event:
 //!    hashes and a log position, small and `Copy`; sorting whole events was most of the cost.
+//!    Each worker keeps the sightings it fed in [`SightingsFed`] and retracts those of the
+//!    hours the horizon passes, so the dedupe holds only copies that can still count.
 //! 2. [`partial_states`] (on the worker that read the kept copy, which holds the event in its
 //!    [`EpochEvents`]): each closed epoch's new events folded into one aggregate state per view
 //!    key. Folding is O(1) per event; differential's `reduce` would re-read a bucket's every
@@ -43,12 +45,14 @@ pub type Epoch = u64;
 pub type IdHash = u128;
 /// A hash of what views read of an event (everything but `received_at`).
 pub type ContentHash = u64;
-/// `(received_at, partition, offset)`: the order that picks which copy of an event counts.
-pub type LogPosition = (Millis, u32, Offset);
+/// `(event hour, received_at, partition, offset)` of a copy of an event. Copies of one event
+/// share its hour, so the smallest is the copy with the smallest `(received_at, partition,
+/// offset)`: the one that counts.
+pub type CopyPosition = (Millis, Millis, u32, Offset);
 /// What the dedupe sees of a logged event.
-pub type Sighting = (IdHash, (LogPosition, ContentHash));
-/// The events a worker read in the current epoch, by `(partition, offset)`, until it closes.
-pub type EpochEvents = Rc<RefCell<FastMap<(u32, Offset), Event>>>;
+pub type Sighting = (IdHash, (CopyPosition, ContentHash));
+/// The events a worker read in the current epoch, until it closes.
+pub type EpochEvents = Rc<RefCell<EpochBuffer>>;
 /// A `HashMap` with foldhash: these maps are hot and their keys are not attacker-chosen.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Partials = Vec<(ViewKey, AggregateState)>;
@@ -115,7 +119,94 @@ pub fn sighting(event: &Event, partition: u32, offset: Offset) -> Sighting {
             &event.source,
         ),
     );
-    (id, ((event.received_at, partition, offset), content))
+    (id, ((hour, event.received_at, partition, offset), content))
+}
+
+/// The sightings a worker fed the dedupe, by event hour, to retract once the horizon passes
+/// their hour: below it nothing counts, and differential forgets only what is retracted.
+#[derive(Default)]
+pub struct SightingsFed {
+    by_hour: BTreeMap<Millis, Vec<Sighting>>,
+}
+
+impl SightingsFed {
+    /// Notes a sighting fed to the dedupe.
+    pub fn record(&mut self, sighting: Sighting) {
+        let (_, ((hour, ..), _)) = sighting;
+        self.by_hour.entry(hour).or_default().push(sighting);
+    }
+
+    /// Takes the sightings of the hours before `horizon`.
+    pub fn take_before(&mut self, horizon: Millis) -> Vec<Sighting> {
+        let kept = self.by_hour.split_off(&horizon);
+        let expired = std::mem::replace(&mut self.by_hour, kept);
+        expired.into_values().flatten().collect()
+    }
+}
+
+/// The events a worker read in one epoch, by log position. Reads move forward through each
+/// partition, so a partition's events sit in a vector indexed from its first offset.
+#[derive(Default)]
+pub struct EpochBuffer {
+    partitions: Vec<PartitionEvents>,
+}
+
+struct PartitionEvents {
+    partition: u32,
+    first: Offset,
+    events: Vec<Option<Event>>,
+}
+
+impl EpochBuffer {
+    /// Holds an event read at `offset`, past every offset held for its partition.
+    pub fn insert(&mut self, partition: u32, offset: Offset, event: Event) {
+        let slot = match self
+            .partitions
+            .iter()
+            .position(|p| p.partition == partition)
+        {
+            Some(index) => &mut self.partitions[index],
+            None => {
+                self.partitions.push(PartitionEvents {
+                    partition,
+                    first: offset,
+                    events: Vec::new(),
+                });
+                self.partitions.last_mut().expect("just pushed")
+            }
+        };
+        if slot.events.is_empty() {
+            slot.first = offset;
+        }
+        let Some(index) = offset.checked_sub(slot.first).map(|i| i as usize) else {
+            tracing::error!(
+                partition,
+                offset,
+                "log offsets went backwards within an epoch"
+            );
+            return;
+        };
+        if index >= slot.events.len() {
+            slot.events.resize_with(index + 1, || None);
+        }
+        slot.events[index] = Some(event);
+    }
+
+    fn take(&mut self, partition: u32, offset: Offset) -> Option<Event> {
+        let slot = self
+            .partitions
+            .iter_mut()
+            .find(|p| p.partition == partition)?;
+        let index = usize::try_from(offset.checked_sub(slot.first)?).ok()?;
+        slot.events.get_mut(index)?.take()
+    }
+
+    /// Drops what the epoch did not count (duplicates), keeping the memory for the next.
+    pub fn clear(&mut self) {
+        for slot in &mut self.partitions {
+            slot.events.clear();
+        }
+    }
 }
 
 /// Each closed epoch's events, folded into one partial state per view key.
@@ -123,11 +214,12 @@ pub fn partial_states<'scope>(
     kept: VecCollection<'scope, Epoch, Sighting>,
     events: EpochEvents,
     views: Arc<CompiledViews>,
+    horizon: Arc<AtomicI64>,
     metrics: Arc<SpeedMetrics>,
 ) -> Stream<'scope, Epoch, Partials> {
     // To the worker that read the copy: worker `w` reads partitions `p % workers == w`.
     let to_reader = Exchange::new(
-        |((_, ((_, partition, _), _)), _, _): &(Sighting, Epoch, isize)| u64::from(*partition),
+        |((_, ((_, _, partition, _), _)), _, _): &(Sighting, Epoch, isize)| u64::from(*partition),
     );
     kept.inner
         .unary_frontier::<CapacityContainerBuilder<Partials>, _, _, _>(
@@ -147,8 +239,9 @@ pub fn partial_states<'scope>(
                         );
                     });
                     while let Some((capability, updates)) = stash.next_closed(frontier) {
-                        let partials =
-                            fold_epoch(updates, &mut events.borrow_mut(), &views, &metrics);
+                        let horizon = horizon.load(Ordering::Acquire);
+                        let epoch = &mut events.borrow_mut();
+                        let partials = fold_epoch(updates, epoch, &views, horizon, &metrics);
                         output
                             .session(&capability)
                             .give_iterator(partials.into_iter());
@@ -161,29 +254,39 @@ pub fn partial_states<'scope>(
 /// Folds one epoch's deduplicated updates into partial states per view key.
 fn fold_epoch(
     mut updates: Vec<(Sighting, isize)>,
-    events: &mut FastMap<(u32, Offset), Event>,
+    events: &mut EpochBuffer,
     views: &CompiledViews,
+    horizon: Millis,
     metrics: &SpeedMetrics,
 ) -> Partials {
     // When the dedupe swaps one copy for an earlier one, the -old and +new arrive together;
     // with equal content they cancel, and the count stays.
     updates.sort_unstable_by_key(|((id, (_, content)), diff)| (*id, *content, -*diff));
-    let mut partials = PartialTable::default();
-    let mut counted = 0;
+    let mut to_count = Vec::new();
+    let mut held_change = 0;
     for group in updates.chunk_by(|((a, (_, x)), _), ((b, (_, y)), _)| (a, x) == (b, y)) {
         let net: isize = group.iter().map(|(_, diff)| diff).sum();
-        if net < 0 {
+        held_change += net as i64;
+        let (_, ((hour, _, partition, offset), _)) = group[0].0;
+        if net < 0 && hour >= horizon {
             // Sketches cannot subtract. This needs an earlier copy with different content to
-            // arrive after a later one was counted: a client reusing an event_id.
+            // arrive after a later one was counted: a client reusing an event_id. (Below the
+            // horizon, retractions are the dedupe forgetting hours that no longer count.)
             metrics.unretractable();
             tracing::warn!(
                 "an event_id's dedupe choice changed after it was counted; its numbers keep the first copy"
             );
         }
-        let Some(((_, ((_, partition, offset), _)), _)) = group.first().filter(|_| net > 0) else {
-            continue;
-        };
-        let Some(event) = events.remove(&(*partition, *offset)) else {
+        if net > 0 {
+            to_count.push((partition, offset));
+        }
+    }
+    // In log order, the order the events were buffered in.
+    to_count.sort_unstable();
+    let mut partials = PartialTable::default();
+    let mut counted = 0;
+    for (partition, offset) in to_count {
+        let Some(event) = events.take(partition, offset) else {
             tracing::error!(
                 partition,
                 offset,
@@ -197,6 +300,7 @@ fn fold_epoch(
         }
     }
     metrics.events_counted(counted);
+    metrics.deduplicated_events_changed(held_change);
     partials.into_partials()
 }
 

@@ -44,7 +44,7 @@ use timely::worker::Worker;
 
 pub use telemetry::SpeedMetrics;
 
-use crate::dataflow::{CompiledViews, Epoch, EpochEvents, StateWriter};
+use crate::dataflow::{CompiledViews, Epoch, EpochEvents, SightingsFed, StateWriter};
 
 /// Everything the speed layer reads and writes.
 pub struct SpeedLayer {
@@ -295,7 +295,9 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
     let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
         let (input, sightings) = scope.new_collection();
         let kept = dataflow::deduplicate(sightings);
-        let partials = dataflow::partial_states(kept, epoch_events.clone(), views, metrics);
+        let horizon = shared.horizon.clone();
+        let partials =
+            dataflow::partial_states(kept, epoch_events.clone(), views, horizon, metrics);
         let (probe, _written) = dataflow::write_view_states(partials, writer).probe();
         (input, probe)
     });
@@ -325,6 +327,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
     let epoch_length = Duration::from_millis(layer.config.epoch_ms);
     let max_records = layer.config.max_records_per_epoch;
     let mut last_recorded: Option<(Millis, Vec<Offset>)> = None;
+    let mut fed = SightingsFed::default();
     while !shared.stop.load(Ordering::Acquire) {
         if let Some(failure) = shared
             .failure
@@ -347,6 +350,10 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
             }
             false => shared.horizon.load(Ordering::Acquire),
         };
+        let expired = fed.take_before(horizon);
+        for sighting in expired {
+            input.remove(sighting);
+        }
         let mut read = 0u64;
         let mut oldest_received: Option<Millis> = None;
         let mut caught_up = true;
@@ -378,10 +385,12 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
                     oldest_received
                         .map_or(event.received_at, |oldest| oldest.min(event.received_at)),
                 );
-                input.insert(dataflow::sighting(&event, partition, entry.offset));
+                let sighting = dataflow::sighting(&event, partition, entry.offset);
+                input.insert(sighting);
+                fed.record(sighting);
                 epoch_events
                     .borrow_mut()
-                    .insert((partition, entry.offset), event);
+                    .insert(partition, entry.offset, event);
             }
         }
         layer.metrics.events_in(read);

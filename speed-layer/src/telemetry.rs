@@ -20,10 +20,11 @@ pub struct SpeedMetrics {
     events_counted: Counter,
     duplicates_dropped: Gauge,
     undecodable: Counter,
-    unretractable: Counter,
+    pub(crate) unretractable: Counter,
     epochs: Counter,
     lag_records: Family<PartitionLabels, Gauge>,
     state_keys: Gauge,
+    pub(crate) deduplicated_events: Gauge,
     seam_gap_seconds: Gauge,
     freshness_seconds: Histogram,
 }
@@ -40,6 +41,7 @@ impl SpeedMetrics {
             epochs: Counter::default(),
             lag_records: Family::default(),
             state_keys: Gauge::default(),
+            deduplicated_events: Gauge::default(),
             seam_gap_seconds: Gauge::default(),
             // 1 ms to ~65 s.
             freshness_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
@@ -80,6 +82,11 @@ impl SpeedMetrics {
             "state_keys",
             "View keys held in memory",
             metrics.state_keys.clone(),
+        );
+        speed.register(
+            "deduplicated_events",
+            "Distinct events the dedupe holds: those of hours at or after the horizon",
+            metrics.deduplicated_events.clone(),
         );
         speed.register(
             "seam_gap_seconds",
@@ -131,6 +138,10 @@ impl SpeedMetrics {
 
     pub(crate) fn seam_gap(&self, seconds: i64) {
         self.seam_gap_seconds.set(seconds);
+    }
+
+    pub(crate) fn deduplicated_events_changed(&self, delta: i64) {
+        self.deduplicated_events.inc_by(delta);
     }
 
     pub(crate) fn state_keys_changed(&self, delta: i64) {

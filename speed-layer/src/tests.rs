@@ -174,15 +174,32 @@ fn moving_the_horizon_retracts_older_buckets_from_memory_and_store() {
         before.keys().any(|k| k.bucket < horizon) && before.keys().any(|k| k.bucket >= horizon),
         "the events straddle the new horizon"
     );
+    // The dedupe's own output: one kept copy per distinct event.
+    let distinct_from = |horizon: Millis| {
+        let identities = events.iter().filter(|e| e.ts >= horizon).map(|e| {
+            let hour = Granularity::Hour.bucket_start(e.ts);
+            (&e.tenant, &e.event_id, hour)
+        });
+        identities.collect::<std::collections::HashSet<_>>().len() as i64
+    };
+    let held = &speed.shared.layer.metrics.deduplicated_events;
+    assert_eq!(held.get(), distinct_from(Millis::MIN));
     speed.follow_published_horizon(horizon);
     let started = Instant::now();
-    while rig.stored().keys().any(|k| k.bucket < horizon) {
+    while rig.stored().keys().any(|k| k.bucket < horizon) || held.get() != distinct_from(horizon) {
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "older buckets still stored"
+            "older buckets still stored, or their events still in the dedupe ({} held)",
+            held.get()
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    rig.wait_caught_up(&speed);
+    assert_eq!(
+        speed.shared.layer.metrics.unretractable.get(),
+        0,
+        "forgetting expired hours is not a changed dedupe choice"
+    );
     let kept: BTreeMap<ViewKey, AggregateState> = before
         .into_iter()
         .filter(|(k, _)| k.bucket >= horizon)
