@@ -158,6 +158,7 @@ fn queries_count_each_event_once_while_the_horizon_moves() {
                 let answer = runtime.block_on(serving.query("demo", &params)).unwrap();
                 let got: BTreeMap<(Millis, String), u64> = answer
                     .rows
+                    .values()
                     .iter()
                     .map(|row| {
                         let hour =

@@ -32,13 +32,14 @@ use tally_connectors::batch_views::{BatchHour, BatchViews, BatchViewsError, Fifo
 use tally_connectors::catalog::{CatalogHandle, CatalogStore};
 use tally_connectors::view_store::{ViewStore, ViewStoreError};
 use tally_model::time::{HOUR_MS, now_millis};
-use tally_model::{ApiKey, Millis, Scope};
+use tally_model::{ApiKey, Granularity, Millis, Scope};
 use thiserror::Error;
 
 pub use telemetry::ServingMetrics;
 
 use crate::query::{
-    Projection, Query, QueryError, QueryGranularity, QueryParams, RolledHour, Rollup, Sources,
+    Projection, Query, QueryError, QueryGranularity, QueryParams, RenderedHour, RolledHour, Rollup,
+    Sources,
 };
 use crate::raw::{RawError, RawEvents};
 
@@ -50,12 +51,18 @@ pub struct Serving {
     batch_views: BatchViews,
     raw: RawEvents,
     metrics: Arc<ServingMetrics>,
-    /// Whole batch hours rolled up per query shape: dashboards repeat their queries.
+    /// Whole batch hours rolled up per query shape, for answers by day or the whole range,
+    /// whose rows merge several hours: dashboards repeat their queries.
     rolled_hours: Mutex<FifoCache<RolledHour>>,
+    /// Whole batch hours rendered per query, for answers by minute or hour, where an hour's
+    /// rows are its own.
+    rendered_hours: Mutex<FifoCache<RenderedHour>>,
 }
 
 /// Bytes of rolled batch hours serving keeps.
 const ROLLED_HOURS_CACHE_BYTES: usize = 256 << 20;
+/// Bytes of rendered batch hours serving keeps.
+const RENDERED_HOURS_CACHE_BYTES: usize = 128 << 20;
 
 /// Why a read failed on the server's side.
 #[derive(Debug, Error)]
@@ -87,7 +94,7 @@ impl ServingError {
 }
 
 /// An answer to `GET /v1/query`.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, utoipa::ToSchema)]
 pub struct QueryAnswer {
     /// The view queried.
     pub view: String,
@@ -99,7 +106,44 @@ pub struct QueryAnswer {
     pub sources: Sources,
     /// One object per bucket and group values: `bucket`, the group-by dimensions, the measures.
     #[schema(value_type = Vec<Object>, example = json!([{"bucket": "2026-11-22T10:00:00Z", "country": "FR", "count": 42, "sum(revenue)": 310.5}]))]
-    pub rows: Vec<serde_json::Value>,
+    pub rows: AnswerRows,
+}
+
+/// An answer's rows as the text of a JSON array: written once, mostly from cached rendered
+/// hours, and sent as it is.
+#[derive(Debug)]
+pub struct AnswerRows(String);
+
+impl AnswerRows {
+    /// The rows as JSON values.
+    pub fn values(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.0).expect("answer rows are written as a JSON array")
+    }
+}
+
+impl QueryAnswer {
+    /// The answer as the JSON object `GET /v1/query` sends.
+    pub fn to_json(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Head<'a> {
+            view: &'a str,
+            granularity: &'a str,
+            horizon: &'a Option<String>,
+            sources: &'a Sources,
+        }
+        let head = Head {
+            view: &self.view,
+            granularity: &self.granularity,
+            horizon: &self.horizon,
+            sources: &self.sources,
+        };
+        let mut out = serde_json::to_string(&head).expect("strings serialize");
+        out.pop(); // The closing brace: the rows go last.
+        out.push_str(",\"rows\":");
+        out.push_str(&self.rows.0);
+        out.push('}');
+        out
+    }
 }
 
 impl Serving {
@@ -121,6 +165,7 @@ impl Serving {
             raw,
             metrics,
             rolled_hours: Mutex::new(FifoCache::new(ROLLED_HOURS_CACHE_BYTES)),
+            rendered_hours: Mutex::new(FifoCache::new(RENDERED_HOURS_CACHE_BYTES)),
         }
     }
 
@@ -190,9 +235,14 @@ impl Serving {
                 let whole =
                     batch_range.start <= hour.hour && hour.hour + HOUR_MS <= batch_range.end;
                 match (query.granularity, whole) {
-                    // A whole hour rolls up the same for every query of this shape: once.
-                    (QueryGranularity::Bucketed(_), true) => {
+                    // A whole hour answers the same for every query of this shape: rendered
+                    // once when its rows are its own, rolled up once when they merge on.
+                    (QueryGranularity::Bucketed(Granularity::Day), true) => {
                         rollup.add_rolled(&self.rolled_hour(&query, &projection, &hour)?)?;
+                    }
+                    (QueryGranularity::Bucketed(_), true) => {
+                        let rendered = self.rendered_hour(&query, &projection, &hour)?;
+                        rollup.add_rendered(hour.hour, rendered);
                     }
                     _ => rollup.add_rows(&projection, &hour.rows, &batch_range)?,
                 }
@@ -210,8 +260,37 @@ impl Serving {
             granularity: query.granularity.to_string(),
             horizon: horizon.map(tally_model::time::format_rfc3339),
             sources: Sources::split(&range, seam),
-            rows: rollup.into_rows(),
+            rows: AnswerRows(rollup.into_json()),
         })
+    }
+
+    /// The rows of a whole batch hour rendered for a query, from the cache or rendered now
+    /// and cached.
+    fn rendered_hour(
+        &self,
+        query: &Query,
+        projection: &Projection,
+        hour: &BatchHour,
+    ) -> Result<Arc<RenderedHour>, ServingError> {
+        let measures: Vec<String> = query.measures.iter().map(ToString::to_string).collect();
+        let key = format!(
+            "{}|{}|{}",
+            hour.object,
+            projection.rolled_key(query),
+            measures.join(",")
+        );
+        if let Some(rendered) = self.rendered_hours.lock().expect("cache lock").get(&key) {
+            return Ok(rendered);
+        }
+        let mut rollup = Rollup::new(query);
+        rollup.add_rows(projection, &hour.rows, &(Millis::MIN..Millis::MAX))?;
+        let rendered = Arc::new(rollup.render_fragment());
+        self.rendered_hours.lock().expect("cache lock").insert(
+            key,
+            rendered.clone(),
+            rendered.len(),
+        );
+        Ok(rendered)
     }
 
     /// The rows of a whole batch hour rolled up for a query's shape, from the cache or
@@ -282,12 +361,17 @@ pub(crate) fn respond(
 ) -> HttpResponse {
     let response = match result {
         Ok(body) => HttpResponse::Ok().json(body),
-        Err((status, error)) => HttpResponse::build(status).json(ErrorBody { error }),
+        Err(refusal) => refused(refusal),
     };
     serving
         .metrics
         .request(route, response.status().as_u16(), started);
     response
+}
+
+/// A refusal as a response: its status and `{"error": ...}`.
+fn refused((status, error): Refusal) -> HttpResponse {
+    HttpResponse::build(status).json(ErrorBody { error })
 }
 
 /// `GET /v1/query`: one view over `[from, to)`, batch views before the published horizon and
@@ -296,8 +380,16 @@ pub(crate) fn respond(
     responses((status = 200, description = "Rows per bucket and group", body = QueryAnswer)))]
 pub(crate) async fn get_query(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     let started = Instant::now();
-    let answer = answer_query(&request, &serving).await;
-    respond(&serving, "query", started, answer)
+    let response = match answer_query(&request, &serving).await {
+        Ok(answer) => HttpResponse::Ok()
+            .content_type(header::ContentType::json())
+            .body(answer.to_json()),
+        Err(refusal) => refused(refusal),
+    };
+    serving
+        .metrics
+        .request("query", response.status().as_u16(), started);
+    response
 }
 
 async fn answer_query(request: &HttpRequest, serving: &Serving) -> Result<QueryAnswer, Refusal> {

@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tally_connectors::batch_views::StateRow;
 use tally_model::state::MeasureSummary;
 use tally_model::time::{DAY_MS, format_rfc3339, parse_timestamp};
@@ -480,6 +480,8 @@ impl RowState {
 pub struct Rollup<'q> {
     query: &'q Query,
     rows: HashMap<RowKey, RowState, foldhash::fast::FixedState>,
+    /// Whole hours rendered already, by their start.
+    rendered: Vec<(Millis, Arc<RenderedHour>)>,
 }
 
 impl<'q> Rollup<'q> {
@@ -488,6 +490,7 @@ impl<'q> Rollup<'q> {
         Rollup {
             query,
             rows: HashMap::default(),
+            rendered: Vec::new(),
         }
     }
 
@@ -551,6 +554,13 @@ impl<'q> Rollup<'q> {
         Ok(())
     }
 
+    /// Adds the rows of a whole stored hour already rendered for this query (see
+    /// [`render_fragment`](Self::render_fragment)). Only for answers bucketed by minute or
+    /// hour, where no other hour shares its rows.
+    pub fn add_rendered(&mut self, hour: Millis, rendered: Arc<RenderedHour>) {
+        self.rendered.push((hour, rendered));
+    }
+
     /// The rows rolled up so far, owned; for caching a rolled hour.
     pub fn into_rolled(self) -> RolledHour {
         self.rows
@@ -559,37 +569,95 @@ impl<'q> Rollup<'q> {
             .collect()
     }
 
-    /// The rows as JSON objects, ordered by bucket, then group values.
-    pub fn into_rows(self) -> Vec<Value> {
-        let rows = self
+    /// The rows rolled up so far as JSON objects, comma-separated, in answer order: an hour's
+    /// part of an answer, to cache and [`add_rendered`](Self::add_rendered) to later ones.
+    pub fn render_fragment(self) -> RenderedHour {
+        let mut out = String::new();
+        self.query.render_rows(&self.sorted_rows(), &mut out);
+        out
+    }
+
+    /// The answer's rows as a JSON array, ordered by bucket, then group values.
+    pub fn into_json(mut self) -> String {
+        self.rendered.sort_unstable_by_key(|(hour, _)| *hour);
+        let sorted = self.sorted_rows();
+        let mut rows = sorted.as_slice();
+        let mut out = String::from("[");
+        // A rendered hour holds every row of its buckets: it goes whole where it starts.
+        for (hour, fragment) in &self.rendered {
+            let before = rows.partition_point(|((bucket, _), _)| bucket < hour);
+            self.query.render_rows(&rows[..before], &mut out);
+            rows = &rows[before..];
+            if !fragment.is_empty() {
+                separate(&mut out);
+                out.push_str(fragment);
+            }
+        }
+        self.query.render_rows(rows, &mut out);
+        out.push(']');
+        out
+    }
+
+    fn sorted_rows(&self) -> Vec<(&RowKey, &AggregateState)> {
+        let mut rows: Vec<_> = self
             .rows
             .iter()
             .map(|(key, state)| (key, state.get()))
             .collect();
-        self.query.render(rows)
+        rows.sort_unstable_by_key(|(key, _)| *key);
+        rows
     }
 }
 
-impl Query {
-    /// Answer rows as JSON objects, ordered by bucket, then group values, from states shaped
-    /// like the view's measures this query reads.
-    pub fn render(&self, mut rows: Vec<(&RowKey, &AggregateState)>) -> Vec<Value> {
-        let query = self;
-        rows.sort_by_key(|(key, _)| *key);
-        rows.into_iter()
-            .map(|((bucket, group), state)| {
-                let mut row = Map::new();
-                row.insert("bucket".into(), json!(format_rfc3339(*bucket)));
-                for (name, value) in query.group_by.iter().zip(group) {
-                    row.insert(name.clone(), json!(value));
-                }
-                for measure in &query.measures {
-                    row.insert(measure.to_string(), measure.value(state, &query.sources));
-                }
-                Value::Object(row)
-            })
-            .collect()
+/// Starts a new element of a JSON array being written: a comma unless it is the first.
+fn separate(out: &mut String) {
+    if !(out.is_empty() || out.ends_with('[')) {
+        out.push(',');
     }
+}
+
+/// The rows of one stored hour rendered for one query: JSON objects, comma-separated.
+pub type RenderedHour = String;
+
+impl Query {
+    /// Appends rows, in the order given, to a JSON array being written, as objects with the
+    /// bucket, the group values and the measures, read off states shaped like the view's
+    /// measures this query reads.
+    pub fn render_rows(&self, rows: &[(&RowKey, &AggregateState)], out: &mut String) {
+        if rows.is_empty() {
+            return;
+        }
+        let names: Vec<String> = self
+            .measures
+            .iter()
+            .map(|m| json_string(&m.to_string()))
+            .collect();
+        let dimensions: Vec<String> = self.group_by.iter().map(|d| json_string(d)).collect();
+        for ((bucket, group), state) in rows {
+            separate(out);
+            out.push_str("{\"bucket\":\"");
+            out.push_str(&format_rfc3339(*bucket));
+            out.push('"');
+            for (name, value) in dimensions.iter().zip(group) {
+                out.push(',');
+                out.push_str(name);
+                out.push(':');
+                out.push_str(&json_string(value));
+            }
+            for (name, measure) in names.iter().zip(&self.measures) {
+                out.push(',');
+                out.push_str(name);
+                out.push(':');
+                out.push_str(&measure.value(state, &self.sources).to_string());
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    Value::from(text).to_string()
 }
 
 /// Where the answer's numbers came from.
@@ -734,7 +802,7 @@ mod tests {
                 .add(&projection, bucket, &dimensions, &state(count))
                 .unwrap();
         }
-        let rows = rollup.into_rows();
+        let rows: Vec<Value> = serde_json::from_str(&rollup.into_json()).unwrap();
         assert_eq!(
             rows,
             [

@@ -212,6 +212,7 @@ async fn count_events(
         .map_err(|err| (err.status(), err.to_string()))?;
     Ok(answer
         .rows
+        .values()
         .iter()
         .filter_map(|row| row["count"].as_u64())
         .sum())
