@@ -2,7 +2,8 @@
 //!
 //! `tally bench ingest` measures, in one run on one machine: the disk's own fdatasync latency
 //! (64 KiB appends), the collector's durable throughput over HTTP with batches, the ack
-//! latency at half that rate, and single-event requests. The generator runs in the same
+//! latency at half that rate and at a trickle of 20 requests/s (a request's cost without
+//! queueing), and single-event requests. The generator runs in the same
 //! process on the same cores, as a real load test on one box would.
 
 use std::fs::OpenOptions;
@@ -96,6 +97,7 @@ struct IngestBenchReport {
     fdatasync_64k_ms: Percentiles,
     batch_throughput: GenReport,
     half_rate_latency: GenReport,
+    trickle_latency: GenReport,
     single_events: GenReport,
     goal_events_per_second: f64,
     goal_p99_ms: f64,
@@ -103,6 +105,8 @@ struct IngestBenchReport {
 
 const GOAL_EVENTS_PER_SECOND: f64 = 200_000.0;
 const GOAL_P99_OVER_FSYNC_P99: f64 = 1.5;
+/// Requests a second of the run that measures a request's latency without queueing.
+const TRICKLE_REQUESTS_PER_SECOND: f64 = 20.0;
 pub const BENCH_WRITE_KEY: &str = "bench-write-key";
 pub const BENCH_READ_KEY: &str = "bench-read-key";
 
@@ -118,10 +122,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 }
 
 fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
-    let scratch = tempfile::Builder::new()
-        .prefix("tally-bench-")
-        .tempdir_in(&args.dir)
-        .with_context(|| format!("creating a scratch folder in {}", args.dir.display()))?;
+    let scratch = scratch_folder(&args.dir)?;
     eprintln!(
         "bench: measuring fdatasync of 64 KiB appends in {} ...",
         scratch.path().display()
@@ -179,6 +180,20 @@ fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
             Some(half_rate),
         ))
         .await?;
+        // With no queueing: what one request costs, fdatasync included.
+        let trickle_rate = TRICKLE_REQUESTS_PER_SECOND * args.batch as f64;
+        let trickle_events = (trickle_rate * args.latency_seconds as f64 / 2.0) as u64;
+        eprintln!(
+            "bench: ack latency at a trickle ({TRICKLE_REQUESTS_PER_SECOND} requests/s for {} s) ...",
+            args.latency_seconds / 2
+        );
+        let trickle_latency = generator::send(load(
+            trickle_events,
+            args.batch,
+            args.concurrency,
+            Some(trickle_rate),
+        ))
+        .await?;
         eprintln!("bench: {} single-event requests ...", args.single_events);
         let single_events =
             generator::send(load(args.single_events, 1, args.concurrency * 2, None)).await?;
@@ -189,6 +204,7 @@ fn ingest(args: IngestBenchArgs) -> anyhow::Result<()> {
             fdatasync_64k_ms: fdatasync,
             batch_throughput,
             half_rate_latency,
+            trickle_latency,
             single_events,
         })
     })?;
@@ -225,6 +241,8 @@ fn print_ingest_report(report: &IngestBenchReport) {
     );
     row("batches, max rate", &report.batch_throughput);
     row("batches, half rate (open loop)", &report.half_rate_latency);
+    let trickle = format!("batches, {TRICKLE_REQUESTS_PER_SECOND} requests/s (open loop)");
+    row(&trickle, &report.trickle_latency);
     row("single-event requests", &report.single_events);
     let throughput = report.batch_throughput.accepted_per_second;
     let p99 = report.half_rate_latency.latency_ms.p99;
@@ -239,6 +257,16 @@ fn print_ingest_report(report: &IngestBenchReport) {
         report.goal_p99_ms,
         verdict(p99 <= report.goal_p99_ms)
     );
+}
+
+/// A fresh folder for one benchmark's data under `dir` (created if missing), removed when
+/// dropped.
+fn scratch_folder(dir: &std::path::Path) -> anyhow::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    tempfile::Builder::new()
+        .prefix("tally-bench-")
+        .tempdir_in(dir)
+        .with_context(|| format!("creating a scratch folder in {}", dir.display()))
 }
 
 /// Latency of appending 64 KiB and fdatasync-ing, as the spool does, on the same disk.
@@ -286,9 +314,7 @@ pub struct BenchLog {
 impl BenchLog {
     /// Creates it under `dir`.
     pub fn create(dir: &std::path::Path) -> anyhow::Result<BenchLog> {
-        let scratch = tempfile::Builder::new()
-            .prefix("tally-bench-")
-            .tempdir_in(dir)?;
+        let scratch = scratch_folder(dir)?;
         let config =
             Config::parse("", std::env::vars()).context("in TALLY_* environment variables")?;
         let catalog = Arc::new(Catalog::demo(BENCH_WRITE_KEY, BENCH_READ_KEY));
