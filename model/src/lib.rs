@@ -39,7 +39,7 @@ pub use config::{BatchConfig, Config, ConfigError, KafkaConfig, LogKind};
 pub use event::{Event, Millis, RejectedEvent, TagValue, partition_of, stable_hash};
 pub use manifest::{LogicVersion, Manifest, ViewManifest};
 pub use registry::{RejectReason, TagKind, TagRegistry, ValidationContext};
-pub use state::{AggregateState, MeasureState, StateDecodeError, StateSummary};
+pub use state::{AggregateState, MeasureState, StateDecodeError, StateMerger, StateSummary};
 pub use tenant::{ApiKey, Catalog, Scope, Tenant};
 pub use time::Granularity;
 pub use view::{Measure, ViewSpec};

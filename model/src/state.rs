@@ -307,7 +307,7 @@ impl MeasureState {
             (MeasureState::Min(a), MeasureState::Min(b)) => *a = pick_present(*a, *b, f64::min),
             (MeasureState::Max(a), MeasureState::Max(b)) => *a = pick_present(*a, *b, f64::max),
             (MeasureState::Uniq(a), MeasureState::Uniq(b)) => {
-                let mut union = HllUnion::new(HLL_LG_K).expect("HLL_LG_K is within 4..=21");
+                let mut union = new_hll_union();
                 union.update(a);
                 union.update(b);
                 *a = union.to_sketch(HllType::Hll8);
@@ -363,6 +363,136 @@ impl MeasureState {
     }
 }
 
+/// Many states merged into one, for when more than two meet (a query's row, a roll-up).
+/// Each HLL sketch gathers in a union, which takes a further sketch in one pass over its
+/// registers, where [`AggregateState::merge`] copies them three times per merge; the unions
+/// become sketches once, in [`finish`](Self::finish). The result reads the same as merging
+/// pairwise.
+pub struct StateMerger {
+    count: u64,
+    measures: Vec<MergingMeasure>,
+}
+
+enum MergingMeasure {
+    Uniq(HllUnion),
+    Other(MeasureState),
+}
+
+impl MergingMeasure {
+    fn of(state: &MeasureState) -> MergingMeasure {
+        match state {
+            MeasureState::Uniq(sketch) => {
+                let mut union = new_hll_union();
+                union.update(sketch);
+                MergingMeasure::Uniq(union)
+            }
+            other => MergingMeasure::Other(other.clone()),
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self {
+            MergingMeasure::Uniq(_) => "uniq",
+            MergingMeasure::Other(state) => state.kind_name(),
+        }
+    }
+
+    fn fits(&self, other: &MeasureState) -> bool {
+        match (self, other) {
+            (MergingMeasure::Uniq(_), MeasureState::Uniq(_)) => true,
+            (MergingMeasure::Other(mine), theirs) => {
+                !matches!(mine, MeasureState::Uniq(_))
+                    && std::mem::discriminant(mine) == std::mem::discriminant(theirs)
+            }
+            _ => false,
+        }
+    }
+
+    fn merge(&mut self, other: &MeasureState) {
+        match (self, other) {
+            (MergingMeasure::Uniq(union), MeasureState::Uniq(sketch)) => union.update(sketch),
+            (MergingMeasure::Other(mine), theirs) => mine.merge(theirs),
+            _ => unreachable!("StateMerger::merge_projected checks shapes first"),
+        }
+    }
+}
+
+impl StateMerger {
+    /// Nothing merged yet, for these measures.
+    pub fn new(measures: &[Measure]) -> Self {
+        StateMerger::starting_with(&AggregateState::for_measures(measures))
+    }
+
+    /// Starting from `state`.
+    pub fn starting_with(state: &AggregateState) -> Self {
+        StateMerger {
+            count: state.count,
+            measures: state.measures.iter().map(MergingMeasure::of).collect(),
+        }
+    }
+
+    /// Merges `other` in; see [`AggregateState::merge`].
+    pub fn merge(&mut self, other: &AggregateState) -> Result<(), MergeError> {
+        if other.measures.len() != self.measures.len() {
+            return Err(self.mismatch(other));
+        }
+        let all: Vec<usize> = (0..other.measures.len()).collect();
+        self.merge_projected(other, &all)
+    }
+
+    /// Merges the count and the measures `picked` of `other` in; see
+    /// [`AggregateState::merge_projected`].
+    pub fn merge_projected(
+        &mut self,
+        other: &AggregateState,
+        picked: &[usize],
+    ) -> Result<(), MergeError> {
+        let fits = picked.len() == self.measures.len()
+            && picked.iter().zip(&self.measures).all(|(&index, mine)| {
+                other
+                    .measures
+                    .get(index)
+                    .is_some_and(|theirs| mine.fits(theirs))
+            });
+        if !fits {
+            return Err(self.mismatch(other));
+        }
+        self.count += other.count;
+        for (mine, &index) in self.measures.iter_mut().zip(picked) {
+            mine.merge(&other.measures[index]);
+        }
+        Ok(())
+    }
+
+    /// The merged state.
+    pub fn finish(self) -> AggregateState {
+        let measures = self
+            .measures
+            .into_iter()
+            .map(|measure| match measure {
+                MergingMeasure::Uniq(union) => MeasureState::Uniq(union.to_sketch(HllType::Hll8)),
+                MergingMeasure::Other(state) => state,
+            })
+            .collect();
+        AggregateState {
+            count: self.count,
+            measures,
+        }
+    }
+
+    fn mismatch(&self, other: &AggregateState) -> MergeError {
+        let names: Vec<&str> = self
+            .measures
+            .iter()
+            .map(MergingMeasure::kind_name)
+            .collect();
+        MergeError::ShapeMismatch {
+            left: format!("[{}]", names.join(", ")),
+            right: other.shape(),
+        }
+    }
+}
+
 /// The readable numbers of a state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateSummary {
@@ -403,6 +533,10 @@ pub enum MeasureSummary {
 
 fn new_hll() -> HllSketch {
     HllSketch::new(HLL_LG_K, HllType::Hll8).expect("HLL_LG_K is within 4..=21")
+}
+
+fn new_hll_union() -> HllUnion {
+    HllUnion::new(HLL_LG_K).expect("HLL_LG_K is within 4..=21")
 }
 
 fn new_kll() -> KllSketch<KllFloat<f64>> {
@@ -588,6 +722,22 @@ mod tests {
         }
 
         #[test]
+        fn a_merger_reads_the_same_as_merging_pairwise(a in events_strategy(), b in events_strategy(), c in events_strategy()) {
+            let states = [state_of(&a), state_of(&b), state_of(&c)];
+            let mut pairwise = view().empty_state();
+            let mut merger = StateMerger::new(&view().measures);
+            for state in &states {
+                pairwise.merge(state).unwrap();
+                merger.merge(state).unwrap();
+            }
+            assert_equivalent(&merger.finish(), &pairwise);
+            let mut from_first = StateMerger::starting_with(&states[0]);
+            from_first.merge(&states[1]).unwrap();
+            from_first.merge(&states[2]).unwrap();
+            assert_equivalent(&from_first.finish(), &pairwise);
+        }
+
+        #[test]
         fn encoding_round_trips(events in events_strategy()) {
             let state = state_of(&events);
             let decoded = AggregateState::decode(&state.encode()).unwrap();
@@ -637,10 +787,51 @@ mod tests {
     }
 
     #[test]
+    fn a_merger_reads_the_same_as_merging_pairwise_with_full_sketches() {
+        // Thousands of users put the HLL sketches in their array mode.
+        let users = |range: std::ops::Range<u32>| -> Vec<Event> {
+            range
+                .map(|user| event(0, user, Some(f64::from(user))))
+                .collect()
+        };
+        let states = [
+            state_of(&users(0..3_000)),
+            state_of(&users(2_000..6_000)),
+            state_of(&users(5_000..9_000)),
+        ];
+        let mut pairwise = view().empty_state();
+        let mut merger = StateMerger::new(&view().measures);
+        for state in &states {
+            pairwise.merge(state).unwrap();
+            merger.merge(state).unwrap();
+        }
+        let merged = merger.finish();
+        assert_equivalent(&merged, &pairwise);
+        let MeasureSummary::Uniq(estimate) = merged.summary().measures[3] else {
+            panic!("the fourth measure is uniq");
+        };
+        assert!((estimate - 9_000.0).abs() < 9_000.0 * 0.05, "{estimate}");
+    }
+
+    #[test]
     fn merging_different_shapes_is_an_error_not_a_panic() {
         let mut a = AggregateState::for_measures(&[Measure::Count, Measure::Sum("x".into())]);
         let b = AggregateState::for_measures(&[Measure::Count, Measure::Max("x".into())]);
         assert!(matches!(a.merge(&b), Err(MergeError::ShapeMismatch { .. })));
+        let mut merger = StateMerger::starting_with(&a);
+        assert!(matches!(
+            merger.merge(&b),
+            Err(MergeError::ShapeMismatch { .. })
+        ));
+        let uniq = AggregateState::for_measures(&[Measure::Uniq("x".into())]);
+        assert!(matches!(
+            merger.merge(&uniq),
+            Err(MergeError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            StateMerger::starting_with(&uniq).merge(&a),
+            Err(MergeError::ShapeMismatch { .. })
+        ));
         assert_eq!(
             AggregateState::decode(&[9]),
             Err(StateDecodeError::Version(9))

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tally_connectors::batch_views::StateRow;
 use tally_model::state::MeasureSummary;
 use tally_model::time::{DAY_MS, format_rfc3339, parse_timestamp};
-use tally_model::{AggregateState, Granularity, Measure, Millis, Tenant, ViewSpec};
+use tally_model::{AggregateState, Granularity, Measure, Millis, StateMerger, Tenant, ViewSpec};
 
 /// Longest range one query may span.
 const MAX_RANGE_MS: Millis = 366 * DAY_MS;
@@ -443,35 +443,50 @@ pub type RowKey = (Millis, Vec<String>);
 /// ask for it (see [`Rollup::add_rolled`]).
 pub type RolledHour = Vec<(RowKey, AggregateState)>;
 
-/// An answer row's state: its own, or until a second state merges in, one of a shared
+/// An answer row's state: being merged, or until a second state merges in, one of a shared
 /// rolled hour's (no copy of its sketches).
 enum RowState {
-    Owned(AggregateState),
+    Merging(StateMerger),
     Shared(Arc<RolledHour>, usize),
 }
 
 impl RowState {
+    fn merging(&mut self) -> &mut StateMerger {
+        if let RowState::Shared(hour, index) = self {
+            *self = RowState::Merging(StateMerger::starting_with(&hour[*index].1));
+        }
+        match self {
+            RowState::Merging(merger) => merger,
+            RowState::Shared(..) => unreachable!("made merging above"),
+        }
+    }
+
+    fn settle(self) -> SettledRow {
+        match self {
+            RowState::Merging(merger) => SettledRow::Owned(merger.finish()),
+            RowState::Shared(hour, index) => SettledRow::Shared(hour, index),
+        }
+    }
+}
+
+/// An answer row's final state.
+enum SettledRow {
+    Owned(AggregateState),
+    Shared(Arc<RolledHour>, usize),
+}
+
+impl SettledRow {
     fn get(&self) -> &AggregateState {
         match self {
-            RowState::Owned(state) => state,
-            RowState::Shared(hour, index) => &hour[*index].1,
+            SettledRow::Owned(state) => state,
+            SettledRow::Shared(hour, index) => &hour[*index].1,
         }
     }
 
     fn into_owned(self) -> AggregateState {
         match self {
-            RowState::Owned(state) => state,
-            RowState::Shared(hour, index) => hour[index].1.clone(),
-        }
-    }
-
-    fn owned(&mut self) -> &mut AggregateState {
-        if let RowState::Shared(hour, index) = self {
-            *self = RowState::Owned(hour[*index].1.clone());
-        }
-        match self {
-            RowState::Owned(state) => state,
-            RowState::Shared(..) => unreachable!("made owned above"),
+            SettledRow::Owned(state) => state,
+            SettledRow::Shared(hour, index) => hour[index].1.clone(),
         }
     }
 }
@@ -518,8 +533,8 @@ impl<'q> Rollup<'q> {
         let row = self
             .rows
             .entry(key)
-            .or_insert_with(|| RowState::Owned(AggregateState::for_measures(&self.query.sources)));
-        row.owned().merge_projected(state, &projection.picked)
+            .or_insert_with(|| RowState::Merging(StateMerger::new(&self.query.sources)));
+        row.merging().merge_projected(state, &projection.picked)
     }
 
     /// Folds the stored rows of one object whose bucket is in `buckets`.
@@ -548,7 +563,7 @@ impl<'q> Rollup<'q> {
                 Entry::Vacant(vacant) => {
                     vacant.insert(RowState::Shared(hour.clone(), index));
                 }
-                Entry::Occupied(mut occupied) => occupied.get_mut().owned().merge(state)?,
+                Entry::Occupied(mut occupied) => occupied.get_mut().merging().merge(state)?,
             }
         }
         Ok(())
@@ -565,7 +580,7 @@ impl<'q> Rollup<'q> {
     pub fn into_rolled(self) -> RolledHour {
         self.rows
             .into_iter()
-            .map(|(key, state)| (key, state.into_owned()))
+            .map(|(key, state)| (key, state.settle().into_owned()))
             .collect()
     }
 
@@ -573,40 +588,49 @@ impl<'q> Rollup<'q> {
     /// part of an answer, to cache and [`add_rendered`](Self::add_rendered) to later ones.
     pub fn render_fragment(self) -> RenderedHour {
         let mut out = String::new();
-        self.query.render_rows(&self.sorted_rows(), &mut out);
+        let query = self.query;
+        let settled = self.into_sorted_rows();
+        query.render_rows(&borrowed(&settled), &mut out);
         out
     }
 
     /// The answer's rows as a JSON array, ordered by bucket, then group values.
     pub fn into_json(mut self) -> String {
-        self.rendered.sort_unstable_by_key(|(hour, _)| *hour);
-        let sorted = self.sorted_rows();
+        let query = self.query;
+        let mut rendered = std::mem::take(&mut self.rendered);
+        rendered.sort_unstable_by_key(|(hour, _)| *hour);
+        let settled = self.into_sorted_rows();
+        let sorted = borrowed(&settled);
         let mut rows = sorted.as_slice();
         let mut out = String::from("[");
         // A rendered hour holds every row of its buckets: it goes whole where it starts.
-        for (hour, fragment) in &self.rendered {
+        for (hour, fragment) in &rendered {
             let before = rows.partition_point(|((bucket, _), _)| bucket < hour);
-            self.query.render_rows(&rows[..before], &mut out);
+            query.render_rows(&rows[..before], &mut out);
             rows = &rows[before..];
             if !fragment.is_empty() {
                 separate(&mut out);
                 out.push_str(fragment);
             }
         }
-        self.query.render_rows(rows, &mut out);
+        query.render_rows(rows, &mut out);
         out.push(']');
         out
     }
 
-    fn sorted_rows(&self) -> Vec<(&RowKey, &AggregateState)> {
+    fn into_sorted_rows(self) -> Vec<(RowKey, SettledRow)> {
         let mut rows: Vec<_> = self
             .rows
-            .iter()
-            .map(|(key, state)| (key, state.get()))
+            .into_iter()
+            .map(|(key, state)| (key, state.settle()))
             .collect();
-        rows.sort_unstable_by_key(|(key, _)| *key);
+        rows.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         rows
     }
+}
+
+fn borrowed(rows: &[(RowKey, SettledRow)]) -> Vec<(&RowKey, &AggregateState)> {
+    rows.iter().map(|(key, row)| (key, row.get())).collect()
 }
 
 /// Starts a new element of a JSON array being written: a comma unless it is the first.
