@@ -153,23 +153,13 @@ impl AggregateState {
         other: &AggregateState,
         picked: &[usize],
     ) -> Result<(), MergeError> {
-        let fits = picked.len() == self.measures.len()
-            && picked.iter().zip(&self.measures).all(|(&index, mine)| {
-                other.measures.get(index).is_some_and(|theirs| {
-                    std::mem::discriminant(mine) == std::mem::discriminant(theirs)
-                })
-            });
-        if !fits {
-            return Err(MergeError::ShapeMismatch {
+        match merge_picked(&mut self.count, &mut self.measures, other, picked) {
+            true => Ok(()),
+            false => Err(MergeError::ShapeMismatch {
                 left: self.shape(),
                 right: other.shape(),
-            });
+            }),
         }
-        self.count += other.count;
-        for (mine, &index) in self.measures.iter_mut().zip(picked) {
-            mine.merge(&other.measures[index]);
-        }
-        Ok(())
     }
 
     fn shape(&self) -> String {
@@ -396,25 +386,68 @@ impl MergingMeasure {
             MergingMeasure::Other(state) => state.kind_name(),
         }
     }
+}
 
+/// A measure some measure state can merge into.
+trait MergeTarget {
+    /// Whether `other` is the same kind of measure.
+    fn fits(&self, other: &MeasureState) -> bool;
+    /// Merges `other` in; it [`fits`](Self::fits).
+    fn merge_from(&mut self, other: &MeasureState);
+}
+
+impl MergeTarget for MeasureState {
+    fn fits(&self, other: &MeasureState) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+
+    fn merge_from(&mut self, other: &MeasureState) {
+        self.merge(other);
+    }
+}
+
+impl MergeTarget for MergingMeasure {
     fn fits(&self, other: &MeasureState) -> bool {
         match (self, other) {
             (MergingMeasure::Uniq(_), MeasureState::Uniq(_)) => true,
             (MergingMeasure::Other(mine), theirs) => {
-                !matches!(mine, MeasureState::Uniq(_))
-                    && std::mem::discriminant(mine) == std::mem::discriminant(theirs)
+                !matches!(mine, MeasureState::Uniq(_)) && mine.fits(theirs)
             }
             _ => false,
         }
     }
 
-    fn merge(&mut self, other: &MeasureState) {
+    fn merge_from(&mut self, other: &MeasureState) {
         match (self, other) {
             (MergingMeasure::Uniq(union), MeasureState::Uniq(sketch)) => union.update(sketch),
             (MergingMeasure::Other(mine), theirs) => mine.merge(theirs),
-            _ => unreachable!("StateMerger::merge_projected checks shapes first"),
+            _ => unreachable!("merge_picked checks shapes first"),
         }
     }
+}
+
+/// Merges the count and the measures `picked` of `other` into `count` and `mine` (one per
+/// pick, in order), if each fits; false, changing nothing, if not.
+fn merge_picked<M: MergeTarget>(
+    count: &mut u64,
+    mine: &mut [M],
+    other: &AggregateState,
+    picked: &[usize],
+) -> bool {
+    let fits = picked.len() == mine.len()
+        && picked.iter().zip(mine.iter()).all(|(&index, mine)| {
+            other
+                .measures
+                .get(index)
+                .is_some_and(|theirs| mine.fits(theirs))
+        });
+    if fits {
+        *count += other.count;
+        for (mine, &index) in mine.iter_mut().zip(picked) {
+            mine.merge_from(&other.measures[index]);
+        }
+    }
+    fits
 }
 
 impl StateMerger {
@@ -447,21 +480,10 @@ impl StateMerger {
         other: &AggregateState,
         picked: &[usize],
     ) -> Result<(), MergeError> {
-        let fits = picked.len() == self.measures.len()
-            && picked.iter().zip(&self.measures).all(|(&index, mine)| {
-                other
-                    .measures
-                    .get(index)
-                    .is_some_and(|theirs| mine.fits(theirs))
-            });
-        if !fits {
-            return Err(self.mismatch(other));
+        match merge_picked(&mut self.count, &mut self.measures, other, picked) {
+            true => Ok(()),
+            false => Err(self.mismatch(other)),
         }
-        self.count += other.count;
-        for (mine, &index) in self.measures.iter_mut().zip(picked) {
-            mine.merge(&other.measures[index]);
-        }
-        Ok(())
     }
 
     /// The merged state.
