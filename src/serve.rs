@@ -508,7 +508,7 @@ async fn readyz(services: web::Data<Services>) -> HttpResponse {
     let collector = services
         .collector
         .as_ref()
-        .map(|c| c.refresh_metrics().map_err(|e| e.to_string()));
+        .map(|c| c.readiness().map_err(|e| e.to_string()));
     let speed = services
         .speed
         .as_ref()

@@ -92,6 +92,14 @@ impl Collector {
         }
     }
 
+    /// Whether the collector can acknowledge events: both streams take appends. Also
+    /// refreshes the spool gauges.
+    pub fn readiness(&self) -> Result<(), LogError> {
+        self.events.appendable()?;
+        self.rejected.appendable()?;
+        self.refresh_metrics()
+    }
+
     /// Updates the spool-size gauges; call before exporting metrics.
     pub fn refresh_metrics(&self) -> Result<(), LogError> {
         self.metrics.spool("events", &self.events.stats()?);

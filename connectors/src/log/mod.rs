@@ -90,6 +90,12 @@ pub trait EventLog: Send + Sync + 'static {
     /// Offsets, record counts and sizes per partition.
     fn stats(&self) -> Result<LogStats, LogError>;
 
+    /// Whether appends can succeed; an error says why not (a spool partition whose writer
+    /// stopped after an I/O error refuses every append until a restart). Reads may still.
+    fn appendable(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+
     /// The first offset of `partition` whose record was received at or after `time`, when
     /// the log indexes receive times (Kafka's record timestamps); `None` when it does not,
     /// and the caller searches the records themselves.

@@ -302,6 +302,13 @@ impl EventLog for Spool {
         self.partitions.len() as u32
     }
 
+    fn appendable(&self) -> Result<(), LogError> {
+        match self.writers.iter().position(|writer| writer.is_closed()) {
+            Some(stopped) => Err(LogError::WriterStopped(stopped as u32)),
+            None => Ok(()),
+        }
+    }
+
     fn append(&self, records: Vec<AppendRecord>) -> AppendFuture {
         if self.read_only {
             return Box::pin(std::future::ready(Err(LogError::ReadOnly(
@@ -658,6 +665,9 @@ impl PartitionWriter {
                     // After a failed write or fdatasync the file's durable state is unknown:
                     // stop, and let a restart recover from what is really on disk.
                     tracing::error!(partition = self.partition.id, error = %err, "spool write failed; this partition stops accepting appends");
+                    // Closed before anyone hears of the failure, so `appendable` reports it
+                    // by then.
+                    queue.close();
                     for request in group.drain(..) {
                         let _ = request
                             .reply
@@ -881,6 +891,43 @@ mod tests {
                 .await
                 .unwrap(),
             [50]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_writer_stopped_by_an_io_error_makes_the_spool_unappendable() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiny_segments = SpoolOptions {
+            partitions: 1,
+            segment_bytes: 1,
+            ..SpoolOptions::default()
+        };
+        let spool = Spool::open(dir.path(), tiny_segments).unwrap();
+        spool
+            .append(vec![record(0, b"first".to_vec())])
+            .await
+            .unwrap();
+        assert!(spool.appendable().is_ok());
+        // The next record rolls to a segment starting at offset 1: a folder in its place
+        // makes creating it fail.
+        let next_segment = dir
+            .path()
+            .join("partition-0000")
+            .join(segment::segment_name(1));
+        fs::create_dir(next_segment).unwrap();
+        let refused = spool.append(vec![record(0, b"second".to_vec())]).await;
+        assert!(
+            matches!(refused, Err(LogError::WriterStopped(0))),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            spool.appendable(),
+            Err(LogError::WriterStopped(0))
+        ));
+        assert_eq!(
+            all(&spool, 0),
+            [b"first".to_vec()],
+            "what was acknowledged stays"
         );
     }
 
