@@ -6,8 +6,10 @@
 //! written as batch-view objects with a published manifest, as recompute leaves them; the
 //! window since the horizon is folded into the real-time view store, as the speed layer
 //! leaves it. Then `tally serve` runs over that data directory and a load generator in the
-//! same process, on the same cores, sends the query with `--concurrency` requests in flight.
-//! Before measuring, the answer's total count is checked against the events in range.
+//! same process, on the same cores, sends the query with `--concurrency` requests in flight,
+//! while a writer rewrites the live window's latest state once per speed-layer epoch, as the
+//! speed layer does under live traffic. Before measuring, the answer's total count is checked
+//! against the events in range.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -78,6 +80,8 @@ struct QueryBenchReport {
     queries: usize,
     queries_per_second: f64,
     latency_ms: Percentiles,
+    /// Upserts of the live window's latest state made while the queries ran.
+    realtime_writes: u64,
     goal_p99_ms: f64,
     goal_queries_per_second: f64,
 }
@@ -139,6 +143,8 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         SpoolOptions::from_config(&config.log),
     )?;
 
+    let views_path = settings::views_path(&config.data_dir);
+    let epoch = Duration::from_millis(config.speed.epoch_ms);
     let (bound, listening) = mpsc::channel();
     let server = std::thread::spawn(move || {
         serve::serve(config, serve::Mode::Serve, |address, handle, _| {
@@ -154,7 +160,9 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         query.push_str(&format!("&measures={measures}"));
     }
     let url = format!("http://{address}{query}");
+    let writing = LiveWriter::start(&views_path, &args.view, horizon, epoch)?;
     let outcome = actix_web::rt::System::new().block_on(load(&url, &args, in_range));
+    let realtime_writes = writing.stop()?;
     actix_web::rt::System::new().block_on(handle.stop(true));
     server
         .join()
@@ -171,6 +179,7 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         queries,
         queries_per_second: queries as f64 / args.seconds as f64,
         latency_ms: Percentiles::of(latencies),
+        realtime_writes,
         goal_p99_ms: GOAL_P99_MS,
         goal_queries_per_second: GOAL_QUERIES_PER_SECOND,
     };
@@ -189,6 +198,10 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         println!(
             "{} requests in flight: {:.0} queries/s, latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms (goal: p99 < {GOAL_P99_MS} ms, >= {GOAL_QUERIES_PER_SECOND} queries/s)",
             report.concurrency, report.queries_per_second, l.p50, l.p99, l.max
+        );
+        println!(
+            "meanwhile the real-time view was written {} times, once per speed-layer epoch",
+            report.realtime_writes
         );
     }
     Ok(())
@@ -348,6 +361,52 @@ fn fold_live(
     let store = EmbeddedViewStore::open(&settings::views_path(&config.data_dir))?;
     store.upsert(&rows)?;
     Ok(feeding)
+}
+
+/// Writes the real-time view store once per speed-layer epoch while the queries run, as the
+/// speed layer does under live traffic, so that what serving derives from the real-time
+/// views is as stale as it would be in production: every write changes the view's
+/// generation.
+struct LiveWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<u64>>,
+}
+
+impl LiveWriter {
+    /// Rewrites the latest state of `view` since `horizon` every `epoch`.
+    fn start(
+        views_path: &std::path::Path,
+        view: &str,
+        horizon: Millis,
+        epoch: Duration,
+    ) -> anyhow::Result<LiveWriter> {
+        let store = EmbeddedViewStore::open(views_path)?;
+        let latest: Vec<_> = store
+            .scan(DEMO_TENANT, view, horizon..Millis::MAX)?
+            .pop()
+            .into_iter()
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut writes = 0;
+            while !stopping.load(std::sync::atomic::Ordering::Acquire) {
+                store.upsert(&latest)?;
+                writes += 1;
+                std::thread::sleep(epoch);
+            }
+            Ok(writes)
+        });
+        Ok(LiveWriter { stop, thread })
+    }
+
+    /// Stops writing; returns how many writes it made.
+    fn stop(self) -> anyhow::Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the live writer panicked"))?
+    }
 }
 
 /// Checks the answer once, then keeps `concurrency` queries in flight: a second of warm-up,

@@ -30,16 +30,16 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use tally_connectors::batch_views::{BatchHour, BatchViews, BatchViewsError, FifoCache, row_bytes};
 use tally_connectors::catalog::{CatalogHandle, CatalogStore};
-use tally_connectors::view_store::{ViewStore, ViewStoreError};
+use tally_connectors::view_store::{ViewKey, ViewStore, ViewStoreError};
 use tally_model::time::{HOUR_MS, now_millis};
-use tally_model::{ApiKey, Granularity, Millis, Scope};
+use tally_model::{AggregateState, ApiKey, Granularity, Millis, Scope};
 use thiserror::Error;
 
 pub use telemetry::ServingMetrics;
 
 use crate::query::{
-    Projection, Query, QueryError, QueryGranularity, QueryParams, RenderedHour, RolledHour, Rollup,
-    Sources,
+    Projection, Query, QueryError, QueryGranularity, QueryParams, RenderedHour, RenderedRows,
+    RolledHour, Rollup, Sources,
 };
 use crate::raw::{RawError, RawEvents};
 
@@ -57,12 +57,25 @@ pub struct Serving {
     /// Whole batch hours rendered per query, for answers by minute or hour, where an hour's
     /// rows are its own.
     rendered_hours: Mutex<FifoCache<RenderedHour>>,
+    /// The real-time rows of recent answers by minute or hour, per view generation.
+    realtime_rows: Mutex<FifoCache<RenderedRows>>,
+}
+
+/// The real-time part of an answer.
+enum Realtime {
+    /// States to merge with the batch rows of their buckets (answers by day or over the
+    /// whole range).
+    States(Vec<(ViewKey, AggregateState)>),
+    /// Rows that no batch row merges into (answers by minute or hour), rendered.
+    Rendered(Arc<RenderedRows>),
 }
 
 /// Bytes of rolled batch hours serving keeps.
 const ROLLED_HOURS_CACHE_BYTES: usize = 256 << 20;
 /// Bytes of rendered batch hours serving keeps.
 const RENDERED_HOURS_CACHE_BYTES: usize = 128 << 20;
+/// Bytes of rendered real-time rows serving keeps.
+const REALTIME_ROWS_CACHE_BYTES: usize = 32 << 20;
 
 /// Why a read failed on the server's side.
 #[derive(Debug, Error)]
@@ -166,6 +179,7 @@ impl Serving {
             metrics,
             rolled_hours: Mutex::new(FifoCache::new(ROLLED_HOURS_CACHE_BYTES)),
             rendered_hours: Mutex::new(FifoCache::new(RENDERED_HOURS_CACHE_BYTES)),
+            realtime_rows: Mutex::new(FifoCache::new(REALTIME_ROWS_CACHE_BYTES)),
         }
     }
 
@@ -201,7 +215,7 @@ impl Serving {
         let view = &query.view;
         let range = query.from..query.to;
         // Real-time states first, then the manifest: see the module doc of `query`.
-        let speed_states = self.speed_views.scan(tenant, &view.name, range.clone())?;
+        let realtime = self.realtime(tenant, &query)?;
         let manifest = self.batch_views.manifest().await?;
         let horizon = manifest.as_ref().map(|m| m.horizon);
         let seam = horizon.unwrap_or(Millis::MIN).clamp(range.start, range.end);
@@ -248,12 +262,17 @@ impl Serving {
                 }
             }
         }
-        let projection = Projection::new(view, &query)
-            .expect("a query is checked against the view's current spec");
-        for (key, state) in &speed_states {
-            if key.bucket >= seam {
-                rollup.add(&projection, key.bucket, &key.dimensions, state)?;
+        match realtime {
+            Realtime::States(states) => {
+                let projection = Projection::new(view, &query)
+                    .expect("a query is checked against the view's current spec");
+                for (key, state) in &states {
+                    if key.bucket >= seam {
+                        rollup.add(&projection, key.bucket, &key.dimensions, state)?;
+                    }
+                }
             }
+            Realtime::Rendered(rows) => rollup.add_rendered(seam, Arc::new(rows.from_bucket(seam))),
         }
         Ok(QueryAnswer {
             view: view.name.clone(),
@@ -262,6 +281,57 @@ impl Serving {
             sources: Sources::split(&range, seam),
             rows: AnswerRows(rollup.into_json()),
         })
+    }
+
+    /// The real-time part of an answer over the query's whole range; the caller keeps what
+    /// is at or after the seam. Answers by minute or hour take their real-time rows alone,
+    /// so those are rendered and kept while the store's generation for the view stays.
+    fn realtime(&self, tenant: &str, query: &Query) -> Result<Realtime, ServingError> {
+        let view = &query.view.name;
+        let range = query.from..query.to;
+        if !matches!(
+            query.granularity,
+            QueryGranularity::Bucketed(Granularity::Minute | Granularity::Hour)
+        ) {
+            return Ok(Realtime::States(
+                self.speed_views.scan(tenant, view, range)?,
+            ));
+        }
+        let generation = self.speed_views.generation(tenant, view)?;
+        let projection = Projection::new(&query.view, query)
+            .expect("a query is checked against the view's current spec");
+        let measures: Vec<String> = query.measures.iter().map(ToString::to_string).collect();
+        let key = generation.map(|generation| {
+            format!(
+                "{tenant}|{view}|{generation}|{}|{}|{}|{}",
+                query.from,
+                query.to,
+                projection.rolled_key(query),
+                measures.join(",")
+            )
+        });
+        let cache = &self.realtime_rows;
+        if let Some(rows) = key
+            .as_ref()
+            .and_then(|key| cache.lock().expect("cache lock").get(key))
+        {
+            return Ok(Realtime::Rendered(rows));
+        }
+        let mut rollup = Rollup::new(query);
+        for (key, state) in self.speed_views.scan(tenant, view, range)? {
+            rollup.add(&projection, key.bucket, &key.dimensions, &state)?;
+        }
+        let rows = Arc::new(rollup.into_rendered_rows());
+        // Kept only if nothing was written while it was read.
+        if let Some(key) = key
+            && self.speed_views.generation(tenant, view)? == generation
+        {
+            cache
+                .lock()
+                .expect("cache lock")
+                .insert(key, rows.clone(), rows.size());
+        }
+        Ok(Realtime::Rendered(rows))
     }
 
     /// The rows of a whole batch hour rendered for a query, from the cache or rendered now

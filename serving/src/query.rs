@@ -618,6 +618,22 @@ impl<'q> Rollup<'q> {
         out
     }
 
+    /// The rows rolled up so far, each rendered alone, in answer order; for answers by
+    /// minute or hour, where no other source merges into them.
+    pub fn into_rendered_rows(self) -> RenderedRows {
+        let query = self.query;
+        let rows = self
+            .into_sorted_rows()
+            .into_iter()
+            .map(|(key, row)| {
+                let mut rendered = String::new();
+                query.render_rows(&[(&key, row.get())], &mut rendered);
+                (key.0, rendered)
+            })
+            .collect();
+        RenderedRows(rows)
+    }
+
     fn into_sorted_rows(self) -> Vec<(RowKey, SettledRow)> {
         let mut rows: Vec<_> = self
             .rows
@@ -642,6 +658,26 @@ fn separate(out: &mut String) {
 
 /// The rows of one stored hour rendered for one query: JSON objects, comma-separated.
 pub type RenderedHour = String;
+
+/// Answer rows rendered one by one, in answer order, with their buckets.
+pub struct RenderedRows(Vec<(Millis, String)>);
+
+impl RenderedRows {
+    /// The rows from bucket `start` on, comma-separated.
+    pub fn from_bucket(&self, start: Millis) -> RenderedHour {
+        let first = self.0.partition_point(|(bucket, _)| *bucket < start);
+        let rows: Vec<&str> = self.0[first..]
+            .iter()
+            .map(|(_, row)| row.as_str())
+            .collect();
+        rows.join(",")
+    }
+
+    /// Bytes held, for a cache's budget.
+    pub fn size(&self) -> usize {
+        self.0.iter().map(|(_, row)| 8 + row.len()).sum()
+    }
+}
 
 impl Query {
     /// Appends rows, in the order given, to a JSON array being written, as objects with the

@@ -154,6 +154,8 @@ fn two_tenant_catalog() -> Catalog {
 struct Rig {
     _dir: tempfile::TempDir,
     serving: web::Data<Serving>,
+    /// The real-time view store serving reads.
+    store: Arc<EmbeddedViewStore>,
     events: BTreeMap<String, Vec<Event>>,
 }
 
@@ -176,7 +178,7 @@ impl Rig {
             .map(|e| AppendRecord::event(e, spool.partitions()))
             .collect();
         spool.append(records).await.unwrap();
-        let store = EmbeddedViewStore::open(&dir.path().join("views.redb")).unwrap();
+        let store = Arc::new(EmbeddedViewStore::open(&dir.path().join("views.redb")).unwrap());
         let all: Vec<Event> = demo.iter().chain(&other).cloned().collect();
         let states: Vec<_> = reference_states(&catalog, logged(&all), Millis::MIN..Millis::MAX)
             .into_iter()
@@ -204,7 +206,7 @@ impl Rig {
         let serving = Serving::new(
             CatalogHandle::new(catalog, 0),
             Some(CatalogStore::new(objects.clone())),
-            Arc::new(store),
+            store.clone(),
             BatchViews::with_cache(objects.clone(), 1 << 20),
             RawEvents::new(objects, Some(Arc::new(spool)), Some(Arc::new(rejected))),
             ServingMetrics::register(&mut Default::default()),
@@ -212,6 +214,7 @@ impl Rig {
         Rig {
             _dir: dir,
             serving: web::Data::new(serving),
+            store,
             events: BTreeMap::from([
                 (DEMO_TENANT.to_owned(), demo),
                 (OTHER_TENANT.to_owned(), other),
@@ -537,6 +540,34 @@ async fn queries_answer_per_minute_from_the_speed_views_and_refuse_mistakes_with
     }
 }
 
+#[actix_web::test]
+async fn an_answer_shows_the_real_time_writes_made_since_the_last_one() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let uri = format!(
+        "/v1/query?view=events_by_type&from={BASE}&to={}&measures=count",
+        BASE + DAY_MS
+    );
+    let total = |answer: &Value| -> u64 {
+        let rows = answer["rows"].as_array().unwrap();
+        rows.iter().map(|r| r["count"].as_u64().unwrap()).sum()
+    };
+    let (_, first) = get(&app, &uri, Some("demo-read")).await;
+    let (_, again) = get(&app, &uri, Some("demo-read")).await;
+    assert_eq!(again, first, "nothing written, the same answer");
+    // The speed layer rewrites a state with one more event in it.
+    let mut states = rig
+        .store
+        .scan(DEMO_TENANT, "events_by_type", BASE..BASE + DAY_MS)
+        .unwrap();
+    let (key, mut state) = states.remove(0);
+    state.count += 1;
+    rig.store.upsert(&[(key, state)]).unwrap();
+    let (_, after) = get(&app, &uri, Some("demo-read")).await;
+    assert_eq!(total(&after), total(&first) + 1);
+}
+
 /// A real-time store whose first scan is preceded by the batch layer publishing a later
 /// horizon and the speed layer dropping what fell below it: the interleaving the order of
 /// reads in [`Serving::query`] must survive.
@@ -578,6 +609,14 @@ impl ViewStore for HorizonMovesBeforeScan {
         bucket: Millis,
     ) -> Result<u64, tally_connectors::view_store::ViewStoreError> {
         self.inner.delete_before(tenant, view, bucket)
+    }
+
+    fn generation(
+        &self,
+        tenant: &str,
+        view: &str,
+    ) -> Result<Option<u64>, tally_connectors::view_store::ViewStoreError> {
+        self.inner.generation(tenant, view)
     }
 
     fn record_progress(

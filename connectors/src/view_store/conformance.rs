@@ -73,6 +73,27 @@ pub fn run(store: &dyn ViewStore) {
         1,
         "other views untouched"
     );
+    generations_follow_writes(store);
+}
+
+/// A store that keeps generations changes a view's on every write to its states, and only
+/// then.
+fn generations_follow_writes(store: &dyn ViewStore) {
+    let generation = |view: &str| store.generation("t1", view).unwrap();
+    let Some(before) = generation("v") else {
+        return;
+    };
+    let other_view = generation("v2");
+    store
+        .upsert(&[(key("t1", "v", 180_000, "c"), state(1))])
+        .unwrap();
+    let upserted = generation("v").expect("kept before, kept now");
+    assert_ne!(upserted, before, "an upsert changes the view's generation");
+    store.scan("t1", "v", 0..i64::MAX).unwrap();
+    assert_eq!(generation("v"), Some(upserted), "reads leave it");
+    assert_eq!(generation("v2"), other_view, "other views keep theirs");
+    assert_eq!(store.delete_before("t1", "v", 150_000).unwrap(), 1);
+    assert_ne!(generation("v"), Some(upserted), "a delete changes it");
 }
 
 /// States spread over days and big enough that a backend must split its writes; deletes

@@ -3,13 +3,15 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadOnlyDatabase, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
 use tally_model::{AggregateState, Millis};
 
 use super::{ViewKey, ViewStore, ViewStoreError, key};
 
 const STATES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("view_states");
 const PROGRESS: TableDefinition<&str, &[u8]> = TableDefinition::new("writer_progress");
+/// Per view (its key prefix), a counter bumped by every write to its states.
+const GENERATIONS: TableDefinition<&[u8], u64> = TableDefinition::new("view_generations");
 
 fn builder() -> redb::Builder {
     let mut builder = redb::Builder::new();
@@ -46,8 +48,12 @@ impl EmbeddedViewStore {
             path: path.to_owned(),
             database: Handle::Writer(database),
         };
-        store.write(STATES, |_| Ok(()))?;
-        store.write(PROGRESS, |_| Ok(()))?;
+        store.write(|transaction| {
+            transaction.open_table(STATES)?;
+            transaction.open_table(PROGRESS)?;
+            transaction.open_table(GENERATIONS)?;
+            Ok(())
+        })?;
         Ok(store)
     }
 
@@ -80,28 +86,37 @@ impl EmbeddedViewStore {
         }
     }
 
-    fn write<K: redb::Key + 'static, T>(
+    fn write<T>(
         &self,
-        table: TableDefinition<K, &[u8]>,
-        change: impl FnOnce(&mut redb::Table<K, &[u8]>) -> Result<T, redb::Error>,
+        change: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, ViewStoreError> {
         let Handle::Writer(database) = &self.database else {
             return Err(ViewStoreError::ReadOnly(self.path.clone()));
         };
         let transaction = database.begin_write().map_err(|e| self.error(e))?;
-        let result = {
-            let mut table = transaction.open_table(table).map_err(|e| self.error(e))?;
-            change(&mut table).map_err(|e| self.error(e))?
-        };
+        let result = change(&transaction).map_err(|e| self.error(e))?;
         transaction.commit().map_err(|e| self.error(e))?;
         Ok(result)
     }
 }
 
+/// Bumps the generation of each view (by key prefix) in the transaction that changes it.
+fn bump_generations<'p>(
+    transaction: &redb::WriteTransaction,
+    prefixes: impl IntoIterator<Item = &'p [u8]>,
+) -> Result<(), redb::Error> {
+    let mut generations = transaction.open_table(GENERATIONS)?;
+    for prefix in prefixes {
+        let next = generations.get(prefix)?.map_or(0, |g| g.value()) + 1;
+        generations.insert(prefix, next)?;
+    }
+    Ok(())
+}
+
 impl ViewStore for EmbeddedViewStore {
     fn record_progress(&self, writer: &str, progress: &[u8]) -> Result<(), ViewStoreError> {
-        self.write(PROGRESS, |table| {
-            table.insert(writer, progress)?;
+        self.write(|transaction| {
+            transaction.open_table(PROGRESS)?.insert(writer, progress)?;
             Ok(())
         })
     }
@@ -116,11 +131,16 @@ impl ViewStore for EmbeddedViewStore {
     }
 
     fn upsert(&self, rows: &[(ViewKey, AggregateState)]) -> Result<(), ViewStoreError> {
-        self.write(STATES, |table| {
+        let views: std::collections::BTreeSet<Vec<u8>> = rows
+            .iter()
+            .map(|(key, _)| key::view_prefix(&key.tenant, &key.view))
+            .collect();
+        self.write(|transaction| {
+            let mut table = transaction.open_table(STATES)?;
             for (key, state) in rows {
                 table.insert(key::encode(key).as_slice(), state.encode().as_slice())?;
             }
-            Ok(())
+            bump_generations(transaction, views.iter().map(Vec::as_slice))
         })
     }
 
@@ -153,6 +173,20 @@ impl ViewStore for EmbeddedViewStore {
         Ok(rows)
     }
 
+    fn generation(&self, tenant: &str, view: &str) -> Result<Option<u64>, ViewStoreError> {
+        let transaction = self.begin_read()?;
+        let generations = match transaction.open_table(GENERATIONS) {
+            // A database written before generations were kept, until its writer opens it.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            opened => opened.map_err(|e| self.error(e))?,
+        };
+        let prefix = key::view_prefix(tenant, view);
+        let generation = generations
+            .get(prefix.as_slice())
+            .map_err(|e| self.error(e))?;
+        Ok(Some(generation.map_or(0, |g| g.value())))
+    }
+
     fn delete_before(
         &self,
         tenant: &str,
@@ -164,12 +198,17 @@ impl ViewStore for EmbeddedViewStore {
             key::bucket_start(&prefix, Millis::MIN),
             key::bucket_start(&prefix, bucket),
         );
-        self.write(STATES, |table| {
+        self.write(|transaction| {
             let mut deleted = 0;
-            table.retain_in(from.as_slice()..to.as_slice(), |_, _| {
-                deleted += 1;
-                false
-            })?;
+            transaction
+                .open_table(STATES)?
+                .retain_in(from.as_slice()..to.as_slice(), |_, _| {
+                    deleted += 1;
+                    false
+                })?;
+            if deleted > 0 {
+                bump_generations(transaction, [prefix.as_slice()])?;
+            }
             Ok(deleted)
         })
     }
@@ -207,11 +246,19 @@ mod tests {
             dimensions: vec![],
         };
         let mut state = AggregateState::for_measures(&[]);
+        let mut generations = vec![reader.generation("t", "v").unwrap()];
         for count in 1..=3 {
             state.count = count;
             writer.upsert(&[(key.clone(), state.clone())]).unwrap();
             assert_eq!(reader.scan("t", "v", 0..1).unwrap()[0].1.count, count);
+            generations.push(reader.generation("t", "v").unwrap());
         }
+        generations.dedup();
+        assert_eq!(
+            generations.len(),
+            4,
+            "a new generation per commit: {generations:?}"
+        );
         assert!(matches!(
             reader.upsert(&[(key, state)]),
             Err(ViewStoreError::ReadOnly(_))

@@ -91,6 +91,14 @@ pub trait ViewStore: Send + Sync + 'static {
         bucket: Millis,
     ) -> Result<u64, ViewStoreError>;
 
+    /// A number that changes whenever `view`'s states for `tenant` change, so a reader may
+    /// keep what it derived from a scan for as long as the number stays; `None` when the
+    /// store keeps none, and every read must scan.
+    fn generation(&self, tenant: &str, view: &str) -> Result<Option<u64>, ViewStoreError> {
+        let _ = (tenant, view);
+        Ok(None)
+    }
+
     /// Records what a writer's states reflect (its epoch and log offsets), opaque to the store.
     fn record_progress(&self, writer: &str, progress: &[u8]) -> Result<(), ViewStoreError>;
 
