@@ -22,7 +22,8 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -59,7 +60,13 @@ pub struct Serving {
     rendered_hours: Mutex<FifoCache<RenderedHour>>,
     /// The real-time rows of recent answers by minute or hour, per view generation.
     realtime_rows: Mutex<FifoCache<RenderedRows>>,
+    /// Real-time rows being built, by their cache key.
+    realtime_builds: Mutex<HashMap<String, Arc<RealtimeBuild>>>,
 }
+
+/// One build of real-time rows that the queries missing its key share: `None` once it
+/// failed.
+type RealtimeBuild = OnceLock<Option<Arc<RenderedRows>>>;
 
 /// The real-time part of an answer.
 enum Realtime {
@@ -180,6 +187,7 @@ impl Serving {
             rolled_hours: Mutex::new(FifoCache::new(ROLLED_HOURS_CACHE_BYTES)),
             rendered_hours: Mutex::new(FifoCache::new(RENDERED_HOURS_CACHE_BYTES)),
             realtime_rows: Mutex::new(FifoCache::new(REALTIME_ROWS_CACHE_BYTES)),
+            realtime_builds: Mutex::default(),
         }
     }
 
@@ -310,28 +318,59 @@ impl Serving {
                 measures.join(",")
             )
         });
-        let cache = &self.realtime_rows;
-        if let Some(rows) = key
-            .as_ref()
-            .and_then(|key| cache.lock().expect("cache lock").get(key))
-        {
+        let Some(key) = key else {
+            let rows = self.render_realtime(tenant, query, &projection)?;
+            return Ok(Realtime::Rendered(rows));
+        };
+        if let Some(rows) = self.realtime_rows.lock().expect("cache lock").get(&key) {
             return Ok(Realtime::Rendered(rows));
         }
+        // Queries that miss the same key wait for one build instead of each making its own.
+        let build = self
+            .realtime_builds
+            .lock()
+            .expect("builds lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let built = build.get_or_init(|| {
+            let rows = self.render_realtime(tenant, query, &projection).ok()?;
+            // Kept only if nothing was written while it was read.
+            if self.speed_views.generation(tenant, view).ok()? == generation {
+                let size = rows.size();
+                let mut cache = self.realtime_rows.lock().expect("cache lock");
+                cache.insert(key.clone(), rows.clone(), size);
+            }
+            Some(rows)
+        });
+        self.realtime_builds
+            .lock()
+            .expect("builds lock")
+            .remove(&key);
+        match built {
+            Some(rows) => Ok(Realtime::Rendered(rows.clone())),
+            // The build failed: again, to report why.
+            None => Ok(Realtime::Rendered(self.render_realtime(
+                tenant,
+                query,
+                &projection,
+            )?)),
+        }
+    }
+
+    /// The real-time rows of the query's whole range, read and rendered now.
+    fn render_realtime(
+        &self,
+        tenant: &str,
+        query: &Query,
+        projection: &Projection,
+    ) -> Result<Arc<RenderedRows>, ServingError> {
         let mut rollup = Rollup::new(query);
-        for (key, state) in self.speed_views.scan(tenant, view, range)? {
-            rollup.add(&projection, key.bucket, &key.dimensions, &state)?;
+        let range = query.from..query.to;
+        for (key, state) in self.speed_views.scan(tenant, &query.view.name, range)? {
+            rollup.add(projection, key.bucket, &key.dimensions, &state)?;
         }
-        let rows = Arc::new(rollup.into_rendered_rows());
-        // Kept only if nothing was written while it was read.
-        if let Some(key) = key
-            && self.speed_views.generation(tenant, view)? == generation
-        {
-            cache
-                .lock()
-                .expect("cache lock")
-                .insert(key, rows.clone(), rows.size());
-        }
-        Ok(Realtime::Rendered(rows))
+        Ok(Arc::new(rollup.into_rendered_rows()))
     }
 
     /// The rows of a whole batch hour rendered for a query, from the cache or rendered now
