@@ -139,3 +139,37 @@ fn log_stats_counts_events_and_rejects_and_health_answers() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_spool_partition_that_cannot_write_makes_the_collector_unready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tally();
+    command
+        .env("TALLY_LOG_PARTITIONS", "1")
+        .env("TALLY_LOG_SEGMENT_BYTES", "4096");
+    let server = Tally::up_with(dir.path(), command);
+    assert_eq!(server.http("GET", "/readyz", &[], "").0, 200);
+    // Folders wherever the next segment could go: rolling to one fails, as a full disk
+    // would fail it.
+    let partition = dir.path().join("log/events/partition-0000");
+    for offset in 1..=400u64 {
+        std::fs::create_dir(partition.join(format!("{offset:020}.log"))).unwrap();
+    }
+    let mut statuses = Vec::new();
+    for user in 0..400 {
+        let body = format!(r#"[{{"event_type":"click","user_id":"u{user}"}}]"#);
+        let (status, _) = post_events(&server, &body);
+        statuses.push(status);
+        if status != 202 {
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
+    assert!(
+        statuses.len() > 1,
+        "the first segment took events: {statuses:?}"
+    );
+    let (status, body) = server.http("GET", "/readyz", &[], "");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("partition 0"), "{body}");
+}
