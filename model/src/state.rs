@@ -126,23 +126,12 @@ impl AggregateState {
 
     /// Merges `other` into `self`.
     pub fn merge(&mut self, other: &AggregateState) -> Result<(), MergeError> {
-        let same_shape = self.measures.len() == other.measures.len()
-            && self
-                .measures
-                .iter()
-                .zip(&other.measures)
-                .all(|(a, b)| std::mem::discriminant(a) == std::mem::discriminant(b));
-        if !same_shape {
-            return Err(MergeError::ShapeMismatch {
-                left: self.shape(),
-                right: other.shape(),
-            });
-        }
-        self.count += other.count;
-        for (mine, theirs) in self.measures.iter_mut().zip(&other.measures) {
-            mine.merge(theirs);
-        }
-        Ok(())
+        merge_picked(
+            &mut self.count,
+            &mut self.measures,
+            other,
+            0..other.measures.len(),
+        )
     }
 
     /// Merges the count and the measures `picked` of `other` into `self`, whose measures are
@@ -153,18 +142,12 @@ impl AggregateState {
         other: &AggregateState,
         picked: &[usize],
     ) -> Result<(), MergeError> {
-        match merge_picked(&mut self.count, &mut self.measures, other, picked) {
-            true => Ok(()),
-            false => Err(MergeError::ShapeMismatch {
-                left: self.shape(),
-                right: other.shape(),
-            }),
-        }
-    }
-
-    fn shape(&self) -> String {
-        let names: Vec<&str> = self.measures.iter().map(MeasureState::kind_name).collect();
-        format!("[{}]", names.join(", "))
+        merge_picked(
+            &mut self.count,
+            &mut self.measures,
+            other,
+            picked.iter().copied(),
+        )
     }
 
     /// The stable binary encoding: a version byte, the count, then each measure as a tag
@@ -379,17 +362,12 @@ impl MergingMeasure {
             other => MergingMeasure::Other(other.clone()),
         }
     }
-
-    fn kind_name(&self) -> &'static str {
-        match self {
-            MergingMeasure::Uniq(_) => "uniq",
-            MergingMeasure::Other(state) => state.kind_name(),
-        }
-    }
 }
 
 /// A measure some measure state can merge into.
 trait MergeTarget {
+    /// The measure's kind, for errors.
+    fn kind(&self) -> &'static str;
     /// Whether `other` is the same kind of measure.
     fn fits(&self, other: &MeasureState) -> bool;
     /// Merges `other` in; it [`fits`](Self::fits).
@@ -397,6 +375,10 @@ trait MergeTarget {
 }
 
 impl MergeTarget for MeasureState {
+    fn kind(&self) -> &'static str {
+        self.kind_name()
+    }
+
     fn fits(&self, other: &MeasureState) -> bool {
         std::mem::discriminant(self) == std::mem::discriminant(other)
     }
@@ -407,6 +389,13 @@ impl MergeTarget for MeasureState {
 }
 
 impl MergeTarget for MergingMeasure {
+    fn kind(&self) -> &'static str {
+        match self {
+            MergingMeasure::Uniq(_) => "uniq",
+            MergingMeasure::Other(state) => state.kind_name(),
+        }
+    }
+
     fn fits(&self, other: &MeasureState) -> bool {
         match (self, other) {
             (MergingMeasure::Uniq(_), MeasureState::Uniq(_)) => true,
@@ -427,27 +416,37 @@ impl MergeTarget for MergingMeasure {
 }
 
 /// Merges the count and the measures `picked` of `other` into `count` and `mine` (one per
-/// pick, in order), if each fits; false, changing nothing, if not.
+/// pick, in order), if each fits; changes nothing and names both shapes if not.
 fn merge_picked<M: MergeTarget>(
     count: &mut u64,
     mine: &mut [M],
     other: &AggregateState,
-    picked: &[usize],
-) -> bool {
+    picked: impl ExactSizeIterator<Item = usize> + Clone,
+) -> Result<(), MergeError> {
     let fits = picked.len() == mine.len()
-        && picked.iter().zip(mine.iter()).all(|(&index, mine)| {
+        && picked.clone().zip(mine.iter()).all(|(index, mine)| {
             other
                 .measures
                 .get(index)
                 .is_some_and(|theirs| mine.fits(theirs))
         });
-    if fits {
-        *count += other.count;
-        for (mine, &index) in mine.iter_mut().zip(picked) {
-            mine.merge_from(&other.measures[index]);
-        }
+    if !fits {
+        return Err(MergeError::ShapeMismatch {
+            left: shape(mine),
+            right: shape(&other.measures),
+        });
     }
-    fits
+    *count += other.count;
+    for (mine, index) in mine.iter_mut().zip(picked) {
+        mine.merge_from(&other.measures[index]);
+    }
+    Ok(())
+}
+
+/// Measures as an error names them, e.g. `[sum, uniq]`.
+fn shape(measures: &[impl MergeTarget]) -> String {
+    let names: Vec<&str> = measures.iter().map(MergeTarget::kind).collect();
+    format!("[{}]", names.join(", "))
 }
 
 impl StateMerger {
@@ -466,11 +465,12 @@ impl StateMerger {
 
     /// Merges `other` in; see [`AggregateState::merge`].
     pub fn merge(&mut self, other: &AggregateState) -> Result<(), MergeError> {
-        if other.measures.len() != self.measures.len() {
-            return Err(self.mismatch(other));
-        }
-        let all: Vec<usize> = (0..other.measures.len()).collect();
-        self.merge_projected(other, &all)
+        merge_picked(
+            &mut self.count,
+            &mut self.measures,
+            other,
+            0..other.measures.len(),
+        )
     }
 
     /// Merges the count and the measures `picked` of `other` in; see
@@ -480,10 +480,12 @@ impl StateMerger {
         other: &AggregateState,
         picked: &[usize],
     ) -> Result<(), MergeError> {
-        match merge_picked(&mut self.count, &mut self.measures, other, picked) {
-            true => Ok(()),
-            false => Err(self.mismatch(other)),
-        }
+        merge_picked(
+            &mut self.count,
+            &mut self.measures,
+            other,
+            picked.iter().copied(),
+        )
     }
 
     /// The merged state.
@@ -499,18 +501,6 @@ impl StateMerger {
         AggregateState {
             count: self.count,
             measures,
-        }
-    }
-
-    fn mismatch(&self, other: &AggregateState) -> MergeError {
-        let names: Vec<&str> = self
-            .measures
-            .iter()
-            .map(MergingMeasure::kind_name)
-            .collect();
-        MergeError::ShapeMismatch {
-            left: format!("[{}]", names.join(", ")),
-            right: other.shape(),
         }
     }
 }
