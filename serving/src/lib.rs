@@ -308,20 +308,16 @@ impl Serving {
         let generation = self.speed_views.generation(tenant, view)?;
         let projection = Projection::new(&query.view, query)
             .expect("a query is checked against the view's current spec");
-        let measures: Vec<String> = query.measures.iter().map(ToString::to_string).collect();
-        let key = generation.map(|generation| {
-            format!(
-                "{tenant}|{view}|{generation}|{}|{}|{}|{}",
-                query.from,
-                query.to,
-                projection.rolled_key(query),
-                measures.join(",")
-            )
-        });
-        let Some(key) = key else {
+        let Some(kept_at) = generation else {
             let rows = self.render_realtime(tenant, query, &projection)?;
             return Ok(Realtime::Rendered(rows));
         };
+        let key = format!(
+            "{tenant}|{view}|{kept_at}|{}|{}|{}",
+            query.from,
+            query.to,
+            projection.rendered_key(query)
+        );
         if let Some(rows) = self.realtime_rows.lock().expect("cache lock").get(&key) {
             return Ok(Realtime::Rendered(rows));
         }
@@ -381,13 +377,7 @@ impl Serving {
         projection: &Projection,
         hour: &BatchHour,
     ) -> Result<Arc<RenderedHour>, ServingError> {
-        let measures: Vec<String> = query.measures.iter().map(ToString::to_string).collect();
-        let key = format!(
-            "{}|{}|{}",
-            hour.object,
-            projection.rolled_key(query),
-            measures.join(",")
-        );
+        let key = format!("{}|{}", hour.object, projection.rendered_key(query));
         if let Some(rendered) = self.rendered_hours.lock().expect("cache lock").get(&key) {
             return Ok(rendered);
         }
@@ -468,19 +458,23 @@ pub(crate) fn respond(
     started: Instant,
     result: Result<impl serde::Serialize, Refusal>,
 ) -> HttpResponse {
-    let response = match result {
-        Ok(body) => HttpResponse::Ok().json(body),
-        Err(refusal) => refused(refusal),
-    };
+    let response = result.map(|body| HttpResponse::Ok().json(body));
+    respond_with(serving, route, started, response)
+}
+
+/// Answers `response` (a refusal as `{"error": ...}`) and records its latency.
+fn respond_with(
+    serving: &Serving,
+    route: &'static str,
+    started: Instant,
+    response: Result<HttpResponse, Refusal>,
+) -> HttpResponse {
+    let response = response
+        .unwrap_or_else(|(status, error)| HttpResponse::build(status).json(ErrorBody { error }));
     serving
         .metrics
         .request(route, response.status().as_u16(), started);
     response
-}
-
-/// A refusal as a response: its status and `{"error": ...}`.
-fn refused((status, error): Refusal) -> HttpResponse {
-    HttpResponse::build(status).json(ErrorBody { error })
 }
 
 /// `GET /v1/query`: one view over `[from, to)`, batch views before the published horizon and
@@ -489,16 +483,12 @@ fn refused((status, error): Refusal) -> HttpResponse {
     responses((status = 200, description = "Rows per bucket and group", body = QueryAnswer)))]
 pub(crate) async fn get_query(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     let started = Instant::now();
-    let response = match answer_query(&request, &serving).await {
-        Ok(answer) => HttpResponse::Ok()
+    let response = answer_query(&request, &serving).await.map(|answer| {
+        HttpResponse::Ok()
             .content_type(header::ContentType::json())
-            .body(answer.to_json()),
-        Err(refusal) => refused(refusal),
-    };
-    serving
-        .metrics
-        .request("query", response.status().as_u16(), started);
-    response
+            .body(answer.to_json())
+    });
+    respond_with(&serving, "query", started, response)
 }
 
 async fn answer_query(request: &HttpRequest, serving: &Serving) -> Result<QueryAnswer, Refusal> {

@@ -434,6 +434,13 @@ impl Projection {
             query.granularity, self.group, self.filter, self.picked
         )
     }
+
+    /// What identifies the rows this projection renders from one object for `query`: its
+    /// [`rolled_key`](Self::rolled_key) and the measures as the query names them.
+    pub fn rendered_key(&self, query: &Query) -> String {
+        let measures: Vec<String> = query.measures.iter().map(ToString::to_string).collect();
+        format!("{}|{}", self.rolled_key(query), measures.join(","))
+    }
 }
 
 /// An answer row's key: its bucket and group values.
@@ -621,13 +628,13 @@ impl<'q> Rollup<'q> {
     /// The rows rolled up so far, each rendered alone, in answer order; for answers by
     /// minute or hour, where no other source merges into them.
     pub fn into_rendered_rows(self) -> RenderedRows {
-        let query = self.query;
+        let writer = RowWriter::new(self.query);
         let rows = self
             .into_sorted_rows()
             .into_iter()
             .map(|(key, row)| {
                 let mut rendered = String::new();
-                query.render_rows(&[(&key, row.get())], &mut rendered);
+                writer.write(&key, row.get(), &mut rendered);
                 (key.0, rendered)
             })
             .collect();
@@ -680,38 +687,59 @@ impl RenderedRows {
 }
 
 impl Query {
-    /// Appends rows, in the order given, to a JSON array being written, as objects with the
-    /// bucket, the group values and the measures, read off states shaped like the view's
-    /// measures this query reads.
+    /// Appends rows, in the order given, to a JSON array being written; see [`RowWriter`].
     pub fn render_rows(&self, rows: &[(&RowKey, &AggregateState)], out: &mut String) {
         if rows.is_empty() {
             return;
         }
-        let names: Vec<String> = self
-            .measures
-            .iter()
-            .map(|m| json_string(&m.to_string()))
-            .collect();
-        let dimensions: Vec<String> = self.group_by.iter().map(|d| json_string(d)).collect();
-        for ((bucket, group), state) in rows {
-            separate(out);
-            out.push_str("{\"bucket\":\"");
-            out.push_str(&format_rfc3339(*bucket));
-            out.push('"');
-            for (name, value) in dimensions.iter().zip(group) {
-                out.push(',');
-                out.push_str(name);
-                out.push(':');
-                out.push_str(&json_string(value));
-            }
-            for (name, measure) in names.iter().zip(&self.measures) {
-                out.push(',');
-                out.push_str(name);
-                out.push(':');
-                out.push_str(&measure.value(state, &self.sources).to_string());
-            }
-            out.push('}');
+        let writer = RowWriter::new(self);
+        for (key, state) in rows {
+            writer.write(key, state, out);
         }
+    }
+}
+
+/// Writes answer rows as JSON objects with the bucket, the group values and the measures,
+/// read off states shaped like the view's measures the query reads; the names are escaped
+/// once per writer.
+struct RowWriter<'q> {
+    query: &'q Query,
+    dimensions: Vec<String>,
+    measures: Vec<String>,
+}
+
+impl<'q> RowWriter<'q> {
+    fn new(query: &'q Query) -> Self {
+        RowWriter {
+            query,
+            dimensions: query.group_by.iter().map(|d| json_string(d)).collect(),
+            measures: query
+                .measures
+                .iter()
+                .map(|m| json_string(&m.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Appends one row to a JSON array being written.
+    fn write(&self, (bucket, group): &RowKey, state: &AggregateState, out: &mut String) {
+        separate(out);
+        out.push_str("{\"bucket\":\"");
+        out.push_str(&format_rfc3339(*bucket));
+        out.push('"');
+        for (name, value) in self.dimensions.iter().zip(group) {
+            out.push(',');
+            out.push_str(name);
+            out.push(':');
+            out.push_str(&json_string(value));
+        }
+        for (name, measure) in self.measures.iter().zip(&self.query.measures) {
+            out.push(',');
+            out.push_str(name);
+            out.push(':');
+            out.push_str(&measure.value(state, &self.query.sources).to_string());
+        }
+        out.push('}');
     }
 }
 

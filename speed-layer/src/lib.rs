@@ -350,8 +350,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
             }
             false => shared.horizon.load(Ordering::Acquire),
         };
-        let expired = fed.take_before(horizon);
-        for sighting in expired {
+        for sighting in fed.take_before(horizon) {
             input.remove(sighting);
         }
         let mut read = 0u64;
