@@ -378,18 +378,13 @@ impl Serving {
         hour: &BatchHour,
     ) -> Result<Arc<RenderedHour>, ServingError> {
         let key = format!("{}|{}", hour.object, projection.rendered_key(query));
-        if let Some(rendered) = self.rendered_hours.lock().expect("cache lock").get(&key) {
-            return Ok(rendered);
-        }
-        let mut rollup = Rollup::new(query);
-        rollup.add_rows(projection, &hour.rows, &(Millis::MIN..Millis::MAX))?;
-        let rendered = Arc::new(rollup.render_fragment());
-        self.rendered_hours.lock().expect("cache lock").insert(
-            key,
-            rendered.clone(),
-            rendered.len(),
-        );
-        Ok(rendered)
+        cached(&self.rendered_hours, key, || {
+            let mut rollup = Rollup::new(query);
+            rollup.add_rows(projection, &hour.rows, &(Millis::MIN..Millis::MAX))?;
+            let rendered = rollup.render_fragment();
+            let size = rendered.len();
+            Ok((rendered, size))
+        })
     }
 
     /// The rows of a whole batch hour rolled up for a query's shape, from the cache or
@@ -401,21 +396,16 @@ impl Serving {
         hour: &BatchHour,
     ) -> Result<Arc<RolledHour>, ServingError> {
         let key = format!("{}|{}", hour.object, projection.rolled_key(query));
-        if let Some(rolled) = self.rolled_hours.lock().expect("cache lock").get(&key) {
-            return Ok(rolled);
-        }
-        let mut rollup = Rollup::new(query);
-        rollup.add_rows(projection, &hour.rows, &(Millis::MIN..Millis::MAX))?;
-        let rolled = Arc::new(rollup.into_rolled());
-        let size = rolled
-            .iter()
-            .map(|((_, group), state)| row_bytes(group, state))
-            .sum();
-        self.rolled_hours
-            .lock()
-            .expect("cache lock")
-            .insert(key, rolled.clone(), size);
-        Ok(rolled)
+        cached(&self.rolled_hours, key, || {
+            let mut rollup = Rollup::new(query);
+            rollup.add_rows(projection, &hour.rows, &(Millis::MIN..Millis::MAX))?;
+            let rolled = rollup.into_rolled();
+            let size = rolled
+                .iter()
+                .map(|((_, group), state)| row_bytes(group, state))
+                .sum();
+            Ok((rolled, size))
+        })
     }
 
     /// The key of the request, if it carries `scope`.
@@ -434,6 +424,25 @@ impl Serving {
                 (status, refused.to_string())
             })
     }
+}
+
+/// The value `cache` holds under `key`, or the one `build` makes (with its size in bytes),
+/// cached. The lock is not held while building.
+fn cached<V>(
+    cache: &Mutex<FifoCache<V>>,
+    key: String,
+    build: impl FnOnce() -> Result<(V, usize), ServingError>,
+) -> Result<Arc<V>, ServingError> {
+    if let Some(value) = cache.lock().expect("cache lock").get(&key) {
+        return Ok(value);
+    }
+    let (value, size) = build()?;
+    let value = Arc::new(value);
+    cache
+        .lock()
+        .expect("cache lock")
+        .insert(key, value.clone(), size);
+    Ok(value)
 }
 
 /// A refused or failed request: its status and what to tell the caller.
