@@ -14,7 +14,7 @@ use tally_model::event::FieldValue;
 use tally_model::registry::TagKind;
 use tally_model::state::MeasureState;
 use tally_model::view::BUILT_IN_FIELDS;
-use tally_model::{AggregateState, TagValue, ViewSpec};
+use tally_model::{AggregateState, ViewSpec};
 
 /// Raw columns every plan reads.
 const BASE_COLUMNS: [&str; 7] = [
@@ -186,11 +186,11 @@ fn dimension_value(stored_as: &[Column], row: usize) -> PolarsResult<String> {
             DataType::Float64 => column
                 .f64()?
                 .get(row)
-                .map(|n| TagValue::Number(n).to_string()),
+                .map(|n| FieldValue::Number(n).as_dimension().into_owned()),
             DataType::Boolean => column
                 .bool()?
                 .get(row)
-                .map(|b| TagValue::Bool(b).to_string()),
+                .map(|b| FieldValue::Bool(b).as_dimension().into_owned()),
             other => polars_bail!(SchemaMismatch: "dimension column of type {other}"),
         };
         if let Some(value) = value {
@@ -212,12 +212,12 @@ fn add_values(measure: &mut MeasureState, values: &Series) -> PolarsResult<()> {
             .f64()?
             .iter()
             .flatten()
-            .for_each(|n| measure.add(FieldValue::Tag(&TagValue::Number(n)))),
+            .for_each(|n| measure.add(FieldValue::Number(n))),
         DataType::Boolean => values
             .bool()?
             .iter()
             .flatten()
-            .for_each(|b| measure.add(FieldValue::Tag(&TagValue::Bool(b)))),
+            .for_each(|b| measure.add(FieldValue::Bool(b))),
         other => polars_bail!(SchemaMismatch: "measure column of type {other}"),
     }
     Ok(())

@@ -37,32 +37,52 @@ pub struct Event {
     pub source: String,
 }
 
-impl Event {
+/// What a view reads of an event: its time, type and fields. The owned [`Event`] has it, and
+/// so can a reading of a log record that leaves the strings in the record's bytes.
+pub trait EventFields {
+    /// Event time (ms, UTC).
+    fn ts(&self) -> Millis;
+    /// One of the tenant's registered event types.
+    fn event_type(&self) -> &str;
     /// The value of a field by name: `event_type`, `user_id`, `source`, or a tag.
-    pub fn field(&self, name: &str) -> Option<FieldValue<'_>> {
+    fn field(&self, name: &str) -> Option<FieldValue<'_>>;
+}
+
+impl EventFields for Event {
+    fn ts(&self) -> Millis {
+        self.ts
+    }
+
+    fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    fn field(&self, name: &str) -> Option<FieldValue<'_>> {
         match name {
             "event_type" => Some(FieldValue::Str(&self.event_type)),
             "user_id" => Some(FieldValue::Str(&self.user_id)),
             "source" => Some(FieldValue::Str(&self.source)),
-            tag => self.tags.get(tag).map(FieldValue::Tag),
+            tag => self.tags.get(tag).map(TagValue::as_field),
         }
     }
 }
 
-/// A borrowed field value of an [`Event`].
+/// A borrowed field value of an event.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FieldValue<'a> {
-    /// A built-in string field.
+    /// A built-in field or a string tag.
     Str(&'a str),
-    /// A tag.
-    Tag(&'a TagValue),
+    /// A number tag.
+    Number(f64),
+    /// A bool tag.
+    Bool(bool),
 }
 
 impl<'a> FieldValue<'a> {
     /// The numeric value, if the field is a number tag.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
-            FieldValue::Tag(TagValue::Number(n)) => Some(*n),
+            FieldValue::Number(n) => Some(*n),
             _ => None,
         }
     }
@@ -72,8 +92,8 @@ impl<'a> FieldValue<'a> {
     pub fn as_dimension(&self) -> std::borrow::Cow<'a, str> {
         match *self {
             FieldValue::Str(text) => text.into(),
-            FieldValue::Tag(TagValue::String(text)) => text.as_str().into(),
-            FieldValue::Tag(tag) => tag.to_string().into(),
+            FieldValue::Number(n) => n.to_string().into(),
+            FieldValue::Bool(b) => if b { "true" } else { "false" }.into(),
         }
     }
 }
@@ -91,6 +111,15 @@ pub enum TagValue {
 }
 
 impl TagValue {
+    /// The value as a field of an event.
+    pub fn as_field(&self) -> FieldValue<'_> {
+        match self {
+            TagValue::String(text) => FieldValue::Str(text),
+            TagValue::Number(n) => FieldValue::Number(*n),
+            TagValue::Bool(b) => FieldValue::Bool(*b),
+        }
+    }
+
     fn rank(&self) -> u8 {
         match self {
             TagValue::String(_) => 0,

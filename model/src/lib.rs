@@ -36,7 +36,9 @@ pub mod time;
 pub mod view;
 
 pub use config::{BatchConfig, Config, ConfigError, KafkaConfig, LogKind};
-pub use event::{Event, Millis, RejectedEvent, TagValue, partition_of, stable_hash};
+pub use event::{
+    Event, EventFields, FieldValue, Millis, RejectedEvent, TagValue, partition_of, stable_hash,
+};
 pub use manifest::{LogicVersion, Manifest, ViewManifest};
 pub use registry::{RejectReason, TagKind, TagRegistry, ValidationContext};
 pub use state::{AggregateState, MeasureState, StateDecodeError, StateMerger, StateSummary};

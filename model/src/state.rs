@@ -260,8 +260,9 @@ impl MeasureState {
                 }
             }
             MeasureState::Uniq(sketch) => match value {
-                FieldValue::Str(s) => sketch.update(s),
-                FieldValue::Tag(tag) => sketch.update(tag.to_string()),
+                FieldValue::Str(text) => sketch.update(text),
+                // The text a dimension shows: hashes as a string tag with that text would.
+                other => sketch.update(other.as_dimension()),
             },
             MeasureState::Quantiles(sketch) => {
                 if let Some(v) = value.as_f64().and_then(|v| KllFloat::<f64>::new(v).ok()) {

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, Millis};
+use crate::event::{EventFields, Millis};
 use crate::registry::{TagKind, TagRegistry};
 use crate::state::AggregateState;
 use crate::time::Granularity;
@@ -40,16 +40,16 @@ impl ViewSpec {
     }
 
     /// The event's values for this view's dimensions; a missing tag is the empty string.
-    pub fn dimension_values(&self, event: &Event) -> Vec<String> {
+    pub fn dimension_values(&self, event: &(impl EventFields + ?Sized)) -> Vec<String> {
         self.borrowed_dimension_values(event)
             .map(std::borrow::Cow::into_owned)
             .collect()
     }
 
     /// [`dimension_values`](Self::dimension_values), borrowed from the event where it can be.
-    pub fn borrowed_dimension_values<'a>(
+    pub fn borrowed_dimension_values<'a, E: EventFields + ?Sized>(
         &'a self,
-        event: &'a Event,
+        event: &'a E,
     ) -> impl Iterator<Item = std::borrow::Cow<'a, str>> + 'a {
         self.dimensions.iter().map(|dimension| {
             event
@@ -83,7 +83,7 @@ impl ViewSpec {
     }
 
     /// Adds one event to a state of this view.
-    pub fn accumulate(&self, state: &mut AggregateState, event: &Event) {
+    pub fn accumulate(&self, state: &mut AggregateState, event: &(impl EventFields + ?Sized)) {
         state.count += 1;
         for (measure_state, field) in state.measures.iter_mut().zip(self.measure_fields()) {
             if let Some(value) = event.field(field) {
@@ -230,6 +230,7 @@ impl From<Measure> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Event;
 
     #[test]
     fn measures_parse_and_print_back() {

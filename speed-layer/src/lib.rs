@@ -23,6 +23,7 @@
 //! ```
 
 pub mod dataflow;
+pub mod record;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -37,7 +38,7 @@ use tally_connectors::log::{EventLog, LogError, Offset};
 use tally_connectors::view_store::ViewStore;
 use tally_model::config::SpeedConfig;
 use tally_model::time::{HOUR_MS, now_millis};
-use tally_model::{Catalog, Event, Granularity, Millis};
+use tally_model::{Catalog, EventFields, Granularity, Millis};
 use thiserror::Error;
 use timely::dataflow::operators::Probe;
 use timely::worker::Worker;
@@ -45,6 +46,7 @@ use timely::worker::Worker;
 pub use telemetry::SpeedMetrics;
 
 use crate::dataflow::{CompiledViews, Epoch, EpochEvents, SightingsFed, StateWriter};
+use crate::record::LoggedEvent;
 
 /// Everything the speed layer reads and writes.
 pub struct SpeedLayer {
@@ -368,7 +370,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
             caught_up &= entries.len() < max_records;
             for entry in entries {
                 next[slot] = entry.offset + 1;
-                let event: Event = match entry.decode() {
+                let event = match LoggedEvent::parse(entry.payload) {
                     Ok(event) => event,
                     Err(err) => {
                         layer.metrics.undecodable();
@@ -376,14 +378,13 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
                         continue;
                     }
                 };
-                if event.ts < horizon {
+                if event.ts() < horizon {
                     continue;
                 }
                 read += 1;
-                oldest_received = Some(
-                    oldest_received
-                        .map_or(event.received_at, |oldest| oldest.min(event.received_at)),
-                );
+                let received_at = event.received_at();
+                oldest_received =
+                    Some(oldest_received.map_or(received_at, |oldest| oldest.min(received_at)));
                 let sighting = dataflow::sighting(&event, partition, entry.offset);
                 input.insert(sighting);
                 fed.record(sighting);
