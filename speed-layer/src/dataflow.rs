@@ -26,17 +26,20 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use differential_dataflow::VecCollection;
+use differential_dataflow::trace::cursor::cursor_list;
+use differential_dataflow::trace::{Cursor, TraceReader};
+use differential_dataflow::{AsCollection, VecCollection};
 use tally_connectors::log::Offset;
 use tally_connectors::view_store::{ViewKey, ViewStore};
 use tally_model::time::HOUR_MS;
 use tally_model::{AggregateState, Catalog, EventFields, Granularity, Millis, ViewSpec};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::{Capability, InputCapability};
+use timely::dataflow::operators::{Capability, CapabilitySet, InputCapability};
 use timely::progress::frontier::MutableAntichain;
+use timely::progress::{Antichain, Timestamp};
 
 use crate::record::LoggedEvent;
 use crate::telemetry::SpeedMetrics;
@@ -93,12 +96,105 @@ impl CompiledViews {
     }
 }
 
-/// The sighting of the copy of each event that counts.
+/// The sighting of the copy of each event that counts: per identity, the smallest sighting
+/// with a positive count.
+///
+/// Modelled on differential's `threshold_total`: epochs are totally ordered, so each key's
+/// change is its kept copy before a batch against after it, read off the sightings'
+/// arrangement. `reduce` also kept an arrangement of its output and replayed every changed
+/// key's history through it, twice the trace work.
 pub fn deduplicate<'scope>(
     sightings: VecCollection<'scope, Epoch, Sighting>,
 ) -> VecCollection<'scope, Epoch, Sighting> {
-    // Copies arrive sorted by value, so the first has the smallest log position.
-    sightings.reduce(|_id, copies, kept| kept.push((*copies[0].0, 1)))
+    let arranged = sightings.arrange_by_key_named("Arrange: Sightings");
+    let mut trace = arranged.trace.clone();
+    arranged
+        .stream
+        .unary_frontier(Pipeline, "KeepFirstCopy", move |_, _| {
+            // The batches received so far cover the epochs before `upper`.
+            let mut lower = Antichain::from_elem(Epoch::minimum());
+            let mut upper = Antichain::from_elem(Epoch::minimum());
+            let mut copies = Vec::new();
+            let mut changes = Vec::new();
+            move |(input, _frontier), output| {
+                lower.clone_from(&upper);
+                let mut capabilities = CapabilitySet::new();
+                let mut batches = Vec::new();
+                input.for_each(|capability, received| {
+                    for capability in capability.retain_stamp(0).iter() {
+                        capabilities.insert(capability.clone());
+                    }
+                    for batch in received.drain(..) {
+                        // Batches arrive in order.
+                        upper.clone_from(batch.upper());
+                        batches.extend(batch.inner);
+                    }
+                });
+                if !capabilities.is_empty() {
+                    let mut session = output.session(&capabilities);
+                    let (mut batch_cursor, batches) = cursor_list(batches);
+                    let (mut trace_cursor, history) =
+                        cursor_list(trace.batches_through(lower.borrow()).unwrap_or_default());
+                    while let Some(id) = batch_cursor.get_key(&batches) {
+                        // The copies held before these batches, with their counts.
+                        copies.clear();
+                        trace_cursor.seek_key(&history, id);
+                        if trace_cursor.get_key(&history) == Some(id) {
+                            while let Some(copy) = trace_cursor.get_val(&history) {
+                                let mut count = 0;
+                                trace_cursor.map_times(&history, |_, diff| count += *diff);
+                                copies.push((*copy, count));
+                                trace_cursor.step_val(&history);
+                            }
+                        }
+                        // Then the batches' updates to them, epoch by epoch.
+                        changes.clear();
+                        while let Some(copy) = batch_cursor.get_val(&batches) {
+                            batch_cursor.map_times(&batches, |epoch, diff| {
+                                changes.push((*epoch, *copy, *diff))
+                            });
+                            batch_cursor.step_val(&batches);
+                        }
+                        changes.sort_unstable_by_key(|(epoch, ..)| *epoch);
+                        let mut kept = first_copy(&copies);
+                        for epoch_changes in changes.chunk_by(|(a, ..), (b, ..)| a == b) {
+                            for &(_, copy, diff) in epoch_changes {
+                                match copies.iter_mut().find(|(held, _)| *held == copy) {
+                                    Some((_, count)) => *count += diff,
+                                    None => copies.push((copy, diff)),
+                                }
+                            }
+                            let now = first_copy(&copies);
+                            if now != kept {
+                                let epoch = epoch_changes[0].0;
+                                kept.into_iter()
+                                    .for_each(|old| session.give(((*id, old), epoch, -1)));
+                                now.into_iter()
+                                    .for_each(|new| session.give(((*id, new), epoch, 1)));
+                                kept = now;
+                            }
+                        }
+                        batch_cursor.step_key(&batches);
+                    }
+                }
+                // Lets the arrangement merge and compact what no later batch reads apart.
+                trace.advance_upper(&mut upper);
+                trace.set_logical_compaction(upper.borrow());
+                trace.set_physical_compaction(upper.borrow());
+            }
+        })
+        .as_collection()
+}
+
+/// The smallest copy with a positive count.
+fn first_copy(
+    copies: &[((CopyPosition, ContentHash), isize)],
+) -> Option<(CopyPosition, ContentHash)> {
+    copies
+        .iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(copy, _)| *copy)
+        .min()
 }
 
 /// Fixed-seed hashing: every worker and process hashes alike.
@@ -257,10 +353,11 @@ pub fn partial_states<'scope>(
                                 .map(|(sighting, _epoch, diff)| (sighting, diff)),
                         );
                     });
-                    while let Some((capability, updates)) = stash.next_closed(frontier) {
+                    while let Some((capability, mut updates)) = stash.next_closed(frontier) {
                         let horizon = horizon.load(Ordering::Acquire);
                         let epoch = &mut events.borrow_mut();
-                        let partials = fold_epoch(updates, epoch, &views, horizon, &metrics);
+                        let partials = fold_epoch(&mut updates, epoch, &views, horizon, &metrics);
+                        stash.recycle(updates);
                         output
                             .session(&capability)
                             .give_iterator(partials.into_iter());
@@ -272,7 +369,7 @@ pub fn partial_states<'scope>(
 
 /// Folds one epoch's deduplicated updates into partial states per view key.
 fn fold_epoch(
-    mut updates: Vec<(Sighting, isize)>,
+    updates: &mut [(Sighting, isize)],
     events: &mut EpochBuffer,
     views: &CompiledViews,
     horizon: Millis,
@@ -404,8 +501,9 @@ pub fn write_view_states<'scope>(
                 });
                 // The capability is held until the states are written, so a probe downstream
                 // passes the epoch only once the store reflects it.
-                while let Some((_capability, partials)) = stash.next_closed(frontier) {
-                    owned.apply(partials);
+                while let Some((_capability, mut partials)) = stash.next_closed(frontier) {
+                    owned.apply(partials.drain(..));
+                    stash.recycle(partials);
                 }
                 owned.sweep_if_the_horizon_moved();
             }
@@ -416,12 +514,16 @@ pub fn write_view_states<'scope>(
 /// Updates held per epoch, with a capability for it, until the input frontier passes it.
 struct EpochStash<D> {
     pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)>,
+    /// An emptied vector for the next epoch's updates: a new one every epoch faulted in fresh
+    /// pages as it grew, 5 % of a replay.
+    spare: Vec<D>,
 }
 
 impl<D> Default for EpochStash<D> {
     fn default() -> Self {
         EpochStash {
             pending: BTreeMap::new(),
+            spare: Vec::new(),
         }
     }
 }
@@ -439,7 +541,7 @@ impl<D> EpochStash<D> {
         let slot = match self.pending.entry(epoch) {
             Entry::Occupied(slot) => slot.into_mut(),
             Entry::Vacant(slot) => match capability.retain_least(port) {
-                Some(capability) => slot.insert((capability, Vec::new())),
+                Some(capability) => slot.insert((capability, std::mem::take(&mut self.spare))),
                 None => return,
             },
         };
@@ -457,6 +559,14 @@ impl<D> EpochStash<D> {
         }
         Some(entry.remove())
     }
+
+    /// Takes back a closed epoch's vector, once its updates are used, for a later epoch.
+    fn recycle(&mut self, mut updates: Vec<D>) {
+        updates.clear();
+        if updates.capacity() > self.spare.capacity() {
+            self.spare = updates;
+        }
+    }
 }
 
 struct OwnedStates {
@@ -466,7 +576,7 @@ struct OwnedStates {
 }
 
 impl OwnedStates {
-    fn apply(&mut self, partials: Partials) {
+    fn apply(&mut self, partials: impl ExactSizeIterator<Item = (ViewKey, AggregateState)>) {
         self.sweep_if_the_horizon_moved();
         let before = self.states.len();
         let mut changed = Vec::with_capacity(partials.len());
@@ -556,4 +666,89 @@ fn key_hash_of_parts(
         dimension.as_ref().hash(&mut hasher);
     }
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use differential_dataflow::input::Input;
+    use timely::dataflow::operators::Probe;
+
+    use super::*;
+
+    /// Feeds one batch of sighting changes per epoch to [`deduplicate`] and returns what it
+    /// output at each epoch, consolidated and sorted.
+    fn kept_per_epoch(epochs: Vec<Vec<(Sighting, isize)>>) -> Vec<Vec<(Sighting, isize)>> {
+        timely::execute_directly(move |worker| {
+            let output = Rc::new(RefCell::new(BTreeMap::<Epoch, Vec<_>>::new()));
+            let sink = output.clone();
+            let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+                let (input, sightings) = scope.new_collection();
+                let (probe, _) = deduplicate(sightings)
+                    .consolidate()
+                    .inspect(move |&(sighting, epoch, diff)| {
+                        sink.borrow_mut()
+                            .entry(epoch)
+                            .or_default()
+                            .push((sighting, diff))
+                    })
+                    .inner
+                    .probe();
+                (input, probe)
+            });
+            let count = epochs.len();
+            for changes in epochs {
+                for (sighting, diff) in changes {
+                    input.update(sighting, diff);
+                }
+                let epoch = *input.time();
+                input.advance_to(epoch + 1);
+                input.flush();
+                worker.step_while(|| probe.less_than(input.time()));
+            }
+            let mut output = output.borrow_mut();
+            (0..count as Epoch)
+                .map(|epoch| {
+                    let mut changes = output.remove(&epoch).unwrap_or_default();
+                    changes.sort();
+                    changes
+                })
+                .collect()
+        })
+    }
+
+    fn copy(event: u128, received_at: Millis, offset: Offset) -> Sighting {
+        let id = (1 << 96) | event;
+        (id, ((received_at, 0, offset), 7))
+    }
+
+    #[test]
+    fn the_dedupe_keeps_the_smallest_copy_held_and_moves_when_copies_come_and_go() {
+        let (a0, a1, a2, a3) = (copy(1, 1, 0), copy(1, 5, 1), copy(1, 10, 2), copy(1, 20, 3));
+        let b = copy(2, 30, 4);
+        let kept = kept_per_epoch(vec![
+            // Two copies at once: the smaller counts.
+            vec![(a2, 1), (a1, 1)],
+            // A later copy changes nothing; a new event counts.
+            vec![(a3, 1), (b, 1)],
+            // An earlier copy read later replaces the kept one.
+            vec![(a0, 1)],
+            // Retracting the kept copy falls back to the next one held.
+            vec![(a0, -1)],
+            // Retracting every copy retracts the kept one.
+            vec![(a1, -1), (a2, -1), (a3, -1), (b, -1)],
+        ]);
+        assert_eq!(
+            kept,
+            [
+                vec![(a1, 1)],
+                vec![(b, 1)],
+                vec![(a0, 1), (a1, -1)],
+                vec![(a0, -1), (a1, 1)],
+                vec![(a1, -1), (b, -1)],
+            ]
+        );
+    }
 }
