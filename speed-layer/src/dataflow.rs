@@ -133,8 +133,12 @@ pub fn deduplicate<'scope>(
                 if !capabilities.is_empty() {
                     let mut session = output.session(&capabilities);
                     let (mut batch_cursor, batches) = cursor_list(batches);
-                    let (mut trace_cursor, history) =
-                        cursor_list(trace.batches_through(lower.borrow()).unwrap_or_default());
+                    // Compaction stops at what this operator has read, so the history up to
+                    // `lower` is always there; reading it as empty would count events twice.
+                    let history = trace
+                        .batches_through(lower.borrow())
+                        .expect("the sightings are compacted only up to the batches read");
+                    let (mut trace_cursor, history) = cursor_list(history);
                     while let Some(id) = batch_cursor.get_key(&batches) {
                         // The copies held before these batches, with their counts.
                         copies.clear();
