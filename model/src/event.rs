@@ -188,32 +188,58 @@ impl Serialize for TagValue {
 impl<'de> Deserialize<'de> for TagValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // A hand-written visitor: `#[serde(untagged)]` would buffer every value first.
-        struct TagValueVisitor;
-        impl Visitor<'_> for TagValueVisitor {
+        struct Owned;
+        impl TagValueBuilder for Owned {
             type Value = TagValue;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, number or bool")
+            fn string(self, text: &str) -> TagValue {
+                TagValue::String(text.to_owned())
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<TagValue, E> {
-                Ok(TagValue::String(v.to_owned()))
+            fn number(self, value: f64) -> TagValue {
+                TagValue::Number(value)
             }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<TagValue, E> {
-                Ok(TagValue::String(v))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<TagValue, E> {
-                Ok(TagValue::Bool(v))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<TagValue, E> {
-                Ok(TagValue::Number(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TagValue, E> {
-                Ok(TagValue::Number(v as f64))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TagValue, E> {
-                Ok(TagValue::Number(v as f64))
+            fn flag(self, value: bool) -> TagValue {
+                TagValue::Bool(value)
             }
         }
-        deserializer.deserialize_any(TagValueVisitor)
+        deserializer.deserialize_any(TagValueVisitor(Owned))
+    }
+}
+
+/// What to build from each kind of tag value, for [`TagValueVisitor`]: [`TagValue`] owns its
+/// string, the speed layer notes where the string sits in the log record.
+pub trait TagValueBuilder {
+    /// What it builds.
+    type Value;
+    /// From a string tag.
+    fn string(self, text: &str) -> Self::Value;
+    /// From a number tag (integers too).
+    fn number(self, value: f64) -> Self::Value;
+    /// From a bool tag.
+    fn flag(self, value: bool) -> Self::Value;
+}
+
+/// Reads a tag value as the log holds it: a string, a number or a bool; nothing else.
+pub struct TagValueVisitor<B>(pub B);
+
+impl<B: TagValueBuilder> Visitor<'_> for TagValueVisitor<B> {
+    type Value = B::Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, number or bool")
+    }
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<B::Value, E> {
+        Ok(self.0.string(value))
+    }
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<B::Value, E> {
+        Ok(self.0.flag(value))
+    }
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<B::Value, E> {
+        Ok(self.0.number(value))
+    }
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<B::Value, E> {
+        Ok(self.0.number(value as f64))
+    }
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<B::Value, E> {
+        Ok(self.0.number(value as f64))
     }
 }
 

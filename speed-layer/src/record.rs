@@ -6,6 +6,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use tally_model::event::{TagValueBuilder, TagValueVisitor};
 use tally_model::{EventFields, FieldValue, Millis};
 
 /// Where a string sits in a [`LoggedEvent`]'s text.
@@ -320,42 +321,30 @@ impl<'de> Visitor<'de> for TagsSeed<'_, '_, '_> {
     }
 }
 
-/// A tag's value: a string, a number or a bool, as [`tally_model::TagValue`] reads it.
+/// A tag's value, read by the same rules as a [`TagValue`](tally_model::TagValue).
 struct TagSeed<'s, 't, 'u>(&'s mut RecordSeed<'t, 'u>);
 
 impl<'de> DeserializeSeed<'de> for TagSeed<'_, '_, '_> {
     type Value = LoggedTag;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<LoggedTag, D::Error> {
-        deserializer.deserialize_any(self)
+        deserializer.deserialize_any(TagValueVisitor(self))
     }
 }
 
-impl Visitor<'_> for TagSeed<'_, '_, '_> {
+impl TagValueBuilder for TagSeed<'_, '_, '_> {
     type Value = LoggedTag;
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string, number or bool")
+    fn string(self, text: &str) -> LoggedTag {
+        LoggedTag::Str(self.0.span_of(text))
     }
 
-    fn visit_str<E: de::Error>(self, value: &str) -> Result<LoggedTag, E> {
-        Ok(LoggedTag::Str(self.0.span_of(value)))
+    fn number(self, value: f64) -> LoggedTag {
+        LoggedTag::Number(value)
     }
 
-    fn visit_bool<E: de::Error>(self, value: bool) -> Result<LoggedTag, E> {
-        Ok(LoggedTag::Bool(value))
-    }
-
-    fn visit_f64<E: de::Error>(self, value: f64) -> Result<LoggedTag, E> {
-        Ok(LoggedTag::Number(value))
-    }
-
-    fn visit_i64<E: de::Error>(self, value: i64) -> Result<LoggedTag, E> {
-        Ok(LoggedTag::Number(value as f64))
-    }
-
-    fn visit_u64<E: de::Error>(self, value: u64) -> Result<LoggedTag, E> {
-        Ok(LoggedTag::Number(value as f64))
+    fn flag(self, value: bool) -> LoggedTag {
+        LoggedTag::Bool(value)
     }
 }
 
