@@ -18,13 +18,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// (1 s) the speed layer's replay gave back the buffers of differential's trace merges and
 /// faulted in and zeroed fresh pages for the next ones: with 10 s, 4M events replayed
 /// 464k–564k events/s against 353k–458k. Memory still goes back 10 s after a burst.
+/// `MIMALLOC_PURGE_DELAY` in the environment overrides it.
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 /// `mi_option_purge_delay` in mimalloc's `mimalloc.h` (v3), which `libmimalloc-sys` leaves
 /// unnamed.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// Sets the purge delay, unless `MIMALLOC_PURGE_DELAY` in the environment already chose one.
 fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: sets a plain option value, which mimalloc reads on each purge from any thread.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) }
 }
