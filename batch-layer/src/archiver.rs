@@ -30,7 +30,9 @@ pub use tally_model::layout::ARCHIVER_CONSUMER as CONSUMER;
 const READ_BATCH: usize = 10_000;
 /// First wait before an archiver whose pass failed starts over; it doubles up to the max.
 const RETRY_WAIT: Duration = Duration::from_secs(1);
-const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait between retries: an attempt only opens the log and the store, and at 30 s an
+/// archiver kept `/readyz` degraded for up to a minute after Kafka or S3 came back.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 
 /// A record kind the archiver writes: accepted or rejected events.
 pub trait Archivable: DeserializeOwned + Send + Sync + 'static {
