@@ -63,36 +63,47 @@ pub type EpochEvents = Rc<RefCell<EpochBuffer>>;
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Partials = Vec<(ViewKey, AggregateState)>;
 
-/// Every tenant's views, looked up by tenant.
+/// Every tenant's views, looked up by tenant, each with a number the fold keys its states by.
 pub struct CompiledViews {
-    by_tenant: FastMap<String, Vec<ViewSpec>>,
+    /// Indices into `views`.
+    by_tenant: FastMap<String, Vec<usize>>,
+    /// `(tenant, view)`.
+    views: Vec<(String, ViewSpec)>,
 }
 
 impl CompiledViews {
     /// The views of every tenant in the catalog.
     pub fn new(catalog: &Catalog) -> Self {
-        let by_tenant = catalog
+        let views: Vec<(String, ViewSpec)> = catalog
             .tenants
             .iter()
-            .map(|(name, tenant)| (name.clone(), tenant.views.clone()))
+            .flat_map(|(name, tenant)| tenant.views.iter().map(|view| (name.clone(), view.clone())))
             .collect();
-        CompiledViews { by_tenant }
+        let mut by_tenant: FastMap<String, Vec<usize>> = FastMap::default();
+        for (index, (tenant, _)) in views.iter().enumerate() {
+            by_tenant.entry(tenant.clone()).or_default().push(index);
+        }
+        CompiledViews { by_tenant, views }
     }
 
-    /// The views an event feeds.
-    fn for_event<'a>(&'a self, event: &'a LoggedEvent) -> impl Iterator<Item = &'a ViewSpec> + 'a {
+    /// The views an event feeds, with their numbers.
+    fn for_event<'a>(
+        &'a self,
+        event: &'a LoggedEvent,
+    ) -> impl Iterator<Item = (usize, &'a ViewSpec)> + 'a {
         self.by_tenant
             .get(event.tenant())
             .into_iter()
             .flatten()
-            .filter(|view| view.covers(event.event_type()))
+            .map(|&index| (index, &self.views[index].1))
+            .filter(|(_, view)| view.covers(event.event_type()))
     }
 
     /// Every (tenant, view) pair.
     fn all(&self) -> impl Iterator<Item = (&str, &ViewSpec)> {
-        self.by_tenant
+        self.views
             .iter()
-            .flat_map(|(tenant, views)| views.iter().map(move |view| (tenant.as_str(), view)))
+            .map(|(tenant, view)| (tenant.as_str(), view))
     }
 }
 
@@ -415,55 +426,89 @@ fn fold_epoch(
             continue;
         };
         counted += 1;
-        for view in views.for_event(&event) {
-            partials.accumulate(view, &event);
+        for (number, view) in views.for_event(&event) {
+            partials.accumulate(number, view, &event);
         }
     }
     metrics.events_counted(counted);
     metrics.deduplicated_events_changed(held_change);
-    partials.into_partials()
+    partials.into_partials(views)
 }
 
-/// One epoch's partial states by view key. An event finds its state through its key's parts
-/// borrowed from the event, so only a key new in the epoch builds an owned [`ViewKey`] (a few
-/// strings: building one per event and view was the largest cost of the fold).
+/// One epoch's partial states by view key. A key is the view's number, the bucket and the
+/// dimension values, which an event's lookup reads borrowed from the event: comparing and
+/// hashing the tenant and view names per event and view, or building an owned [`ViewKey`],
+/// cost more than the rest of the fold.
 #[derive(Default)]
 struct PartialTable {
-    table: hashbrown::HashTable<(ViewKey, AggregateState)>,
+    table: hashbrown::HashTable<PartialState>,
+}
+
+struct PartialState {
+    view: usize,
+    bucket: Millis,
+    dimensions: Vec<String>,
+    state: AggregateState,
 }
 
 impl PartialTable {
-    fn accumulate(&mut self, view: &ViewSpec, event: &LoggedEvent) {
+    fn accumulate(&mut self, view_number: usize, view: &ViewSpec, event: &LoggedEvent) {
         let bucket = view.bucket_of(event.ts());
-        let tenant = event.tenant();
         // Read twice rather than collected: a lookup costs less than a vector per event.
         let dimensions = || view.borrowed_dimension_values(event);
-        let hash = key_hash_of_parts(tenant, &view.name, bucket, dimensions());
-        let is_key = |(key, _): &(ViewKey, AggregateState)| {
-            key.bucket == bucket
-                && key.view == view.name
-                && key.tenant == tenant
-                && key.dimensions.iter().map(String::as_str).eq(dimensions())
+        let hash = partial_hash(view_number, bucket, dimensions());
+        let is_key = |partial: &PartialState| {
+            partial.view == view_number
+                && partial.bucket == bucket
+                && partial
+                    .dimensions
+                    .iter()
+                    .map(String::as_str)
+                    .eq(dimensions())
         };
-        let (_, state) = self
+        let partial = self
             .table
-            .entry(hash, is_key, |(key, _)| key_hash(key))
-            .or_insert_with(|| {
-                let key = ViewKey {
-                    tenant: tenant.to_owned(),
-                    view: view.name.clone(),
-                    bucket,
-                    dimensions: dimensions().map(Cow::into_owned).collect(),
-                };
-                (key, view.empty_state())
+            .entry(hash, is_key, |partial| {
+                partial_hash(partial.view, partial.bucket, partial.dimensions.iter())
+            })
+            .or_insert_with(|| PartialState {
+                view: view_number,
+                bucket,
+                dimensions: dimensions().map(Cow::into_owned).collect(),
+                state: view.empty_state(),
             })
             .into_mut();
-        view.accumulate(state, event);
+        view.accumulate(&mut partial.state, event);
     }
 
-    fn into_partials(self) -> Partials {
-        self.table.into_iter().collect()
+    fn into_partials(self, views: &CompiledViews) -> Partials {
+        self.table
+            .into_iter()
+            .map(|partial| {
+                let (tenant, view) = &views.views[partial.view];
+                let key = ViewKey {
+                    tenant: tenant.clone(),
+                    view: view.name.clone(),
+                    bucket: partial.bucket,
+                    dimensions: partial.dimensions,
+                };
+                (key, partial.state)
+            })
+            .collect()
     }
+}
+
+fn partial_hash(
+    view_number: usize,
+    bucket: Millis,
+    dimensions: impl Iterator<Item = impl AsRef<str>>,
+) -> u64 {
+    let mut hasher = FixedState::with_seed(0).build_hasher();
+    (view_number, bucket).hash(&mut hasher);
+    for dimension in dimensions {
+        dimension.as_ref().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Where a worker's owned states go, and what it needs to keep them.
@@ -652,24 +697,9 @@ impl OwnedStates {
     }
 }
 
+/// Routes a view key to the worker that owns it: the same hash on every worker.
 fn key_hash(key: &ViewKey) -> u64 {
-    let dimensions = key.dimensions.iter().map(String::as_str);
-    key_hash_of_parts(&key.tenant, &key.view, key.bucket, dimensions)
-}
-
-/// [`key_hash`] of a key given by parts, none of which need be owned.
-fn key_hash_of_parts(
-    tenant: &str,
-    view: &str,
-    bucket: Millis,
-    dimensions: impl Iterator<Item = impl AsRef<str>>,
-) -> u64 {
-    let mut hasher = FixedState::with_seed(0).build_hasher();
-    (tenant, view, bucket).hash(&mut hasher);
-    for dimension in dimensions {
-        dimension.as_ref().hash(&mut hasher);
-    }
-    hasher.finish()
+    FixedState::with_seed(0).hash_one(key)
 }
 
 #[cfg(test)]
