@@ -44,4 +44,4 @@ pub use registry::{RejectReason, TagKind, TagRegistry, ValidationContext};
 pub use state::{AggregateState, MeasureState, StateDecodeError, StateMerger, StateSummary};
 pub use tenant::{ApiKey, Catalog, Scope, Tenant};
 pub use time::Granularity;
-pub use view::{Measure, ViewSpec};
+pub use view::{Measure, ViewSpec, dimension_text};

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{EventFields, Millis};
+use crate::event::{EventFields, FieldValue, Millis};
 use crate::registry::{TagKind, TagRegistry};
 use crate::state::AggregateState;
 use crate::time::Granularity;
@@ -41,22 +41,10 @@ impl ViewSpec {
 
     /// The event's values for this view's dimensions; a missing tag is the empty string.
     pub fn dimension_values(&self, event: &(impl EventFields + ?Sized)) -> Vec<String> {
-        self.borrowed_dimension_values(event)
-            .map(std::borrow::Cow::into_owned)
+        self.dimensions
+            .iter()
+            .map(|dimension| dimension_text(event.field(dimension)).into_owned())
             .collect()
-    }
-
-    /// [`dimension_values`](Self::dimension_values), borrowed from the event where it can be.
-    pub fn borrowed_dimension_values<'a, E: EventFields + ?Sized>(
-        &'a self,
-        event: &'a E,
-    ) -> impl Iterator<Item = std::borrow::Cow<'a, str>> + 'a {
-        self.dimensions.iter().map(|dimension| {
-            event
-                .field(dimension)
-                .map(|v| v.as_dimension())
-                .unwrap_or_default()
-        })
     }
 
     /// The width of the buckets its states are stored in: the view's granularity, but never
@@ -84,9 +72,21 @@ impl ViewSpec {
 
     /// Adds one event to a state of this view.
     pub fn accumulate(&self, state: &mut AggregateState, event: &(impl EventFields + ?Sized)) {
+        let values = self.measure_fields().map(|field| event.field(field));
+        self.accumulate_values(state, values);
+    }
+
+    /// [`accumulate`](Self::accumulate), given the event's values of the fields the measures
+    /// read, in [`measure_fields`](Self::measure_fields) order: for a reader that looks each
+    /// of an event's fields up once for all the views it feeds.
+    pub fn accumulate_values<'a>(
+        &self,
+        state: &mut AggregateState,
+        values: impl Iterator<Item = Option<FieldValue<'a>>>,
+    ) {
         state.count += 1;
-        for (measure_state, field) in state.measures.iter_mut().zip(self.measure_fields()) {
-            if let Some(value) = event.field(field) {
+        for (measure_state, value) in state.measures.iter_mut().zip(values) {
+            if let Some(value) = value {
                 measure_state.add(value);
             }
         }
@@ -138,6 +138,11 @@ impl ViewSpec {
             Err(problems)
         }
     }
+}
+
+/// A field's value as a dimension: a missing tag is the empty string.
+pub fn dimension_text(value: Option<FieldValue<'_>>) -> std::borrow::Cow<'_, str> {
+    value.map(|value| value.as_dimension()).unwrap_or_default()
 }
 
 /// One measure of a view. `count` lives in every state; the others read one field.

@@ -32,7 +32,9 @@ use differential_dataflow::{AsCollection, VecCollection};
 use tally_connectors::log::Offset;
 use tally_connectors::view_store::{ViewKey, ViewStore};
 use tally_model::time::HOUR_MS;
-use tally_model::{AggregateState, Catalog, EventFields, Granularity, Millis, ViewSpec};
+use tally_model::{
+    AggregateState, Catalog, EventFields, Granularity, Millis, ViewSpec, dimension_text,
+};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -41,7 +43,7 @@ use timely::dataflow::operators::{Capability, CapabilitySet, InputCapability};
 use timely::progress::frontier::MutableAntichain;
 use timely::progress::{Antichain, Timestamp};
 
-use crate::record::LoggedEvent;
+use crate::record::{FieldAt, LoggedEvent};
 use crate::telemetry::SpeedMetrics;
 
 /// Timely time: the epoch number.
@@ -63,40 +65,59 @@ pub type EpochEvents = Rc<RefCell<EpochBuffer>>;
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Partials = Vec<(ViewKey, AggregateState)>;
 
-/// Every tenant's views, looked up by tenant, each with a number the fold keys its states by.
+/// Every tenant's views, compiled for the fold: each view has a number the fold keys its
+/// states by, and reads its fields from a per-tenant list that each event resolves once.
 pub struct CompiledViews {
-    /// Indices into `views`.
-    by_tenant: FastMap<String, Vec<usize>>,
-    /// `(tenant, view)`.
+    by_tenant: FastMap<String, TenantViews>,
+    /// `(tenant, view)`, by view number.
     views: Vec<(String, ViewSpec)>,
+}
+
+/// A tenant's views and the fields they read.
+struct TenantViews {
+    /// Every field a view of the tenant reads, each looked up once per event.
+    fields: Vec<String>,
+    views: Vec<CompiledView>,
+}
+
+/// A view with its fields as indices into its tenant's `fields`.
+struct CompiledView {
+    number: usize,
+    dimensions: Vec<usize>,
+    /// In [`ViewSpec::measure_fields`] order.
+    measures: Vec<usize>,
 }
 
 impl CompiledViews {
     /// The views of every tenant in the catalog.
     pub fn new(catalog: &Catalog) -> Self {
-        let views: Vec<(String, ViewSpec)> = catalog
-            .tenants
-            .iter()
-            .flat_map(|(name, tenant)| tenant.views.iter().map(|view| (name.clone(), view.clone())))
-            .collect();
-        let mut by_tenant: FastMap<String, Vec<usize>> = FastMap::default();
-        for (index, (tenant, _)) in views.iter().enumerate() {
-            by_tenant.entry(tenant.clone()).or_default().push(index);
+        let mut views = Vec::new();
+        let mut by_tenant = FastMap::default();
+        for (tenant, config) in &catalog.tenants {
+            let mut fields: Vec<String> = Vec::new();
+            let mut slot_of = |field: &str| match fields.iter().position(|f| f == field) {
+                Some(slot) => slot,
+                None => {
+                    fields.push(field.to_owned());
+                    fields.len() - 1
+                }
+            };
+            let mut compiled = Vec::new();
+            for view in &config.views {
+                compiled.push(CompiledView {
+                    number: views.len(),
+                    dimensions: view.dimensions.iter().map(|d| slot_of(d)).collect(),
+                    measures: view.measure_fields().map(&mut slot_of).collect(),
+                });
+                views.push((tenant.clone(), view.clone()));
+            }
+            let tenant_views = TenantViews {
+                fields,
+                views: compiled,
+            };
+            by_tenant.insert(tenant.clone(), tenant_views);
         }
         CompiledViews { by_tenant, views }
-    }
-
-    /// The views an event feeds, with their numbers.
-    fn for_event<'a>(
-        &'a self,
-        event: &'a LoggedEvent,
-    ) -> impl Iterator<Item = (usize, &'a ViewSpec)> + 'a {
-        self.by_tenant
-            .get(event.tenant())
-            .into_iter()
-            .flatten()
-            .map(|&index| (index, &self.views[index].1))
-            .filter(|(_, view)| view.covers(event.event_type()))
     }
 
     /// Every (tenant, view) pair.
@@ -415,6 +436,7 @@ fn fold_epoch(
     // In log order, the order the events were buffered in.
     to_count.sort_unstable();
     let mut partials = PartialTable::default();
+    let mut fields = Vec::new();
     let mut counted = 0;
     for (partition, offset) in to_count {
         let Some(event) = events.take(partition, offset) else {
@@ -426,8 +448,16 @@ fn fold_epoch(
             continue;
         };
         counted += 1;
-        for (number, view) in views.for_event(&event) {
-            partials.accumulate(number, view, &event);
+        let Some(tenant) = views.by_tenant.get(event.tenant()) else {
+            continue;
+        };
+        fields.clear();
+        fields.extend(tenant.fields.iter().map(|name| event.find(name)));
+        for view in &tenant.views {
+            let spec = &views.views[view.number].1;
+            if spec.covers(event.event_type()) {
+                partials.accumulate(view, spec, &event, &fields);
+            }
         }
     }
     metrics.events_counted(counted);
@@ -452,13 +482,26 @@ struct PartialState {
 }
 
 impl PartialTable {
-    fn accumulate(&mut self, view_number: usize, view: &ViewSpec, event: &LoggedEvent) {
-        let bucket = view.bucket_of(event.ts());
+    /// Adds `event` to its state of `view`; `fields` are where the event's fields of the
+    /// tenant's list are.
+    fn accumulate(
+        &mut self,
+        view: &CompiledView,
+        spec: &ViewSpec,
+        event: &LoggedEvent,
+        fields: &[Option<FieldAt>],
+    ) {
+        let value = |slot: usize| fields[slot].map(|at| event.value_at(at));
+        let bucket = spec.bucket_of(event.ts());
         // Read twice rather than collected: a lookup costs less than a vector per event.
-        let dimensions = || view.borrowed_dimension_values(event);
-        let hash = partial_hash(view_number, bucket, dimensions());
+        let dimensions = || {
+            view.dimensions
+                .iter()
+                .map(|&slot| dimension_text(value(slot)))
+        };
+        let hash = partial_hash(view.number, bucket, dimensions());
         let is_key = |partial: &PartialState| {
-            partial.view == view_number
+            partial.view == view.number
                 && partial.bucket == bucket
                 && partial
                     .dimensions
@@ -472,13 +515,14 @@ impl PartialTable {
                 partial_hash(partial.view, partial.bucket, partial.dimensions.iter())
             })
             .or_insert_with(|| PartialState {
-                view: view_number,
+                view: view.number,
                 bucket,
                 dimensions: dimensions().map(Cow::into_owned).collect(),
-                state: view.empty_state(),
+                state: spec.empty_state(),
             })
             .into_mut();
-        view.accumulate(&mut partial.state, event);
+        let measures = view.measures.iter().map(|&slot| value(slot));
+        spec.accumulate_values(&mut partial.state, measures);
     }
 
     fn into_partials(self, views: &CompiledViews) -> Partials {

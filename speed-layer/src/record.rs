@@ -141,17 +141,46 @@ impl EventFields for LoggedEvent {
     }
 
     fn field(&self, name: &str) -> Option<FieldValue<'_>> {
+        self.find(name).map(|at| self.value_at(at))
+    }
+}
+
+/// Where a field sits in a [`LoggedEvent`]: found once, read for every view the event feeds.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldAt {
+    /// The event type.
+    EventType,
+    /// The user.
+    UserId,
+    /// The source.
+    Source,
+    /// A tag, by its index among the event's tags.
+    Tag(usize),
+}
+
+impl LoggedEvent {
+    /// Where the field `name` is, if the event has it: `event_type`, `user_id`, `source`, or
+    /// a tag.
+    pub fn find(&self, name: &str) -> Option<FieldAt> {
         match name {
-            "event_type" => Some(FieldValue::Str(self.str(self.event_type))),
-            "user_id" => Some(FieldValue::Str(self.str(self.user_id))),
-            "source" => Some(FieldValue::Str(self.str(self.source))),
-            tag => {
-                let found = self
-                    .tags
-                    .binary_search_by(|(logged, _)| self.str(*logged).cmp(tag))
-                    .ok()?;
-                Some(self.tag_value(self.tags[found].1))
-            }
+            "event_type" => Some(FieldAt::EventType),
+            "user_id" => Some(FieldAt::UserId),
+            "source" => Some(FieldAt::Source),
+            tag => self
+                .tags
+                .binary_search_by(|(logged, _)| self.str(*logged).cmp(tag))
+                .ok()
+                .map(FieldAt::Tag),
+        }
+    }
+
+    /// The value of a field [`find`](Self::find) found on this event.
+    pub fn value_at(&self, at: FieldAt) -> FieldValue<'_> {
+        match at {
+            FieldAt::EventType => FieldValue::Str(self.str(self.event_type)),
+            FieldAt::UserId => FieldValue::Str(self.str(self.user_id)),
+            FieldAt::Source => FieldValue::Str(self.str(self.source)),
+            FieldAt::Tag(index) => self.tag_value(self.tags[index].1),
         }
     }
 }
