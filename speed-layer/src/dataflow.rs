@@ -743,7 +743,7 @@ impl OwnedStates {
 
 /// Routes a view key to the worker that owns it: the same hash on every worker.
 fn key_hash(key: &ViewKey) -> u64 {
-    FixedState::with_seed(0).hash_one(key)
+    hash_with(0, key)
 }
 
 #[cfg(test)]

@@ -16,6 +16,14 @@ struct Span {
     end: u32,
 }
 
+impl Span {
+    /// The string in `text`; spans come from slices of it, so they always fit.
+    fn in_text(self, text: &str) -> &str {
+        text.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+}
+
 /// A tag's value, its text as a [`Span`].
 #[derive(Debug, Clone, Copy)]
 enum LoggedTag {
@@ -76,19 +84,20 @@ impl LoggedEvent {
         text.push_str(&unescaped);
         let mut event = LoggedEvent { text, ..fields };
         let text = &event.text;
-        let name = |span: &Span| text.get(span.start as usize..span.end as usize);
         // Stable: of equal names the last logged stays last, and is the one kept.
-        event.tags.sort_by(|(a, _), (b, _)| name(a).cmp(&name(b)));
+        event
+            .tags
+            .sort_by(|(a, _), (b, _)| a.in_text(text).cmp(b.in_text(text)));
         event.tags.reverse();
-        event.tags.dedup_by(|(a, _), (b, _)| name(a) == name(b));
+        event
+            .tags
+            .dedup_by(|(a, _), (b, _)| a.in_text(text) == b.in_text(text));
         event.tags.reverse();
         Ok(event)
     }
 
     fn str(&self, span: Span) -> &str {
-        self.text
-            .get(span.start as usize..span.end as usize)
-            .unwrap_or_default()
+        span.in_text(&self.text)
     }
 
     /// The tenant.
