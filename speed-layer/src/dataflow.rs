@@ -5,8 +5,9 @@
 //!    which dedupes each hour partition, so a replayed or retried event changes nothing and
 //!    both layers keep the same copy. Differential sees only a [`Sighting`] of each event:
 //!    hashes and a log position, small and `Copy`; sorting whole events was most of the cost.
-//!    Each worker keeps the sightings it fed in [`SightingsFed`] and retracts those of the
-//!    hours the horizon passes, so the dedupe holds only copies that can still count.
+//!    When the horizon passes an hour, each worker reads that hour's sightings off its part
+//!    of the dedupe's arrangement ([`HeldSightings::retire_before`]) and retracts them, so
+//!    the dedupe holds only copies that can still count.
 //! 2. [`partial_states`] (on the worker that read the kept copy, which holds the event in its
 //!    [`EpochEvents`]): each closed epoch's new events folded into one aggregate state per view
 //!    key. Folding is O(1) per event; differential's `reduce` would re-read a bucket's every
@@ -26,7 +27,9 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::cursor::cursor_list;
+use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::{Cursor, TraceReader};
 use differential_dataflow::{AsCollection, VecCollection};
 use tally_connectors::log::Offset;
@@ -40,6 +43,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Capability, CapabilitySet, InputCapability};
+use timely::progress::frontier::AntichainRef;
 use timely::progress::frontier::MutableAntichain;
 use timely::progress::{Antichain, Timestamp};
 
@@ -135,12 +139,18 @@ impl CompiledViews {
 /// change is its kept copy before a batch against after it, read off the sightings'
 /// arrangement. `reduce` also kept an arrangement of its output and replayed every changed
 /// key's history through it, twice the trace work.
+///
+/// Also returns the worker's part of the sightings' arrangement, for
+/// [`HeldSightings::retire_before`].
 pub fn deduplicate<'scope>(
     sightings: VecCollection<'scope, Epoch, Sighting>,
-) -> VecCollection<'scope, Epoch, Sighting> {
+) -> (VecCollection<'scope, Epoch, Sighting>, HeldSightings) {
     let arranged = sightings.arrange_by_key_named("Arrange: Sightings");
+    let held = HeldSightings {
+        trace: arranged.trace.clone(),
+    };
     let mut trace = arranged.trace.clone();
-    arranged
+    let kept = arranged
         .stream
         .unary_frontier(Pipeline, "KeepFirstCopy", move |_, _| {
             // The batches received so far cover the epochs before `upper`.
@@ -219,7 +229,52 @@ pub fn deduplicate<'scope>(
                 trace.set_physical_compaction(upper.borrow());
             }
         })
-        .as_collection()
+        .as_collection();
+    (kept, held)
+}
+
+/// A worker's part of the dedupe's arrangement: the sightings whose identities hash to it,
+/// whichever worker fed them.
+pub struct HeldSightings {
+    trace: TraceAgent<ValSpine<IdHash, (CopyPosition, ContentHash), Epoch, isize>>,
+}
+
+impl HeldSightings {
+    /// Lets the arrangement compact the epochs before `epoch`: this handle reads only
+    /// accumulated counts, and holding compaction back would keep every epoch apart.
+    pub fn read_from(&mut self, epoch: Epoch) {
+        self.trace
+            .set_logical_compaction(AntichainRef::new(&[epoch]));
+        self.trace
+            .set_physical_compaction(AntichainRef::new(&[epoch]));
+    }
+
+    /// Calls `retract` with each held sighting of an hour before `horizon` and its count.
+    /// Identities start with their hour, so those are the arrangement's first keys.
+    /// Differential forgets a sighting only once it is retracted: keeping a list of what was
+    /// fed to retract later cost 48 bytes per event, and fresh memory is a replay's dearest
+    /// input.
+    pub fn retire_before(&mut self, horizon: Millis, mut retract: impl FnMut(Sighting, isize)) {
+        let batches = self
+            .trace
+            .batches_through(Antichain::new().borrow())
+            .expect("every batch of the sightings can be read");
+        let (mut cursor, batches) = cursor_list(batches);
+        while let Some(id) = cursor.get_key(&batches) {
+            if hour_of(*id) >= horizon {
+                break;
+            }
+            while let Some(copy) = cursor.get_val(&batches) {
+                let mut count = 0;
+                cursor.map_times(&batches, |_, diff| count += *diff);
+                if count != 0 {
+                    retract((*id, *copy), count);
+                }
+                cursor.step_val(&batches);
+            }
+            cursor.step_key(&batches);
+        }
+    }
 }
 
 /// The smallest copy with a positive count.
@@ -258,41 +313,6 @@ pub fn sighting(event: &LoggedEvent, partition: u32, offset: Offset) -> Sighting
         id,
         ((event.received_at(), partition, offset), content.finish()),
     )
-}
-
-/// The sightings a worker fed the dedupe, by event hour, to retract once the horizon passes
-/// their hour: below it nothing counts, and differential forgets only what is retracted.
-/// Each hour's sightings sit in fixed-size chunks: one growing vector per hour was copied
-/// whole on every doubling, a tenth of a replay's time.
-#[derive(Default)]
-pub struct SightingsFed {
-    by_hour: BTreeMap<Millis, Vec<Vec<Sighting>>>,
-}
-
-/// Sightings per chunk of [`SightingsFed`]: 512 KiB.
-const SIGHTINGS_PER_CHUNK: usize = 8192;
-
-impl SightingsFed {
-    /// Notes a sighting fed to the dedupe.
-    pub fn record(&mut self, sighting: Sighting) {
-        let (id, _) = sighting;
-        let chunks = self.by_hour.entry(hour_of(id)).or_default();
-        match chunks.last_mut() {
-            Some(chunk) if chunk.len() < SIGHTINGS_PER_CHUNK => chunk.push(sighting),
-            _ => {
-                let mut chunk = Vec::with_capacity(SIGHTINGS_PER_CHUNK);
-                chunk.push(sighting);
-                chunks.push(chunk);
-            }
-        }
-    }
-
-    /// Takes the sightings of the hours before `horizon`.
-    pub fn take_before(&mut self, horizon: Millis) -> impl Iterator<Item = Sighting> {
-        let kept = self.by_hour.split_off(&horizon);
-        let expired = std::mem::replace(&mut self.by_hour, kept);
-        expired.into_values().flatten().flatten()
-    }
 }
 
 /// The events a worker read in one epoch, by log position. Reads move forward through each
@@ -756,15 +776,24 @@ mod tests {
 
     use super::*;
 
-    /// Feeds one batch of sighting changes per epoch to [`deduplicate`] and returns what it
-    /// output at each epoch, consolidated and sorted.
-    fn kept_per_epoch(epochs: Vec<Vec<(Sighting, isize)>>) -> Vec<Vec<(Sighting, isize)>> {
+    /// What one epoch feeds [`deduplicate`].
+    enum Step {
+        /// Sighting changes.
+        Feed(Vec<(Sighting, isize)>),
+        /// The retractions [`HeldSightings::retire_before`] makes.
+        RetireBefore(Millis),
+    }
+
+    /// Runs one step per epoch through [`deduplicate`] and returns what it output at each
+    /// epoch, consolidated and sorted.
+    fn kept_per_epoch(epochs: Vec<Step>) -> Vec<Vec<(Sighting, isize)>> {
         timely::execute_directly(move |worker| {
             let output = Rc::new(RefCell::new(BTreeMap::<Epoch, Vec<_>>::new()));
             let sink = output.clone();
-            let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+            let (mut input, probe, mut held) = worker.dataflow::<Epoch, _, _>(|scope| {
                 let (input, sightings) = scope.new_collection();
-                let (probe, _) = deduplicate(sightings)
+                let (kept, held) = deduplicate(sightings);
+                let (probe, _) = kept
                     .consolidate()
                     .inspect(move |&(sighting, epoch, diff)| {
                         sink.borrow_mut()
@@ -774,17 +803,27 @@ mod tests {
                     })
                     .inner
                     .probe();
-                (input, probe)
+                (input, probe, held)
             });
             let count = epochs.len();
-            for changes in epochs {
-                for (sighting, diff) in changes {
-                    input.update(sighting, diff);
+            for step in epochs {
+                match step {
+                    Step::Feed(changes) => {
+                        for (sighting, diff) in changes {
+                            input.update(sighting, diff);
+                        }
+                    }
+                    Step::RetireBefore(horizon) => {
+                        held.retire_before(horizon, |sighting, count| {
+                            input.update(sighting, -count)
+                        });
+                    }
                 }
                 let epoch = *input.time();
                 input.advance_to(epoch + 1);
                 input.flush();
                 worker.step_while(|| probe.less_than(input.time()));
+                held.read_from(*input.time());
             }
             let mut output = output.borrow_mut();
             (0..count as Epoch)
@@ -798,7 +837,11 @@ mod tests {
     }
 
     fn copy(event: u128, received_at: Millis, offset: Offset) -> Sighting {
-        let id = (1 << 96) | event;
+        copy_in_hour(1, event, received_at, offset)
+    }
+
+    fn copy_in_hour(hour: u128, event: u128, received_at: Millis, offset: Offset) -> Sighting {
+        let id = (hour << 96) | event;
         (id, ((received_at, 0, offset), 7))
     }
 
@@ -808,15 +851,15 @@ mod tests {
         let b = copy(2, 30, 4);
         let kept = kept_per_epoch(vec![
             // Two copies at once: the smaller counts.
-            vec![(a2, 1), (a1, 1)],
+            Step::Feed(vec![(a2, 1), (a1, 1)]),
             // A later copy changes nothing; a new event counts.
-            vec![(a3, 1), (b, 1)],
+            Step::Feed(vec![(a3, 1), (b, 1)]),
             // An earlier copy read later replaces the kept one.
-            vec![(a0, 1)],
+            Step::Feed(vec![(a0, 1)]),
             // Retracting the kept copy falls back to the next one held.
-            vec![(a0, -1)],
+            Step::Feed(vec![(a0, -1)]),
             // Retracting every copy retracts the kept one.
-            vec![(a1, -1), (a2, -1), (a3, -1), (b, -1)],
+            Step::Feed(vec![(a1, -1), (a2, -1), (a3, -1), (b, -1)]),
         ]);
         assert_eq!(
             kept,
@@ -826,6 +869,33 @@ mod tests {
                 vec![(a0, 1), (a1, -1)],
                 vec![(a0, -1), (a1, 1)],
                 vec![(a1, -1), (b, -1)],
+            ]
+        );
+    }
+
+    #[test]
+    fn retiring_an_hour_forgets_its_copies_and_only_its_copies() {
+        let (early, early_resent) = (copy_in_hour(1, 1, 10, 0), copy_in_hour(1, 1, 20, 1));
+        let second_hour = copy_in_hour(2, 2, 30, 2);
+        let third_hour = copy_in_hour(3, 3, 40, 3);
+        let kept = kept_per_epoch(vec![
+            Step::Feed(vec![(early, 1), (second_hour, 1), (third_hour, 1)]),
+            Step::Feed(vec![(early_resent, 1)]),
+            // Hours 1 and 2 end before hour 3 starts.
+            Step::RetireBefore(3 * HOUR_MS),
+            // Nothing of them is held: retiring again retracts nothing.
+            Step::RetireBefore(3 * HOUR_MS),
+            // A resend of a forgotten event is new to the dedupe.
+            Step::Feed(vec![(early_resent, 1)]),
+        ]);
+        assert_eq!(
+            kept,
+            [
+                vec![(early, 1), (second_hour, 1), (third_hour, 1)],
+                vec![],
+                vec![(early, -1), (second_hour, -1)],
+                vec![],
+                vec![(early_resent, 1)],
             ]
         );
     }

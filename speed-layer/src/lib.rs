@@ -45,7 +45,7 @@ use timely::worker::Worker;
 
 pub use telemetry::SpeedMetrics;
 
-use crate::dataflow::{CompiledViews, Epoch, EpochEvents, SightingsFed, StateWriter};
+use crate::dataflow::{CompiledViews, Epoch, EpochEvents, StateWriter};
 use crate::record::LoggedEvent;
 
 /// Everything the speed layer reads and writes.
@@ -294,14 +294,14 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
     };
     let (views, metrics) = (shared.views.clone(), layer.metrics.clone());
     let epoch_events: EpochEvents = Default::default();
-    let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+    let (mut input, probe, mut held) = worker.dataflow::<Epoch, _, _>(|scope| {
         let (input, sightings) = scope.new_collection();
-        let kept = dataflow::deduplicate(sightings);
+        let (kept, held) = dataflow::deduplicate(sightings);
         let horizon = shared.horizon.clone();
         let partials =
             dataflow::partial_states(kept, epoch_events.clone(), views, horizon, metrics);
         let (probe, _written) = dataflow::write_view_states(partials, writer).probe();
-        (input, probe)
+        (input, probe, held)
     });
     let stats = layer.log.stats()?;
     // An event time is at most `max_event_lead` after its receipt, so records received
@@ -329,7 +329,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
     let epoch_length = Duration::from_millis(layer.config.epoch_ms);
     let max_records = layer.config.max_records_per_epoch;
     let mut last_recorded: Option<(Millis, Vec<Offset>)> = None;
-    let mut fed = SightingsFed::default();
+    let mut retired_below = Millis::MIN;
     while !shared.stop.load(Ordering::Acquire) {
         if let Some(failure) = shared
             .failure
@@ -352,8 +352,9 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
             }
             false => shared.horizon.load(Ordering::Acquire),
         };
-        for sighting in fed.take_before(horizon) {
-            input.remove(sighting);
+        if horizon > retired_below {
+            held.retire_before(horizon, |sighting, count| input.update(sighting, -count));
+            retired_below = horizon;
         }
         let mut read = 0u64;
         let mut oldest_received: Option<Millis> = None;
@@ -387,7 +388,6 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
                     Some(oldest_received.map_or(received_at, |oldest| oldest.min(received_at)));
                 let sighting = dataflow::sighting(&event, partition, entry.offset);
                 input.insert(sighting);
-                fed.record(sighting);
                 epoch_events
                     .borrow_mut()
                     .insert(partition, entry.offset, event);
@@ -399,6 +399,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
         input.flush();
         // Parks while waiting on the other workers (they wake it), rather than spinning.
         worker.step_or_park_while(None, || probe.less_than(input.time()));
+        held.read_from(*input.time());
         // What the epoch did not count were duplicates.
         epoch_events.borrow_mut().clear();
         // The store now reflects every record read so far.
