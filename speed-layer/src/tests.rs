@@ -146,6 +146,48 @@ proptest! {
 }
 
 #[test]
+fn each_worker_records_the_offsets_the_store_reflects_after_catching_up() {
+    let rig = rig();
+    let events = sample_events();
+    let (first, second) = events.split_at(events.len() / 2);
+    rig.append(first);
+    let speed = rig.start(2);
+    rig.wait_caught_up(&speed);
+    rig.append(second);
+    rig.wait_caught_up(&speed);
+    let ends = rig.log.stats().unwrap().next_offsets();
+    let recorded = || {
+        let mut offsets = vec![None; ends.len()];
+        for worker in 0..2 {
+            let Some(progress) = rig
+                .store
+                .progress(&format!("speed-worker-{worker}"))
+                .unwrap()
+            else {
+                continue;
+            };
+            let progress: serde_json::Value = serde_json::from_slice(&progress).unwrap();
+            for pair in progress["offsets"].as_array().unwrap() {
+                let partition = pair[0].as_u64().unwrap() as usize;
+                offsets[partition] = pair[1].as_u64();
+            }
+        }
+        offsets
+    };
+    let expected: Vec<Option<u64>> = ends.iter().copied().map(Some).collect();
+    let started = Instant::now();
+    while recorded() != expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "recorded {:?}, the log ends at {ends:?}",
+            recorded()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    speed.stop().unwrap();
+}
+
+#[test]
 fn a_restart_replays_to_the_same_states_without_double_counting() {
     let rig = rig();
     let events = sample_events();
