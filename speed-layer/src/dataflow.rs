@@ -47,7 +47,7 @@ use timely::progress::frontier::AntichainRef;
 use timely::progress::frontier::MutableAntichain;
 use timely::progress::{Antichain, Timestamp};
 
-use crate::record::{FieldAt, LoggedEvent};
+use crate::record::{FieldAt, FieldSlots, FoundFields, LoggedEvent};
 use crate::telemetry::SpeedMetrics;
 
 /// Timely time: the epoch number.
@@ -70,21 +70,16 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Partials = Vec<(ViewKey, AggregateState)>;
 
 /// Every tenant's views, compiled for the fold: each view has a number the fold keys its
-/// states by, and reads its fields from a per-tenant list that each event resolves once.
+/// states by, and reads its fields by [`FieldSlots`] number.
 pub struct CompiledViews {
-    by_tenant: FastMap<String, TenantViews>,
+    by_tenant: FastMap<String, Vec<CompiledView>>,
     /// `(tenant, view)`, by view number.
     views: Vec<(String, ViewSpec)>,
+    /// Every field a view reads.
+    slots: FieldSlots,
 }
 
-/// A tenant's views and the fields they read.
-struct TenantViews {
-    /// Every field a view of the tenant reads, each looked up once per event.
-    fields: Vec<String>,
-    views: Vec<CompiledView>,
-}
-
-/// A view with its fields as indices into its tenant's `fields`.
+/// A view with its fields as [`FieldSlots`] numbers.
 struct CompiledView {
     number: usize,
     dimensions: Vec<usize>,
@@ -97,31 +92,29 @@ impl CompiledViews {
     pub fn new(catalog: &Catalog) -> Self {
         let mut views = Vec::new();
         let mut by_tenant = FastMap::default();
+        let mut slots = FieldSlots::default();
         for (tenant, config) in &catalog.tenants {
-            let mut fields: Vec<String> = Vec::new();
-            let mut slot_of = |field: &str| match fields.iter().position(|f| f == field) {
-                Some(slot) => slot,
-                None => {
-                    fields.push(field.to_owned());
-                    fields.len() - 1
-                }
-            };
             let mut compiled = Vec::new();
             for view in &config.views {
                 compiled.push(CompiledView {
                     number: views.len(),
-                    dimensions: view.dimensions.iter().map(|d| slot_of(d)).collect(),
-                    measures: view.measure_fields().map(&mut slot_of).collect(),
+                    dimensions: view.dimensions.iter().map(|d| slots.slot(d)).collect(),
+                    measures: view.measure_fields().map(|m| slots.slot(m)).collect(),
                 });
                 views.push((tenant.clone(), view.clone()));
             }
-            let tenant_views = TenantViews {
-                fields,
-                views: compiled,
-            };
-            by_tenant.insert(tenant.clone(), tenant_views);
+            by_tenant.insert(tenant.clone(), compiled);
         }
-        CompiledViews { by_tenant, views }
+        CompiledViews {
+            by_tenant,
+            views,
+            slots,
+        }
+    }
+
+    /// The fields the views read, to parse records with.
+    pub fn field_slots(&self) -> &FieldSlots {
+        &self.slots
     }
 
     /// Every (tenant, view) pair.
@@ -456,7 +449,7 @@ fn fold_epoch(
     // In log order, the order the events were buffered in.
     to_count.sort_unstable();
     let mut partials = PartialTable::default();
-    let mut fields = Vec::new();
+    let mut found = FoundFields::new(&views.slots);
     let mut counted = 0;
     for (partition, offset) in to_count {
         let Some(event) = events.take(partition, offset) else {
@@ -468,15 +461,14 @@ fn fold_epoch(
             continue;
         };
         counted += 1;
-        let Some(tenant) = views.by_tenant.get(event.tenant()) else {
+        let Some(tenant_views) = views.by_tenant.get(event.tenant()) else {
             continue;
         };
-        fields.clear();
-        fields.extend(tenant.fields.iter().map(|name| event.find(name)));
-        for view in &tenant.views {
+        let fields = found.find(&event);
+        for view in tenant_views {
             let spec = &views.views[view.number].1;
             if spec.covers(event.event_type()) {
-                partials.accumulate(view, spec, &event, &fields);
+                partials.accumulate(view, spec, &event, fields);
             }
         }
     }
@@ -502,8 +494,8 @@ struct PartialState {
 }
 
 impl PartialTable {
-    /// Adds `event` to its state of `view`; `fields` are where the event's fields of the
-    /// tenant's list are.
+    /// Adds `event` to its state of `view`; `fields` are where the event's fields are, by
+    /// slot.
     fn accumulate(
         &mut self,
         view: &CompiledView,

@@ -374,7 +374,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
             caught_up &= entries.len() < max_records;
             for entry in entries {
                 next[slot] = entry.offset + 1;
-                let event = match LoggedEvent::parse(entry.payload) {
+                let event = match LoggedEvent::parse(entry.payload, shared.views.field_slots()) {
                     Ok(event) => event,
                     Err(err) => {
                         layer.metrics.undecodable();
