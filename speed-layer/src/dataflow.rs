@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use foldhash::fast::FixedState;
@@ -63,7 +63,7 @@ pub type ContentHash = u64;
 pub type CopyPosition = (Millis, u32, Offset);
 /// What the dedupe sees of a logged event.
 pub type Sighting = (IdHash, (CopyPosition, ContentHash));
-/// The events a worker read in the current epoch, until it closes.
+/// The events a worker read in its open epochs, until each closes.
 pub type EpochEvents = Rc<RefCell<EpochBuffer>>;
 /// A `HashMap` with foldhash: these maps are hot and their keys are not attacker-chosen.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -308,8 +308,8 @@ pub fn sighting(event: &LoggedEvent, partition: u32, offset: Offset) -> Sighting
     )
 }
 
-/// The events a worker read in one epoch, by log position. Reads move forward through each
-/// partition, so a partition's events sit in a vector indexed from its first offset.
+/// The events of a worker's open epochs, by log position. Reads move forward through each
+/// partition, so a partition's events sit in a queue indexed from its first offset.
 #[derive(Default)]
 pub struct EpochBuffer {
     partitions: Vec<PartitionEvents>,
@@ -318,7 +318,7 @@ pub struct EpochBuffer {
 struct PartitionEvents {
     partition: u32,
     first: Offset,
-    events: Vec<Option<LoggedEvent>>,
+    events: VecDeque<Option<LoggedEvent>>,
 }
 
 impl EpochBuffer {
@@ -334,7 +334,7 @@ impl EpochBuffer {
                 self.partitions.push(PartitionEvents {
                     partition,
                     first: offset,
-                    events: Vec::new(),
+                    events: VecDeque::new(),
                 });
                 self.partitions.last_mut().expect("just pushed")
             }
@@ -365,11 +365,21 @@ impl EpochBuffer {
         slot.events.get_mut(index)?.take()
     }
 
-    /// Drops what the epoch did not count (duplicates), keeping the memory for the next.
-    pub fn clear(&mut self) {
-        for slot in &mut self.partitions {
-            slot.events.clear();
-        }
+    /// Drops a partition's events before `offset`: their epochs closed, and what they did
+    /// not count were duplicates.
+    pub fn drop_before(&mut self, partition: u32, offset: Offset) {
+        let Some(slot) = self
+            .partitions
+            .iter_mut()
+            .find(|p| p.partition == partition)
+        else {
+            return;
+        };
+        let closed = usize::try_from(offset.saturating_sub(slot.first))
+            .unwrap_or(usize::MAX)
+            .min(slot.events.len());
+        slot.events.drain(..closed);
+        slot.first += closed as Offset;
     }
 }
 
