@@ -435,8 +435,11 @@ fn fold_epoch(
     metrics: &SpeedMetrics,
 ) -> Partials {
     // When the dedupe swaps one copy for an earlier one, the -old and +new arrive together;
-    // with equal content they cancel, and the count stays.
-    updates.sort_unstable_by_key(|((id, (_, content)), diff)| (*id, *content, -*diff));
+    // with equal content they cancel, and the count stays. Without retractions there is
+    // nothing to pair: the dedupe changes an identity once per epoch, so each is new.
+    if updates.iter().any(|(_, diff)| *diff < 0) {
+        updates.sort_unstable_by_key(|((id, (_, content)), diff)| (*id, *content, -*diff));
+    }
     let mut to_count = Vec::new();
     let mut held_change = 0;
     for group in updates.chunk_by(|((a, (_, x)), _), ((b, (_, y)), _)| (a, x) == (b, y)) {
