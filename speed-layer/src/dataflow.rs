@@ -179,12 +179,9 @@ pub fn deduplicate<'scope>(
                         copies.clear();
                         trace_cursor.seek_key(&history, id);
                         if trace_cursor.get_key(&history) == Some(id) {
-                            while let Some(copy) = trace_cursor.get_val(&history) {
-                                let mut count = 0;
-                                trace_cursor.map_times(&history, |_, diff| count += *diff);
-                                copies.push((*copy, count));
-                                trace_cursor.step_val(&history);
-                            }
+                            held_copies(&mut trace_cursor, &history, |copy, count| {
+                                copies.push((copy, count))
+                            });
                         }
                         // Then the batches' updates to them, epoch by epoch.
                         changes.clear();
@@ -257,16 +254,29 @@ impl HeldSightings {
             if hour_of(*id) >= horizon {
                 break;
             }
-            while let Some(copy) = cursor.get_val(&batches) {
-                let mut count = 0;
-                cursor.map_times(&batches, |_, diff| count += *diff);
+            held_copies(&mut cursor, &batches, |copy, count| {
                 if count != 0 {
-                    retract((*id, *copy), count);
+                    retract((*id, copy), count);
                 }
-                cursor.step_val(&batches);
-            }
+            });
             cursor.step_key(&batches);
         }
+    }
+}
+
+/// Each copy held under the cursor's current key, with its count summed over all times.
+fn held_copies<C>(
+    cursor: &mut C,
+    storage: &C::Storage,
+    mut each: impl FnMut((CopyPosition, ContentHash), isize),
+) where
+    C: for<'a> Cursor<Val<'a> = &'a (CopyPosition, ContentHash), DiffGat<'a> = &'a isize>,
+{
+    while let Some(copy) = cursor.get_val(storage) {
+        let mut count = 0;
+        cursor.map_times(storage, |_, diff| count += *diff);
+        each(*copy, count);
+        cursor.step_val(storage);
     }
 }
 
