@@ -71,13 +71,8 @@ impl FieldSlots {
     }
 
     /// Slots numbered so far.
-    pub fn len(&self) -> usize {
+    fn count(&self) -> usize {
         Self::BUILT_IN.len() + self.tags.len()
-    }
-
-    /// Always false: the built-in fields have slots.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     fn of_tag(&self, name: &str) -> Option<u32> {
@@ -96,7 +91,7 @@ pub struct FoundFields {
 impl FoundFields {
     /// Room for every slot of `slots`.
     pub fn new(slots: &FieldSlots) -> Self {
-        let mut at = vec![None; slots.len()];
+        let mut at = vec![None; slots.count()];
         for (slot, (_, field)) in FieldSlots::BUILT_IN.iter().enumerate() {
             at[slot] = Some(*field);
         }
