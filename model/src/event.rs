@@ -166,12 +166,9 @@ impl std::hash::Hash for TagValue {
 }
 
 impl fmt::Display for TagValue {
+    /// The text it shows as a dimension.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TagValue::String(s) => f.write_str(s),
-            TagValue::Number(n) => write!(f, "{n}"),
-            TagValue::Bool(b) => write!(f, "{b}"),
-        }
+        f.write_str(&self.as_field().as_dimension())
     }
 }
 
