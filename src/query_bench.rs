@@ -160,7 +160,7 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         query.push_str(&format!("&measures={measures}"));
     }
     let url = format!("http://{address}{query}");
-    let writing = LiveWriter::start(&views_path, &args.view, horizon, epoch)?;
+    let writing = LiveWriter::start(&views_path, &view.stored_name(), horizon, epoch)?;
     let outcome = actix_web::rt::System::new().block_on(load(&url, &args, in_range));
     let realtime_writes = writing.stop()?;
     actix_web::rt::System::new().block_on(handle.stop(true));
@@ -350,7 +350,7 @@ fn fold_live(
             states.into_iter().map(|((bucket, dimensions), state)| {
                 let key = ViewKey {
                     tenant: DEMO_TENANT.to_owned(),
-                    view: view.name.clone(),
+                    view: view.stored_name(),
                     bucket,
                     dimensions,
                 };

@@ -189,6 +189,7 @@ pub fn serve(
                     layer_log(Stream::Rejected)?,
                 ),
                 ServingMetrics::register(&mut registry),
+                config.serving.clone(),
             )))
         }
         _ => None,

@@ -108,7 +108,7 @@ pub fn run(command: ViewsCommand) -> anyhow::Result<()> {
         "has `tally up` run with this configuration and --data-dir?",
     )?;
     let mut rows: BTreeMap<(i64, Vec<String>), AggregateState> = BTreeMap::new();
-    for (key, state) in store.scan(&args.tenant, &view.name, from..to)? {
+    for (key, state) in store.scan(&args.tenant, &view.stored_name(), from..to)? {
         let dimensions = kept.iter().map(|&i| key.dimensions[i].clone()).collect();
         match rows.entry((key.bucket, dimensions)) {
             std::collections::btree_map::Entry::Vacant(slot) => {

@@ -17,7 +17,7 @@ use tally_batch_layer::telemetry::BatchMetrics;
 use tally_batch_layer::{Archiver, Recompute, RollPolicy, RunRequest};
 use tally_connectors::batch_views::BatchViews;
 use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
-use tally_connectors::testing::{assert_states_agree, demo_events};
+use tally_connectors::testing::{as_named, assert_states_agree, demo_events};
 use tally_connectors::view_store::{EmbeddedViewStore, ViewKey, ViewStore};
 use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{AggregateState, Catalog, Event, Millis};
@@ -39,9 +39,11 @@ pub fn speed_states(
         .views
         .iter()
         .flat_map(|view| {
-            store
-                .scan("demo", &view.name, Millis::MIN..Millis::MAX)
-                .unwrap()
+            as_named(
+                store
+                    .scan("demo", &view.stored_name(), Millis::MIN..Millis::MAX)
+                    .unwrap(),
+            )
         })
         .collect()
 }

@@ -128,6 +128,7 @@ fn queries_count_each_event_once_while_the_horizon_moves() {
         BatchViews::with_cache(objects.clone(), 64 << 20),
         RawEvents::new(objects.clone(), Some(log.clone()), None),
         ServingMetrics::register(&mut Default::default()),
+        Default::default(),
     ));
     let params = QueryParams {
         view: Some("events_by_type".into()),

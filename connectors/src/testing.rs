@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use datasketches::common::SearchCriteria;
 use datasketches::kll::{KllFloat, KllSketch};
 use proptest::prelude::*;
+use tally_model::registry::MAX_TAG_NUMBER;
 use tally_model::state::MeasureState;
 use tally_model::time::{HOUR_MS, MINUTE_MS};
 use tally_model::{AggregateState, Catalog, Event, Granularity, Millis, TagValue};
@@ -52,10 +53,15 @@ pub fn demo_events(base: Millis) -> impl Strategy<Value = Vec<Event>> {
                         ),
                     ]);
                     if event_type == "purchase" {
-                        tags.insert(
-                            "revenue".into(),
-                            TagValue::Number(f64::from(revenue) / 100.0),
-                        );
+                        // A few at the edges of what ingest accepts, where an overflow or a
+                        // rounding difference between the layers would show.
+                        let revenue = match revenue % 50 {
+                            0 => MAX_TAG_NUMBER,
+                            1 => -MAX_TAG_NUMBER,
+                            2 => 1e-6,
+                            _ => f64::from(revenue) / 100.0,
+                        };
+                        tags.insert("revenue".into(), TagValue::Number(revenue));
                     }
                     Event {
                         event_id: format!("e{id}"),
@@ -137,6 +143,39 @@ pub fn reference_states(
         }
     }
     expected
+}
+
+/// `states` keyed as the real-time view store keeps them: under each view's
+/// [`stored_name`](tally_model::ViewSpec::stored_name) in `catalog`.
+pub fn as_stored(
+    catalog: &Catalog,
+    states: impl IntoIterator<Item = (ViewKey, AggregateState)>,
+) -> Vec<(ViewKey, AggregateState)> {
+    states
+        .into_iter()
+        .map(|(mut key, state)| {
+            let spec = catalog.tenants[&key.tenant]
+                .views
+                .iter()
+                .find(|view| view.name == key.view)
+                .expect("the state's view is in the catalog");
+            key.view = spec.stored_name();
+            (key, state)
+        })
+        .collect()
+}
+
+/// `states` read from the real-time view store, keyed by view name as
+/// [`reference_states`] keys them.
+pub fn as_named(
+    states: impl IntoIterator<Item = (ViewKey, AggregateState)>,
+) -> impl Iterator<Item = (ViewKey, AggregateState)> {
+    states.into_iter().map(|(mut key, state)| {
+        if let Some((name, _fingerprint)) = key.view.split_once('@') {
+            key.view = name.to_owned();
+        }
+        (key, state)
+    })
 }
 
 /// Asserts two sets of states agree: the same keys; count, sum, min and max exactly; `uniq`

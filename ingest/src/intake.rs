@@ -1,6 +1,8 @@
 //! From a request body to accepted events and rejects: JSON or NDJSON parsing, the per-event
 //! size limit, and validation against the tenant's registry. No I/O.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tally_model::registry::ValidationContext;
@@ -20,8 +22,29 @@ pub enum BodyFormat {
 pub struct Intake {
     /// Valid events, ready for the log.
     pub accepted: Vec<Event>,
-    /// Invalid events with every reason.
+    /// The first invalid events, with every reason; at most the `max_rejects_detailed`
+    /// given to [`intake`], so that a body of junk costs no more than its size.
     pub rejected: Vec<Rejection>,
+    /// Every invalid event, detailed or not.
+    pub rejected_count: usize,
+    /// Invalid events by their first reason's code, detailed or not.
+    pub rejected_by_reason: BTreeMap<&'static str, usize>,
+    /// Whether an event was rejected for its size.
+    pub any_too_large: bool,
+    max_rejects_detailed: usize,
+}
+
+impl Intake {
+    fn reject(&mut self, rejection: Rejection) {
+        self.rejected_count += 1;
+        if let Some(first) = rejection.reasons.first() {
+            *self.rejected_by_reason.entry(first.code).or_default() += 1;
+        }
+        self.any_too_large |= rejection.too_large();
+        if self.rejected.len() < self.max_rejects_detailed {
+            self.rejected.push(rejection);
+        }
+    }
 }
 
 /// One event that could not be accepted.
@@ -51,7 +74,7 @@ impl Rejection {
     }
 
     /// Whether the event was rejected for its size.
-    pub fn too_large(&self) -> bool {
+    fn too_large(&self) -> bool {
         self.reasons.iter().any(|r| r.code == EVENT_TOO_LARGE)
     }
 }
@@ -59,23 +82,28 @@ impl Rejection {
 const EVENT_TOO_LARGE: &str = "event_too_large";
 const INVALID_JSON: &str = "invalid_json";
 
-/// Splits, sizes and validates every event in `body`. A body that is not JSON at all becomes
-/// one rejection at index 0.
+/// Splits, sizes and validates every event in `body`, keeping the details of the first
+/// `max_rejects_detailed` rejects. A body that is not JSON at all becomes one rejection at
+/// index 0.
 pub fn intake(
     body: &[u8],
     format: BodyFormat,
     registry: &TagRegistry,
     context: &ValidationContext<'_>,
     max_event_bytes: usize,
+    max_rejects_detailed: usize,
 ) -> Intake {
-    let mut verdict = Intake::default();
+    let mut verdict = Intake {
+        max_rejects_detailed,
+        ..Intake::default()
+    };
     // `raw` is the event's text, or why it is not text or JSON, with the bytes to keep.
     let judge = |index: usize, raw: Result<&str, (String, &[u8])>, verdict: &mut Intake| {
         let raw = match raw {
             Ok(raw) => raw,
             Err((message, bytes)) => {
                 let payload = String::from_utf8_lossy(bytes);
-                verdict.rejected.push(Rejection::new(
+                verdict.reject(Rejection::new(
                     index,
                     INVALID_JSON,
                     message,
@@ -90,7 +118,7 @@ pub fn intake(
                 "event is {} bytes, over the limit of {max_event_bytes} bytes per event",
                 raw.len()
             );
-            verdict.rejected.push(Rejection::new(
+            verdict.reject(Rejection::new(
                 index,
                 EVENT_TOO_LARGE,
                 message,
@@ -107,7 +135,7 @@ pub fn intake(
         });
         match parsed.and_then(|value| registry.validate(&value, context, new_event_id)) {
             Ok(event) => verdict.accepted.push(event),
-            Err(reasons) => verdict.rejected.push(Rejection {
+            Err(reasons) => verdict.reject(Rejection {
                 index,
                 reasons,
                 payload: truncate(raw, max_event_bytes),

@@ -107,7 +107,8 @@ impl Collector {
         Ok(())
     }
 
-    /// Appends the accepted events and the rejects, and waits until both are durable.
+    /// Appends the accepted events and the first `max_rejects_kept` rejects, and waits until
+    /// both are durable.
     async fn store(
         &self,
         key: &ApiKey,
@@ -127,6 +128,7 @@ impl Collector {
         let rejected = verdict
             .rejected
             .iter()
+            .take(self.limits.max_rejects_kept)
             .map(|rejection| {
                 let record = RejectedEvent {
                     tenant: key.tenant.clone(),
@@ -152,8 +154,8 @@ impl Collector {
             durable.await?;
         }
         self.metrics.accepted(verdict.accepted.len());
-        for rejection in &verdict.rejected {
-            self.metrics.rejected(&rejection.reasons);
+        for (reason, events) in &verdict.rejected_by_reason {
+            self.metrics.rejected(reason, *events);
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! The collector's HTTP routes: the batch endpoint and the image beacon.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,8 +29,12 @@ const PIXEL_GIF: &[u8] = &[
 pub(crate) struct IngestReply {
     /// Events appended to the log, durable before this answer.
     accepted: usize,
-    /// Events kept in the rejected stream instead.
+    /// The first rejected events with their reasons (at most `ingest.max_rejects_listed`).
     rejected: Vec<RejectedReply>,
+    /// Every rejected event, listed or not.
+    rejected_count: usize,
+    /// Rejected events by their first reason's code, listed or not.
+    rejected_by_reason: BTreeMap<&'static str, usize>,
 }
 
 /// One event that was not accepted.
@@ -125,8 +130,9 @@ async fn receive_batch(
         registry,
         &context,
         collector.limits.max_event_bytes,
+        collector.limits.max_rejects_listed.max(collector.limits.max_rejects_kept),
     );
-    if verdict.accepted.is_empty() && verdict.rejected.is_empty() {
+    if verdict.accepted.is_empty() && verdict.rejected_count == 0 {
         return error(
             StatusCode::BAD_REQUEST,
             "the request holds no events; send a JSON array of events".to_owned(),
@@ -139,15 +145,12 @@ async fn receive_batch(
             format!("could not store events durably, nothing was acknowledged; retry: {err}"),
         );
     }
-    let status = match (
-        verdict.accepted.len(),
-        verdict.rejected.iter().any(|r| r.too_large()),
-    ) {
+    let status = match (verdict.accepted.len(), verdict.any_too_large) {
         (0, true) => StatusCode::PAYLOAD_TOO_LARGE,
         (0, false) => StatusCode::BAD_REQUEST,
         _ => StatusCode::ACCEPTED,
     };
-    HttpResponse::build(status).json(reply(&verdict))
+    HttpResponse::build(status).json(reply(&verdict, collector.limits.max_rejects_listed))
 }
 
 /// `GET /i?k=<write key>&e=<event type>&uid=<user>&<tag>=<value>...`: the image beacon.
@@ -218,6 +221,7 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         registry,
         &context,
         collector.limits.max_event_bytes,
+        collector.limits.max_rejects_listed.max(collector.limits.max_rejects_kept),
     );
     collector
         .store(&key, received_at, &verdict)
@@ -290,17 +294,21 @@ fn body_format(request: &HttpRequest) -> Result<BodyFormat, Refusal> {
     }
 }
 
-fn reply(verdict: &Intake) -> IngestReply {
+/// The reply to a batch: its size is bounded by `max_listed`, however many events failed.
+fn reply(verdict: &Intake, max_listed: usize) -> IngestReply {
     IngestReply {
         accepted: verdict.accepted.len(),
         rejected: verdict
             .rejected
             .iter()
+            .take(max_listed)
             .map(|r| RejectedReply {
                 index: r.index,
                 reasons: r.reasons.iter().map(ToString::to_string).collect(),
             })
             .collect(),
+        rejected_count: verdict.rejected_count,
+        rejected_by_reason: verdict.rejected_by_reason.clone(),
     }
 }
 

@@ -10,7 +10,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tally_connectors::log::LogStats;
-use tally_model::RejectReason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
@@ -92,15 +91,13 @@ impl IngestMetrics {
         self.accepted.inc_by(events as u64);
     }
 
-    pub(crate) fn rejected(&self, reasons: &[RejectReason]) {
-        // An event with several reasons counts once, under its first.
-        if let Some(reason) = reasons.first() {
-            self.rejected
-                .get_or_create(&ReasonLabels {
-                    reason: reason.code.to_owned(),
-                })
-                .inc();
-        }
+    /// `events` rejected; an event with several reasons counts once, under its first.
+    pub(crate) fn rejected(&self, reason: &str, events: usize) {
+        self.rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc_by(events as u64);
     }
 
     /// A pixel with an unknown key: counted, not stored, so anonymous traffic cannot fill a

@@ -120,7 +120,10 @@ async fn a_valid_batch_is_acknowledged_once_stored() {
     let h = harness(IngestConfig::default());
     let (status, body) = h.post_json(json!([click("u1"), {"event_id": "mine", "event_type": "purchase", "user_id": "u2", "tags": {"revenue": 3.5}}])).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(body, json!({"accepted": 2, "rejected": []}));
+    assert_eq!(
+        body,
+        json!({"accepted": 2, "rejected": [], "rejected_count": 0, "rejected_by_reason": {}})
+    );
     let mut events = h.stored_events();
     events.sort_by(|a, b| a.user_id.cmp(&b.user_id));
     assert_eq!(events.len(), 2);
@@ -194,6 +197,39 @@ async fn keys_are_checked_before_anything_is_read() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(reply["error"].as_str().unwrap().contains("write scope"));
     assert!(h.stored_events().is_empty() && h.stored_rejects().is_empty());
+}
+
+#[actix_web::test]
+async fn a_body_of_junk_costs_no_more_than_its_size_in_the_reply_and_the_rejected_stream() {
+    let h = harness(IngestConfig::default());
+    // 480 KB of `1,`: 240,000 events that are not objects, plus one valid click.
+    let mut junk = vec![json!(1); 240_000];
+    junk.push(click("u"));
+    let body = Value::Array(junk).to_string();
+    let (status, reply) = h
+        .post("application/json", Some("write-key"), body.clone())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(reply["accepted"], 1);
+    assert_eq!(reply["rejected_count"], 240_000);
+    assert_eq!(reply["rejected_by_reason"], json!({"not_an_object": 240_000}));
+    let listed = reply["rejected"].as_array().unwrap();
+    assert_eq!(listed.len(), 100, "only the first rejects are listed");
+    assert_eq!(listed[99]["index"], 99);
+    let reply_bytes = reply.to_string().len();
+    assert!(
+        reply_bytes < 20_000,
+        "the reply is {reply_bytes} bytes for a {} byte body",
+        body.len()
+    );
+    let kept = h.stored_rejects();
+    assert_eq!(kept.len(), 100, "only the first rejects are kept");
+    let kept_bytes: usize = kept
+        .iter()
+        .map(|r| serde_json::to_vec(r).unwrap().len())
+        .sum();
+    assert!(kept_bytes < 30_000, "{kept_bytes} bytes kept");
+    assert_eq!(h.stored_events().len(), 1);
 }
 
 #[actix_web::test]

@@ -47,6 +47,9 @@ pub struct Config {
     /// The batch layer: archiver, recompute and scheduler.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Serving: the query API, search and governance.
+    #[serde(default)]
+    pub serving: ServingConfig,
     /// The demo tenant created when no tenant is declared.
     #[serde(default)]
     pub demo: DemoConfig,
@@ -80,6 +83,14 @@ pub struct IngestConfig {
     /// HTTP worker threads; 0 means one per core.
     #[serde(default)]
     pub workers: usize,
+    /// Rejected events listed one by one in a reply; the rest are counted by reason.
+    #[serde(default = "default_max_rejects_listed")]
+    pub max_rejects_listed: usize,
+    /// Rejected events one request may add to the rejected stream, payload and reasons;
+    /// the rest are counted in `/metrics` (`tally_ingest_events_rejected`) but not kept, so
+    /// that a flood of junk cannot push the real rejects out of view.
+    #[serde(default = "default_max_rejects_kept")]
+    pub max_rejects_kept: usize,
 }
 
 /// The event log.
@@ -265,6 +276,16 @@ const fn default_max_records_per_epoch() -> usize {
     100_000
 }
 
+/// Serving: the query API, search and governance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingConfig {
+    /// Largest query answer serving builds, in bytes of JSON; a larger one is refused with a
+    /// 400 that says how to narrow it.
+    #[serde(default = "default_max_answer_bytes")]
+    pub max_answer_bytes: usize,
+}
+
 /// The demo tenant's keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -280,6 +301,16 @@ pub struct DemoConfig {
     pub admin_key: String,
 }
 
+/// 32 MiB: a day by minute of a dozen groups is under 2 MB.
+const fn default_max_answer_bytes() -> usize {
+    32 << 20
+}
+const fn default_max_rejects_listed() -> usize {
+    100
+}
+const fn default_max_rejects_kept() -> usize {
+    100
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("tally-data")
 }
@@ -353,6 +384,11 @@ impl Default for KafkaConfig {
     }
 }
 impl Default for SpeedConfig {
+    fn default() -> Self {
+        Config::default_section()
+    }
+}
+impl Default for ServingConfig {
     fn default() -> Self {
         Config::default_section()
     }

@@ -12,6 +12,12 @@ use serde_json::{Map, Value};
 use crate::event::{Event, Millis, TagValue};
 use crate::time::parse_timestamp;
 
+
+/// The largest magnitude a number tag may have. Sums are kept exactly in millionths in an
+/// `i128` (see [`MeasureState::Sum`](crate::state::MeasureState::Sum)): at this bound one
+/// value is 10²¹ millionths, so a state would need 1.7 × 10¹⁷ such values before it could
+/// overflow, and both layers add the same integers in any order to the same total.
+pub const MAX_TAG_NUMBER: f64 = 1e15;
 /// Longest accepted `event_id`.
 pub const MAX_EVENT_ID_LEN: usize = 128;
 /// Longest accepted `user_id`.
@@ -390,6 +396,14 @@ impl TagRegistry {
             }
             let kind = self.tags[canonical].kind;
             match typed_tag(value, kind, context.tag_values_as_text) {
+                Some(TagValue::Number(number)) if number.abs() > MAX_TAG_NUMBER => {
+                    reasons.push(RejectReason::new(
+                        "number_out_of_range",
+                        format!(
+                            "tag '{name}' is {number:e}, outside ±{MAX_TAG_NUMBER:e}, the numbers Tally sums exactly"
+                        ),
+                    ))
+                }
                 Some(tag) => {
                     tags.insert(canonical.to_owned(), tag);
                 }
@@ -571,6 +585,27 @@ mod tests {
         assert_eq!(event.ts, NOW - 5);
         assert_eq!(event.tags["os_type"], TagValue::String("ios".into()));
         assert_eq!(event.tags["revenue"], TagValue::Number(12.5));
+    }
+
+    #[test]
+    fn numbers_beyond_what_sums_hold_exactly_are_rejected() {
+        for (revenue, shown) in [(json!(1e32), "1e32"), (json!(-1e308), "-1e308"), (json!(1e15 + 2.0), "1.000000000000002e15")] {
+            let found = reasons(json!({"event_type": "purchase", "user_id": "u", "tags": {"revenue": revenue}}));
+            assert!(
+                found.iter().any(|r| r == &format!("number_out_of_range: tag 'revenue' is {shown}, outside ±1e15, the numbers Tally sums exactly")),
+                "{found:?}"
+            );
+        }
+        for edge in [1e15, -1e15, 1e-6] {
+            let event = registry()
+                .validate(
+                    &json!({"event_type": "purchase", "user_id": "u", "tags": {"revenue": edge}}),
+                    &context(),
+                    || "x".into(),
+                )
+                .unwrap();
+            assert_eq!(event.tags["revenue"], TagValue::Number(edge));
+        }
     }
 
     #[test]

@@ -245,7 +245,9 @@ impl MeasureState {
         match self {
             MeasureState::Sum { micros, n } => {
                 if let Some(v) = value.as_f64() {
-                    *micros += to_micros(v);
+                    // Saturating, never wrapping: ingest bounds each value (see
+                    // `MAX_TAG_NUMBER`), so only an absurd count of them could reach it.
+                    *micros = micros.saturating_add(to_micros(v));
                     *n += 1;
                 }
             }
@@ -275,8 +277,8 @@ impl MeasureState {
     fn merge(&mut self, other: &MeasureState) {
         match (self, other) {
             (MeasureState::Sum { micros, n }, MeasureState::Sum { micros: m2, n: n2 }) => {
-                *micros += m2;
-                *n += n2;
+                *micros = micros.saturating_add(*m2);
+                *n = n.saturating_add(*n2);
             }
             (MeasureState::Min(a), MeasureState::Min(b)) => *a = pick_present(*a, *b, f64::min),
             (MeasureState::Max(a), MeasureState::Max(b)) => *a = pick_present(*a, *b, f64::max),

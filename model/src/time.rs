@@ -68,17 +68,92 @@ pub fn format_rfc3339(ts: Millis) -> String {
     }
 }
 
-/// Parses an RFC 3339 time (`2026-11-22T16:00:00Z`) or epoch milliseconds (`1795881600000`).
+/// The earliest instant Tally reads from a caller: 1970-01-01T00:00:00Z.
+pub const EARLIEST: Millis = 0;
+/// The latest instant Tally reads from a caller: 9999-12-31T23:59:59.999Z, the last one
+/// RFC 3339 can write. With both bounds, the difference of any two instants, and any
+/// instant plus a day, fits a [`Millis`] many times over.
+pub const LATEST: Millis = 253_402_300_799_999;
+
+/// Parses an RFC 3339 time (`2026-11-22T16:00:00Z`) or epoch milliseconds (`1795881600000`),
+/// between [`EARLIEST`] and [`LATEST`].
 pub fn parse_timestamp(text: &str) -> Result<Millis, String> {
     let text = text.trim();
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
+    let ms = match text.parse::<i64>() {
+        Ok(ms) => ms,
+        Err(_) => DateTime::parse_from_rfc3339(text)
+            .map(|time| time.timestamp_millis())
+            .map_err(|err| {
+                format!("'{text}' is neither RFC 3339 (2026-11-22T16:00:00Z) nor epoch ms: {err}")
+            })?,
+    };
+    in_domain(ms).map_err(|err| format!("'{text}' {err}"))
+}
+
+/// `ms` if it lies between [`EARLIEST`] and [`LATEST`].
+pub fn in_domain(ms: Millis) -> Result<Millis, String> {
+    if (EARLIEST..=LATEST).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(format!(
+            "is outside the times Tally reads, {} to {}",
+            format_rfc3339(EARLIEST),
+            format_rfc3339(LATEST)
+        ))
     }
-    DateTime::parse_from_rfc3339(text)
-        .map(|time| time.timestamp_millis())
-        .map_err(|err| {
-            format!("'{text}' is neither RFC 3339 (2026-11-22T16:00:00Z) nor epoch ms: {err}")
-        })
+}
+
+/// Unix seconds as epoch milliseconds, between [`EARLIEST`] and [`LATEST`].
+pub fn parse_unix_seconds(text: &str) -> Result<Millis, String> {
+    let text = text.trim();
+    let seconds: i64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not unix seconds"))?;
+    // Seconds whose milliseconds do not fit are as far outside the domain as Millis::MIN.
+    in_domain(seconds.checked_mul(1000).unwrap_or(Millis::MIN))
+        .map_err(|err| format!("'{text}' {err}"))
+}
+
+/// `[start, end)` if both lie between [`EARLIEST`] and [`LATEST`], `start` is not after
+/// `end`, and the range spans at most `max_span`. Every range a caller sends goes through
+/// here, so that no later arithmetic on it can overflow and no loop over it is unbounded.
+pub fn checked_range(
+    start: Millis,
+    end: Millis,
+    max_span: Millis,
+) -> Result<std::ops::Range<Millis>, String> {
+    let start = in_domain(start).map_err(|err| format!("the start {err}"))?;
+    let end = in_domain(end).map_err(|err| format!("the end {err}"))?;
+    if start > end {
+        return Err(format!(
+            "the start ({}) is after the end ({})",
+            format_rfc3339(start),
+            format_rfc3339(end)
+        ));
+    }
+    // Both in the domain: the difference cannot overflow.
+    let span = end.abs_diff(start);
+    if span > max_span.unsigned_abs() {
+        return Err(format!(
+            "the range spans {}, more than the {} allowed; ask for a shorter one",
+            describe_span(span),
+            describe_span(max_span.unsigned_abs())
+        ));
+    }
+    Ok(start..end)
+}
+
+/// A span of milliseconds in days, hours or seconds, whichever reads best.
+fn describe_span(ms: u64) -> String {
+    const DAY: u64 = DAY_MS.unsigned_abs();
+    const HOUR: u64 = HOUR_MS.unsigned_abs();
+    if ms >= DAY {
+        format!("{:.1} days", ms as f64 / DAY as f64)
+    } else if ms >= HOUR {
+        format!("{:.1} hours", ms as f64 / HOUR as f64)
+    } else {
+        format!("{:.3} s", ms as f64 / 1000.0)
+    }
 }
 
 /// The UTC calendar date and hour of a timestamp, as `("YYYY-MM-DD", hour)`.
@@ -130,5 +205,35 @@ mod tests {
                 .unwrap_err()
                 .contains("RFC 3339")
         );
+        for outside in ["-1", "9223372036854775807", "-9223372036854775808", "1969-12-31T23:59:59Z"] {
+            let err = parse_timestamp(outside).unwrap_err();
+            assert!(err.contains("outside the times Tally reads"), "{outside}: {err}");
+        }
+        assert_eq!(parse_timestamp("9999-12-31T23:59:59.999Z"), Ok(LATEST));
+    }
+
+    #[test]
+    fn unix_seconds_never_wrap() {
+        assert_eq!(parse_unix_seconds("1795881600"), Ok(1_795_881_600_000));
+        // 9223372036854775 s × 1000 fits an i64 but is far past year 9999; one more digit
+        // does not fit at all. Both once wrapped past the range checks.
+        for text in ["9223372036854775", "92233720368547758", "-9223372036854775808", "x"] {
+            assert!(parse_unix_seconds(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn ranges_are_checked_without_overflow() {
+        assert_eq!(checked_range(0, DAY_MS, DAY_MS), Ok(0..DAY_MS));
+        for (start, end, expected) in [
+            (Millis::MIN, Millis::MAX, "outside the times"),
+            (0, Millis::MAX, "outside the times"),
+            (DAY_MS, 0, "is after the end"),
+            (0, DAY_MS + 1, "more than the 1.0 days allowed"),
+            (0, LATEST, "more than the 1.0 days allowed"),
+        ] {
+            let err = checked_range(start, end, DAY_MS).unwrap_err();
+            assert!(err.contains(expected), "{start}..{end}: {err}");
+        }
     }
 }

@@ -55,6 +55,21 @@ impl ViewSpec {
         self.granularity.min(Granularity::Hour)
     }
 
+    /// The name its real-time states are stored under: the view's name and a fingerprint of
+    /// everything that shapes its states (the events covered, the dimensions, the measures,
+    /// the stored granularity), e.g. `events_by_type@5f0c…`. States of an earlier spec keep
+    /// their own name, so they are never read, merged or counted beside those of this one:
+    /// the rule the batch layer follows with logic versions.
+    pub fn stored_name(&self) -> String {
+        let shape = serde_json::json!([
+            self.events,
+            self.dimensions,
+            self.measures,
+            self.stored_granularity()
+        ]);
+        format!("{}@{:016x}", self.name, fnv1a(shape.to_string().as_bytes()))
+    }
+
     /// The start of the stored bucket holding `ts`.
     pub fn bucket_of(&self, ts: Millis) -> Millis {
         self.stored_granularity().bucket_start(ts)
@@ -138,6 +153,14 @@ impl ViewSpec {
             Err(problems)
         }
     }
+}
+
+/// FNV-1a, 64 bits: a hash that stays the same across builds and platforms, for names
+/// that are stored.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A field's value as a dimension: a missing tag is the empty string.
@@ -257,6 +280,33 @@ mod tests {
         );
         assert!("sum()".parse::<Measure>().is_err());
         assert!("revenue".parse::<Measure>().is_err());
+    }
+
+    #[test]
+    fn a_spec_that_shapes_states_differently_is_stored_apart() {
+        let view = crate::Tenant::demo().views[0].clone();
+        assert_eq!(view.stored_name(), view.clone().stored_name());
+        assert!(view.stored_name().starts_with("events_by_type@"));
+        let mut changes: Vec<ViewSpec> = Vec::new();
+        let mut with = |change: fn(&mut ViewSpec)| {
+            let mut changed = view.clone();
+            change(&mut changed);
+            changes.push(changed);
+        };
+        with(|v| v.dimensions.push("country".into()));
+        with(|v| v.dimensions.reverse());
+        with(|v| v.measures.push(Measure::Uniq("country".into())));
+        with(|v| v.events = vec!["click".into()]);
+        with(|v| v.granularity = Granularity::Hour);
+        for changed in &changes {
+            assert_ne!(changed.stored_name(), view.stored_name(), "{changed:?}");
+        }
+        // Day views are stored by the hour, like hour views: the same states.
+        let mut hourly = view.clone();
+        hourly.granularity = Granularity::Hour;
+        let mut daily = view.clone();
+        daily.granularity = Granularity::Day;
+        assert_eq!(hourly.stored_name(), daily.stored_name());
     }
 
     #[test]

@@ -32,6 +32,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use tally_connectors::batch_views::{BatchHour, BatchViews, BatchViewsError, FifoCache, row_bytes};
 use tally_connectors::catalog::{CatalogHandle, CatalogStore};
 use tally_connectors::view_store::{ViewKey, ViewStore, ViewStoreError};
+use tally_model::config::ServingConfig;
 use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{AggregateState, ApiKey, Granularity, Millis, Scope};
 use thiserror::Error;
@@ -52,6 +53,7 @@ pub struct Serving {
     batch_views: BatchViews,
     raw: RawEvents,
     metrics: Arc<ServingMetrics>,
+    limits: ServingConfig,
     /// Whole batch hours rolled up per query shape, for answers by day or the whole range,
     /// whose rows merge several hours: dashboards repeat their queries.
     rolled_hours: Mutex<FifoCache<RolledHour>>,
@@ -176,6 +178,7 @@ impl Serving {
         batch_views: BatchViews,
         raw: RawEvents,
         metrics: Arc<ServingMetrics>,
+        limits: ServingConfig,
     ) -> Serving {
         Serving {
             catalog,
@@ -184,6 +187,7 @@ impl Serving {
             batch_views,
             raw,
             metrics,
+            limits,
             rolled_hours: Mutex::new(FifoCache::new(ROLLED_HOURS_CACHE_BYTES)),
             rendered_hours: Mutex::new(FifoCache::new(RENDERED_HOURS_CACHE_BYTES)),
             realtime_rows: Mutex::new(FifoCache::new(REALTIME_ROWS_CACHE_BYTES)),
@@ -287,7 +291,7 @@ impl Serving {
             granularity: query.granularity.to_string(),
             horizon: horizon.map(tally_model::time::format_rfc3339),
             sources: Sources::split(&range, seam),
-            rows: AnswerRows(rollup.into_json()),
+            rows: AnswerRows(rollup.into_json(self.limits.max_answer_bytes)?),
         })
     }
 
@@ -295,7 +299,8 @@ impl Serving {
     /// is at or after the seam. Answers by minute or hour take their real-time rows alone,
     /// so those are rendered and kept while the store's generation for the view stays.
     fn realtime(&self, tenant: &str, query: &Query) -> Result<Realtime, ServingError> {
-        let view = &query.view.name;
+        // The states of the current spec only: see `ViewSpec::stored_name`.
+        let view = &query.view.stored_name();
         let range = query.from..query.to;
         if !matches!(
             query.granularity,
@@ -363,7 +368,10 @@ impl Serving {
     ) -> Result<Arc<RenderedRows>, ServingError> {
         let mut rollup = Rollup::new(query);
         let range = query.from..query.to;
-        for (key, state) in self.speed_views.scan(tenant, &query.view.name, range)? {
+        for (key, state) in self
+            .speed_views
+            .scan(tenant, &query.view.stored_name(), range)?
+        {
             rollup.add(projection, key.bucket, &key.dimensions, &state)?;
         }
         Ok(Arc::new(rollup.into_rendered_rows()))

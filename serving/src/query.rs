@@ -17,13 +17,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tally_connectors::batch_views::StateRow;
 use tally_model::state::MeasureSummary;
-use tally_model::time::{DAY_MS, format_rfc3339, parse_timestamp};
+use tally_model::time::{DAY_MS, checked_range, format_rfc3339, parse_timestamp};
 use tally_model::{AggregateState, Granularity, Measure, Millis, StateMerger, Tenant, ViewSpec};
 
 /// Longest range one query may span.
 const MAX_RANGE_MS: Millis = 366 * DAY_MS;
 /// The range when the query names none: the last day.
 const DEFAULT_RANGE_MS: Millis = DAY_MS;
+/// Most measures one query may ask for.
+const MAX_MEASURES: usize = 32;
+/// Rows rendered between two checks of an answer's size.
+const RENDER_CHUNK_ROWS: usize = 1024;
 
 /// The query string of `GET /v1/query`.
 #[derive(Debug, Default, Clone, Deserialize, utoipa::IntoParams)]
@@ -272,18 +276,8 @@ impl Query {
         };
         let to = time(&params.to, "to", now)?;
         let from = time(&params.from, "from", to.saturating_sub(DEFAULT_RANGE_MS))?;
-        if from > to {
-            return Err(QueryError::new(format!(
-                "from ({}) is after to ({})",
-                format_rfc3339(from),
-                format_rfc3339(to)
-            )));
-        }
-        if to - from > MAX_RANGE_MS {
-            return Err(QueryError::new(
-                "the range spans more than 366 days; query a shorter one".to_owned(),
-            ));
-        }
+        checked_range(from, to, MAX_RANGE_MS)
+            .map_err(|err| QueryError::new(format!("from and to: {err}")))?;
         let granularity = match params.granularity.as_deref() {
             None | Some("") => QueryGranularity::Bucketed(view.granularity),
             Some(text) => QueryGranularity::parse(text)?,
@@ -311,6 +305,7 @@ impl Query {
         let group_by = list(&params.group_by)
             .map(known_dimension)
             .collect::<Result<Vec<_>, _>>()?;
+        once_each("group_by", group_by.iter())?;
         let filter = list(&params.filter)
             .map(|pair| {
                 let (dimension, value) = pair.split_once('=').ok_or_else(|| {
@@ -321,6 +316,7 @@ impl Query {
                 Ok((known_dimension(dimension.trim())?, value.to_owned()))
             })
             .collect::<Result<Vec<_>, QueryError>>()?;
+        once_each("filter", filter.iter().map(|(dimension, _)| dimension))?;
         let measures: Vec<QueryMeasure> = match list(&params.measures).next() {
             None => view
                 .measures
@@ -331,6 +327,13 @@ impl Query {
                 .map(QueryMeasure::parse)
                 .collect::<Result<_, _>>()?,
         };
+        if measures.len() > MAX_MEASURES {
+            return Err(QueryError::new(format!(
+                "{} measures asked; one query may ask for at most {MAX_MEASURES}",
+                measures.len()
+            )));
+        }
+        once_each("measures", measures.iter())?;
         let mut sources: Vec<Measure> = Vec::new();
         for measure in &measures {
             let Some(source) = measure.source() else {
@@ -367,6 +370,24 @@ impl Query {
             QueryGranularity::All => self.from,
         }
     }
+}
+
+/// Refuses a list parameter that names an item twice: a repeat would only repeat columns
+/// of the answer.
+fn once_each<T: fmt::Display + PartialEq>(
+    parameter: &str,
+    items: impl Iterator<Item = T>,
+) -> Result<(), QueryError> {
+    let mut seen: Vec<T> = Vec::new();
+    for item in items {
+        if seen.contains(&item) {
+            return Err(QueryError::new(format!(
+                "{parameter} names '{item}' twice; name each once"
+            )));
+        }
+        seen.push(item);
+    }
+    Ok(())
 }
 
 fn list(text: &Option<String>) -> impl Iterator<Item = &str> {
@@ -601,8 +622,9 @@ impl<'q> Rollup<'q> {
         out
     }
 
-    /// The answer's rows as a JSON array, ordered by bucket, then group values.
-    pub fn into_json(mut self) -> String {
+    /// The answer's rows as a JSON array, ordered by bucket, then group values; refused once
+    /// it grows past `max_bytes`, so that no answer costs more memory than that.
+    pub fn into_json(mut self, max_bytes: usize) -> Result<String, QueryError> {
         let query = self.query;
         let mut rendered = std::mem::take(&mut self.rendered);
         rendered.sort_unstable_by_key(|(hour, _)| *hour);
@@ -610,19 +632,36 @@ impl<'q> Rollup<'q> {
         let sorted = borrowed(&settled);
         let mut rows = sorted.as_slice();
         let mut out = String::from("[");
+        let within = |out: &String| {
+            if out.len() > max_bytes {
+                Err(QueryError::new(format!(
+                    "the answer is over {max_bytes} bytes, the most one answer may hold; narrow it: a shorter range, a coarser granularity, fewer group_by dimensions or measures, or a filter"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        let render = |rows: &[(&RowKey, &AggregateState)], out: &mut String| {
+            for chunk in rows.chunks(RENDER_CHUNK_ROWS) {
+                query.render_rows(chunk, out);
+                within(out)?;
+            }
+            Ok::<_, QueryError>(())
+        };
         // A rendered hour holds every row of its buckets: it goes whole where it starts.
         for (hour, fragment) in &rendered {
             let before = rows.partition_point(|((bucket, _), _)| bucket < hour);
-            query.render_rows(&rows[..before], &mut out);
+            render(&rows[..before], &mut out)?;
             rows = &rows[before..];
             if !fragment.is_empty() {
                 separate(&mut out);
                 out.push_str(fragment);
+                within(&out)?;
             }
         }
-        query.render_rows(rows, &mut out);
+        render(rows, &mut out)?;
         out.push(']');
-        out
+        Ok(out)
     }
 
     /// The rows rolled up so far, each rendered alone, in answer order; for answers by
@@ -781,6 +820,10 @@ mod tests {
     #[test]
     fn parses_measures_defaults_and_explains_mistakes() {
         let tenant = Tenant::demo();
+        let many_quantiles: String = (1..=33)
+            .map(|n| format!("p{n}(latency_ms)"))
+            .collect::<Vec<_>>()
+            .join(",");
         let query = Query::parse(
             &params(&[
                 ("view", "revenue_by_country"),
@@ -834,7 +877,23 @@ mod tests {
             ),
             (
                 vec![("view", "events_by_type"), ("from", "2000"), ("to", "1000")],
-                "is after to",
+                "is after the end",
+            ),
+            (
+                vec![("view", "events_by_type"), ("measures", "count,count")],
+                "measures names 'count' twice",
+            ),
+            (
+                vec![("view", "events_by_type"), ("group_by", "os_type,event_type,os_type")],
+                "group_by names 'os_type' twice",
+            ),
+            (
+                vec![("view", "events_by_type"), ("filter", "os_type=ios,os_type=android")],
+                "filter names 'os_type' twice",
+            ),
+            (
+                vec![("view", "latency_by_type"), ("measures", &many_quantiles)],
+                "one query may ask for at most 32",
             ),
             (
                 vec![("view", "events_by_type"), ("granularity", "week")],
@@ -847,6 +906,18 @@ mod tests {
             (
                 vec![("view", "events_by_type"), ("from", "yesterday")],
                 "from: 'yesterday'",
+            ),
+            (
+                vec![
+                    ("view", "events_by_type"),
+                    ("from", "-9223372036854775808"),
+                    ("to", "9223372036854775807"),
+                ],
+                "outside the times Tally reads",
+            ),
+            (
+                vec![("view", "events_by_type"), ("from", "0"), ("to", "253402300799999")],
+                "more than the 366.0 days allowed",
             ),
         ] {
             let err = Query::parse(&params(&pairs), &tenant, DAY_MS).unwrap_err();
@@ -890,7 +961,7 @@ mod tests {
                 .add(&projection, bucket, &dimensions, &state(count))
                 .unwrap();
         }
-        let rows: Vec<Value> = serde_json::from_str(&rollup.into_json()).unwrap();
+        let rows: Vec<Value> = serde_json::from_str(&rollup.into_json(usize::MAX).unwrap()).unwrap();
         assert_eq!(
             rows,
             [

@@ -12,7 +12,7 @@ use std::time::Instant;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use tally_model::time::{DAY_MS, now_millis};
+use tally_model::time::{DAY_MS, checked_range, now_millis, parse_unix_seconds};
 use tally_model::{ApiKey, Event, Measure, Millis, Scope};
 
 use crate::query::QueryParams;
@@ -144,30 +144,21 @@ fn checked(request: &HttpRequest, serving: &Serving) -> Result<(ApiKey, SeedPara
     Ok((key, params))
 }
 
-/// `[start_time, end_time)` in ms; both required, unix seconds.
+/// `[start_time, end_time)` in ms; both required, unix seconds, at most 31 days apart.
 fn range(params: &SeedParams) -> Result<(Millis, Millis), Refusal> {
     let seconds = |value: &Option<String>, name: &str| {
         let text = value
             .as_deref()
             .ok_or_else(|| bad(format!("{name} is required (unix seconds)")))?;
-        text.trim()
-            .parse::<i64>()
-            .map(|s| s.saturating_mul(1000))
-            .map_err(|_| bad(format!("{name} '{text}' is not unix seconds")))
+        parse_unix_seconds(text).map_err(|err| bad(format!("{name}: {err}")))
     };
     let (start, end) = (
         seconds(&params.start_time, "start_time")?,
         seconds(&params.end_time, "end_time")?,
     );
-    if start > end {
-        return Err(bad("start_time is after end_time".to_owned()));
-    }
-    if end - start > MAX_RAW_RANGE_MS {
-        return Err(bad(
-            "the range spans more than 31 days; ask for a shorter one".to_owned(),
-        ));
-    }
-    Ok((start, end))
+    let range = checked_range(start, end, MAX_RAW_RANGE_MS)
+        .map_err(|err| bad(format!("start_time to end_time: {err}")))?;
+    Ok((range.start, range.end))
 }
 
 async fn count_events(

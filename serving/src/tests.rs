@@ -11,8 +11,11 @@ use serde_json::Value;
 use tally_connectors::batch_views::BatchViews;
 use tally_connectors::catalog::{CatalogHandle, CatalogStore};
 use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
-use tally_connectors::testing::{deduplicated, demo_events, reference_states, sample_demo_events};
+use tally_connectors::testing::{
+    as_stored, deduplicated, demo_events, reference_states, sample_demo_events,
+};
 use tally_connectors::view_store::{EmbeddedViewStore, ViewStore};
+use tally_model::config::ServingConfig;
 use tally_model::tenant::DEMO_TENANT;
 use tally_model::time::{DAY_MS, HOUR_MS};
 use tally_model::{
@@ -33,6 +36,11 @@ fn logged(events: &[Event]) -> Vec<(u32, u64, Event)> {
         .enumerate()
         .map(|(offset, event)| (0, offset as u64, event.clone()))
         .collect()
+}
+
+/// The name the demo view `events_by_type` keeps its real-time states under.
+fn events_by_type_stored() -> String {
+    Tenant::demo().views[0].stored_name()
 }
 
 fn params(pairs: &[(&str, &str)]) -> QueryParams {
@@ -114,11 +122,11 @@ proptest! {
                 let parsed: Vec<serde_json::Value> = serde_json::from_str(&expected).unwrap();
                 prop_assert_eq!(parsed.len(), direct.len());
                 let from_hours = match granularity {
-                    "minute" | "hour" => from_rendered.into_json(),
-                    _ => from_hours.into_json(),
+                    "minute" | "hour" => from_rendered.into_json(usize::MAX).unwrap(),
+                    _ => from_hours.into_json(usize::MAX).unwrap(),
                 };
                 prop_assert_eq!(&from_hours, &expected);
-                prop_assert_eq!(rollup.into_json(), expected);
+                prop_assert_eq!(rollup.into_json(usize::MAX).unwrap(), expected);
             }
         }
     }
@@ -161,6 +169,10 @@ struct Rig {
 
 impl Rig {
     async fn new() -> Rig {
+        Rig::with_limits(ServingConfig::default()).await
+    }
+
+    async fn with_limits(limits: ServingConfig) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let catalog = two_tenant_catalog();
         let demo = sample_demo_events(BASE);
@@ -180,9 +192,10 @@ impl Rig {
         spool.append(records).await.unwrap();
         let store = Arc::new(EmbeddedViewStore::open(&dir.path().join("views.redb")).unwrap());
         let all: Vec<Event> = demo.iter().chain(&other).cloned().collect();
-        let states: Vec<_> = reference_states(&catalog, logged(&all), Millis::MIN..Millis::MAX)
-            .into_iter()
-            .collect();
+        let states = as_stored(
+            &catalog,
+            reference_states(&catalog, logged(&all), Millis::MIN..Millis::MAX),
+        );
         store.upsert(&states).unwrap();
         let rejected = Spool::open(&dir.path().join("rejected"), SpoolOptions::default()).unwrap();
         let rejects = [DEMO_TENANT, OTHER_TENANT]
@@ -210,6 +223,7 @@ impl Rig {
             BatchViews::with_cache(objects.clone(), 1 << 20),
             RawEvents::new(objects, Some(Arc::new(spool)), Some(Arc::new(rejected))),
             ServingMetrics::register(&mut Default::default()),
+            limits,
         );
         Rig {
             _dir: dir,
@@ -453,7 +467,20 @@ async fn the_seed_api_keeps_its_shapes_and_pages_through_every_event_once() {
         ),
         (
             "/v1/events/search?start_time=20&end_time=10".to_owned(),
-            "after end_time",
+            "is after the end",
+        ),
+        (
+            "/v1/events/search?start_time=9223372036854775&end_time=9223372036854775".to_owned(),
+            "outside the times Tally reads",
+        ),
+        (
+            "/v1/events/count?start_time=-9223372036854775808&end_time=9223372036854775807"
+                .to_owned(),
+            "outside the times Tally reads",
+        ),
+        (
+            "/v1/events/count?start_time=0&end_time=2678401".to_owned(),
+            "more than the 31.0 days allowed",
         ),
         (
             format!(
@@ -481,6 +508,36 @@ async fn the_seed_api_keeps_its_shapes_and_pages_through_every_event_once() {
             "{uri}: {body}"
         );
     }
+}
+
+#[actix_web::test]
+async fn an_answer_over_the_configured_size_is_refused_with_how_to_narrow_it() {
+    let rig = Rig::with_limits(ServingConfig {
+        max_answer_bytes: 2_000,
+    })
+    .await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let range = format!("from={BASE}&to={}", BASE + DAY_MS);
+    let (status, body) = get(
+        &app,
+        &format!("/v1/query?view=events_by_type&{range}&group_by=event_type,os_type"),
+        Some("demo-read"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("over 2000 bytes") && error.contains("narrow it"),
+        "{error}"
+    );
+    let (status, body) = get(
+        &app,
+        &format!("/v1/query?view=events_by_type&{range}&granularity=all&measures=count"),
+        Some("demo-read"),
+    )
+    .await;
+    assert_eq!(status, 200, "a narrower query of the same data fits: {body}");
 }
 
 #[actix_web::test]
@@ -529,7 +586,15 @@ async fn queries_answer_per_minute_from_the_speed_views_and_refuse_mistakes_with
             "view=events_by_type&group_by=colour",
             "no dimension 'colour'",
         ),
-        ("view=events_by_type&from=2000&to=1000", "is after to"),
+        ("view=events_by_type&from=2000&to=1000", "is after the end"),
+        (
+            "view=events_by_type&from=-9223372036854775808&to=9223372036854775807",
+            "outside the times Tally reads",
+        ),
+        (
+            "view=events_by_type&measures=count,count,count",
+            "measures names 'count' twice",
+        ),
     ] {
         let (status, body) = get(&app, &format!("/v1/query?{query}"), Some("demo-read")).await;
         assert_eq!(status, 400, "{query}: {body}");
@@ -559,7 +624,7 @@ async fn an_answer_shows_the_real_time_writes_made_since_the_last_one() {
     // The speed layer rewrites a state with one more event in it.
     let mut states = rig
         .store
-        .scan(DEMO_TENANT, "events_by_type", BASE..BASE + DAY_MS)
+        .scan(DEMO_TENANT, &events_by_type_stored(), BASE..BASE + DAY_MS)
         .unwrap();
     let (key, mut state) = states.remove(0);
     state.count += 1;
@@ -687,11 +752,13 @@ async fn a_horizon_move_between_the_reads_of_a_query_loses_nothing() {
     let views = BatchViews::new(objects.clone());
     publish_batch_hours(&views, &states, 1).await;
     let store = EmbeddedViewStore::open(&dir.path().join("views.redb")).unwrap();
-    let speed_states: Vec<_> = states
-        .iter()
-        .filter(|(key, _)| key.bucket >= BASE + HOUR_MS)
-        .map(|(key, state)| (key.clone(), state.clone()))
-        .collect();
+    let speed_states = as_stored(
+        &catalog,
+        states
+            .iter()
+            .filter(|(key, _)| key.bucket >= BASE + HOUR_MS)
+            .map(|(key, state)| (key.clone(), state.clone())),
+    );
     store.upsert(&speed_states).unwrap();
     let (moved_views, moved_states) = (views.clone(), states.clone());
     let store = HorizonMovesBeforeScan {
@@ -708,7 +775,7 @@ async fn a_horizon_move_between_the_reads_of_a_query_loses_nothing() {
             .join()
             .unwrap();
             store
-                .delete_before(DEMO_TENANT, "events_by_type", BASE + 2 * HOUR_MS)
+                .delete_before(DEMO_TENANT, &events_by_type_stored(), BASE + 2 * HOUR_MS)
                 .unwrap();
         }))),
     };
@@ -719,6 +786,7 @@ async fn a_horizon_move_between_the_reads_of_a_query_loses_nothing() {
         views,
         RawEvents::new(objects, None, None),
         ServingMetrics::register(&mut Default::default()),
+        Default::default(),
     );
     let params = params(&[
         ("view", "events_by_type"),

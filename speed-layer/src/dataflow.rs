@@ -73,8 +73,8 @@ type Partials = Vec<(ViewKey, AggregateState)>;
 /// states by, and reads its fields by [`FieldSlots`] number.
 pub struct CompiledViews {
     by_tenant: FastMap<String, Vec<CompiledView>>,
-    /// `(tenant, view)`, by view number.
-    views: Vec<(String, ViewSpec)>,
+    /// `(tenant, view, the name its states are stored under)`, by view number.
+    views: Vec<(String, ViewSpec, String)>,
     /// Every field a view reads.
     slots: FieldSlots,
 }
@@ -101,7 +101,7 @@ impl CompiledViews {
                     dimensions: view.dimensions.iter().map(|d| slots.slot(d)).collect(),
                     measures: view.measure_fields().map(|m| slots.slot(m)).collect(),
                 });
-                views.push((tenant.clone(), view.clone()));
+                views.push((tenant.clone(), view.clone(), view.stored_name()));
             }
             by_tenant.insert(tenant.clone(), compiled);
         }
@@ -117,11 +117,11 @@ impl CompiledViews {
         &self.slots
     }
 
-    /// Every (tenant, view) pair.
-    fn all(&self) -> impl Iterator<Item = (&str, &ViewSpec)> {
+    /// Every (tenant, name its states are stored under) pair.
+    pub fn stored_names(&self) -> impl Iterator<Item = (&str, &str)> {
         self.views
             .iter()
-            .map(|(tenant, view)| (tenant.as_str(), view))
+            .map(|(tenant, _, stored)| (tenant.as_str(), stored.as_str()))
     }
 }
 
@@ -564,10 +564,10 @@ impl PartialTable {
         self.table
             .into_iter()
             .map(|partial| {
-                let (tenant, view) = &views.views[partial.view];
+                let (tenant, _, stored_name) = &views.views[partial.view];
                 let key = ViewKey {
                     tenant: tenant.clone(),
-                    view: view.name.clone(),
+                    view: stored_name.clone(),
                     bucket: partial.bucket,
                     dimensions: partial.dimensions,
                 };
@@ -753,11 +753,10 @@ impl OwnedStates {
             .metrics
             .state_keys_changed(self.states.len() as i64 - before as i64);
         if self.writer.worker == 0 {
-            for (tenant, view) in self.writer.views.all() {
-                if let Err(err) = self.writer.store.delete_before(tenant, &view.name, horizon) {
+            for (tenant, view) in self.writer.views.stored_names() {
+                if let Err(err) = self.writer.store.delete_before(tenant, view, horizon) {
                     self.fail(format!(
-                        "deleting {tenant}/{} below the horizon: {err}",
-                        view.name
+                        "deleting {tenant}/{view} below the horizon: {err}"
                     ));
                 }
             }

@@ -166,8 +166,10 @@ impl SpeedLayer {
             .published_horizon
             .unwrap_or_else(|| trailing_horizon(&self.config));
         let horizon = Arc::new(AtomicI64::new(start));
+        let views = Arc::new(CompiledViews::new(&self.catalog));
+        retire_earlier_specs(self.store.as_ref(), &views)?;
         let shared = Arc::new(Shared {
-            views: Arc::new(CompiledViews::new(&self.catalog)),
+            views,
             reflected: (0..self.log.partitions())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -189,6 +191,38 @@ impl SpeedLayer {
             guards: Mutex::new(Some(guards)),
         })
     }
+}
+
+/// The view store's record of the names the speed layer's states are stored under.
+const STORED_VIEWS_RECORD: &str = "speed-stored-views";
+
+/// Deletes the states of views whose spec changed or that were removed since the speed
+/// layer last started, then records the names it writes now. States of an earlier spec are
+/// never read (serving asks for [`ViewSpec::stored_name`](tally_model::ViewSpec) of the
+/// current one); this frees their room. A crash between the two steps repeats the first.
+fn retire_earlier_specs(store: &dyn ViewStore, views: &CompiledViews) -> Result<(), SpeedError> {
+    let store_error = |err: tally_connectors::view_store::ViewStoreError| {
+        SpeedError::Store(format!("retiring the states of earlier view specs: {err}"))
+    };
+    let current: Vec<(String, String)> = views
+        .stored_names()
+        .map(|(tenant, view)| (tenant.to_owned(), view.to_owned()))
+        .collect();
+    let recorded: Vec<(String, String)> = store
+        .progress(STORED_VIEWS_RECORD)
+        .map_err(store_error)?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    for (tenant, view) in recorded.iter().filter(|named| !current.contains(named)) {
+        let deleted = store
+            .delete_before(tenant, view, Millis::MAX)
+            .map_err(store_error)?;
+        tracing::info!(%tenant, %view, deleted, "retired the real-time states of an earlier view spec");
+    }
+    let names = serde_json::to_vec(&current).expect("names serialize");
+    store
+        .record_progress(STORED_VIEWS_RECORD, &names)
+        .map_err(store_error)
 }
 
 impl SpeedHandle {

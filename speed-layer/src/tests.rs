@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
 use tally_connectors::testing::{
-    assert_states_agree, demo_events, reference_states, sample_demo_events,
+    as_named, assert_states_agree, demo_events, reference_states, sample_demo_events,
 };
 use tally_connectors::view_store::{EmbeddedViewStore, ViewKey, ViewStore};
 use tally_model::config::SpeedConfig;
@@ -95,9 +95,11 @@ impl Rig {
         demo.views
             .iter()
             .flat_map(|view| {
-                self.store
-                    .scan("demo", &view.name, Millis::MIN..Millis::MAX)
-                    .unwrap()
+                as_named(
+                    self.store
+                        .scan("demo", &view.stored_name(), Millis::MIN..Millis::MAX)
+                        .unwrap(),
+                )
             })
             .collect()
     }
