@@ -8,6 +8,7 @@
 //!   batch layer, and the mergeable [`AggregateState`] they both produce.
 //! - [`time`] and [`layout`]: UTC time buckets and the raw partition layout in object storage.
 //! - [`manifest`]: the batch manifest (views, logic versions, hours, horizon).
+//! - [`name`]: the one rule for the names a tenant declares.
 //! - [`config`]: the one TOML file, overridable by `TALLY_*` environment variables.
 //!
 //! ```
@@ -28,6 +29,7 @@
 pub mod config;
 pub mod event;
 pub mod layout;
+pub mod name;
 pub mod manifest;
 pub mod registry;
 pub mod state;

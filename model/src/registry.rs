@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::event::{Event, Millis, TagValue};
+use crate::name::check_name;
 use crate::time::parse_timestamp;
 
 
@@ -184,9 +185,38 @@ impl TagRegistry {
         })
     }
 
-    /// Checks the registry itself: every tag an event type names is declared.
+    /// Checks the registry itself: every name is plain ([`check_name`]), each alias belongs
+    /// to one tag, and every tag an event type names is declared.
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        let names = self.tags.keys().map(|tag| ("tag", tag));
+        let aliases = self
+            .tags
+            .values()
+            .flat_map(|spec| spec.aliases.iter().map(|alias| ("alias", alias)));
+        let event_types = self.event_types.keys().map(|name| ("event type", name));
+        let sources = self.sources.keys().map(|name| ("source", name));
+        for (what, name) in names.chain(aliases).chain(event_types).chain(sources) {
+            problems.extend(check_name(what, name).err());
+        }
+        // Each spelling names one tag: an alias that another tag owns, or that is another
+        // tag's name, would silently move events from one tag to another.
+        let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        for (tag, spec) in &self.tags {
+            for alias in &spec.aliases {
+                if alias != tag && self.tags.contains_key(alias) {
+                    problems.push(format!(
+                        "alias '{alias}' of tag '{tag}' is the name of tag '{alias}'"
+                    ));
+                } else if let Some(owner) = owners.insert(alias, tag)
+                    && owner != tag
+                {
+                    problems.push(format!(
+                        "alias '{alias}' is claimed by tags '{owner}' and '{tag}'; give it to one"
+                    ));
+                }
+            }
+        }
         for (event_type, spec) in &self.event_types {
             for tag in spec.required.iter().chain(&spec.optional) {
                 if !self.tags.contains_key(tag) {
@@ -756,6 +786,42 @@ mod tests {
         assert_eq!(event.tags["revenue"], TagValue::Number(9.99));
         let bad = json!({"event_type": "purchase", "user_id": "u", "tags": {"revenue": "lots"}});
         assert!(registry().validate(&bad, &pixel, || "x".into()).is_err());
+    }
+
+    #[test]
+    fn an_alias_belongs_to_one_tag_and_every_name_is_plain() {
+        let spec = |aliases: &[&str]| TagSpec {
+            kind: TagKind::String,
+            aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        let mut hijacked = registry();
+        hijacked.tags.insert("aaa_hijack".into(), spec(&["os"]));
+        let problems = hijacked.check().unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.contains("alias 'os' is claimed by tags 'aaa_hijack' and 'os_type'")),
+            "{problems:?}"
+        );
+        let mut shadowing = registry();
+        shadowing.tags.insert("shadow".into(), spec(&["country"]));
+        let problems = shadowing.check().unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.contains("alias 'country' of tag 'shadow' is the name of tag 'country'")),
+            "{problems:?}"
+        );
+        for bad in ["../../etc", "a/b", " ", "<script>"] {
+            let mut named = registry();
+            named.tags.insert(bad.into(), spec(&[]));
+            let no_tags = EventTypeSpec {
+                required: Vec::new(),
+                optional: Vec::new(),
+                retention_days: DEFAULT_RETENTION_DAYS,
+            };
+            named.event_types.insert(bad.into(), no_tags);
+            let problems = named.check().unwrap_err();
+            assert!(problems.iter().any(|p| p.starts_with("tag name")), "{problems:?}");
+            assert!(problems.iter().any(|p| p.starts_with("event type name")), "{problems:?}");
+        }
+        assert_eq!(registry().check(), Ok(()));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::name::check_name;
 use crate::registry::{EventTypeSpec, SourcePolicy, TagKind, TagRegistry, TagSpec};
 use crate::view::ViewSpec;
 
@@ -114,7 +115,11 @@ impl Catalog {
     /// tenant's registry and views are consistent.
     pub fn new(tenants: BTreeMap<String, Tenant>, keys: Vec<ApiKey>) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
+        for name in tenants.keys() {
+            problems.extend(check_name("tenant", name).err());
+        }
         for key in &keys {
+            problems.extend(check_name("key source", &key.source).err());
             if !tenants.contains_key(&key.tenant) {
                 problems.push(format!(
                     "API key '{}' names unknown tenant '{}'",

@@ -110,7 +110,10 @@ impl ViewSpec {
     /// Checks the spec against the tenant's registry: every field it names exists, and
     /// numeric measures read number tags.
     pub fn check(&self, registry: &TagRegistry) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
+        let mut problems: Vec<String> = crate::name::check_name("view", &self.name)
+            .err()
+            .into_iter()
+            .collect();
         let kind_of = |field: &str| match BUILT_IN_FIELDS.contains(&field) {
             true => Some(TagKind::String),
             false => registry.tags.get(field).map(|tag| tag.kind),

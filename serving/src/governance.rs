@@ -23,6 +23,8 @@ use crate::{Refusal, Serving, bad, respond};
 
 /// Most rejected events one request lists.
 const MAX_REJECTED: usize = 500;
+/// The largest body of a governance change.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Mounts the governance routes.
 pub fn routes(config: &mut web::ServiceConfig) {
@@ -146,12 +148,13 @@ pub(crate) async fn rejected(request: HttpRequest, serving: web::Data<Serving>) 
 pub(crate) async fn put_tag(
     request: HttpRequest,
     name: web::Path<String>,
-    body: web::Json<TagSpec>,
+    body: web::Payload,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
     let name = name.into_inner();
-    change(&request, &serving, "tag", move |tenant| {
-        tenant.registry.tags.insert(name.clone(), body.into_inner());
+    change(&request, &serving, "tag", Some(body), move |tenant, body| {
+        let spec: TagSpec = parsed("tag", body)?;
+        tenant.registry.tags.insert(name.clone(), spec);
         Ok(format!("tag '{name}' saved"))
     })
     .await
@@ -165,7 +168,7 @@ pub(crate) async fn delete_tag(
     name: web::Path<String>,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    change(&request, &serving, "tag", move |tenant| {
+    change(&request, &serving, "tag", None, move |tenant, _| {
         removed(tenant.registry.tags.remove(name.as_str()), "tag", &name)
     })
     .await
@@ -177,15 +180,13 @@ pub(crate) async fn delete_tag(
 pub(crate) async fn put_event_type(
     request: HttpRequest,
     name: web::Path<String>,
-    body: web::Json<EventTypeSpec>,
+    body: web::Payload,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
     let name = name.into_inner();
-    change(&request, &serving, "event_type", move |tenant| {
-        tenant
-            .registry
-            .event_types
-            .insert(name.clone(), body.into_inner());
+    change(&request, &serving, "event_type", Some(body), move |tenant, body| {
+        let spec: EventTypeSpec = parsed("event type", body)?;
+        tenant.registry.event_types.insert(name.clone(), spec);
         Ok(format!("event type '{name}' saved"))
     })
     .await
@@ -199,7 +200,7 @@ pub(crate) async fn delete_event_type(
     name: web::Path<String>,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    change(&request, &serving, "event_type", move |tenant| {
+    change(&request, &serving, "event_type", None, move |tenant, _| {
         removed(
             tenant.registry.event_types.remove(name.as_str()),
             "event type",
@@ -215,15 +216,13 @@ pub(crate) async fn delete_event_type(
 pub(crate) async fn put_source(
     request: HttpRequest,
     name: web::Path<String>,
-    body: web::Json<SourcePolicy>,
+    body: web::Payload,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
     let name = name.into_inner();
-    change(&request, &serving, "source", move |tenant| {
-        tenant
-            .registry
-            .sources
-            .insert(name.clone(), body.into_inner());
+    change(&request, &serving, "source", Some(body), move |tenant, body| {
+        let policy: SourcePolicy = parsed("source policy", body)?;
+        tenant.registry.sources.insert(name.clone(), policy);
         Ok(format!(
             "source '{name}' may now publish what its policy lists"
         ))
@@ -239,7 +238,7 @@ pub(crate) async fn delete_source(
     name: web::Path<String>,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    change(&request, &serving, "source", move |tenant| {
+    change(&request, &serving, "source", None, move |tenant, _| {
         removed(
             tenant.registry.sources.remove(name.as_str()),
             "source",
@@ -255,12 +254,12 @@ pub(crate) async fn delete_source(
 pub(crate) async fn put_view(
     request: HttpRequest,
     name: web::Path<String>,
-    body: web::Json<ViewSpec>,
+    body: web::Payload,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
     let name = name.into_inner();
-    change(&request, &serving, "view", move |tenant| {
-        let spec = body.into_inner();
+    change(&request, &serving, "view", Some(body), move |tenant, body| {
+        let spec: ViewSpec = parsed("view", body)?;
         if spec.name != name {
             return Err(bad(format!(
                 "the body names view '{}' but the path '{name}'",
@@ -272,7 +271,7 @@ pub(crate) async fn put_view(
             Some(existing) => {
                 *existing = spec;
                 format!(
-                    "view '{name}' changed: the batch layer computes new hours under a new logic version; recompute history with `tally batch reprocess --from <T> --to <T> --logic-version <N>` (the next `tally batch run` names N), and restart the speed layer so it compiles the new spec"
+                    "view '{name}' changed: the batch layer computes new hours under a new logic version; recompute history with `tally batch reprocess --from <T> --to <T> --logic-version <N>` (the next `tally batch run` names N). Restart the speed layer so it compiles the new spec: its states of the old spec are never counted under the new one, so until then the view has no real-time part"
                 )
             }
             None => {
@@ -295,7 +294,7 @@ pub(crate) async fn delete_view(
     name: web::Path<String>,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    change(&request, &serving, "view", move |tenant| {
+    change(&request, &serving, "view", None, move |tenant, _| {
         let position = tenant.views.iter().position(|v| v.name == *name);
         removed(position.map(|at| tenant.views.remove(at)), "view", &name)
     })
@@ -334,13 +333,13 @@ pub(crate) struct Message {
         (status = 409, description = "The tenant already has a key of that name", body = ErrorBody)))]
 pub(crate) async fn post_key(
     request: HttpRequest,
-    body: web::Json<NewKey>,
+    body: web::Payload,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    let NewKey { source, scopes } = body.into_inner();
     let secret = new_secret();
     let shown = secret.clone();
-    change_catalog(&request, &serving, "key", move |catalog, tenant| {
+    change_catalog(&request, &serving, "key", Some(body), move |catalog, tenant, body| {
+        let NewKey { source, scopes } = parsed("key", body)?;
         if source.trim().is_empty() || scopes.is_empty() {
             return Err(bad(
                 "a key needs a source name and at least one scope".to_owned()
@@ -381,7 +380,7 @@ pub(crate) async fn delete_key(
     source: web::Path<String>,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    change_catalog(&request, &serving, "key", move |catalog, tenant| {
+    change_catalog(&request, &serving, "key", None, move |catalog, tenant, _| {
         let before = catalog.keys.len();
         catalog
             .keys
@@ -396,30 +395,33 @@ pub(crate) async fn delete_key(
     .await
 }
 
-/// Applies a change to the admin's tenant.
+/// Applies a change to the admin's tenant; `edit` gets the request body.
 async fn change(
     request: &HttpRequest,
     serving: &Serving,
     what: &'static str,
-    edit: impl FnOnce(&mut Tenant) -> Result<String, Refusal>,
+    body: Option<web::Payload>,
+    edit: impl FnOnce(&mut Tenant, &[u8]) -> Result<String, Refusal>,
 ) -> HttpResponse {
-    change_catalog(request, serving, what, move |catalog, tenant| {
+    change_catalog(request, serving, what, body, move |catalog, tenant, body| {
         let tenant = catalog
             .tenants
             .get_mut(tenant)
             .expect("an authorized key's tenant exists");
-        edit(tenant).map(|message| json!(Message { message }))
+        edit(tenant, body).map(|message| json!(Message { message }))
     })
     .await
 }
 
 /// Applies a change to the catalog as the admin's tenant, checks the whole catalog, saves it
-/// as the next generation and makes it current.
+/// as the next generation and makes it current. The key is checked before the body is
+/// read, so a caller without one learns nothing from how its body is judged.
 async fn change_catalog(
     request: &HttpRequest,
     serving: &Serving,
     what: &'static str,
-    edit: impl FnOnce(&mut Catalog, &str) -> Result<Value, Refusal>,
+    body: Option<web::Payload>,
+    edit: impl FnOnce(&mut Catalog, &str, &[u8]) -> Result<Value, Refusal>,
 ) -> HttpResponse {
     let route = match what {
         "tag" => "governance_tag",
@@ -430,6 +432,19 @@ async fn change_catalog(
     };
     answer(serving, route, Instant::now(), async {
         let key = serving.authorize(request, Scope::Admin)?;
+        let body = match body {
+            Some(body) => body
+                .to_bytes_limited(MAX_BODY_BYTES)
+                .await
+                .map_err(|_| {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("a governance change is at most {MAX_BODY_BYTES} bytes"),
+                    )
+                })?
+                .map_err(|err| bad(format!("could not read the request body: {err}")))?,
+            None => Default::default(),
+        };
         let Some(store) = &serving.governance else {
             return Err((
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -438,7 +453,7 @@ async fn change_catalog(
         };
         let (generation, current) = serving.catalog.current_with_generation();
         let mut catalog = (*current).clone();
-        let reply = edit(&mut catalog, &key.tenant)?;
+        let reply = edit(&mut catalog, &key.tenant, &body)?;
         let keys = catalog.keys.values().cloned().collect();
         let checked = Catalog::new(catalog.tenants, keys).map_err(|problems| {
             bad(format!("the change leaves the catalog inconsistent: {}", problems.join("; ")))
@@ -447,6 +462,12 @@ async fn change_catalog(
         Ok(reply)
     })
     .await
+}
+
+/// A request body as a `T`; a mistake is a 400 that says what was expected.
+fn parsed<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body)
+        .map_err(|err| bad(format!("the body is not a valid {what} (JSON): {err}")))
 }
 
 async fn save(

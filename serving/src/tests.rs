@@ -386,6 +386,67 @@ async fn governance_shows_and_changes_only_the_keys_tenant() {
 }
 
 #[actix_web::test]
+async fn governance_refuses_changes_that_would_break_ingestion_and_checks_the_key_first() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let put = |uri: &str, body: &str| {
+        http::TestRequest::put()
+            .uri(uri)
+            .insert_header(("Content-Type", "application/json"))
+            .set_payload(body.to_owned())
+    };
+    for (uri, body, reason) in [
+        (
+            "/v1/governance/tags/aaa_hijack",
+            r#"{"type":"string","aliases":["os"]}"#,
+            "alias 'os' is claimed by tags 'aaa_hijack' and 'os_type'",
+        ),
+        (
+            "/v1/governance/tags/..%2F..%2Fetc",
+            r#"{"type":"string"}"#,
+            "tag name \"../../etc\" is not allowed",
+        ),
+        (
+            "/v1/governance/tags/%3Cb%3Ex",
+            r#"{"type":"string"}"#,
+            "tag name \"<b>x\" is not allowed",
+        ),
+        (
+            "/v1/governance/event-types/%20",
+            r#"{}"#,
+            "event type name \" \" is not allowed",
+        ),
+        (
+            "/v1/governance/sources/a%2Fb",
+            r#"{"event_types":["*"]}"#,
+            "source name \"a/b\" is not allowed",
+        ),
+        (
+            "/v1/governance/tags/fine",
+            r#"{"type":"string","colour":1}"#,
+            "the body is not a valid tag (JSON): unknown field `colour`",
+        ),
+        (
+            "/v1/governance/tags/fine",
+            r#"{"type":"#,
+            "the body is not a valid tag (JSON)",
+        ),
+    ] {
+        let (status, answer) = send(&app, put(uri, body), Some("demo-admin")).await;
+        assert_eq!(status, 400, "{uri} {body}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(reason), "{uri} {body}: {answer}");
+        // Without a key the same request learns only that it needs one.
+        let (status, answer) = send(&app, put(uri, body), None).await;
+        assert_eq!(status, 401, "{uri} {body} without a key: {answer}");
+    }
+    // Nothing was saved: `os` still means os_type.
+    let (_, overview) = get(&app, "/v1/governance", Some("demo-admin")).await;
+    assert!(overview["registry"]["tags"].get("aaa_hijack").is_none());
+}
+
+#[actix_web::test]
 async fn scopes_are_enforced() {
     let rig = Rig::new().await;
     let app =

@@ -206,6 +206,32 @@ fn a_restart_replays_to_the_same_states_without_double_counting() {
 }
 
 #[test]
+fn a_changed_view_spec_starts_afresh_and_never_counts_an_event_twice() {
+    let mut rig = rig();
+    rig.append(&sample_events());
+    let speed = rig.start(2);
+    rig.wait_caught_up(&speed);
+    speed.stop().unwrap();
+    let before = rig.catalog.tenants["demo"].views[0].clone();
+    let mut changed = (*rig.catalog).clone();
+    let view = &mut changed.tenants.get_mut("demo").unwrap().views[0];
+    view.dimensions.push("country".into());
+    view.measures.push(tally_model::Measure::Uniq("user_id".into()));
+    rig.catalog = Arc::new(changed);
+
+    let speed = rig.start(2);
+    rig.wait_caught_up(&speed);
+    // Exactly the new spec's states: no state of the old one beside them.
+    assert_states_agree(&rig.stored(), &rig.expected(speed.horizon()));
+    let old = rig
+        .store
+        .scan("demo", &before.stored_name(), Millis::MIN..Millis::MAX)
+        .unwrap();
+    assert!(old.is_empty(), "{} states of the old spec kept", old.len());
+    speed.stop().unwrap();
+}
+
+#[test]
 fn moving_the_horizon_retracts_older_buckets_from_memory_and_store() {
     let rig = rig();
     let events = sample_events();
