@@ -107,7 +107,7 @@ const GOAL_EVENTS_PER_SECOND: f64 = 200_000.0;
 const GOAL_P99_OVER_FSYNC_P99: f64 = 1.5;
 /// Requests a second of the run that measures a request's latency without queueing.
 const TRICKLE_REQUESTS_PER_SECOND: f64 = 20.0;
-pub const BENCH_WRITE_KEY: &str = "bench-write-key";
+pub const BENCH_WRITE_KEY: &str = "tk_bench0write0key0000000000000000";
 pub const BENCH_READ_KEY: &str = "bench-read-key";
 
 /// Runs a benchmark and prints its figures.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tally_connectors::catalog::{CatalogHandle, CatalogStore};
+use tally_model::key::{ConfiguredKey, check_secret};
 use tally_model::tenant::{DEMO_TENANT, Scope};
 use tally_model::{ApiKey, Catalog, Config};
 
@@ -50,7 +51,10 @@ pub async fn load_async(
         );
     }
     if let Some(keys) = &demo_keys
-        && stored.catalog.key(&keys.write).is_none()
+        && stored
+            .catalog
+            .key(&keys.write, tally_model::time::now_millis())
+            .is_none()
     {
         tracing::warn!(
             "the demo keys of the config or demo-keys.txt are not in the saved catalog; manage keys with /v1/governance/keys"
@@ -81,13 +85,18 @@ pub async fn follow(store: CatalogStore, handle: CatalogHandle) {
 /// The catalog: the tenants the config declares, or the demo tenant (and its keys).
 fn seed(config: &Config) -> anyhow::Result<(Catalog, Option<DemoKeys>)> {
     if !config.tenants.is_empty() {
-        let catalog =
-            Catalog::new(config.tenants.clone(), config.api_keys.clone()).map_err(|problems| {
-                anyhow::anyhow!(
-                    "the config's tenants are inconsistent:\n  {}",
-                    problems.join("\n  ")
-                )
-            })?;
+        let keys = config
+            .api_keys
+            .iter()
+            .map(ConfiguredKey::to_api_key)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let catalog = Catalog::new(config.tenants.clone(), keys).map_err(|problems| {
+            anyhow::anyhow!(
+                "the config's tenants are inconsistent:\n  {}",
+                problems.join("\n  ")
+            )
+        })?;
         return Ok((catalog, None));
     }
     if !config.api_keys.is_empty() {
@@ -97,15 +106,13 @@ fn seed(config: &Config) -> anyhow::Result<(Catalog, Option<DemoKeys>)> {
     }
     let keys = demo_keys(config)?;
     let mut catalog = Catalog::demo(&keys.write, &keys.read);
-    catalog.keys.insert(
-        keys.admin.clone(),
-        ApiKey {
-            key: keys.admin.clone(),
-            tenant: DEMO_TENANT.to_owned(),
-            source: "demo-admin".to_owned(),
-            scopes: vec![Scope::Read, Scope::Admin],
-        },
+    let admin = ApiKey::new(
+        &keys.admin,
+        DEMO_TENANT,
+        "demo-admin",
+        vec![Scope::Read, Scope::Admin],
     );
+    catalog.keys.insert(admin.secret_sha256.clone(), admin);
     Ok((catalog, Some(keys)))
 }
 
@@ -142,6 +149,14 @@ fn demo_keys(config: &Config) -> anyhow::Result<DemoKeys> {
         admin: pick(&config.demo.admin_key, "admin_key"),
         saved_in: path,
     };
+    for (secret, variable) in [
+        (&keys.write, "TALLY_DEMO_WRITE_KEY"),
+        (&keys.read, "TALLY_DEMO_READ_KEY"),
+        (&keys.admin, "TALLY_DEMO_ADMIN_KEY"),
+    ] {
+        check_secret(&format!("the demo key of {variable} (or {DEMO_KEYS_FILE})"), secret)
+            .map_err(anyhow::Error::msg)?;
+    }
     if keys.write == keys.read || keys.write == keys.admin || keys.read == keys.admin {
         bail!(
             "the demo write, read and admin keys must differ (TALLY_DEMO_WRITE_KEY, TALLY_DEMO_READ_KEY, TALLY_DEMO_ADMIN_KEY)"

@@ -13,9 +13,9 @@ use tally_model::config::SpeedConfig;
 use tally_model::{Catalog, Millis};
 use tally_speed_layer::{SpeedHandle, SpeedLayer, SpeedMetrics};
 
-pub const WRITE_KEY: &str = "test-write-key";
-pub const READ_KEY: &str = "test-read-key";
-pub const ADMIN_KEY: &str = "test-admin-key";
+pub const WRITE_KEY: &str = "tk_test0write0key00000000000000000";
+pub const READ_KEY: &str = "tk_test0read0key000000000000000000";
+pub const ADMIN_KEY: &str = "tk_test0admin0key00000000000000000";
 
 /// A `tally` command with quiet logs and the demo keys fixed.
 pub fn tally() -> Command {

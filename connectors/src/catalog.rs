@@ -8,8 +8,11 @@
 //! without a restart.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use object_store::ObjectStore;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use tally_model::Catalog;
 use thiserror::Error;
@@ -17,6 +20,8 @@ use thiserror::Error;
 use crate::object_store::{get_optional, publish_generation};
 
 const CURRENT: &str = "governance/CURRENT";
+/// Where the generations are: `governance/catalog-<generation>.json`.
+const GENERATIONS: &str = "governance";
 
 /// A catalog as saved, with the generation that orders saves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,16 +59,34 @@ pub enum CatalogError {
     },
 }
 
+/// How long a superseded catalog generation is kept before a save deletes it: long enough
+/// for every process polling the pointer to have read its successor, short enough that a
+/// deleted key's hash does not linger.
+pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(3600);
+
 /// The catalog in an object store.
 #[derive(Clone)]
 pub struct CatalogStore {
     store: Arc<dyn ObjectStore>,
+    superseded_grace: Duration,
 }
 
 impl CatalogStore {
     /// The catalog kept in `store`.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        CatalogStore { store }
+        CatalogStore {
+            store,
+            superseded_grace: SUPERSEDED_GRACE,
+        }
+    }
+
+    /// The same store, keeping superseded generations for `grace` instead of
+    /// [`SUPERSEDED_GRACE`].
+    pub fn with_superseded_grace(self, grace: Duration) -> Self {
+        CatalogStore {
+            superseded_grace: grace,
+            ..self
+        }
     }
 
     /// The saved catalog, if one was ever saved.
@@ -97,13 +120,47 @@ impl CatalogStore {
             generation: previous + 1,
             catalog: catalog.clone(),
         };
-        let path = format!("governance/catalog-{:010}.json", stored.generation);
+        let path = format!("{GENERATIONS}/catalog-{:010}.json", stored.generation);
         let body = serde_json::to_vec_pretty(&stored).expect("a catalog serializes to JSON");
         match publish_generation(self.store.as_ref(), &path, body, CURRENT).await {
-            Ok(true) => Ok(stored),
-            Ok(false) => Err(CatalogError::Conflict(stored.generation)),
-            Err((path, source)) => Err(CatalogError::Store { path, source }),
+            Ok(true) => {}
+            Ok(false) => return Err(CatalogError::Conflict(stored.generation)),
+            Err((path, source)) => return Err(CatalogError::Store { path, source }),
         }
+        // The save stands; pruning is housekeeping, retried by the next save.
+        if let Err(err) = self.prune(stored.generation).await {
+            tracing::warn!(error = %err, "could not delete superseded catalog generations");
+        }
+        Ok(stored)
+    }
+
+    /// Deletes the generations before the one preceding `current` that are older than the
+    /// grace, so that deleted keys and old registries do not stay in the store forever.
+    async fn prune(&self, current: u64) -> Result<(), CatalogError> {
+        let prefix = ObjectPath::from(GENERATIONS);
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| store_error(GENERATIONS, source))?;
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(self.superseded_grace).unwrap_or(chrono::Duration::MAX);
+        for object in listed {
+            let generation = object
+                .location
+                .filename()
+                .and_then(|name| name.strip_prefix("catalog-")?.strip_suffix(".json"))
+                .and_then(|number| number.parse::<u64>().ok());
+            let superseded = generation.is_some_and(|g| g.saturating_add(1) < current);
+            if superseded && object.last_modified < cutoff {
+                match self.store.delete(&object.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(source) => return Err(store_error(object.location.as_ref(), source)),
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn get_optional(&self, path: &str) -> Result<Option<bytes::Bytes>, CatalogError> {
@@ -188,6 +245,34 @@ mod tests {
             !handle.offer(first),
             "an older generation never replaces a newer one"
         );
-        assert!(handle.current().key("w2").is_some());
+        assert!(handle.current().key("w2", 0).is_some());
+    }
+
+    #[tokio::test]
+    async fn superseded_generations_are_deleted_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = crate::object_store::open_local(dir.path()).unwrap();
+        let generations = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path().join("governance"))
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+                .filter(|name| name.starts_with("catalog-"))
+                .collect();
+            names.sort();
+            names
+        };
+        let keeping = CatalogStore::new(objects.clone());
+        for generation in 0..3 {
+            keeping.save(&Catalog::demo("w", "r"), generation).await.unwrap();
+        }
+        assert_eq!(generations().len(), 3, "all within the grace");
+        let pruning = CatalogStore::new(objects).with_superseded_grace(Duration::ZERO);
+        pruning.save(&Catalog::demo("w", "r"), 3).await.unwrap();
+        assert_eq!(
+            generations(),
+            ["catalog-0000000003.json", "catalog-0000000004.json"],
+            "the current generation and the one before it stay"
+        );
+        assert_eq!(pruning.load().await.unwrap().unwrap().generation, 4);
     }
 }

@@ -185,7 +185,7 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         .unwrap_or_default();
     let catalog = collector.catalog.current();
     let Some(key) = catalog
-        .key(key_secret)
+        .key(key_secret, now_millis())
         .filter(|key| key.allows(Scope::Write))
         .cloned()
     else {
@@ -255,7 +255,7 @@ fn authorize(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     let catalog = collector.catalog.current();
-    match catalog.authorize(header, Scope::Write) {
+    match catalog.authorize(header, Scope::Write, now_millis()) {
         Ok(key) => Ok((key.clone(), catalog.clone())),
         Err(refused) => Err(Refusal::new(
             StatusCode::from_u16(refused.status()).expect("401 and 403 are statuses"),

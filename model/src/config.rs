@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::tenant::{ApiKey, Tenant};
+use crate::key::ConfiguredKey;
+use crate::tenant::Tenant;
 
 /// Every environment variable that overrides a field starts with this.
 pub const ENV_PREFIX: &str = "TALLY_";
@@ -58,7 +59,7 @@ pub struct Config {
     pub tenants: BTreeMap<String, Tenant>,
     /// API keys of the declared tenants.
     #[serde(default, rename = "api_key")]
-    pub api_keys: Vec<ApiKey>,
+    pub api_keys: Vec<ConfiguredKey>,
 }
 
 /// The HTTP collector.
@@ -691,7 +692,7 @@ mod tests {
             measures = ["count"]
             granularity = "hour"
             [[api_key]]
-            key = "k1"
+            key = "0123456789abcdef0123456789abcdef"
             tenant = "acme"
             source = "web"
             scopes = ["write"]
@@ -699,8 +700,12 @@ mod tests {
             [],
         )
         .unwrap();
-        let catalog = crate::Catalog::new(config.tenants, config.api_keys).unwrap();
-        assert_eq!(catalog.key("k1").unwrap().tenant, "acme");
+        let keys = config.api_keys.iter().map(|k| k.to_api_key().unwrap()).collect();
+        let catalog = crate::Catalog::new(config.tenants, keys).unwrap();
+        assert_eq!(
+            catalog.key("0123456789abcdef0123456789abcdef", 0).unwrap().tenant,
+            "acme"
+        );
         assert_eq!(catalog.tenants["acme"].views[0].name, "signups");
     }
 }

@@ -3,7 +3,8 @@
 //! - [`event`]: the [`Event`] a client sends once ingest has validated and stamped it, and the
 //!   [`RejectedEvent`] kept with its reasons when it could not be accepted.
 //! - [`registry`]: the per-tenant tag registry (governance) and event validation.
-//! - [`tenant`]: tenants, API keys and their scopes, and the demo catalog.
+//! - [`tenant`]: tenants, the catalog, and the demo catalog; [`key`]: API keys, kept as
+//!   hashes, and their scopes.
 //! - [`view`] and [`state`]: view specs, declared once and compiled by both the speed and the
 //!   batch layer, and the mergeable [`AggregateState`] they both produce.
 //! - [`time`] and [`layout`]: UTC time buckets and the raw partition layout in object storage.
@@ -28,6 +29,7 @@
 
 pub mod config;
 pub mod event;
+pub mod key;
 pub mod layout;
 pub mod name;
 pub mod manifest;

@@ -1,11 +1,13 @@
-//! Tenants, their API keys and scopes, and the demo catalog `tally up` starts with.
+//! Tenants, the catalog of every tenant and key, and the demo catalog `tally up` starts with.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
+pub use crate::key::{ApiKey, AuthError, Scope};
+
+use crate::event::Millis;
+use crate::key::{bearer_secret, secret_sha256};
 use crate::name::check_name;
 use crate::registry::{EventTypeSpec, SourcePolicy, TagKind, TagRegistry, TagSpec};
 use crate::view::ViewSpec;
@@ -27,86 +29,12 @@ pub struct Tenant {
     pub views: Vec<ViewSpec>,
 }
 
-/// What an API key may do.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Send events.
-    Write,
-    /// Query views and raw events.
-    Read,
-    /// Change the registry, views and keys.
-    Admin,
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scope::Write => "write",
-            Scope::Read => "read",
-            Scope::Admin => "admin",
-        })
-    }
-}
-
-/// Why a request's key was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum AuthError {
-    /// No `Authorization: Bearer` header.
-    #[error("missing Authorization: Bearer <{0} key>")]
-    Missing(Scope),
-    /// The key is not known.
-    #[error("unknown API key")]
-    Unknown,
-    /// The key is known but lacks the scope.
-    #[error("API key '{key}' lacks the {scope} scope")]
-    Lacks {
-        /// The key's name (its source).
-        key: String,
-        /// The scope it lacks.
-        scope: Scope,
-    },
-}
-
-impl AuthError {
-    /// The HTTP status this refusal deserves: 401 without a valid key, 403 with one.
-    pub fn status(&self) -> u16 {
-        match self {
-            AuthError::Missing(_) | AuthError::Unknown => 401,
-            AuthError::Lacks { .. } => 403,
-        }
-    }
-}
-
-/// An API key, bound to one tenant; its name is the `source` stamped on what it sends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKey {
-    /// The secret the client sends as `Authorization: Bearer <key>`.
-    pub key: String,
-    /// The tenant it acts for.
-    pub tenant: String,
-    /// Its name, recorded as the `source` of the events it sends.
-    pub source: String,
-    /// What it may do.
-    pub scopes: Vec<Scope>,
-}
-
-impl ApiKey {
-    /// Whether the key carries `scope`.
-    pub fn allows(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope)
-    }
-}
-
 /// Every tenant and key a Tally deployment knows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {
     /// Tenant name → tenant.
     pub tenants: BTreeMap<String, Tenant>,
-    /// Key secret → key.
+    /// The SHA-256 of a key's secret → the key.
     pub keys: BTreeMap<String, ApiKey>,
 }
 
@@ -143,22 +71,32 @@ impl Catalog {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let keys = keys.into_iter().map(|key| (key.key.clone(), key)).collect();
+        let keys = keys
+            .into_iter()
+            .map(|key| (key.secret_sha256.clone(), key))
+            .collect();
         Ok(Catalog { tenants, keys })
     }
 
-    /// The key with this secret.
-    pub fn key(&self, secret: &str) -> Option<&ApiKey> {
-        self.keys.get(secret)
+    /// The key with this secret, if it still works at `now`.
+    pub fn key(&self, secret: &str, now: Millis) -> Option<&ApiKey> {
+        self.keys
+            .get(&secret_sha256(secret))
+            .filter(|key| key.live_at(now))
     }
 
-    /// The key of an `Authorization` header's value (`Bearer <key>`), if it carries `scope`.
-    pub fn authorize(&self, header: Option<&str>, scope: Scope) -> Result<&ApiKey, AuthError> {
+    /// The key of an `Authorization` header's value (`Bearer <secret>`, the scheme in any
+    /// case), if it works at `now` and carries `scope`.
+    pub fn authorize(
+        &self,
+        header: Option<&str>,
+        scope: Scope,
+        now: Millis,
+    ) -> Result<&ApiKey, AuthError> {
         let secret = header
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_secret)
             .ok_or(AuthError::Missing(scope))?;
-        let key = self.key(secret).ok_or(AuthError::Unknown)?;
+        let key = self.key(secret, now).ok_or(AuthError::Unknown)?;
         if !key.allows(scope) {
             return Err(AuthError::Lacks {
                 key: key.source.clone(),
@@ -170,17 +108,11 @@ impl Catalog {
 
     /// The demo tenant with one write and one read key.
     pub fn demo(write_key: &str, read_key: &str) -> Catalog {
-        let key = |key: &str, source: &str, scopes: Vec<Scope>| ApiKey {
-            key: key.to_owned(),
-            tenant: DEMO_TENANT.to_owned(),
-            source: source.to_owned(),
-            scopes,
-        };
         Catalog::new(
             BTreeMap::from([(DEMO_TENANT.to_owned(), Tenant::demo())]),
             vec![
-                key(write_key, DEMO_SOURCE, vec![Scope::Write]),
-                key(read_key, "demo-dashboard", vec![Scope::Read]),
+                ApiKey::new(write_key, DEMO_TENANT, DEMO_SOURCE, vec![Scope::Write]),
+                ApiKey::new(read_key, DEMO_TENANT, "demo-dashboard", vec![Scope::Read]),
             ],
         )
         .expect("the demo catalog is consistent")
@@ -274,9 +206,14 @@ mod tests {
     #[test]
     fn demo_catalog_is_consistent_and_scoped() {
         let catalog = Catalog::demo("wk", "rk");
-        assert!(catalog.key("wk").unwrap().allows(Scope::Write));
-        assert!(!catalog.key("rk").unwrap().allows(Scope::Write));
-        assert!(catalog.key("nope").is_none());
+        assert!(catalog.key("wk", 0).unwrap().allows(Scope::Write));
+        assert!(!catalog.key("rk", 0).unwrap().allows(Scope::Write));
+        assert!(catalog.key("nope", 0).is_none());
+        assert_eq!(
+            catalog.authorize(Some("bearer wk"), Scope::Write, 0).map(|k| k.source.as_str()),
+            Ok(DEMO_SOURCE),
+            "the scheme is case-insensitive"
+        );
         assert_eq!(catalog.tenants["demo"].views.len(), 3);
     }
 
@@ -285,12 +222,7 @@ mod tests {
         let demo = Catalog::demo("wk", "rk");
         let mut tenant = demo.tenants["demo"].clone();
         tenant.views[0].dimensions.push("colour".into());
-        let key = ApiKey {
-            key: "k".into(),
-            tenant: "ghost".into(),
-            source: "s".into(),
-            scopes: vec![],
-        };
+        let key = ApiKey::new("k", "ghost", "s", vec![]);
         let problems =
             Catalog::new(BTreeMap::from([("demo".into(), tenant)]), vec![key]).unwrap_err();
         assert!(

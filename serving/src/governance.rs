@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tally_connectors::catalog::{CatalogError, CatalogStore};
 use tally_model::registry::{EventTypeSpec, SourcePolicy, TagSpec};
-use tally_model::{ApiKey, Catalog, RejectedEvent, Scope, Tenant, ViewSpec};
+use tally_model::time::{format_rfc3339, now_millis};
+use tally_model::{ApiKey, Catalog, Millis, RejectedEvent, Scope, Tenant, ViewSpec};
 
 use crate::ErrorBody;
 
@@ -25,6 +26,10 @@ use crate::{Refusal, Serving, bad, respond};
 const MAX_REJECTED: usize = 500;
 /// The largest body of a governance change.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How long a rotated key's old secret keeps working unless the rotation says.
+const DEFAULT_ROTATION_GRACE_SECS: u64 = 24 * 3600;
+/// The longest grace a rotation may give the old secret.
+const MAX_ROTATION_GRACE_SECS: u64 = 30 * 24 * 3600;
 
 /// Mounts the governance routes.
 pub fn routes(config: &mut web::ServiceConfig) {
@@ -50,13 +55,18 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/v1/governance/views/{name}", web::put().to(put_view))
         .route("/v1/governance/views/{name}", web::delete().to(delete_view))
         .route("/v1/governance/keys", web::post().to(post_key))
-        .route("/v1/governance/keys/{source}", web::delete().to(delete_key));
+        .route("/v1/governance/keys/{source}", web::delete().to(delete_key))
+        .route(
+            "/v1/governance/keys/{source}/rotate",
+            web::post().to(rotate_key),
+        );
 }
 
-/// `GET /v1/governance`: the tenant's registry, views and keys (secrets shown only as a
-/// prefix). Read keys may look; changes need an admin key.
+/// `GET /v1/governance`: the tenant's registry, views and keys (each by an id that is no part
+/// of its secret: Tally keeps only the secrets' hashes). Read keys may look; changes need an
+/// admin key.
 #[utoipa::path(get, path = "/v1/governance", tag = "governance",
-    responses((status = 200, description = "The tenant's registry, views and keys (secrets as a prefix)", body = Object)))]
+    responses((status = 200, description = "The tenant's registry, views and keys (by id, never a secret)", body = Object)))]
 pub(crate) async fn overview(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     answer(&serving, "governance", Instant::now(), async {
         let key = serving.authorize(&request, Scope::Read)?;
@@ -67,8 +77,8 @@ pub(crate) async fn overview(request: HttpRequest, serving: web::Data<Serving>) 
             .values()
             .filter(|k| k.tenant == key.tenant)
             .map(|k| {
-                let shown: String = k.key.chars().take(6).collect();
-                json!({"source": k.source, "scopes": k.scopes, "key_prefix": format!("{shown}…")})
+                let expires_at = k.expires_at.map(format_rfc3339);
+                json!({"id": k.id(), "source": k.source, "scopes": k.scopes, "expires_at": expires_at})
             })
             .collect();
         Ok(json!({
@@ -355,17 +365,70 @@ pub(crate) async fn post_key(
                 format!("tenant '{tenant}' already has a key named '{source}'; delete it first"),
             ));
         }
-        catalog.keys.insert(
-            secret.clone(),
-            ApiKey {
-                key: secret,
-                tenant: tenant.to_owned(),
-                source: source.clone(),
-                scopes,
-            },
-        );
+        let key = ApiKey::new(&secret, tenant, &source, scopes);
+        catalog.keys.insert(key.secret_sha256.clone(), key);
         Ok(json!(NewKeySecret {
             message: format!("key '{source}' created; its secret is shown only now"),
+            key: shown,
+        }))
+    })
+    .await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RotateParams {
+    /// How long the old secret keeps working, in seconds [default: 86400, at most 30 days].
+    grace_secs: Option<u64>,
+}
+
+/// `POST /v1/governance/keys/{source}/rotate?grace_secs=N`: a new secret for the key, with
+/// the same source and scopes; the old secret keeps working for the grace period, so that
+/// clients can move over without downtime.
+#[utoipa::path(post, path = "/v1/governance/keys/{source}/rotate", tag = "governance",
+    params(("source" = String, Path, description = "The key's source name"), RotateParams),
+    responses((status = 200, description = "Rotated; `key` holds the new secret, shown only now", body = NewKeySecret),
+        (status = 404, description = "No such key", body = ErrorBody),
+        (status = 409, description = "The key is already being rotated", body = ErrorBody)))]
+pub(crate) async fn rotate_key(
+    request: HttpRequest,
+    source: web::Path<String>,
+    serving: web::Data<Serving>,
+) -> HttpResponse {
+    let secret = new_secret();
+    let shown = secret.clone();
+    let grace = web::Query::<RotateParams>::from_query(request.query_string())
+        .map(|params| params.grace_secs.unwrap_or(DEFAULT_ROTATION_GRACE_SECS));
+    change_catalog(&request, &serving, "key", None, move |catalog, tenant, _| {
+        let grace = grace.map_err(|err| bad(format!("query string: {err}")))?;
+        if grace > MAX_ROTATION_GRACE_SECS {
+            return Err(bad(format!(
+                "grace_secs may be at most {MAX_ROTATION_GRACE_SECS} (30 days)"
+            )));
+        }
+        let now = now_millis();
+        let mut named = catalog
+            .keys
+            .values_mut()
+            .filter(|key| key.tenant == tenant && key.source == *source);
+        let Some(old) = named.next() else {
+            return Err((StatusCode::NOT_FOUND, format!("no key named '{source}'")));
+        };
+        if old.expires_at.is_some() || named.next().is_some() {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("key '{source}' is being rotated already; wait for the old secret to expire, or delete the key and create it anew"),
+            ));
+        }
+        let grace_ms = Millis::try_from(grace.saturating_mul(1000)).unwrap_or(Millis::MAX);
+        old.expires_at = Some(now.saturating_add(grace_ms));
+        let expires = format_rfc3339(now.saturating_add(grace_ms));
+        let new = ApiKey::new(&secret, tenant, &source, old.scopes.clone());
+        catalog.keys.insert(new.secret_sha256.clone(), new);
+        Ok(json!(NewKeySecret {
+            message: format!(
+                "key '{source}' rotated: the new secret is shown only now; the old one works until {expires}"
+            ),
             key: shown,
         }))
     })
@@ -454,7 +517,14 @@ async fn change_catalog(
         let (generation, current) = serving.catalog.current_with_generation();
         let mut catalog = (*current).clone();
         let reply = edit(&mut catalog, &key.tenant, &body)?;
-        let keys = catalog.keys.values().cloned().collect();
+        // Secrets whose rotation grace is over leave with the next change.
+        let now = now_millis();
+        let keys = catalog
+            .keys
+            .values()
+            .filter(|key| key.live_at(now))
+            .cloned()
+            .collect();
         let checked = Catalog::new(catalog.tenants, keys).map_err(|problems| {
             bad(format!("the change leaves the catalog inconsistent: {}", problems.join("; ")))
         })?;

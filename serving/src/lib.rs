@@ -424,7 +424,7 @@ impl Serving {
             .and_then(|value| value.to_str().ok());
         self.catalog
             .current()
-            .authorize(header, scope)
+            .authorize(header, scope, now_millis())
             .cloned()
             .map_err(|refused| {
                 let status =

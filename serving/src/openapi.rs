@@ -32,6 +32,7 @@ pub const SECURITY_SCHEME: &str = "api_key";
         crate::governance::delete_view,
         crate::governance::post_key,
         crate::governance::delete_key,
+        crate::governance::rotate_key,
     ),
     components(schemas(ErrorBody)),
     modifiers(&KeyedRoutes),

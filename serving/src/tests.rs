@@ -134,11 +134,8 @@ proptest! {
 
 /// Two tenants with the demo registry and views; keys of each scope.
 fn two_tenant_catalog() -> Catalog {
-    let key = |key: &str, tenant: &str, scopes: Vec<Scope>| ApiKey {
-        key: key.into(),
-        tenant: tenant.into(),
-        source: format!("{key}-source"),
-        scopes,
+    let key = |key: &str, tenant: &str, scopes: Vec<Scope>| {
+        ApiKey::new(key, tenant, &format!("{key}-source"), scopes)
     };
     Catalog::new(
         BTreeMap::from([
@@ -444,6 +441,111 @@ async fn governance_refuses_changes_that_would_break_ingestion_and_checks_the_ke
     // Nothing was saved: `os` still means os_type.
     let (_, overview) = get(&app, "/v1/governance", Some("demo-admin")).await;
     assert!(overview["registry"]["tags"].get("aaa_hijack").is_none());
+}
+
+#[actix_web::test]
+async fn keys_are_kept_as_hashes_shown_by_id_and_rotated_without_downtime() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let (status, created) = send(
+        &app,
+        http::TestRequest::post()
+            .uri("/v1/governance/keys")
+            .set_json(serde_json::json!({"source": "dash", "scopes": ["read"]})),
+        Some("demo-admin"),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let old = created["key"].as_str().unwrap().to_owned();
+    assert!(old.len() >= 32, "a generated secret has 128 bits: {old}");
+    assert_eq!(get(&app, "/v1/governance", Some(&old)).await.0, 200);
+
+    // Rotation: the new secret works at once, and so does the old one during the grace.
+    let (status, rotated) = send(
+        &app,
+        http::TestRequest::post().uri("/v1/governance/keys/dash/rotate?grace_secs=3600"),
+        Some("demo-admin"),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(get(&app, "/v1/governance", Some(&new)).await.0, 200);
+    assert_eq!(get(&app, "/v1/governance", Some(&old)).await.0, 200);
+    let (_, overview) = get(&app, "/v1/governance", Some(&new)).await;
+    let dash: Vec<&Value> = overview["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["source"] == "dash")
+        .collect();
+    assert_eq!(dash.len(), 2, "{overview}");
+    assert_eq!(dash.iter().filter(|k| k["expires_at"].is_null()).count(), 1);
+    let (status, again) = send(
+        &app,
+        http::TestRequest::post().uri("/v1/governance/keys/dash/rotate"),
+        Some("demo-admin"),
+    )
+    .await;
+    assert_eq!(status, 409, "{again}");
+    // A rotation with no grace ends the old secret at once.
+    let (status, _) = send(
+        &app,
+        http::TestRequest::delete().uri("/v1/governance/keys/dash"),
+        Some("demo-admin"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, recreated) = send(
+        &app,
+        http::TestRequest::post()
+            .uri("/v1/governance/keys")
+            .set_json(serde_json::json!({"source": "dash", "scopes": ["read"]})),
+        Some("demo-admin"),
+    )
+    .await;
+    let first = recreated["key"].as_str().unwrap().to_owned();
+    let (_, rotated) = send(
+        &app,
+        http::TestRequest::post().uri("/v1/governance/keys/dash/rotate?grace_secs=0"),
+        Some("demo-admin"),
+    )
+    .await;
+    assert_eq!(get(&app, "/v1/governance", Some(&first)).await.0, 401);
+    let last = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(get(&app, "/v1/governance", Some(&last)).await.0, 200);
+
+    // Nothing Tally shows or keeps holds a secret, whole or in part.
+    let (_, overview) = get(&app, "/v1/governance", Some("demo-admin")).await;
+    let shown = overview.to_string();
+    let mut kept = String::new();
+    for entry in walk(rig._dir.path()) {
+        kept.push_str(&String::from_utf8_lossy(&std::fs::read(entry).unwrap()));
+    }
+    assert!(kept.contains("secret_sha256"), "the catalog was saved");
+    for secret in [&old, &new, &first, &last] {
+        let head = &secret[..10];
+        assert!(!shown.contains(head), "{head} shown in {shown}");
+        assert!(!kept.contains(head), "{head} kept in the data directory");
+    }
+    for secret in ["demo-admin", "demo-read"] {
+        assert!(!shown.contains(&format!("\"{secret}\"")), "{shown}");
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[actix_web::test]
