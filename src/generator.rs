@@ -74,6 +74,8 @@ pub struct GenReport {
     pub duplicates: u64,
     /// Requests that got no answer or a 5xx.
     pub failed_requests: u64,
+    /// Times the collector answered 429 and the batch was sent again after `Retry-After`.
+    pub rate_limited: u64,
     /// Wall time of the run, seconds.
     pub seconds: f64,
     /// Acknowledged events per second.
@@ -114,7 +116,10 @@ impl Percentiles {
 #[derive(Deserialize)]
 struct IngestReply {
     accepted: u64,
+    /// The first rejects, by index.
     rejected: Vec<RejectedIndex>,
+    /// Every reject, listed or not.
+    rejected_count: u64,
 }
 
 #[derive(Deserialize)]
@@ -129,14 +134,15 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "sent {} events in {} requests over {:.1} s: accepted {}, rejected {}, duplicates sent {}, failed requests {}",
+            "sent {} events in {} requests over {:.1} s: accepted {}, rejected {}, duplicates sent {}, failed requests {}, rate-limited retries {}",
             report.sent,
             report.requests,
             report.seconds,
             report.accepted,
             report.rejected,
             report.duplicates,
-            report.failed_requests
+            report.failed_requests,
+            report.rate_limited
         );
         println!(
             "{:.0} accepted events/s; ack latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -247,12 +253,27 @@ async fn worker(
             None => Instant::now(),
         };
         let (body, ids) = shared.factory.borrow_mut().batch(size);
-        let response = client
-            .post(&url)
-            .insert_header(("Authorization", authorization.as_str()))
-            .insert_header(("Content-Type", "application/json"))
-            .send_body(body)
-            .await;
+        // A polite client: past a rate limit, the same batch again once the server says.
+        let response = loop {
+            let response = client
+                .post(&url)
+                .insert_header(("Authorization", authorization.as_str()))
+                .insert_header(("Content-Type", "application/json"))
+                .send_body(body.clone())
+                .await;
+            let retry_after = response.as_ref().ok().and_then(|response| {
+                (response.status() == 429)
+                    .then(|| response.headers().get("retry-after")?.to_str().ok()?.parse().ok())
+                    .flatten()
+            });
+            match retry_after {
+                Some(seconds) => {
+                    shared.report.borrow_mut().rate_limited += 1;
+                    actix_web::rt::time::sleep(Duration::from_secs(seconds)).await;
+                }
+                None => break response,
+            }
+        };
         let latency = due.elapsed();
         let reply = match response {
             Ok(mut response)
@@ -273,9 +294,11 @@ async fn worker(
         match reply {
             Some((status, reply)) => {
                 report.accepted += reply.accepted;
-                report.rejected += reply.rejected.len() as u64;
+                report.rejected += reply.rejected_count;
                 shared.latencies.borrow_mut().push(latency);
-                if status == 202 {
+                // Past the listed rejects, which of the others were accepted is unknown:
+                // record none of the batch rather than a wrong one.
+                if status == 202 && reply.rejected_count == reply.rejected.len() as u64 {
                     record_acked(&shared, ids, &reply.rejected);
                 }
             }

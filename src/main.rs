@@ -39,6 +39,7 @@ mod batch_bench;
 mod bench;
 mod catalog;
 mod generator;
+mod guard;
 mod kafka;
 mod kafka_bench;
 mod logs;
@@ -150,6 +151,27 @@ enum LogCommand {
     },
 }
 
+impl Command {
+    /// Whether the command runs a server, which must outlive whatever reads its output.
+    fn serves(&self) -> bool {
+        matches!(
+            self,
+            Command::Up(_) | Command::Ingest(_) | Command::Speed(_) | Command::Serve(_)
+        )
+    }
+}
+
+/// Lets a command whose output is piped into `head` (or anything that stops reading) end
+/// as Unix tools do, by SIGPIPE, instead of panicking in `println!`: Rust ignores SIGPIPE
+/// by default, so that a closed socket is an error rather than a death. Sockets stay safe
+/// either way: on Linux, Rust writes to them with `MSG_NOSIGNAL`.
+fn quit_quietly_on_a_closed_pipe() {
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -160,6 +182,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if !cli.command.serves() {
+        quit_quietly_on_a_closed_pipe();
+    }
     let result = match cli.command {
         Command::Up(args) => serve::run(args, serve::Mode::Up),
         Command::Ingest(args) => serve::run(args, serve::Mode::Ingest),

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use tally_batch_layer::telemetry::BatchMetrics;
 use tally_connectors::batch_views::BatchViews;
 use tally_connectors::log::{EventLog, Spool, SpoolOptions, kafka};
+use tally_connectors::rate_limit::{CallerLimits, RateLimitMetrics};
 use tally_connectors::view_store::Access;
 use tally_ingest::forwarder::{Forwarder, ForwarderMetrics, ForwarderStatus};
 use tally_ingest::{Collector, IngestMetrics};
@@ -24,6 +25,7 @@ use tally_speed_layer::{SpeedHandle, SpeedLayer, SpeedMetrics};
 use crate::ServeArgs;
 use crate::batch::{self, BatchServices};
 use crate::catalog::{self, DemoKeys};
+use crate::guard;
 use crate::settings::{self, Stream};
 
 /// Which services to run.
@@ -228,6 +230,10 @@ pub fn serve(
         }
         _ => (None, None),
     };
+    let caller_limits = web::Data::new(CallerLimits::new(
+        &config.limits,
+        RateLimitMetrics::register(&mut registry),
+    ));
     let services = web::Data::new(Services {
         registry,
         collector: collector.clone(),
@@ -247,6 +253,8 @@ pub fn serve(
         let server = HttpServer::new(move || {
             let app = App::new()
                 .app_data(services.clone())
+                .app_data(caller_limits.clone())
+                .wrap(actix_web::middleware::from_fn(guard::limit_callers))
                 .configure(operations_routes);
             let app = match &collector {
                 Some(collector) => app.configure(Collector::configure(collector.clone())),
@@ -260,7 +268,8 @@ pub fn serve(
         let server = match config.ingest.workers {
             0 => server,
             workers => server.workers(workers),
-        };
+        }
+        .client_request_timeout(guard::REQUEST_HEAD_TIMEOUT);
         let server = server
             .bind(listen)
             .with_context(|| format!("listening on {listen} (set --listen)"))?;

@@ -173,3 +173,38 @@ fn a_spool_partition_that_cannot_write_makes_the_collector_unready() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("partition 0"), "{body}");
 }
+
+#[test]
+fn output_piped_into_a_reader_that_stops_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Tally::up(dir.path());
+    let events: Vec<String> = (0..3000)
+        .map(|i| format!(r#"{{"event_type":"click","user_id":"u{i}"}}"#))
+        .collect();
+    let (status, body) = post_events(&server, &format!("[{}]", events.join(",")));
+    assert_eq!(status, 202, "{body}");
+    // `tally log tail | head -1`: the reader takes one line and goes.
+    let mut tail = tally()
+        .args(["log", "tail", "-n", "3000", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(tail.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("click"), "{first}");
+    let output = tail.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        output.status.success() || output.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        output.status
+    );
+}

@@ -10,6 +10,7 @@
 //!   recompute, search and notebooks.
 //! - [`batch_views`]: batch view states and the manifest that publishes them atomically.
 //! - [`catalog`]: the tenants, registries, views and keys every service reads, swappable.
+//! - [`rate_limit`]: how often one caller (an API key, a client address) may call.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tally_connectors::log::LogError> {
@@ -27,6 +28,7 @@ pub mod batch_views;
 pub mod catalog;
 pub mod log;
 pub mod object_store;
+pub mod rate_limit;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod view_store;

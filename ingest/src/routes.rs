@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
@@ -67,6 +67,7 @@ pub(crate) struct IngestError {
         (status = 400, description = "No event was valid, or the body is not JSON", body = IngestReply),
         (status = 401, description = "No key, or an unknown one", body = IngestError),
         (status = 403, description = "The key may not write", body = IngestError),
+        (status = 408, description = "The body took longer than ingest.body_timeout_secs to arrive", body = IngestError),
         (status = 413, description = "The body or every event is over the size limit", body = IngestError),
         (status = 415, description = "Neither JSON nor NDJSON", body = IngestError),
         (status = 503, description = "The log could not store the events; nothing was acknowledged, retry", body = IngestError)),
@@ -111,15 +112,25 @@ async fn receive_batch(
     if declared.is_some_and(|length| length > limit) {
         return too_large();
     }
-    let bytes = match body.to_bytes_limited(limit).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(err)) => {
+    let patience = Duration::from_secs(collector.limits.body_timeout_secs);
+    let bytes = match actix_web::rt::time::timeout(patience, body.to_bytes_limited(limit)).await {
+        Ok(Ok(Ok(bytes))) => bytes,
+        Ok(Ok(Err(err))) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!("could not read the request body: {err}"),
             );
         }
-        Err(_) => return too_large(),
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body took over {} s to arrive; nothing was stored, send it again",
+                    patience.as_secs()
+                ),
+            );
+        }
     };
     let received_at = now_millis();
     let context = collector.validation_context(&key, received_at, false);

@@ -51,6 +51,9 @@ pub struct Config {
     /// Serving: the query API, search and governance.
     #[serde(default)]
     pub serving: ServingConfig,
+    /// How often one caller may call, per key and per client address.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// The demo tenant created when no tenant is declared.
     #[serde(default)]
     pub demo: DemoConfig,
@@ -84,6 +87,10 @@ pub struct IngestConfig {
     /// HTTP worker threads; 0 means one per core.
     #[serde(default)]
     pub workers: usize,
+    /// Longest a request body may take to arrive, in seconds; a slower one gets 408, so
+    /// that trickling bodies cannot hold the collector's connections.
+    #[serde(default = "default_body_timeout_secs")]
+    pub body_timeout_secs: u64,
     /// Rejected events listed one by one in a reply; the rest are counted by reason.
     #[serde(default = "default_max_rejects_listed")]
     pub max_rejects_listed: usize,
@@ -287,6 +294,27 @@ pub struct ServingConfig {
     pub max_answer_bytes: usize,
 }
 
+/// How often one caller may call: per API key (a write key is shared by every browser of a
+/// site, so its limit is the site's), per client address, and failed authentications per
+/// address. Past a limit the answer is 429 with `Retry-After`. 0 turns a limit off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per second one API key may make, sustained.
+    #[serde(default = "default_requests_per_second_per_key")]
+    pub requests_per_second_per_key: u32,
+    /// Requests per second one client address may make, sustained.
+    #[serde(default = "default_requests_per_second_per_address")]
+    pub requests_per_second_per_address: u32,
+    /// Seconds of a rate a caller may spend at once (the burst), after being idle.
+    #[serde(default = "default_burst_seconds")]
+    pub burst_seconds: u32,
+    /// Failed authentications (401) one client address may have per minute; past it, its
+    /// every request is refused until the minute refills, so keys cannot be guessed.
+    #[serde(default = "default_auth_failures_per_minute")]
+    pub auth_failures_per_minute_per_address: u32,
+}
+
 /// The demo tenant's keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -302,9 +330,26 @@ pub struct DemoConfig {
     pub admin_key: String,
 }
 
+/// A busy site's whole traffic through one write key, with room.
+const fn default_requests_per_second_per_key() -> u32 {
+    5_000
+}
+/// Generous for one browser or server, and for a small office behind one NAT address.
+const fn default_requests_per_second_per_address() -> u32 {
+    500
+}
+const fn default_burst_seconds() -> u32 {
+    2
+}
+const fn default_auth_failures_per_minute() -> u32 {
+    30
+}
 /// 32 MiB: a day by minute of a dozen groups is under 2 MB.
 const fn default_max_answer_bytes() -> usize {
     32 << 20
+}
+const fn default_body_timeout_secs() -> u64 {
+    10
 }
 const fn default_max_rejects_listed() -> usize {
     100
@@ -385,6 +430,11 @@ impl Default for KafkaConfig {
     }
 }
 impl Default for SpeedConfig {
+    fn default() -> Self {
+        Config::default_section()
+    }
+}
+impl Default for LimitsConfig {
     fn default() -> Self {
         Config::default_section()
     }

@@ -26,6 +26,8 @@ use crate::{Refusal, Serving, bad, respond};
 const MAX_REJECTED: usize = 500;
 /// The largest body of a governance change.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest a governance change's body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a rotated key's old secret keeps working unless the rotation says.
 const DEFAULT_ROTATION_GRACE_SECS: u64 = 24 * 3600;
 /// The longest grace a rotation may give the old secret.
@@ -496,9 +498,14 @@ async fn change_catalog(
     answer(serving, route, Instant::now(), async {
         let key = serving.authorize(request, Scope::Admin)?;
         let body = match body {
-            Some(body) => body
-                .to_bytes_limited(MAX_BODY_BYTES)
+            Some(body) => actix_web::rt::time::timeout(BODY_TIMEOUT, body.to_bytes_limited(MAX_BODY_BYTES))
                 .await
+                .map_err(|_| {
+                    (
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("the body took over {} s to arrive", BODY_TIMEOUT.as_secs()),
+                    )
+                })?
                 .map_err(|_| {
                     (
                         StatusCode::PAYLOAD_TOO_LARGE,
