@@ -1,6 +1,6 @@
 //! The door of the HTTP server: every request to a layer's route is admitted by the caller
-//! limits ([`CallerLimits`]) before it reaches the layer, a 401 is reported back to them, and
-//! a request body that trickles in is cut off.
+//! limits ([`CallerLimits`]) before it reaches the layer, a 401 is reported back to them, a
+//! request head that trickles in is cut off, and a path no route takes gets a JSON 404.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -43,6 +43,17 @@ pub async fn limit_callers(
         limits.auth_failed(address);
     }
     Ok(response.map_into_left_body())
+}
+
+/// Answers a request no route takes, in JSON like every other refusal.
+pub async fn no_such_route(request: actix_web::HttpRequest) -> HttpResponse {
+    HttpResponse::NotFound().json(serde_json::json!({
+        "error": format!(
+            "no route {} {}; the routes are listed in /openapi.json",
+            request.method(),
+            request.path()
+        )
+    }))
 }
 
 /// The address the request came from: the peer's. Behind a proxy every caller shares the

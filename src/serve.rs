@@ -260,10 +260,11 @@ pub fn serve(
                 Some(collector) => app.configure(Collector::configure(collector.clone())),
                 None => app,
             };
-            match &serving {
+            let app = match &serving {
                 Some(serving) => app.configure(Serving::configure(serving.clone())),
                 None => app,
-            }
+            };
+            app.default_service(web::route().to(guard::no_such_route))
         });
         let server = match config.ingest.workers {
             0 => server,

@@ -216,9 +216,18 @@ pub fn events_from_parquet(bytes: &[u8]) -> Result<Vec<Logged<Event>>, ArchiveEr
         .collect())
 }
 
+/// Instants as UTC timestamps: Parquet marks them `isAdjustedToUTC`, so Polars, DuckDB,
+/// Spark and pandas read them as instants, not as local wall times.
 fn timestamps(name: &str, values: impl Iterator<Item = Millis>) -> PolarsResult<Column> {
-    Column::new(name.into(), values.collect::<Vec<i64>>())
-        .cast(&DataType::Datetime(TimeUnit::Milliseconds, None))
+    let millis = Int64Chunked::from_vec(name.into(), values.collect());
+    Ok(millis
+        .into_datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
+        .into_column())
+}
+
+/// The type of every timestamp column of the archive.
+fn utc_millis() -> DataType {
+    DataType::Datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
 }
 
 fn log_positions<T>(rows: &[Logged<T>]) -> [Column; 2] {
@@ -336,10 +345,7 @@ mod tests {
             &names[9..],
             ["tag_country", "num_country", "num_revenue", "bool_beta"]
         );
-        assert_eq!(
-            frame.column("ts").unwrap().dtype(),
-            &DataType::Datetime(TimeUnit::Milliseconds, None)
-        );
+        assert_eq!(frame.column("ts").unwrap().dtype(), &utc_millis());
     }
 
     #[test]

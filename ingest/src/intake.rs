@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
 use serde_json::value::RawValue;
 use tally_model::registry::ValidationContext;
 use tally_model::{Event, RejectReason, TagRegistry};
+
+use crate::strict_json;
 
 /// How the events in a body are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,22 @@ pub struct Intake {
 }
 
 impl Intake {
+    /// The verdict on a request refused whole, before its events could be read: one
+    /// rejection at index 0 with `payload` cut to `max_event_bytes`.
+    pub fn refused_whole(
+        code: &'static str,
+        message: String,
+        payload: &str,
+        max_event_bytes: usize,
+    ) -> Intake {
+        let mut verdict = Intake {
+            max_rejects_detailed: 1,
+            ..Intake::default()
+        };
+        verdict.reject(Rejection::new(0, code, message, payload, max_event_bytes));
+        verdict
+    }
+
     fn reject(&mut self, rejection: Rejection) {
         self.rejected_count += 1;
         if let Some(first) = rejection.reasons.first() {
@@ -127,7 +144,7 @@ pub fn intake(
             ));
             return;
         }
-        let parsed = serde_json::from_str::<Value>(raw).map_err(|err| {
+        let parsed = strict_json::parse(raw).map_err(|err| {
             vec![RejectReason::new(
                 INVALID_JSON,
                 format!("invalid JSON: {err}"),
@@ -175,6 +192,32 @@ fn split_json(body: &[u8]) -> Result<Vec<&RawValue>, String> {
         Some(_) => serde_json::from_slice::<&RawValue>(body).map(|one| vec![one]),
     };
     parsed.map_err(|err| format!("invalid JSON: {err}"))
+}
+
+/// Whether a URL query string is UTF-8 once its `%XX` escapes are decoded. Decoders replace
+/// what is not, silently; the pixel refuses it instead, as the JSON API refuses a body
+/// that is not UTF-8.
+pub fn query_is_utf8(query: &str) -> bool {
+    let bytes = query.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escaped = (bytes[at] == b'%')
+            .then(|| bytes.get(at + 1..at + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            None => {
+                decoded.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 fn new_event_id() -> String {

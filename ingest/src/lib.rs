@@ -15,6 +15,7 @@
 pub mod forwarder;
 pub mod intake;
 mod routes;
+mod strict_json;
 mod telemetry;
 
 use std::sync::Arc;

@@ -15,7 +15,7 @@ use tally_model::time::now_millis;
 use tally_model::{ApiKey, Catalog, Millis, Scope};
 
 use crate::Collector;
-use crate::intake::{BodyFormat, Intake, intake};
+use crate::intake::{BodyFormat, Intake, intake, query_is_utf8};
 
 /// A transparent 1×1 GIF.
 const PIXEL_GIF: &[u8] = &[
@@ -78,7 +78,12 @@ pub async fn post_events(
     collector: web::Data<Collector>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let response = receive_batch(&request, body, &collector).await;
+    let response = receive_batch(&request, body, &collector)
+        .await
+        .unwrap_or_else(|refusal| {
+            collector.metrics.request_refused(refusal.reason);
+            refusal.into_response()
+        });
     collector
         .metrics
         .request("post_events", response.status().as_u16(), started);
@@ -89,47 +94,44 @@ async fn receive_batch(
     request: &HttpRequest,
     body: web::Payload,
     collector: &Collector,
-) -> HttpResponse {
-    let (key, catalog) = match authorize(request, collector) {
-        Ok(authorized) => authorized,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let format = match body_format(request) {
-        Ok(format) => format,
-        Err(refusal) => return refusal.into_response(),
-    };
+) -> Result<HttpResponse, Refusal> {
+    let (key, catalog) = authorize(request, collector)?;
+    let format = body_format(request)?;
     let limit = collector.limits.max_request_bytes;
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     let too_large = || {
-        error(
+        Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
             format!("request body over the limit of {limit} bytes; send smaller batches"),
         )
     };
     if declared.is_some_and(|length| length > limit) {
-        return too_large();
+        return Err(too_large());
     }
     let patience = Duration::from_secs(collector.limits.body_timeout_secs);
     let bytes = match actix_web::rt::time::timeout(patience, body.to_bytes_limited(limit)).await {
         Ok(Ok(Ok(bytes))) => bytes,
         Ok(Ok(Err(err))) => {
-            return error(
+            return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
+                "body_unreadable",
                 format!("could not read the request body: {err}"),
-            );
+            ));
         }
-        Ok(Err(_)) => return too_large(),
+        Ok(Err(_)) => return Err(too_large()),
         Err(_) => {
-            return error(
+            return Err(Refusal::new(
                 StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
                 format!(
                     "the request body took over {} s to arrive; nothing was stored, send it again",
                     patience.as_secs()
                 ),
-            );
+            ));
         }
     };
     let received_at = now_millis();
@@ -144,24 +146,26 @@ async fn receive_batch(
         collector.limits.max_rejects_listed.max(collector.limits.max_rejects_kept),
     );
     if verdict.accepted.is_empty() && verdict.rejected_count == 0 {
-        return error(
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
+            "no_events",
             "the request holds no events; send a JSON array of events".to_owned(),
-        );
+        ));
     }
     if let Err(err) = collector.store(&key, received_at, &verdict).await {
         tracing::error!(error = %err, "could not store events durably");
-        return error(
+        return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
+            "not_stored",
             format!("could not store events durably, nothing was acknowledged; retry: {err}"),
-        );
+        ));
     }
     let status = match (verdict.accepted.len(), verdict.any_too_large) {
         (0, true) => StatusCode::PAYLOAD_TOO_LARGE,
         (0, false) => StatusCode::BAD_REQUEST,
         _ => StatusCode::ACCEPTED,
     };
-    HttpResponse::build(status).json(reply(&verdict, collector.limits.max_rejects_listed))
+    Ok(HttpResponse::build(status).json(reply(&verdict, collector.limits.max_rejects_listed)))
 }
 
 /// `GET /i?k=<write key>&e=<event type>&uid=<user>&<tag>=<value>...`: the image beacon.
@@ -203,6 +207,20 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         collector.metrics.unauthorized_pixel();
         return Err("unknown write key".to_owned());
     };
+    let received_at = now_millis();
+    if !query_is_utf8(request.query_string()) {
+        let verdict = Intake::refused_whole(
+            "invalid_utf8",
+            "the query string is not UTF-8 once percent-decoded".to_owned(),
+            request.query_string(),
+            collector.limits.max_event_bytes,
+        );
+        collector
+            .store(&key, received_at, &verdict)
+            .await
+            .map_err(|err| err.to_string())?;
+        return Err("the query string is not UTF-8".to_owned());
+    }
     let mut event = Map::new();
     let mut tags = Map::new();
     for (name, value) in pairs {
@@ -222,7 +240,6 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
     if !tags.is_empty() {
         event.insert("tags".to_owned(), Value::Object(tags));
     }
-    let received_at = now_millis();
     let context = collector.validation_context(&key, received_at, true);
     let registry = &catalog.tenants[&key.tenant].registry;
     let body = serde_json::to_vec(&Value::Object(event)).expect("a JSON map serializes");
@@ -240,15 +257,21 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         .map_err(|err| err.to_string())
 }
 
-/// Why a request is refused before its body is read.
+/// Why a request is refused as a whole: its status, a short reason for `/metrics`, and what
+/// to tell the caller.
 struct Refusal {
     status: StatusCode,
+    reason: &'static str,
     message: String,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, message: String) -> Self {
-        Refusal { status, message }
+    fn new(status: StatusCode, reason: &'static str, message: String) -> Self {
+        Refusal {
+            status,
+            reason,
+            message,
+        }
     }
 
     fn into_response(self) -> HttpResponse {
@@ -270,6 +293,10 @@ fn authorize(
         Ok(key) => Ok((key.clone(), catalog.clone())),
         Err(refused) => Err(Refusal::new(
             StatusCode::from_u16(refused.status()).expect("401 and 403 are statuses"),
+            match refused {
+                AuthError::Lacks { .. } => "forbidden",
+                _ => "unauthorized",
+            },
             match refused {
                 AuthError::Lacks { key, .. } => {
                     format!("API key '{key}' may not send events: it lacks the write scope")
@@ -298,6 +325,7 @@ fn body_format(request: &HttpRequest) -> Result<BodyFormat, Refusal> {
         "application/x-ndjson" => Ok(BodyFormat::NdJson),
         _ => Err(Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
             format!(
                 "Content-Type '{content_type}' is not accepted; use application/json (an array of events) or application/x-ndjson"
             ),

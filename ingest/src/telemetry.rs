@@ -31,6 +31,7 @@ pub(crate) struct StreamLabels {
 /// The collector's metrics.
 pub struct IngestMetrics {
     accepted: Counter,
+    requests_refused: Family<ReasonLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     request_seconds: Family<RouteLabels, Histogram>,
     spool_bytes: Family<StreamLabels, Gauge>,
@@ -47,6 +48,7 @@ impl IngestMetrics {
     pub fn register(registry: &mut Registry) -> Arc<IngestMetrics> {
         let metrics = IngestMetrics {
             accepted: Counter::default(),
+            requests_refused: Family::default(),
             rejected: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             spool_bytes: Family::default(),
@@ -57,6 +59,11 @@ impl IngestMetrics {
             "events_accepted",
             "Events acknowledged durably",
             metrics.accepted.clone(),
+        );
+        ingest.register(
+            "requests_refused",
+            "Requests refused as a whole (no key, wrong type, too large, unreadable, slow, empty, not stored), by reason",
+            metrics.requests_refused.clone(),
         );
         ingest.register(
             "events_rejected",
@@ -89,6 +96,15 @@ impl IngestMetrics {
 
     pub(crate) fn accepted(&self, events: usize) {
         self.accepted.inc_by(events as u64);
+    }
+
+    /// A request refused as a whole, before any of its events was judged.
+    pub(crate) fn request_refused(&self, reason: &'static str) {
+        self.requests_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// `events` rejected; an event with several reasons counts once, under its first.

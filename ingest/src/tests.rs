@@ -369,6 +369,32 @@ async fn the_pixel_always_answers_a_gif_and_records_like_the_api() {
 }
 
 #[actix_web::test]
+async fn ambiguous_input_is_refused_not_guessed() {
+    let h = harness(IngestConfig::default());
+    // Invalid UTF-8 in the pixel's query: kept as a reject, not decoded lossily.
+    let (status, _) = h.pixel("k=write-key&e=click&uid=%C3%28").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(h.stored_events().is_empty());
+    let rejects = h.stored_rejects();
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0].reasons, ["the query string is not UTF-8 once percent-decoded"]);
+    assert!(rejects[0].payload.contains("uid=%C3%28"));
+    // A key twice in one event, at the top or in its tags: refused, not last-wins.
+    for event in [
+        r#"{"event_type":"click","user_id":"a","user_id":"b"}"#,
+        r#"{"event_type":"click","user_id":"a","tags":{"os_type":"ios","os_type":"android"}}"#,
+    ] {
+        let (status, reply) = h
+            .post("application/json", Some("write-key"), format!("[{event}]"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{event}");
+        let reason = reply["rejected"][0]["reasons"][0].as_str().unwrap();
+        assert!(reason.contains("appears twice in one object"), "{reason}");
+    }
+    assert!(h.stored_events().is_empty());
+}
+
+#[actix_web::test]
 async fn browsers_may_send_from_any_origin() {
     let h = harness(IngestConfig::default());
     let app =
