@@ -4,6 +4,7 @@ mod batch;
 mod cli;
 mod dashboard;
 mod governance;
+mod hostile;
 mod kafka;
 mod kill;
 mod lambda;

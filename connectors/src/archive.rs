@@ -225,10 +225,6 @@ fn timestamps(name: &str, values: impl Iterator<Item = Millis>) -> PolarsResult<
         .into_column())
 }
 
-/// The type of every timestamp column of the archive.
-fn utc_millis() -> DataType {
-    DataType::Datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC))
-}
 
 fn log_positions<T>(rows: &[Logged<T>]) -> [Column; 2] {
     [
@@ -345,7 +341,11 @@ mod tests {
             &names[9..],
             ["tag_country", "num_country", "num_revenue", "bool_beta"]
         );
-        assert_eq!(frame.column("ts").unwrap().dtype(), &utc_millis());
+        assert_eq!(
+            frame.column("ts").unwrap().dtype(),
+            &DataType::Datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC)),
+            "timestamps are UTC instants (isAdjustedToUTC)"
+        );
     }
 
     #[test]

@@ -1,0 +1,698 @@
+//! The hostile-input catalog: requests an attacker or a careless client sends, each with the
+//! status it must get, a piece of the reason, and bounds on the reply's size and time,
+//! against one real `tally up`. Afterwards the service is healthy and every event it
+//! acknowledged is in the log. Rate limits have their own test at the end.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::{ADMIN_KEY, READ_KEY, Tally, WRITE_KEY, log_stats, logged_event_ids, tally};
+
+/// The ingest body limit, and how long a body may trickle, in the server under test.
+const BODY_TIMEOUT_SECS: u64 = 1;
+
+/// One hostile request and what it must get.
+struct Case {
+    name: &'static str,
+    request: Vec<u8>,
+    status: u16,
+    reason: &'static str,
+    max_reply_bytes: usize,
+    max_time: Duration,
+    /// Event ids the request must get acknowledged (a 202).
+    acknowledges: Vec<String>,
+}
+
+/// Builds a [`Case`]: a request line, headers and a body, then what it must get.
+struct Request {
+    method: &'static str,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    content_length: bool,
+}
+
+fn request(method: &'static str, path: impl Into<String>) -> Request {
+    Request {
+        method,
+        path: path.into(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        content_length: true,
+    }
+}
+
+impl Request {
+    fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    fn key(self, secret: &str) -> Self {
+        self.header("Authorization", format!("Bearer {secret}"))
+    }
+
+    fn json(self, body: impl Into<Vec<u8>>) -> Self {
+        self.header("Content-Type", "application/json").body(body)
+    }
+
+    fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Sends the headers as given, with no `Content-Length` of ours.
+    fn raw_framing(mut self) -> Self {
+        self.content_length = false;
+        self
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut head = format!(
+            "{} {} HTTP/1.1\r\nHost: tally\r\nConnection: close\r\n",
+            self.method, self.path
+        );
+        if self.content_length {
+            head.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        }
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    fn expect(self, name: &'static str, status: u16, reason: &'static str) -> Case {
+        Case {
+            name,
+            request: self.bytes(),
+            status,
+            reason,
+            max_reply_bytes: 16 * 1024,
+            max_time: Duration::from_secs(5),
+            acknowledges: Vec::new(),
+        }
+    }
+}
+
+impl Case {
+    fn max_reply(mut self, bytes: usize) -> Self {
+        self.max_reply_bytes = bytes;
+        self
+    }
+
+    fn acknowledging(mut self, ids: &[&str]) -> Self {
+        self.acknowledges = ids.iter().map(|id| (*id).to_owned()).collect();
+        self
+    }
+}
+
+/// What came back: the status, the head, the body (chunk framing included) and the time
+/// taken.
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+    elapsed: Duration,
+}
+
+/// Sends raw bytes and reads the answer until the server closes. A server that answers
+/// before reading the whole body may close while the rest is still being written; that is
+/// not an error here.
+fn send(address: &str, request: &[u8]) -> Reply {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Reply {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+        elapsed,
+    }
+}
+
+fn event(id: &str) -> String {
+    format!(r#"{{"event_id":"{id}","event_type":"click","user_id":"u","tags":{{"os":"ios"}}}}"#)
+}
+
+/// Nested arrays `depth` deep.
+fn nested(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+fn ingest_cases() -> Vec<Case> {
+    let post = || request("POST", "/v1/events");
+    let valid = format!("[{}]", event("hostile-ok-1"));
+    let mut cases = vec![
+        post().json(valid.clone()).expect("no key", 401, "missing Authorization"),
+        post()
+            .header("Authorization", format!("bearer {WRITE_KEY}"))
+            .json(valid)
+            .expect("lowercase scheme", 202, "\"accepted\":1")
+            .acknowledging(&["hostile-ok-1"]),
+        post()
+            .key("tk_guess000000000000000000000000000")
+            .json("[]")
+            .expect("unknown key", 401, "unknown API key"),
+        post()
+            .header("Authorization", "Bearer")
+            .json("[]")
+            .expect("scheme without a secret", 401, "missing Authorization"),
+        post()
+            .header("Authorization", format!("Basic {WRITE_KEY}"))
+            .json("[]")
+            .expect("basic scheme", 401, "missing Authorization"),
+        post()
+            .key(READ_KEY)
+            .json("[]")
+            .expect("read key writes", 403, "lacks the write scope"),
+        post()
+            .key(WRITE_KEY)
+            .header("Content-Type", "text/html")
+            .body("<b>")
+            .expect("wrong media type", 415, "is not accepted"),
+        post()
+            .key(WRITE_KEY)
+            .body("[]")
+            .expect("no media type", 415, "is not accepted"),
+        post()
+            .key(WRITE_KEY)
+            .json("")
+            .expect("empty body", 400, "the body is empty"),
+        post()
+            .key(WRITE_KEY)
+            .json("[]")
+            .expect("empty array", 400, "holds no events"),
+        post()
+            .key(WRITE_KEY)
+            .json("{")
+            .expect("truncated object", 400, "invalid JSON"),
+        post()
+            .key(WRITE_KEY)
+            .json(format!("[{}", event("never")))
+            .expect("truncated array", 400, "invalid JSON"),
+        post()
+            .key(WRITE_KEY)
+            .json("null")
+            .expect("null", 400, "must be a JSON object"),
+        post()
+            .key(WRITE_KEY)
+            .json("\"click\"")
+            .expect("a string", 400, "must be a JSON object"),
+        post()
+            .key(WRITE_KEY)
+            .json("[1,2,3]")
+            .expect("numbers", 400, "must be a JSON object"),
+        post()
+            .key(WRITE_KEY)
+            .json(nested(10_000))
+            .expect("deep nesting", 400, "recursion limit"),
+        post()
+            .key(WRITE_KEY)
+            .json(nested(100_000))
+            .expect("deep nesting past the event limit", 413, "bytes per event"),
+        post()
+            .key(WRITE_KEY)
+            .json(format!(
+                r#"[{{"event_type":"click","user_id":"u","tags":{}}}]"#,
+                nested(5000)
+            ))
+            .expect("deep nesting in tags", 400, "recursion limit"),
+        post()
+            .key(WRITE_KEY)
+            .json(b"[{\"event_type\":\"click\",\"user_id\":\"\xff\xfe\"}]".to_vec())
+            .expect("invalid UTF-8", 400, "invalid JSON"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"click","user_id":"u","ts":1e400}]"#)
+            .expect("1e400", 400, "invalid JSON"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"click","user_id":"u","ts":123456789012345678901234567890}]"#)
+            .expect("30-digit time", 400, "\\\"ts\\\" must be whole epoch milliseconds"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"click","user_id":"u","ts":-9223372036854775808}]"#)
+            .expect("earliest time", 400, "older than the allowed lateness"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"click","user_id":"u","ts":"+275760-09-13T00:00:00Z"}]"#)
+            .expect("year 275760", 400, "neither RFC 3339"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"click","user_id":"u","ts":{"$date":1}}]"#)
+            .expect("time as an object", 400, "must be an RFC 3339 string"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"purchase","user_id":"u","tags":{"revenue":1e32}}]"#)
+            .expect("revenue 1e32", 400, "outside ±1e15"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"purchase","user_id":"u","tags":{"revenue":-1e308}}]"#)
+            .expect("revenue -1e308", 400, "outside ±1e15"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"purchase","user_id":"u","tags":{"revenue":NaN}}]"#)
+            .expect("NaN", 400, "invalid JSON"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"click","user_id":"a","user_id":"b"}]"#)
+            .expect("repeated key", 400, "appears twice in one object"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"click","user_id":"a","tags":{"os":"ios","os":"android"}}]"#)
+            .expect("repeated tag", 400, "appears twice in one object"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"click","user_id":"a","tags":{"os":"ios","os_type":"android"}}]"#)
+            .expect("a tag and its alias", 400, "are both 'os_type'"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"click","user_id":"a","tenant":"other"}]"#)
+            .expect("tenant in the body", 400, "is set by the server"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"click","user_id":"a","__proto__":{}}]"#)
+            .expect("unknown field", 400, "unknown field '__proto__'"),
+        post()
+            .key(WRITE_KEY)
+            .json(format!(
+                r#"[{{"event_type":"click","user_id":"{}"}}]"#,
+                "u".repeat(10_000)
+            ))
+            .expect("long user id", 400, "over the limit"),
+        post()
+            .key(WRITE_KEY)
+            .json(format!(
+                r#"[{{"event_type":"click","user_id":"u","tags":{{"url":"{}"}}}}]"#,
+                "x".repeat(40_000)
+            ))
+            .expect("event over its limit", 413, "bytes per event"),
+        post()
+            .key(WRITE_KEY)
+            .json(vec![b' '; 600 * 1024])
+            .expect("body over its limit", 413, "over the limit of 512000 bytes"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"clik","user_id":"u"}]"#)
+            .expect("misspelt event type", 400, "did you mean click?"),
+        post()
+            .key(WRITE_KEY)
+            .json(format!(
+                r#"[{{"event_id":"{}","event_type":"click","user_id":"u"}}]"#,
+                "e".repeat(1000)
+            ))
+            .expect("long event id", 400, "over the limit"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"click","user_id":"u","tags":["os","ios"]}]"#)
+            .expect("tags as a list", 400, "tags"),
+        post()
+            .key(WRITE_KEY)
+            .json(r#"[{"event_type":"<script>alert(1)</script>","user_id":"u"}]"#)
+            .expect("markup as event type", 400, "unknown event type"),
+        post()
+            .key(WRITE_KEY)
+            .header("Content-Type", "application/x-ndjson")
+            .body(format!("{}\n{}\n", event("hostile-nd-1"), event("hostile-nd-2")))
+            .expect("NDJSON", 202, "\"accepted\":2")
+            .acknowledging(&["hostile-nd-1", "hostile-nd-2"]),
+        post()
+            .key(WRITE_KEY)
+            .header("Content-Type", "application/x-ndjson")
+            .body(b"{\"event_type\":\"click\",\"user_id\":\"\xc3\x28\"}\n".to_vec())
+            .expect("NDJSON, not UTF-8", 400, "not UTF-8"),
+        post()
+            .key(WRITE_KEY)
+            .json(format!("[{}]", vec!["1"; 200_000].join(",")))
+            .expect("a flood of junk", 400, "\"rejected_count\":200000")
+            .max_reply(20_000),
+        post()
+            .key(WRITE_KEY)
+            .header("Content-Encoding", "gzip")
+            .json(vec![0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03])
+            .expect("gzip is not decoded", 400, "invalid JSON"),
+        request("PUT", "/v1/events")
+            .key(WRITE_KEY)
+            .json("[]")
+            .expect("wrong method", 405, ""),
+        post()
+            .key(WRITE_KEY)
+            .header("Content-Type", "application/json")
+            .header("Content-Length", "100")
+            .body("[{")
+            .raw_framing()
+            .expect("a body that never arrives", 408, "took over 1 s"),
+        post()
+            .key(WRITE_KEY)
+            .header("Content-Type", "application/json")
+            .header("Transfer-Encoding", "chunked")
+            .body(format!("{:x}\r\n[{}]\r\n0\r\n\r\n", event("hostile-ch-1").len() + 2, event("hostile-ch-1")))
+            .raw_framing()
+            .expect("chunked body", 202, "\"accepted\":1")
+            .acknowledging(&["hostile-ch-1"]),
+        post()
+            .key(WRITE_KEY)
+            .header("Content-Type", "application/json")
+            .header("Transfer-Encoding", "chunked")
+            .header("Content-Length", "5")
+            .body("0\r\n\r\nGET /v1/query HTTP/1.1\r\n\r\n")
+            .raw_framing()
+            .expect("request smuggling", 400, ""),
+        post()
+            .key(WRITE_KEY)
+            .header("X-Big", "x".repeat(256 * 1024))
+            .json("[]")
+            .expect("a huge header", 431, ""),
+    ];
+    let many_headers = (0..200).fold(post().key(WRITE_KEY), |request, n| {
+        request.header(&format!("X-H{n}"), "v")
+    });
+    cases.push(many_headers.json("[]").expect("too many headers", 431, ""));
+    cases
+}
+
+fn pixel_cases() -> Vec<Case> {
+    let pixel = |query: &str| request("GET", format!("/i?{query}"));
+    vec![
+        pixel(&format!("k={WRITE_KEY}&e=click&uid=u&eid=hostile-px-1"))
+            .expect("a pixel", 200, "GIF89a")
+            .acknowledging(&["hostile-px-1"]),
+        pixel("e=click&uid=u").expect("a pixel without a key", 200, "GIF89a"),
+        pixel(&format!("k={WRITE_KEY}&e=click&uid=%C3%28")).expect(
+            "a pixel, not UTF-8",
+            200,
+            "GIF89a",
+        ),
+        pixel(&format!("k={WRITE_KEY}&e=purchase&uid=u&revenue=1e400"))
+            .expect("a pixel's huge number", 200, "GIF89a"),
+        pixel(&format!("k={WRITE_KEY}&e=click&uid=u&url={}", "a".repeat(4000)))
+            .expect("a long pixel", 200, "GIF89a"),
+        pixel(&format!("k={WRITE_KEY}&%zz=%ff&&&==")).expect("a mangled query", 200, "GIF89a"),
+    ]
+}
+
+fn query_cases() -> Vec<Case> {
+    let query = |params: &str| request("GET", format!("/v1/query?{params}")).key(READ_KEY);
+    let many: Vec<String> = (1..=40).map(|n| format!("p{n}(latency_ms)")).collect();
+    let many = format!("view=latency_by_type&measures={}", many.join(","));
+    vec![
+        request("GET", "/v1/query?view=events_by_type").expect("no key", 401, "missing"),
+        request("GET", "/v1/query?view=events_by_type")
+            .key(WRITE_KEY)
+            .expect("write key reads", 403, "lacks the read scope"),
+        query("").expect("no view", 400, "name a view"),
+        query("view=nope").expect("unknown view", 400, "no view 'nope'"),
+        query("view=%3Cscript%3E").expect("markup as a view", 400, "no view '<script>'"),
+        query("view=events_by_type&from=-9223372036854775808&to=9223372036854775807")
+            .expect("the whole i64 range", 400, "outside the times Tally reads"),
+        query("view=events_by_type&from=9223372036854775807")
+            .expect("from past year 9999", 400, "outside the times Tally reads"),
+        query("view=events_by_type&from=2000&to=1000").expect("from after to", 400, "is after"),
+        query("view=events_by_type&from=0&to=253402300799999")
+            .expect("ten thousand years", 400, "more than the 366.0 days"),
+        query("view=events_by_type&from=yesterday").expect("from in words", 400, "neither RFC"),
+        query("view=events_by_type&granularity=week").expect("week", 400, "unknown granularity"),
+        query("view=events_by_type&granularity=second")
+            .expect("second", 400, "unknown granularity"),
+        query("view=events_by_type&measures=count,count,count")
+            .expect("a measure twice", 400, "names 'count' twice"),
+        query(&many).expect("40 measures", 400, "at most 32"),
+        query("view=events_by_type&group_by=os_type,os_type")
+            .expect("a dimension twice", 400, "names 'os_type' twice"),
+        query("view=events_by_type&group_by=colour").expect("no such dimension", 400, "no dimension"),
+        query("view=events_by_type&filter=os_type").expect("a bare filter", 400, "dimension=value"),
+        query("view=events_by_type&filter=os_type=ios,os_type=android")
+            .expect("a dimension filtered twice", 400, "names 'os_type' twice"),
+        query("view=events_by_type&measures=sum(").expect("half a measure", 400, "is not one of"),
+        query("view=latency_by_type&measures=p100(latency_ms)")
+            .expect("p100", 400, "is not one of"),
+        query("view=latency_by_type&measures=p0(latency_ms)").expect("p0", 400, "is not one of"),
+        query("view=events_by_type&measures=sum(revenue)")
+            .expect("a measure the view lacks", 400, "cannot answer"),
+        query("view=events_by_type&view=latency_by_type")
+            .expect("a parameter twice", 400, "duplicate field"),
+        query("view=events_by_type&measures=").expect("no measures: the defaults", 200, "rows"),
+        query("view=events_by_type&granularity=all&group_by=event_type")
+            .expect("a whole day", 200, "rows"),
+    ]
+}
+
+fn seed_cases() -> Vec<Case> {
+    let seed = |route: &str, params: &str| {
+        request("GET", format!("/v1/events/{route}?{params}")).key(READ_KEY)
+    };
+    vec![
+        seed("search", "start_time=9223372036854775&end_time=9223372036854775")
+            .expect("search past year 9999", 400, "outside the times Tally reads"),
+        seed("count", "start_time=-9223372036854775808&end_time=9223372036854775807")
+            .expect("count over all of i64", 400, "outside the times Tally reads"),
+        seed("count", "start_time=0&end_time=2678401").expect("32 days", 400, "31.0 days"),
+        seed("count", "end_time=10").expect("no start", 400, "start_time is required"),
+        seed("count", "start_time=x&end_time=10").expect("start in words", 400, "not unix seconds"),
+        seed("search", "start_time=0&end_time=10&limit=0").expect("limit 0", 400, "limit must be"),
+        seed("search", "start_time=0&end_time=10&limit=100000000000000000000")
+            .expect("a limit past u64", 400, "query string"),
+        seed("search", "start_time=0&end_time=10&cursor=zzz")
+            .expect("a forged cursor", 400, "cursor 'zzz'"),
+        seed("search", "start_time=0&end_time=3600").expect("a search", 200, "SUCCESS"),
+        seed("count", "start_time=0&end_time=3600").expect("a count", 200, "SUCCESS"),
+    ]
+}
+
+fn governance_cases() -> Vec<Case> {
+    let put = |path: &str, body: &str| request("PUT", path.to_owned()).json(body.to_owned());
+    vec![
+        put("/v1/governance/tags/aaa_hijack", r#"{"type":"string","aliases":["os"]}"#)
+            .key(ADMIN_KEY)
+            .expect("an alias another tag owns", 400, "alias 'os' is claimed"),
+        put("/v1/governance/tags/..%2F..%2Fetc", r#"{"type":"string"}"#)
+            .key(ADMIN_KEY)
+            .expect("a path as a tag", 400, "is not allowed"),
+        put("/v1/governance/tags/%3Cimg%20src%3Dx%3E", r#"{"type":"string"}"#)
+            .key(ADMIN_KEY)
+            .expect("markup as a tag", 400, "is not allowed"),
+        put("/v1/governance/event-types/%20", "{}")
+            .key(ADMIN_KEY)
+            .expect("a space as an event type", 400, "is not allowed"),
+        put("/v1/governance/sources/a%2Fb", r#"{"event_types":["*"]}"#)
+            .key(ADMIN_KEY)
+            .expect("a path as a source", 400, "is not allowed"),
+        put("/v1/governance/tags/fine", r#"{"type":"#)
+            .expect("a broken body without a key", 401, "missing"),
+        put("/v1/governance/tags/fine", r#"{"type":"#)
+            .key(ADMIN_KEY)
+            .expect("a broken body", 400, "not a valid tag (JSON)"),
+        put("/v1/governance/tags/fine", r#"{"type":"string","type":"number"}"#)
+            .key(ADMIN_KEY)
+            .expect("a field twice", 400, "duplicate field"),
+        put("/v1/governance/tags/fine", &format!(r#"{{"type":"string","aliases":["{}"]}}"#, "a".repeat(100 * 1024)))
+            .key(ADMIN_KEY)
+            .expect("a body too large", 413, "at most 65536 bytes"),
+        put("/v1/governance/tags/fine", r#"{"type":"string"}"#)
+            .key(READ_KEY)
+            .expect("a read key changes", 403, "lacks the admin scope"),
+        put(
+            "/v1/governance/views/v",
+            r#"{"name":"v","events":["*"],"measures":["median(x)"],"granularity":"minute"}"#,
+        )
+        .key(ADMIN_KEY)
+        .expect("an unknown measure", 400, "unknown measure function"),
+        put(
+            "/v1/governance/views/v",
+            r#"{"name":"w","events":["*"],"measures":["count"],"granularity":"minute"}"#,
+        )
+        .key(ADMIN_KEY)
+        .expect("a view named twice", 400, "names view 'w' but the path 'v'"),
+        request("POST", "/v1/governance/keys")
+            .key(ADMIN_KEY)
+            .json(r#"{"source":"s","scopes":[]}"#)
+            .expect("a key with no scope", 400, "at least one scope"),
+        request("POST", "/v1/governance/keys")
+            .key(ADMIN_KEY)
+            .json(r#"{"source":"a/b","scopes":["read"]}"#)
+            .expect("a path as a key name", 400, "is not allowed"),
+        request("POST", "/v1/governance/keys/ghost/rotate")
+            .key(ADMIN_KEY)
+            .expect("rotating no key", 404, "no key named 'ghost'"),
+        request("POST", "/v1/governance/keys/demo-dashboard/rotate?grace_secs=99999999")
+            .key(ADMIN_KEY)
+            .expect("a grace of three years", 400, "at most 2592000"),
+        request("GET", "/v1/governance/rejected?limit=abc")
+            .key(READ_KEY)
+            .expect("a limit in words", 400, "query string"),
+        request("DELETE", "/v1/governance/tags/ghost")
+            .key(ADMIN_KEY)
+            .expect("deleting no tag", 404, "no tag 'ghost'"),
+        request("GET", "/v1/governance").key(READ_KEY).expect("the overview", 200, "\"id\""),
+    ]
+}
+
+fn other_cases() -> Vec<Case> {
+    vec![
+        request("GET", "/nope").expect("no such route", 404, "no route GET /nope"),
+        request("GET", "/../../etc/passwd").expect("a path out of the root", 404, ""),
+        request("GET", "/v1/query%00?view=x").expect("a NUL in the path", 404, ""),
+        request("BREW", "/v1/events").expect("an unknown method", 405, ""),
+        request("GET", "/healthz").expect("health", 200, ""),
+    ]
+}
+
+fn catalog() -> Vec<Case> {
+    [
+        ingest_cases(),
+        pixel_cases(),
+        query_cases(),
+        seed_cases(),
+        governance_cases(),
+        other_cases(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+fn up(data_dir: &Path, limits: &[(&str, &str)]) -> Tally {
+    let mut command = tally();
+    command.env("TALLY_INGEST_BODY_TIMEOUT_SECS", BODY_TIMEOUT_SECS.to_string());
+    for (name, value) in limits {
+        command.env(name, value);
+    }
+    Tally::up_with(data_dir, command)
+}
+
+#[test]
+fn every_hostile_request_gets_its_answer_within_bounds_and_the_service_stays_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // The catalog's many 401s would trip the failed-authentication block; it has its own test.
+    let server = up(
+        dir.path(),
+        &[("TALLY_LIMITS_AUTH_FAILURES_PER_MINUTE_PER_ADDRESS", "0")],
+    );
+    let cases = catalog();
+    assert!(cases.len() >= 80, "the catalog has {} cases", cases.len());
+    let mut failures = Vec::new();
+    let mut acknowledged = Vec::new();
+    for case in &cases {
+        let reply = send(&server.address, &case.request);
+        let mut wrong = Vec::new();
+        if reply.status != case.status {
+            wrong.push(format!("status {} (want {})", reply.status, case.status));
+        }
+        if !reply.body.contains(case.reason) {
+            wrong.push(format!("no {:?} in the reply", case.reason));
+        }
+        if reply.body.len() > case.max_reply_bytes {
+            wrong.push(format!(
+                "a reply of {} bytes (at most {})",
+                reply.body.len(),
+                case.max_reply_bytes
+            ));
+        }
+        if reply.elapsed > case.max_time {
+            wrong.push(format!("{:?} (at most {:?})", reply.elapsed, case.max_time));
+        }
+        if !wrong.is_empty() {
+            let shown: String = reply.body.chars().take(300).collect();
+            failures.push(format!("{}: {}; reply: {shown}", case.name, wrong.join(", ")));
+        }
+        acknowledged.extend(case.acknowledges.iter().cloned());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    // Still whole: healthy, ready, and every acknowledged event in the log, once.
+    assert_eq!(server.http("GET", "/healthz", &[], "").0, 200);
+    assert_eq!(server.http("GET", "/readyz", &[], "").0, 200);
+    let logged = logged_event_ids(dir.path());
+    for id in &acknowledged {
+        assert_eq!(
+            logged.iter().filter(|logged| *logged == id).count(),
+            1,
+            "{id} in the log once"
+        );
+    }
+    assert_eq!(
+        log_stats(dir.path())["events"]["records"].as_u64().unwrap(),
+        server.accepted(),
+        "the log holds what was acknowledged, nothing else"
+    );
+    // Whole-request refusals are counted by reason.
+    for reason in ["unauthorized", "unsupported_media_type", "body_too_large", "body_timeout"] {
+        assert!(
+            server.metric(&format!(
+                "tally_ingest_requests_refused_total{{reason=\"{reason}\"}}"
+            )) > 0,
+            "{reason} not counted"
+        );
+    }
+}
+
+#[test]
+fn floods_get_429_with_retry_after_and_key_guessing_is_blocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = up(
+        dir.path(),
+        &[
+            ("TALLY_LIMITS_REQUESTS_PER_SECOND_PER_KEY", "20"),
+            ("TALLY_LIMITS_REQUESTS_PER_SECOND_PER_ADDRESS", "1000"),
+            ("TALLY_LIMITS_BURST_SECONDS", "1"),
+            ("TALLY_LIMITS_AUTH_FAILURES_PER_MINUTE_PER_ADDRESS", "5"),
+        ],
+    );
+    // One key, far past its 20 a second: some are refused, each saying when to come back.
+    let query = request("GET", "/v1/query?view=events_by_type").key(READ_KEY).bytes();
+    let replies: Vec<Reply> = (0..100).map(|_| send(&server.address, &query)).collect();
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert!(!refused.is_empty(), "100 queries at once, none refused");
+    assert!(
+        replies.iter().all(|r| r.status == 200 || r.status == 429),
+        "only answers or refusals"
+    );
+    assert!(refused[0].body.contains("this API key made too many requests"));
+    assert!(refused[0].head.contains("retry-after: 1"), "{}", refused[0].head);
+
+    // Guessing keys: five failures a minute, then even the right key waits.
+    for n in 0..5 {
+        let guess = request("GET", "/v1/governance")
+            .key(&format!("tk_guess{n:027}"))
+            .bytes();
+        assert_eq!(send(&server.address, &guess).status, 401);
+    }
+    let sixth = request("GET", "/v1/governance").key("tk_guess_six_00000000000000000000000").bytes();
+    assert_eq!(send(&server.address, &sixth).status, 401);
+    let right = request("GET", "/v1/governance").key(ADMIN_KEY).bytes();
+    let blocked = send(&server.address, &right);
+    assert_eq!(blocked.status, 429, "{}", blocked.body);
+    assert!(blocked.body.contains("failed authentication too often"));
+    // Probes are never limited.
+    assert_eq!(server.http("GET", "/healthz", &[], "").0, 200);
+    for limit in ["key", "auth_failures"] {
+        assert!(
+            server.metric(&format!("tally_http_rate_limited_total{{limit=\"{limit}\"}}")) > 0,
+            "{limit}"
+        );
+    }
+    assert!(server.metric("tally_http_auth_failures_total") >= 6);
+}
