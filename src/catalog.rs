@@ -154,8 +154,11 @@ fn demo_keys(config: &Config) -> anyhow::Result<DemoKeys> {
         (&keys.read, "TALLY_DEMO_READ_KEY"),
         (&keys.admin, "TALLY_DEMO_ADMIN_KEY"),
     ] {
-        check_secret(&format!("the demo key of {variable} (or {DEMO_KEYS_FILE})"), secret)
-            .map_err(anyhow::Error::msg)?;
+        check_secret(
+            &format!("the demo key of {variable} (or {DEMO_KEYS_FILE})"),
+            secret,
+        )
+        .map_err(anyhow::Error::msg)?;
     }
     if keys.write == keys.read || keys.write == keys.admin || keys.read == keys.admin {
         bail!(

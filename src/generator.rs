@@ -263,7 +263,15 @@ async fn worker(
                 .await;
             let retry_after = response.as_ref().ok().and_then(|response| {
                 (response.status() == 429)
-                    .then(|| response.headers().get("retry-after")?.to_str().ok()?.parse().ok())
+                    .then(|| {
+                        response
+                            .headers()
+                            .get("retry-after")?
+                            .to_str()
+                            .ok()?
+                            .parse()
+                            .ok()
+                    })
                     .flatten()
             });
             match retry_after {

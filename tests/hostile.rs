@@ -161,7 +161,9 @@ fn ingest_cases() -> Vec<Case> {
     let post = || request("POST", "/v1/events");
     let valid = format!("[{}]", event("hostile-ok-1"));
     let mut cases = vec![
-        post().json(valid.clone()).expect("no key", 401, "missing Authorization"),
+        post()
+            .json(valid.clone())
+            .expect("no key", 401, "missing Authorization"),
         post()
             .header("Authorization", format!("bearer {WRITE_KEY}"))
             .json(valid)
@@ -171,10 +173,11 @@ fn ingest_cases() -> Vec<Case> {
             .key("tk_guess000000000000000000000000000")
             .json("[]")
             .expect("unknown key", 401, "unknown API key"),
-        post()
-            .header("Authorization", "Bearer")
-            .json("[]")
-            .expect("scheme without a secret", 401, "missing Authorization"),
+        post().header("Authorization", "Bearer").json("[]").expect(
+            "scheme without a secret",
+            401,
+            "missing Authorization",
+        ),
         post()
             .header("Authorization", format!("Basic {WRITE_KEY}"))
             .json("[]")
@@ -224,10 +227,11 @@ fn ingest_cases() -> Vec<Case> {
             .key(WRITE_KEY)
             .json(nested(10_000))
             .expect("deep nesting", 400, "recursion limit"),
-        post()
-            .key(WRITE_KEY)
-            .json(nested(100_000))
-            .expect("deep nesting past the event limit", 413, "bytes per event"),
+        post().key(WRITE_KEY).json(nested(100_000)).expect(
+            "deep nesting past the event limit",
+            413,
+            "bytes per event",
+        ),
         post()
             .key(WRITE_KEY)
             .json(format!(
@@ -246,7 +250,11 @@ fn ingest_cases() -> Vec<Case> {
         post()
             .key(WRITE_KEY)
             .json(r#"[{"event_type":"click","user_id":"u","ts":123456789012345678901234567890}]"#)
-            .expect("30-digit time", 400, "\\\"ts\\\" must be whole epoch milliseconds"),
+            .expect(
+                "30-digit time",
+                400,
+                "\\\"ts\\\" must be whole epoch milliseconds",
+            ),
         post()
             .key(WRITE_KEY)
             .json(r#"[{"event_type":"click","user_id":"u","ts":-9223372036854775808}]"#)
@@ -281,7 +289,9 @@ fn ingest_cases() -> Vec<Case> {
             .expect("repeated tag", 400, "appears twice in one object"),
         post()
             .key(WRITE_KEY)
-            .json(r#"[{"event_type":"click","user_id":"a","tags":{"os":"ios","os_type":"android"}}]"#)
+            .json(
+                r#"[{"event_type":"click","user_id":"a","tags":{"os":"ios","os_type":"android"}}]"#,
+            )
             .expect("a tag and its alias", 400, "are both 'os_type'"),
         post()
             .key(WRITE_KEY)
@@ -305,10 +315,11 @@ fn ingest_cases() -> Vec<Case> {
                 "x".repeat(40_000)
             ))
             .expect("event over its limit", 413, "bytes per event"),
-        post()
-            .key(WRITE_KEY)
-            .json(vec![b' '; 600 * 1024])
-            .expect("body over its limit", 413, "over the limit of 512000 bytes"),
+        post().key(WRITE_KEY).json(vec![b' '; 600 * 1024]).expect(
+            "body over its limit",
+            413,
+            "over the limit of 512000 bytes",
+        ),
         post()
             .key(WRITE_KEY)
             .json(r#"[{"event_type":"clik","user_id":"u"}]"#)
@@ -331,7 +342,11 @@ fn ingest_cases() -> Vec<Case> {
         post()
             .key(WRITE_KEY)
             .header("Content-Type", "application/x-ndjson")
-            .body(format!("{}\n{}\n", event("hostile-nd-1"), event("hostile-nd-2")))
+            .body(format!(
+                "{}\n{}\n",
+                event("hostile-nd-1"),
+                event("hostile-nd-2")
+            ))
             .expect("NDJSON", 202, "\"accepted\":2")
             .acknowledging(&["hostile-nd-1", "hostile-nd-2"]),
         post()
@@ -347,7 +362,9 @@ fn ingest_cases() -> Vec<Case> {
         post()
             .key(WRITE_KEY)
             .header("Content-Encoding", "gzip")
-            .json(vec![0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03])
+            .json(vec![
+                0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03,
+            ])
             .expect("gzip is not decoded", 400, "invalid JSON"),
         request("PUT", "/v1/events")
             .key(WRITE_KEY)
@@ -364,7 +381,11 @@ fn ingest_cases() -> Vec<Case> {
             .key(WRITE_KEY)
             .header("Content-Type", "application/json")
             .header("Transfer-Encoding", "chunked")
-            .body(format!("{:x}\r\n[{}]\r\n0\r\n\r\n", event("hostile-ch-1").len() + 2, event("hostile-ch-1")))
+            .body(format!(
+                "{:x}\r\n[{}]\r\n0\r\n\r\n",
+                event("hostile-ch-1").len() + 2,
+                event("hostile-ch-1")
+            ))
             .raw_framing()
             .expect("chunked body", 202, "\"accepted\":1")
             .acknowledging(&["hostile-ch-1"]),
@@ -401,10 +422,16 @@ fn pixel_cases() -> Vec<Case> {
             200,
             "GIF89a",
         ),
-        pixel(&format!("k={WRITE_KEY}&e=purchase&uid=u&revenue=1e400"))
-            .expect("a pixel's huge number", 200, "GIF89a"),
-        pixel(&format!("k={WRITE_KEY}&e=click&uid=u&url={}", "a".repeat(4000)))
-            .expect("a long pixel", 200, "GIF89a"),
+        pixel(&format!("k={WRITE_KEY}&e=purchase&uid=u&revenue=1e400")).expect(
+            "a pixel's huge number",
+            200,
+            "GIF89a",
+        ),
+        pixel(&format!(
+            "k={WRITE_KEY}&e=click&uid=u&url={}",
+            "a".repeat(4000)
+        ))
+        .expect("a long pixel", 200, "GIF89a"),
         pixel(&format!("k={WRITE_KEY}&%zz=%ff&&&==")).expect("a mangled query", 200, "GIF89a"),
     ]
 }
@@ -421,37 +448,74 @@ fn query_cases() -> Vec<Case> {
         query("").expect("no view", 400, "name a view"),
         query("view=nope").expect("unknown view", 400, "no view 'nope'"),
         query("view=%3Cscript%3E").expect("markup as a view", 400, "no view '<script>'"),
-        query("view=events_by_type&from=-9223372036854775808&to=9223372036854775807")
-            .expect("the whole i64 range", 400, "outside the times Tally reads"),
-        query("view=events_by_type&from=9223372036854775807")
-            .expect("from past year 9999", 400, "outside the times Tally reads"),
+        query("view=events_by_type&from=-9223372036854775808&to=9223372036854775807").expect(
+            "the whole i64 range",
+            400,
+            "outside the times Tally reads",
+        ),
+        query("view=events_by_type&from=9223372036854775807").expect(
+            "from past year 9999",
+            400,
+            "outside the times Tally reads",
+        ),
         query("view=events_by_type&from=2000&to=1000").expect("from after to", 400, "is after"),
-        query("view=events_by_type&from=0&to=253402300799999")
-            .expect("ten thousand years", 400, "more than the 366.0 days"),
+        query("view=events_by_type&from=0&to=253402300799999").expect(
+            "ten thousand years",
+            400,
+            "more than the 366.0 days",
+        ),
         query("view=events_by_type&from=yesterday").expect("from in words", 400, "neither RFC"),
         query("view=events_by_type&granularity=week").expect("week", 400, "unknown granularity"),
-        query("view=events_by_type&granularity=second")
-            .expect("second", 400, "unknown granularity"),
-        query("view=events_by_type&measures=count,count,count")
-            .expect("a measure twice", 400, "names 'count' twice"),
+        query("view=events_by_type&granularity=second").expect(
+            "second",
+            400,
+            "unknown granularity",
+        ),
+        query("view=events_by_type&measures=count,count,count").expect(
+            "a measure twice",
+            400,
+            "names 'count' twice",
+        ),
         query(&many).expect("40 measures", 400, "at most 32"),
-        query("view=events_by_type&group_by=os_type,os_type")
-            .expect("a dimension twice", 400, "names 'os_type' twice"),
-        query("view=events_by_type&group_by=colour").expect("no such dimension", 400, "no dimension"),
+        query("view=events_by_type&group_by=os_type,os_type").expect(
+            "a dimension twice",
+            400,
+            "names 'os_type' twice",
+        ),
+        query("view=events_by_type&group_by=colour").expect(
+            "no such dimension",
+            400,
+            "no dimension",
+        ),
         query("view=events_by_type&filter=os_type").expect("a bare filter", 400, "dimension=value"),
-        query("view=events_by_type&filter=os_type=ios,os_type=android")
-            .expect("a dimension filtered twice", 400, "names 'os_type' twice"),
+        query("view=events_by_type&filter=os_type=ios,os_type=android").expect(
+            "a dimension filtered twice",
+            400,
+            "names 'os_type' twice",
+        ),
         query("view=events_by_type&measures=sum(").expect("half a measure", 400, "is not one of"),
-        query("view=latency_by_type&measures=p100(latency_ms)")
-            .expect("p100", 400, "is not one of"),
+        query("view=latency_by_type&measures=p100(latency_ms)").expect(
+            "p100",
+            400,
+            "is not one of",
+        ),
         query("view=latency_by_type&measures=p0(latency_ms)").expect("p0", 400, "is not one of"),
-        query("view=events_by_type&measures=sum(revenue)")
-            .expect("a measure the view lacks", 400, "cannot answer"),
-        query("view=events_by_type&view=latency_by_type")
-            .expect("a parameter twice", 400, "duplicate field"),
+        query("view=events_by_type&measures=sum(revenue)").expect(
+            "a measure the view lacks",
+            400,
+            "cannot answer",
+        ),
+        query("view=events_by_type&view=latency_by_type").expect(
+            "a parameter twice",
+            400,
+            "duplicate field",
+        ),
         query("view=events_by_type&measures=").expect("no measures: the defaults", 200, "rows"),
-        query("view=events_by_type&granularity=all&group_by=event_type")
-            .expect("a whole day", 200, "rows"),
+        query("view=events_by_type&granularity=all&group_by=event_type").expect(
+            "a whole day",
+            200,
+            "rows",
+        ),
     ]
 }
 
@@ -460,18 +524,38 @@ fn seed_cases() -> Vec<Case> {
         request("GET", format!("/v1/events/{route}?{params}")).key(READ_KEY)
     };
     vec![
-        seed("search", "start_time=9223372036854775&end_time=9223372036854775")
-            .expect("search past year 9999", 400, "outside the times Tally reads"),
-        seed("count", "start_time=-9223372036854775808&end_time=9223372036854775807")
-            .expect("count over all of i64", 400, "outside the times Tally reads"),
+        seed(
+            "search",
+            "start_time=9223372036854775&end_time=9223372036854775",
+        )
+        .expect(
+            "search past year 9999",
+            400,
+            "outside the times Tally reads",
+        ),
+        seed(
+            "count",
+            "start_time=-9223372036854775808&end_time=9223372036854775807",
+        )
+        .expect(
+            "count over all of i64",
+            400,
+            "outside the times Tally reads",
+        ),
         seed("count", "start_time=0&end_time=2678401").expect("32 days", 400, "31.0 days"),
         seed("count", "end_time=10").expect("no start", 400, "start_time is required"),
         seed("count", "start_time=x&end_time=10").expect("start in words", 400, "not unix seconds"),
         seed("search", "start_time=0&end_time=10&limit=0").expect("limit 0", 400, "limit must be"),
-        seed("search", "start_time=0&end_time=10&limit=100000000000000000000")
-            .expect("a limit past u64", 400, "query string"),
-        seed("search", "start_time=0&end_time=10&cursor=zzz")
-            .expect("a forged cursor", 400, "cursor 'zzz'"),
+        seed(
+            "search",
+            "start_time=0&end_time=10&limit=100000000000000000000",
+        )
+        .expect("a limit past u64", 400, "query string"),
+        seed("search", "start_time=0&end_time=10&cursor=zzz").expect(
+            "a forged cursor",
+            400,
+            "cursor 'zzz'",
+        ),
         seed("search", "start_time=0&end_time=3600").expect("a search", 200, "SUCCESS"),
         seed("count", "start_time=0&end_time=3600").expect("a count", 200, "SUCCESS"),
     ]
@@ -480,32 +564,50 @@ fn seed_cases() -> Vec<Case> {
 fn governance_cases() -> Vec<Case> {
     let put = |path: &str, body: &str| request("PUT", path.to_owned()).json(body.to_owned());
     vec![
-        put("/v1/governance/tags/aaa_hijack", r#"{"type":"string","aliases":["os"]}"#)
-            .key(ADMIN_KEY)
-            .expect("an alias another tag owns", 400, "alias 'os' is claimed"),
+        put(
+            "/v1/governance/tags/aaa_hijack",
+            r#"{"type":"string","aliases":["os"]}"#,
+        )
+        .key(ADMIN_KEY)
+        .expect("an alias another tag owns", 400, "alias 'os' is claimed"),
         put("/v1/governance/tags/..%2F..%2Fetc", r#"{"type":"string"}"#)
             .key(ADMIN_KEY)
             .expect("a path as a tag", 400, "is not allowed"),
-        put("/v1/governance/tags/%3Cimg%20src%3Dx%3E", r#"{"type":"string"}"#)
-            .key(ADMIN_KEY)
-            .expect("markup as a tag", 400, "is not allowed"),
+        put(
+            "/v1/governance/tags/%3Cimg%20src%3Dx%3E",
+            r#"{"type":"string"}"#,
+        )
+        .key(ADMIN_KEY)
+        .expect("markup as a tag", 400, "is not allowed"),
         put("/v1/governance/event-types/%20", "{}")
             .key(ADMIN_KEY)
             .expect("a space as an event type", 400, "is not allowed"),
         put("/v1/governance/sources/a%2Fb", r#"{"event_types":["*"]}"#)
             .key(ADMIN_KEY)
             .expect("a path as a source", 400, "is not allowed"),
-        put("/v1/governance/tags/fine", r#"{"type":"#)
-            .expect("a broken body without a key", 401, "missing"),
+        put("/v1/governance/tags/fine", r#"{"type":"#).expect(
+            "a broken body without a key",
+            401,
+            "missing",
+        ),
         put("/v1/governance/tags/fine", r#"{"type":"#)
             .key(ADMIN_KEY)
             .expect("a broken body", 400, "not a valid tag (JSON)"),
-        put("/v1/governance/tags/fine", r#"{"type":"string","type":"number"}"#)
-            .key(ADMIN_KEY)
-            .expect("a field twice", 400, "duplicate field"),
-        put("/v1/governance/tags/fine", &format!(r#"{{"type":"string","aliases":["{}"]}}"#, "a".repeat(100 * 1024)))
-            .key(ADMIN_KEY)
-            .expect("a body too large", 413, "at most 65536 bytes"),
+        put(
+            "/v1/governance/tags/fine",
+            r#"{"type":"string","type":"number"}"#,
+        )
+        .key(ADMIN_KEY)
+        .expect("a field twice", 400, "duplicate field"),
+        put(
+            "/v1/governance/tags/fine",
+            &format!(
+                r#"{{"type":"string","aliases":["{}"]}}"#,
+                "a".repeat(100 * 1024)
+            ),
+        )
+        .key(ADMIN_KEY)
+        .expect("a body too large", 413, "at most 65536 bytes"),
         put("/v1/governance/tags/fine", r#"{"type":"string"}"#)
             .key(READ_KEY)
             .expect("a read key changes", 403, "lacks the admin scope"),
@@ -532,16 +634,21 @@ fn governance_cases() -> Vec<Case> {
         request("POST", "/v1/governance/keys/ghost/rotate")
             .key(ADMIN_KEY)
             .expect("rotating no key", 404, "no key named 'ghost'"),
-        request("POST", "/v1/governance/keys/demo-dashboard/rotate?grace_secs=99999999")
-            .key(ADMIN_KEY)
-            .expect("a grace of three years", 400, "at most 2592000"),
+        request(
+            "POST",
+            "/v1/governance/keys/demo-dashboard/rotate?grace_secs=99999999",
+        )
+        .key(ADMIN_KEY)
+        .expect("a grace of three years", 400, "at most 2592000"),
         request("GET", "/v1/governance/rejected?limit=abc")
             .key(READ_KEY)
             .expect("a limit in words", 400, "query string"),
         request("DELETE", "/v1/governance/tags/ghost")
             .key(ADMIN_KEY)
             .expect("deleting no tag", 404, "no tag 'ghost'"),
-        request("GET", "/v1/governance").key(READ_KEY).expect("the overview", 200, "\"id\""),
+        request("GET", "/v1/governance")
+            .key(READ_KEY)
+            .expect("the overview", 200, "\"id\""),
     ]
 }
 
@@ -571,7 +678,10 @@ fn catalog() -> Vec<Case> {
 
 fn up(data_dir: &Path, limits: &[(&str, &str)]) -> Tally {
     let mut command = tally();
-    command.env("TALLY_INGEST_BODY_TIMEOUT_SECS", BODY_TIMEOUT_SECS.to_string());
+    command.env(
+        "TALLY_INGEST_BODY_TIMEOUT_SECS",
+        BODY_TIMEOUT_SECS.to_string(),
+    );
     for (name, value) in limits {
         command.env(name, value);
     }
@@ -611,7 +721,11 @@ fn every_hostile_request_gets_its_answer_within_bounds_and_the_service_stays_who
         }
         if !wrong.is_empty() {
             let shown: String = reply.body.chars().take(300).collect();
-            failures.push(format!("{}: {}; reply: {shown}", case.name, wrong.join(", ")));
+            failures.push(format!(
+                "{}: {}; reply: {shown}",
+                case.name,
+                wrong.join(", ")
+            ));
         }
         acknowledged.extend(case.acknowledges.iter().cloned());
     }
@@ -639,7 +753,12 @@ fn every_hostile_request_gets_its_answer_within_bounds_and_the_service_stays_who
         "the log holds what was acknowledged, nothing else"
     );
     // Whole-request refusals are counted by reason.
-    for reason in ["unauthorized", "unsupported_media_type", "body_too_large", "body_timeout"] {
+    for reason in [
+        "unauthorized",
+        "unsupported_media_type",
+        "body_too_large",
+        "body_timeout",
+    ] {
         assert!(
             server.metric(&format!(
                 "tally_ingest_requests_refused_total{{reason=\"{reason}\"}}"
@@ -662,7 +781,9 @@ fn floods_get_429_with_retry_after_and_key_guessing_is_blocked() {
         ],
     );
     // One key, far past its 20 a second: some are refused, each saying when to come back.
-    let query = request("GET", "/v1/query?view=events_by_type").key(READ_KEY).bytes();
+    let query = request("GET", "/v1/query?view=events_by_type")
+        .key(READ_KEY)
+        .bytes();
     let replies: Vec<Reply> = (0..100).map(|_| send(&server.address, &query)).collect();
     let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
     assert!(!refused.is_empty(), "100 queries at once, none refused");
@@ -670,8 +791,16 @@ fn floods_get_429_with_retry_after_and_key_guessing_is_blocked() {
         replies.iter().all(|r| r.status == 200 || r.status == 429),
         "only answers or refusals"
     );
-    assert!(refused[0].body.contains("this API key made too many requests"));
-    assert!(refused[0].head.contains("retry-after: 1"), "{}", refused[0].head);
+    assert!(
+        refused[0]
+            .body
+            .contains("this API key made too many requests")
+    );
+    assert!(
+        refused[0].head.contains("retry-after: 1"),
+        "{}",
+        refused[0].head
+    );
 
     // Guessing keys: five failures a minute, then even the right key waits.
     for n in 0..5 {
@@ -680,7 +809,9 @@ fn floods_get_429_with_retry_after_and_key_guessing_is_blocked() {
             .bytes();
         assert_eq!(send(&server.address, &guess).status, 401);
     }
-    let sixth = request("GET", "/v1/governance").key("tk_guess_six_00000000000000000000000").bytes();
+    let sixth = request("GET", "/v1/governance")
+        .key("tk_guess_six_00000000000000000000000")
+        .bytes();
     assert_eq!(send(&server.address, &sixth).status, 401);
     let right = request("GET", "/v1/governance").key(ADMIN_KEY).bytes();
     let blocked = send(&server.address, &right);
@@ -690,7 +821,9 @@ fn floods_get_429_with_retry_after_and_key_guessing_is_blocked() {
     assert_eq!(server.http("GET", "/healthz", &[], "").0, 200);
     for limit in ["key", "auth_failures"] {
         assert!(
-            server.metric(&format!("tally_http_rate_limited_total{{limit=\"{limit}\"}}")) > 0,
+            server.metric(&format!(
+                "tally_http_rate_limited_total{{limit=\"{limit}\"}}"
+            )) > 0,
             "{limit}"
         );
     }

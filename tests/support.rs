@@ -202,7 +202,7 @@ pub fn failed_requests(report: &[u8]) -> u64 {
     report
         .split("failed requests ")
         .nth(1)
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .and_then(|rest| rest.split([' ', ',']).next()?.parse().ok())
         .unwrap_or_else(|| panic!("no failed-requests count in {report}"))
 }
 

@@ -225,7 +225,6 @@ fn timestamps(name: &str, values: impl Iterator<Item = Millis>) -> PolarsResult<
         .into_column())
 }
 
-
 fn log_positions<T>(rows: &[Logged<T>]) -> [Column; 2] {
     [
         Column::new(

@@ -263,7 +263,10 @@ mod tests {
         };
         let keeping = CatalogStore::new(objects.clone());
         for generation in 0..3 {
-            keeping.save(&Catalog::demo("w", "r"), generation).await.unwrap();
+            keeping
+                .save(&Catalog::demo("w", "r"), generation)
+                .await
+                .unwrap();
         }
         assert_eq!(generations().len(), 3, "all within the grace");
         let pruning = CatalogStore::new(objects).with_superseded_grace(Duration::ZERO);

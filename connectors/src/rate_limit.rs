@@ -6,6 +6,9 @@
 //!
 //! Memory is bounded: limiters of callers idle long enough to be full again are dropped
 //! once a map holds [`MAX_TRACKED`] callers.
+// This module reads what callers send: its arithmetic is checked or saturating, never
+// wrapping (docs/hardening.md).
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -129,7 +132,9 @@ impl CallerLimits {
             auth_failures: failures.map(|n| RateLimiter::keyed(Quota::per_minute(n))),
             blocked: Mutex::default(),
             block_for: failures.map_or(Duration::ZERO, |n| {
-                Duration::from_secs(60) / n.get()
+                Duration::from_secs(60)
+                    .checked_div(n.get())
+                    .unwrap_or_default()
             }),
             hasher: RandomState::new(),
             clock: DefaultClock::default(),
@@ -181,7 +186,8 @@ impl CallerLimits {
                 let now = Instant::now();
                 blocked.retain(|_, until| *until > now);
             }
-            blocked.insert(address, Instant::now() + self.block_for);
+            let now = Instant::now();
+            blocked.insert(address, now.checked_add(self.block_for).unwrap_or(now));
         }
     }
 
@@ -226,7 +232,10 @@ mod tests {
     use super::*;
 
     fn limits(config: LimitsConfig) -> CallerLimits {
-        CallerLimits::new(&config, RateLimitMetrics::register(&mut Registry::default()))
+        CallerLimits::new(
+            &config,
+            RateLimitMetrics::register(&mut Registry::default()),
+        )
     }
 
     fn address(last: u8) -> Option<IpAddr> {
@@ -252,7 +261,11 @@ mod tests {
         assert_eq!(limits.admit(address(1), Some("key-b")), Ok(()));
         let refused = limits.admit(address(1), Some("key-c")).unwrap_err();
         assert_eq!(refused.limit, Limit::Address);
-        assert!(refused.message().contains("this address made too many requests"));
+        assert!(
+            refused
+                .message()
+                .contains("this address made too many requests")
+        );
         assert_eq!(limits.admit(address(2), Some("key-b")), Ok(()));
     }
 
@@ -266,12 +279,23 @@ mod tests {
             assert_eq!(limits.admit(address(7), Some("guess")), Ok(()));
             limits.auth_failed(address(7));
         }
-        assert_eq!(limits.admit(address(7), None), Ok(()), "three failures are allowed");
+        assert_eq!(
+            limits.admit(address(7), None),
+            Ok(()),
+            "three failures are allowed"
+        );
         limits.auth_failed(address(7));
         let refused = limits.admit(address(7), Some("the-right-key")).unwrap_err();
         assert_eq!(refused.limit, Limit::AuthFailures);
-        assert!(refused.retry_after <= Duration::from_secs(20), "{refused:?}");
-        assert_eq!(limits.admit(address(8), Some("guess")), Ok(()), "others go on");
+        assert!(
+            refused.retry_after <= Duration::from_secs(20),
+            "{refused:?}"
+        );
+        assert_eq!(
+            limits.admit(address(8), Some("guess")),
+            Ok(()),
+            "others go on"
+        );
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! From a request body to accepted events and rejects: JSON or NDJSON parsing, the per-event
 //! size limit, and validation against the tenant's registry. No I/O.
+// This module reads what callers send: its arithmetic is checked or saturating, never
+// wrapping (docs/hardening.md).
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeMap;
 
@@ -53,9 +56,10 @@ impl Intake {
     }
 
     fn reject(&mut self, rejection: Rejection) {
-        self.rejected_count += 1;
+        self.rejected_count = self.rejected_count.saturating_add(1);
         if let Some(first) = rejection.reasons.first() {
-            *self.rejected_by_reason.entry(first.code).or_default() += 1;
+            let count = self.rejected_by_reason.entry(first.code).or_default();
+            *count = count.saturating_add(1);
         }
         self.any_too_large |= rejection.too_large();
         if self.rejected.len() < self.max_rejects_detailed {
@@ -198,22 +202,21 @@ fn split_json(body: &[u8]) -> Result<Vec<&RawValue>, String> {
 /// what is not, silently; the pixel refuses it instead, as the JSON API refuses a body
 /// that is not UTF-8.
 pub fn query_is_utf8(query: &str) -> bool {
-    let bytes = query.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        let escaped = (bytes[at] == b'%')
-            .then(|| bytes.get(at + 1..at + 3))
+    let mut decoded = Vec::with_capacity(query.len());
+    let mut rest = query.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        let escaped = (first == b'%')
+            .then(|| tail.get(..2))
             .flatten()
             .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
-        match escaped {
-            Some(byte) => {
+        match (escaped, tail.get(2..)) {
+            (Some(byte), Some(after)) => {
                 decoded.push(byte);
-                at += 3;
+                rest = after;
             }
-            None => {
-                decoded.push(bytes[at]);
-                at += 1;
+            _ => {
+                decoded.push(first);
+                rest = tail;
             }
         }
     }
@@ -227,7 +230,7 @@ fn new_event_id() -> String {
 fn truncate(text: &str, max_bytes: usize) -> String {
     let mut end = text.len().min(max_bytes);
     while !text.is_char_boundary(end) {
-        end -= 1;
+        end = end.saturating_sub(1);
     }
     text[..end].to_owned()
 }

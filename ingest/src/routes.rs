@@ -1,4 +1,7 @@
 //! The collector's HTTP routes: the batch endpoint and the image beacon.
+// This module reads what callers send: its arithmetic is checked or saturating, never
+// wrapping (docs/hardening.md).
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -143,7 +146,10 @@ async fn receive_batch(
         registry,
         &context,
         collector.limits.max_event_bytes,
-        collector.limits.max_rejects_listed.max(collector.limits.max_rejects_kept),
+        collector
+            .limits
+            .max_rejects_listed
+            .max(collector.limits.max_rejects_kept),
     );
     if verdict.accepted.is_empty() && verdict.rejected_count == 0 {
         return Err(Refusal::new(
@@ -249,7 +255,10 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         registry,
         &context,
         collector.limits.max_event_bytes,
-        collector.limits.max_rejects_listed.max(collector.limits.max_rejects_kept),
+        collector
+            .limits
+            .max_rejects_listed
+            .max(collector.limits.max_rejects_kept),
     );
     collector
         .store(&key, received_at, &verdict)

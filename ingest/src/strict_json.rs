@@ -1,6 +1,9 @@
 //! JSON read the strict way: an object that names a key twice is refused, at any depth,
 //! instead of silently keeping the last value (serde_json's `Value` keeps the last), so that
 //! what Tally stores is what every reader of the sender's JSON would have seen.
+// This module reads what callers send: its arithmetic is checked or saturating, never
+// wrapping (docs/hardening.md).
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::fmt;
 

@@ -212,7 +212,10 @@ async fn a_body_of_junk_costs_no_more_than_its_size_in_the_reply_and_the_rejecte
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(reply["accepted"], 1);
     assert_eq!(reply["rejected_count"], 240_000);
-    assert_eq!(reply["rejected_by_reason"], json!({"not_an_object": 240_000}));
+    assert_eq!(
+        reply["rejected_by_reason"],
+        json!({"not_an_object": 240_000})
+    );
     let listed = reply["rejected"].as_array().unwrap();
     assert_eq!(listed.len(), 100, "only the first rejects are listed");
     assert_eq!(listed[99]["index"], 99);
@@ -377,7 +380,10 @@ async fn ambiguous_input_is_refused_not_guessed() {
     assert!(h.stored_events().is_empty());
     let rejects = h.stored_rejects();
     assert_eq!(rejects.len(), 1);
-    assert_eq!(rejects[0].reasons, ["the query string is not UTF-8 once percent-decoded"]);
+    assert_eq!(
+        rejects[0].reasons,
+        ["the query string is not UTF-8 once percent-decoded"]
+    );
     assert!(rejects[0].payload.contains("uid=%C3%28"));
     // A key twice in one event, at the top or in its tags: refused, not last-wins.
     for event in [

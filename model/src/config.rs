@@ -750,10 +750,17 @@ mod tests {
             [],
         )
         .unwrap();
-        let keys = config.api_keys.iter().map(|k| k.to_api_key().unwrap()).collect();
+        let keys = config
+            .api_keys
+            .iter()
+            .map(|k| k.to_api_key().unwrap())
+            .collect();
         let catalog = crate::Catalog::new(config.tenants, keys).unwrap();
         assert_eq!(
-            catalog.key("0123456789abcdef0123456789abcdef", 0).unwrap().tenant,
+            catalog
+                .key("0123456789abcdef0123456789abcdef", 0)
+                .unwrap()
+                .tenant,
             "acme"
         );
         assert_eq!(catalog.tenants["acme"].views[0].name, "signups");

@@ -216,7 +216,10 @@ mod tests {
         let key = ApiKey::new(secret, "t", "s", vec![Scope::Read]);
         assert_eq!(key.secret_sha256.len(), 64);
         assert!(!key.secret_sha256.contains(secret));
-        assert!(!secret.contains(key.id()), "the id is no part of the secret");
+        assert!(
+            !secret.contains(key.id()),
+            "the id is no part of the secret"
+        );
         let stored = serde_json::to_string(&key).unwrap();
         assert!(!stored.contains(secret), "{stored}");
         assert!(key.live_at(0));
@@ -238,12 +241,18 @@ mod tests {
         };
         let strong = "0123456789abcdef0123456789abcdef";
         assert_eq!(
-            configured(Some(strong), None).to_api_key().unwrap().secret_sha256,
+            configured(Some(strong), None)
+                .to_api_key()
+                .unwrap()
+                .secret_sha256,
             secret_sha256(strong)
         );
         let hash = secret_sha256(strong).to_ascii_uppercase();
         assert_eq!(
-            configured(None, Some(&hash)).to_api_key().unwrap().secret_sha256,
+            configured(None, Some(&hash))
+                .to_api_key()
+                .unwrap()
+                .secret_sha256,
             secret_sha256(strong)
         );
         for (key, hash, expected) in [

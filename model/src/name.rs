@@ -30,11 +30,29 @@ mod tests {
 
     #[test]
     fn names_are_plain() {
-        for good in ["os_type", "context.os.name", "demo-web", "_private", "p99", "A1"] {
+        for good in [
+            "os_type",
+            "context.os.name",
+            "demo-web",
+            "_private",
+            "p99",
+            "A1",
+        ] {
             assert_eq!(check_name("tag", good), Ok(()), "{good}");
         }
         let long = "x".repeat(MAX_NAME_LEN + 1);
-        for bad in ["", " ", "..", ".hidden", "../../etc", "a/b", "<b>x</b>", "a b", "é", &long] {
+        for bad in [
+            "",
+            " ",
+            "..",
+            ".hidden",
+            "../../etc",
+            "a/b",
+            "<b>x</b>",
+            "a b",
+            "é",
+            &long,
+        ] {
             let err = check_name("tag", bad).unwrap_err();
             assert!(err.starts_with("tag name"), "{bad}: {err}");
         }

@@ -13,7 +13,6 @@ use crate::event::{Event, Millis, TagValue};
 use crate::name::check_name;
 use crate::time::parse_timestamp;
 
-
 /// The largest magnitude a number tag may have. Sums are kept exactly in millionths in an
 /// `i128` (see [`MeasureState::Sum`](crate::state::MeasureState::Sum)): at this bound one
 /// value is 10²¹ millionths, so a state would need 1.7 × 10¹⁷ such values before it could
@@ -619,8 +618,14 @@ mod tests {
 
     #[test]
     fn numbers_beyond_what_sums_hold_exactly_are_rejected() {
-        for (revenue, shown) in [(json!(1e32), "1e32"), (json!(-1e308), "-1e308"), (json!(1e15 + 2.0), "1.000000000000002e15")] {
-            let found = reasons(json!({"event_type": "purchase", "user_id": "u", "tags": {"revenue": revenue}}));
+        for (revenue, shown) in [
+            (json!(1e32), "1e32"),
+            (json!(-1e308), "-1e308"),
+            (json!(1e15 + 2.0), "1.000000000000002e15"),
+        ] {
+            let found = reasons(
+                json!({"event_type": "purchase", "user_id": "u", "tags": {"revenue": revenue}}),
+            );
             assert!(
                 found.iter().any(|r| r == &format!("number_out_of_range: tag 'revenue' is {shown}, outside ±1e15, the numbers Tally sums exactly")),
                 "{found:?}"
@@ -798,7 +803,9 @@ mod tests {
         hijacked.tags.insert("aaa_hijack".into(), spec(&["os"]));
         let problems = hijacked.check().unwrap_err();
         assert!(
-            problems.iter().any(|p| p.contains("alias 'os' is claimed by tags 'aaa_hijack' and 'os_type'")),
+            problems
+                .iter()
+                .any(|p| p.contains("alias 'os' is claimed by tags 'aaa_hijack' and 'os_type'")),
             "{problems:?}"
         );
         let mut shadowing = registry();
@@ -818,8 +825,14 @@ mod tests {
             };
             named.event_types.insert(bad.into(), no_tags);
             let problems = named.check().unwrap_err();
-            assert!(problems.iter().any(|p| p.starts_with("tag name")), "{problems:?}");
-            assert!(problems.iter().any(|p| p.starts_with("event type name")), "{problems:?}");
+            assert!(
+                problems.iter().any(|p| p.starts_with("tag name")),
+                "{problems:?}"
+            );
+            assert!(
+                problems.iter().any(|p| p.starts_with("event type name")),
+                "{problems:?}"
+            );
         }
         assert_eq!(registry().check(), Ok(()));
     }

@@ -210,7 +210,9 @@ mod tests {
         assert!(!catalog.key("rk", 0).unwrap().allows(Scope::Write));
         assert!(catalog.key("nope", 0).is_none());
         assert_eq!(
-            catalog.authorize(Some("bearer wk"), Scope::Write, 0).map(|k| k.source.as_str()),
+            catalog
+                .authorize(Some("bearer wk"), Scope::Write, 0)
+                .map(|k| k.source.as_str()),
             Ok(DEMO_SOURCE),
             "the scheme is case-insensitive"
         );

@@ -1,4 +1,7 @@
 //! UTC time buckets and timestamp parsing.
+// This module reads what callers send: its arithmetic is checked or saturating, never
+// wrapping (docs/hardening.md).
+#![deny(clippy::arithmetic_side_effects)]
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -205,9 +208,17 @@ mod tests {
                 .unwrap_err()
                 .contains("RFC 3339")
         );
-        for outside in ["-1", "9223372036854775807", "-9223372036854775808", "1969-12-31T23:59:59Z"] {
+        for outside in [
+            "-1",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "1969-12-31T23:59:59Z",
+        ] {
             let err = parse_timestamp(outside).unwrap_err();
-            assert!(err.contains("outside the times Tally reads"), "{outside}: {err}");
+            assert!(
+                err.contains("outside the times Tally reads"),
+                "{outside}: {err}"
+            );
         }
         assert_eq!(parse_timestamp("9999-12-31T23:59:59.999Z"), Ok(LATEST));
     }
@@ -217,7 +228,12 @@ mod tests {
         assert_eq!(parse_unix_seconds("1795881600"), Ok(1_795_881_600_000));
         // 9223372036854775 s × 1000 fits an i64 but is far past year 9999; one more digit
         // does not fit at all. Both once wrapped past the range checks.
-        for text in ["9223372036854775", "92233720368547758", "-9223372036854775808", "x"] {
+        for text in [
+            "9223372036854775",
+            "92233720368547758",
+            "-9223372036854775808",
+            "x",
+        ] {
             assert!(parse_unix_seconds(text).is_err(), "{text}");
         }
     }

@@ -164,11 +164,17 @@ pub(crate) async fn put_tag(
     serving: web::Data<Serving>,
 ) -> HttpResponse {
     let name = name.into_inner();
-    change(&request, &serving, "tag", Some(body), move |tenant, body| {
-        let spec: TagSpec = parsed("tag", body)?;
-        tenant.registry.tags.insert(name.clone(), spec);
-        Ok(format!("tag '{name}' saved"))
-    })
+    change(
+        &request,
+        &serving,
+        "tag",
+        Some(body),
+        move |tenant, body| {
+            let spec: TagSpec = parsed("tag", body)?;
+            tenant.registry.tags.insert(name.clone(), spec);
+            Ok(format!("tag '{name}' saved"))
+        },
+    )
     .await
 }
 
@@ -196,11 +202,17 @@ pub(crate) async fn put_event_type(
     serving: web::Data<Serving>,
 ) -> HttpResponse {
     let name = name.into_inner();
-    change(&request, &serving, "event_type", Some(body), move |tenant, body| {
-        let spec: EventTypeSpec = parsed("event type", body)?;
-        tenant.registry.event_types.insert(name.clone(), spec);
-        Ok(format!("event type '{name}' saved"))
-    })
+    change(
+        &request,
+        &serving,
+        "event_type",
+        Some(body),
+        move |tenant, body| {
+            let spec: EventTypeSpec = parsed("event type", body)?;
+            tenant.registry.event_types.insert(name.clone(), spec);
+            Ok(format!("event type '{name}' saved"))
+        },
+    )
     .await
 }
 
@@ -232,13 +244,19 @@ pub(crate) async fn put_source(
     serving: web::Data<Serving>,
 ) -> HttpResponse {
     let name = name.into_inner();
-    change(&request, &serving, "source", Some(body), move |tenant, body| {
-        let policy: SourcePolicy = parsed("source policy", body)?;
-        tenant.registry.sources.insert(name.clone(), policy);
-        Ok(format!(
-            "source '{name}' may now publish what its policy lists"
-        ))
-    })
+    change(
+        &request,
+        &serving,
+        "source",
+        Some(body),
+        move |tenant, body| {
+            let policy: SourcePolicy = parsed("source policy", body)?;
+            tenant.registry.sources.insert(name.clone(), policy);
+            Ok(format!(
+                "source '{name}' may now publish what its policy lists"
+            ))
+        },
+    )
     .await
 }
 
@@ -350,30 +368,38 @@ pub(crate) async fn post_key(
 ) -> HttpResponse {
     let secret = new_secret();
     let shown = secret.clone();
-    change_catalog(&request, &serving, "key", Some(body), move |catalog, tenant, body| {
-        let NewKey { source, scopes } = parsed("key", body)?;
-        if source.trim().is_empty() || scopes.is_empty() {
-            return Err(bad(
-                "a key needs a source name and at least one scope".to_owned()
-            ));
-        }
-        if catalog
-            .keys
-            .values()
-            .any(|k| k.tenant == tenant && k.source == source)
-        {
-            return Err((
-                StatusCode::CONFLICT,
-                format!("tenant '{tenant}' already has a key named '{source}'; delete it first"),
-            ));
-        }
-        let key = ApiKey::new(&secret, tenant, &source, scopes);
-        catalog.keys.insert(key.secret_sha256.clone(), key);
-        Ok(json!(NewKeySecret {
-            message: format!("key '{source}' created; its secret is shown only now"),
-            key: shown,
-        }))
-    })
+    change_catalog(
+        &request,
+        &serving,
+        "key",
+        Some(body),
+        move |catalog, tenant, body| {
+            let NewKey { source, scopes } = parsed("key", body)?;
+            if source.trim().is_empty() || scopes.is_empty() {
+                return Err(bad(
+                    "a key needs a source name and at least one scope".to_owned()
+                ));
+            }
+            if catalog
+                .keys
+                .values()
+                .any(|k| k.tenant == tenant && k.source == source)
+            {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!(
+                        "tenant '{tenant}' already has a key named '{source}'; delete it first"
+                    ),
+                ));
+            }
+            let key = ApiKey::new(&secret, tenant, &source, scopes);
+            catalog.keys.insert(key.secret_sha256.clone(), key);
+            Ok(json!(NewKeySecret {
+                message: format!("key '{source}' created; its secret is shown only now"),
+                key: shown,
+            }))
+        },
+    )
     .await
 }
 
@@ -445,18 +471,24 @@ pub(crate) async fn delete_key(
     source: web::Path<String>,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    change_catalog(&request, &serving, "key", None, move |catalog, tenant, _| {
-        let before = catalog.keys.len();
-        catalog
-            .keys
-            .retain(|_, key| !(key.tenant == tenant && key.source == *source));
-        if catalog.keys.len() == before {
-            return Err((StatusCode::NOT_FOUND, format!("no key named '{source}'")));
-        }
-        Ok(json!(Message {
-            message: format!("key '{source}' deleted")
-        }))
-    })
+    change_catalog(
+        &request,
+        &serving,
+        "key",
+        None,
+        move |catalog, tenant, _| {
+            let before = catalog.keys.len();
+            catalog
+                .keys
+                .retain(|_, key| !(key.tenant == tenant && key.source == *source));
+            if catalog.keys.len() == before {
+                return Err((StatusCode::NOT_FOUND, format!("no key named '{source}'")));
+            }
+            Ok(json!(Message {
+                message: format!("key '{source}' deleted")
+            }))
+        },
+    )
     .await
 }
 
@@ -468,13 +500,19 @@ async fn change(
     body: Option<web::Payload>,
     edit: impl FnOnce(&mut Tenant, &[u8]) -> Result<String, Refusal>,
 ) -> HttpResponse {
-    change_catalog(request, serving, what, body, move |catalog, tenant, body| {
-        let tenant = catalog
-            .tenants
-            .get_mut(tenant)
-            .expect("an authorized key's tenant exists");
-        edit(tenant, body).map(|message| json!(Message { message }))
-    })
+    change_catalog(
+        request,
+        serving,
+        what,
+        body,
+        move |catalog, tenant, body| {
+            let tenant = catalog
+                .tenants
+                .get_mut(tenant)
+                .expect("an authorized key's tenant exists");
+            edit(tenant, body).map(|message| json!(Message { message }))
+        },
+    )
     .await
 }
 

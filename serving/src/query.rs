@@ -6,6 +6,9 @@
 //! *before* the manifest: the speed layer only drops buckets below a horizon that has been
 //! published, so the horizon read afterwards is at or above the one the store reflected,
 //! and the store still held every bucket from it on.
+// This module reads what callers send: its arithmetic is checked or saturating, never
+// wrapping (docs/hardening.md).
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -721,7 +724,10 @@ impl RenderedRows {
 
     /// Bytes held, for a cache's budget.
     pub fn size(&self) -> usize {
-        self.0.iter().map(|(_, row)| 8 + row.len()).sum()
+        self.0
+            .iter()
+            .map(|(_, row)| row.len().saturating_add(8))
+            .sum()
     }
 }
 
@@ -884,11 +890,17 @@ mod tests {
                 "measures names 'count' twice",
             ),
             (
-                vec![("view", "events_by_type"), ("group_by", "os_type,event_type,os_type")],
+                vec![
+                    ("view", "events_by_type"),
+                    ("group_by", "os_type,event_type,os_type"),
+                ],
                 "group_by names 'os_type' twice",
             ),
             (
-                vec![("view", "events_by_type"), ("filter", "os_type=ios,os_type=android")],
+                vec![
+                    ("view", "events_by_type"),
+                    ("filter", "os_type=ios,os_type=android"),
+                ],
                 "filter names 'os_type' twice",
             ),
             (
@@ -916,7 +928,11 @@ mod tests {
                 "outside the times Tally reads",
             ),
             (
-                vec![("view", "events_by_type"), ("from", "0"), ("to", "253402300799999")],
+                vec![
+                    ("view", "events_by_type"),
+                    ("from", "0"),
+                    ("to", "253402300799999"),
+                ],
                 "more than the 366.0 days allowed",
             ),
         ] {
@@ -961,7 +977,8 @@ mod tests {
                 .add(&projection, bucket, &dimensions, &state(count))
                 .unwrap();
         }
-        let rows: Vec<Value> = serde_json::from_str(&rollup.into_json(usize::MAX).unwrap()).unwrap();
+        let rows: Vec<Value> =
+            serde_json::from_str(&rollup.into_json(usize::MAX).unwrap()).unwrap();
         assert_eq!(
             rows,
             [

@@ -1,6 +1,9 @@
 //! Raw events for search: the archived Parquet partitions of the asked hours (pruned by the
 //! hive layout) plus the tail of the event log the archiver has not committed yet, each event
 //! once (by tenant, event id and event hour, as both layers dedupe).
+// This module reads what callers send: its arithmetic is checked or saturating, never
+// wrapping (docs/hardening.md).
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -13,7 +16,7 @@ use tally_connectors::archive::{ArchiveError, events_from_parquet};
 use tally_connectors::log::{EventLog, LogError};
 use tally_model::layout::{ARCHIVER_CONSUMER, RawStream, hour_partition};
 use tally_model::time::HOUR_MS;
-use tally_model::{Event, Millis, RejectedEvent};
+use tally_model::{Event, Granularity, Millis, RejectedEvent};
 use thiserror::Error;
 
 /// Records read from a log partition at a time.
@@ -106,14 +109,15 @@ impl RawEvents {
                     let start = end
                         .saturating_sub(READ_BATCH as u64)
                         .max(partition.first_offset);
-                    let entries = log.read(partition.partition, start, (end - start) as usize)?;
+                    let count = usize::try_from(end.saturating_sub(start)).unwrap_or(usize::MAX);
+                    let entries = log.read(partition.partition, start, count)?;
                     for entry in entries.iter().rev() {
                         let Ok(rejected) = serde_json::from_slice::<RejectedEvent>(&entry.payload)
                         else {
                             continue;
                         };
                         if rejected.tenant == tenant && kept < limit {
-                            kept += 1;
+                            kept = kept.saturating_add(1);
                             found.push(rejected);
                         }
                     }
@@ -156,7 +160,7 @@ impl RawEvents {
     }
 
     async fn archived(&self, filter: &RawFilter<'_>) -> Result<Vec<Event>, RawError> {
-        let first_hour = filter.range.start.div_euclid(HOUR_MS) * HOUR_MS;
+        let first_hour = Granularity::Hour.bucket_start(filter.range.start);
         let mut events = Vec::new();
         let mut hour = first_hour;
         while hour < filter.range.end {
@@ -188,7 +192,7 @@ impl RawEvents {
                     .map_err(|source| RawError::Parquet { path, source })?;
                 events.extend(decoded.into_iter().map(|logged| logged.record));
             }
-            hour += HOUR_MS;
+            hour = hour.saturating_add(HOUR_MS);
         }
         Ok(events)
     }
@@ -206,7 +210,7 @@ fn unarchived_tail(log: &dyn EventLog) -> Result<Vec<Event>, LogError> {
             let Some(last) = entries.last() else {
                 break;
             };
-            next = last.offset + 1;
+            next = last.offset.saturating_add(1);
             events.extend(
                 entries
                     .iter()

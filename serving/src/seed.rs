@@ -6,6 +6,9 @@
 //! A count is read from a view when the tenant keeps one that covers every event type with
 //! `event_type` as a dimension and the range falls on its buckets; otherwise it is counted
 //! from the raw events, like search. Both count each event once.
+// This module reads what callers send: its arithmetic is checked or saturating, never
+// wrapping (docs/hardening.md).
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::time::Instant;
 
@@ -117,10 +120,10 @@ pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) ->
                     .as_ref()
                     .is_none_or(|(ts, id)| (e.ts, &e.event_id) > (*ts, id))
             })
-            .take(limit + 1)
+            .take(limit.saturating_add(1))
             .collect();
         if page.len() > limit {
-            let last = page[limit - 1];
+            let last = page[limit.saturating_sub(1)];
             next_cursor = Some(format!("{}:{}", last.ts, last.event_id));
         }
         page.truncate(limit);
@@ -175,8 +178,8 @@ async fn count_events(
             view.events.iter().any(|e| e == "*")
                 && view.dimensions.iter().any(|d| d == "event_type")
                 && view.measures.contains(&Measure::Count)
-                && start % width == 0
-                && end % width == 0
+                && start.checked_rem(width) == Some(0)
+                && end.checked_rem(width) == Some(0)
         })
     });
     let Some(view) = view else {

@@ -700,7 +700,10 @@ async fn an_answer_over_the_configured_size_is_refused_with_how_to_narrow_it() {
         Some("demo-read"),
     )
     .await;
-    assert_eq!(status, 200, "a narrower query of the same data fits: {body}");
+    assert_eq!(
+        status, 200,
+        "a narrower query of the same data fits: {body}"
+    );
 }
 
 #[actix_web::test]

@@ -755,9 +755,7 @@ impl OwnedStates {
         if self.writer.worker == 0 {
             for (tenant, view) in self.writer.views.stored_names() {
                 if let Err(err) = self.writer.store.delete_before(tenant, view, horizon) {
-                    self.fail(format!(
-                        "deleting {tenant}/{view} below the horizon: {err}"
-                    ));
+                    self.fail(format!("deleting {tenant}/{view} below the horizon: {err}"));
                 }
             }
         }

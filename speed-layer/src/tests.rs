@@ -216,7 +216,8 @@ fn a_changed_view_spec_starts_afresh_and_never_counts_an_event_twice() {
     let mut changed = (*rig.catalog).clone();
     let view = &mut changed.tenants.get_mut("demo").unwrap().views[0];
     view.dimensions.push("country".into());
-    view.measures.push(tally_model::Measure::Uniq("user_id".into()));
+    view.measures
+        .push(tally_model::Measure::Uniq("user_id".into()));
     rig.catalog = Arc::new(changed);
 
     let speed = rig.start(2);
