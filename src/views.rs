@@ -109,7 +109,12 @@ pub fn run(command: ViewsCommand) -> anyhow::Result<()> {
     )?;
     let mut rows: BTreeMap<(i64, Vec<String>), AggregateState> = BTreeMap::new();
     for (key, state) in store.scan(&args.tenant, &view.stored_name(), from..to)? {
-        let dimensions = kept.iter().map(|&i| key.dimensions[i].clone()).collect();
+        // The store keeps this spec's states apart (`ViewSpec::stored_name`); a key short of
+        // a dimension would be a damaged store, shown as empty rather than a panic.
+        let dimensions = kept
+            .iter()
+            .map(|&i| key.dimensions.get(i).cloned().unwrap_or_default())
+            .collect();
         match rows.entry((key.bucket, dimensions)) {
             std::collections::btree_map::Entry::Vacant(slot) => {
                 slot.insert(state);

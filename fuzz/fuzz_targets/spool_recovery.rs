@@ -12,7 +12,9 @@ fuzz_target!(|data: &[u8]| {
         partitions: 1,
         ..SpoolOptions::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     {
         let spool = Spool::open(dir.path(), options()).unwrap();
         let first = AppendRecord {

@@ -448,26 +448,25 @@ async fn keys_are_kept_as_hashes_shown_by_id_and_rotated_without_downtime() {
     let rig = Rig::new().await;
     let app =
         http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
-    let (status, created) = send(
-        &app,
-        http::TestRequest::post()
-            .uri("/v1/governance/keys")
-            .set_json(serde_json::json!({"source": "dash", "scopes": ["read"]})),
-        Some("demo-admin"),
-    )
-    .await;
+    let admin = |request: http::TestRequest| send(&app, request, Some("demo-admin"));
+    let create_dash = || {
+        admin(
+            http::TestRequest::post()
+                .uri("/v1/governance/keys")
+                .set_json(serde_json::json!({"source": "dash", "scopes": ["read"]})),
+        )
+    };
+    let rotate_dash = |query: &str| {
+        admin(http::TestRequest::post().uri(&format!("/v1/governance/keys/dash/rotate{query}")))
+    };
+    let (status, created) = create_dash().await;
     assert_eq!(status, 200, "{created}");
     let old = created["key"].as_str().unwrap().to_owned();
     assert!(old.len() >= 32, "a generated secret has 128 bits: {old}");
     assert_eq!(get(&app, "/v1/governance", Some(&old)).await.0, 200);
 
     // Rotation: the new secret works at once, and so does the old one during the grace.
-    let (status, rotated) = send(
-        &app,
-        http::TestRequest::post().uri("/v1/governance/keys/dash/rotate?grace_secs=3600"),
-        Some("demo-admin"),
-    )
-    .await;
+    let (status, rotated) = rotate_dash("?grace_secs=3600").await;
     assert_eq!(status, 200, "{rotated}");
     let new = rotated["key"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
@@ -482,36 +481,14 @@ async fn keys_are_kept_as_hashes_shown_by_id_and_rotated_without_downtime() {
         .collect();
     assert_eq!(dash.len(), 2, "{overview}");
     assert_eq!(dash.iter().filter(|k| k["expires_at"].is_null()).count(), 1);
-    let (status, again) = send(
-        &app,
-        http::TestRequest::post().uri("/v1/governance/keys/dash/rotate"),
-        Some("demo-admin"),
-    )
-    .await;
+    let (status, again) = rotate_dash("").await;
     assert_eq!(status, 409, "{again}");
     // A rotation with no grace ends the old secret at once.
-    let (status, _) = send(
-        &app,
-        http::TestRequest::delete().uri("/v1/governance/keys/dash"),
-        Some("demo-admin"),
-    )
-    .await;
+    let (status, _) = admin(http::TestRequest::delete().uri("/v1/governance/keys/dash")).await;
     assert_eq!(status, 200);
-    let (_, recreated) = send(
-        &app,
-        http::TestRequest::post()
-            .uri("/v1/governance/keys")
-            .set_json(serde_json::json!({"source": "dash", "scopes": ["read"]})),
-        Some("demo-admin"),
-    )
-    .await;
+    let (_, recreated) = create_dash().await;
     let first = recreated["key"].as_str().unwrap().to_owned();
-    let (_, rotated) = send(
-        &app,
-        http::TestRequest::post().uri("/v1/governance/keys/dash/rotate?grace_secs=0"),
-        Some("demo-admin"),
-    )
-    .await;
+    let (_, rotated) = rotate_dash("?grace_secs=0").await;
     assert_eq!(get(&app, "/v1/governance", Some(&first)).await.0, 401);
     let last = rotated["key"].as_str().unwrap().to_owned();
     assert_eq!(get(&app, "/v1/governance", Some(&last)).await.0, 200);
@@ -945,7 +922,7 @@ async fn a_horizon_move_between_the_reads_of_a_query_loses_nothing() {
                 .unwrap();
         }))),
     };
-    let serving = Serving::new(
+    let serving = Arc::new(Serving::new(
         CatalogHandle::new(catalog, 0),
         None,
         Arc::new(store),
@@ -953,7 +930,7 @@ async fn a_horizon_move_between_the_reads_of_a_query_loses_nothing() {
         RawEvents::new(objects, None, None),
         ServingMetrics::register(&mut Default::default()),
         Default::default(),
-    );
+    ));
     let params = params(&[
         ("view", "events_by_type"),
         ("from", &BASE.to_string()),
