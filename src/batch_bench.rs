@@ -217,7 +217,7 @@ fn view_sql(view: &ViewSpec) -> String {
             )
         }
     }));
-    let covered = match view.events.iter().any(|event_type| event_type == "*") {
+    let covered = match view.covers_every_event_type() {
         true => "true".to_owned(),
         false => {
             let types: Vec<String> = view.events.iter().map(|t| format!("'{t}'")).collect();

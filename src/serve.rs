@@ -554,7 +554,12 @@ async fn readyz(services: web::Data<Services>) -> HttpResponse {
                 format_rfc3339(gap.end)
             )
         });
-    match forwarding.or(batch).or(seam) {
+    let views = services
+        .speed
+        .as_ref()
+        .and_then(|s| s.retrying())
+        .map(|error| format!("the speed layer waits for the view store: {error}"));
+    match forwarding.or(batch).or(views).or(seam) {
         None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Some(error) => HttpResponse::Ok().json(serde_json::json!({
             "status": "degraded",

@@ -88,7 +88,7 @@ pub fn view_states(
     spec: &ViewSpec,
 ) -> PolarsResult<BuiltStates> {
     let mut plan = deduped.filter(col("tenant").eq(lit(tenant)));
-    if !spec.events.iter().any(|event_type| event_type == "*") {
+    if !spec.covers_every_event_type() {
         let covered = spec
             .events
             .iter()

@@ -22,7 +22,7 @@ pub const MAX_TAG_NUMBER: f64 = 1e15;
 pub const MAX_EVENT_ID_LEN: usize = 128;
 /// Longest accepted `user_id`.
 pub const MAX_USER_ID_LEN: usize = 256;
-/// Event types a source policy can name to allow every type.
+/// The event type that stands for every type, in a view's events and a source's policy.
 pub const ANY_EVENT_TYPE: &str = "*";
 
 /// A tenant's governance rules.

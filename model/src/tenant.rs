@@ -9,7 +9,7 @@ pub use crate::key::{ApiKey, AuthError, Scope};
 use crate::event::Millis;
 use crate::key::{bearer_secret, secret_sha256};
 use crate::name::check_name;
-use crate::registry::{EventTypeSpec, SourcePolicy, TagKind, TagRegistry, TagSpec};
+use crate::registry::{ANY_EVENT_TYPE, EventTypeSpec, SourcePolicy, TagKind, TagRegistry, TagSpec};
 use crate::view::ViewSpec;
 
 /// The name of the tenant `tally up` creates when the config declares none.
@@ -167,7 +167,7 @@ impl Tenant {
         let sources = BTreeMap::from([(
             DEMO_SOURCE.to_owned(),
             SourcePolicy {
-                event_types: vec!["*".to_owned()],
+                event_types: vec![ANY_EVENT_TYPE.to_owned()],
             },
         )]);
         let views = [

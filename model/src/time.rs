@@ -40,6 +40,18 @@ pub enum Granularity {
 }
 
 impl Granularity {
+    /// Every granularity, finest first.
+    pub const ALL: [Granularity; 3] = [Granularity::Minute, Granularity::Hour, Granularity::Day];
+
+    /// Its name, as configs and queries spell it: `minute`, `hour` or `day`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+        }
+    }
+
     /// The bucket width in milliseconds.
     pub const fn millis(self) -> Millis {
         match self {
@@ -53,6 +65,23 @@ impl Granularity {
     /// `Millis::MIN` ("nothing yet" in progress records) for the first bucket of time.
     pub const fn bucket_start(self, ts: Millis) -> Millis {
         ts.div_euclid(self.millis()).saturating_mul(self.millis())
+    }
+}
+
+impl std::fmt::Display for Granularity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Granularity {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Granularity::ALL
+            .into_iter()
+            .find(|granularity| granularity.name() == text)
+            .ok_or_else(|| format!("unknown granularity '{text}'; use minute, hour or day"))
     }
 }
 
@@ -193,6 +222,22 @@ mod tests {
             Granularity::Hour.bucket_start(Millis::MIN),
             Millis::MIN,
             "the first bucket of time saturates instead of overflowing"
+        );
+    }
+
+    #[test]
+    fn granularities_are_spelled_once() {
+        for granularity in Granularity::ALL {
+            let name = granularity.to_string();
+            assert_eq!(name.parse::<Granularity>(), Ok(granularity));
+            let quoted = serde_json::to_string(&granularity).unwrap();
+            assert_eq!(quoted, format!("\"{name}\""), "serde spells it the same");
+        }
+        assert!(
+            "week"
+                .parse::<Granularity>()
+                .unwrap_err()
+                .contains("unknown granularity 'week'")
         );
     }
 

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{EventFields, FieldValue, Millis};
-use crate::registry::{TagKind, TagRegistry};
+use crate::registry::{ANY_EVENT_TYPE, TagKind, TagRegistry};
 use crate::state::AggregateState;
 use crate::time::Granularity;
 
@@ -20,7 +20,7 @@ pub const BUILT_IN_FIELDS: [&str; 3] = ["event_type", "user_id", "source"];
 pub struct ViewSpec {
     /// The view's name, unique per tenant.
     pub name: String,
-    /// Event types it covers; `"*"` covers all.
+    /// Event types it covers; [`ANY_EVENT_TYPE`] (`"*"`) covers all.
     pub events: Vec<String>,
     /// Group-by keys kept in the view: built-in fields or tags.
     #[serde(default)]
@@ -36,7 +36,12 @@ pub struct ViewSpec {
 impl ViewSpec {
     /// Whether events of `event_type` feed this view.
     pub fn covers(&self, event_type: &str) -> bool {
-        self.events.iter().any(|e| e == "*" || e == event_type)
+        self.covers_every_event_type() || self.events.iter().any(|e| e == event_type)
+    }
+
+    /// Whether every event feeds this view ([`ANY_EVENT_TYPE`] is among its events).
+    pub fn covers_every_event_type(&self) -> bool {
+        self.events.iter().any(|e| e == ANY_EVENT_TYPE)
     }
 
     /// The event's values for this view's dimensions; a missing tag is the empty string.
@@ -143,7 +148,7 @@ impl ViewSpec {
             }
         }
         for event_type in &self.events {
-            if event_type != "*" && !registry.event_types.contains_key(event_type) {
+            if event_type != ANY_EVENT_TYPE && !registry.event_types.contains_key(event_type) {
                 problems.push(format!(
                     "view '{}': event type '{event_type}' is not registered",
                     self.name

@@ -213,9 +213,11 @@ impl Serving {
         }
     }
 
-    /// Answers a query for `tenant`.
+    /// Answers a query for `tenant`. The real-time view store is read on a blocking thread,
+    /// as the raw events are: a store call (a ScyllaDB round trip, say) never holds up the
+    /// HTTP worker's other requests.
     pub async fn query(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         params: &QueryParams,
     ) -> Result<QueryAnswer, ServingError> {
@@ -227,7 +229,12 @@ impl Serving {
         let view = &query.view;
         let range = query.from..query.to;
         // Real-time states first, then the manifest: see the module doc of `query`.
-        let realtime = self.realtime(tenant, &query)?;
+        let realtime = {
+            let (serving, tenant, query) = (self.clone(), tenant.to_owned(), query.clone());
+            tokio::task::spawn_blocking(move || serving.realtime(&tenant, &query))
+                .await
+                .expect("reading the real-time views does not panic")?
+        };
         let manifest = self.batch_views.manifest().await?;
         let horizon = manifest.as_ref().map(|m| m.horizon);
         let seam = horizon.unwrap_or(Millis::MIN).clamp(range.start, range.end);
@@ -500,15 +507,20 @@ fn respond_with(
     responses((status = 200, description = "Rows per bucket and group", body = QueryAnswer)))]
 pub(crate) async fn get_query(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     let started = Instant::now();
-    let response = answer_query(&request, &serving).await.map(|answer| {
-        HttpResponse::Ok()
-            .content_type(header::ContentType::json())
-            .body(answer.to_json())
-    });
+    let response = answer_query(&request, &serving.clone().into_inner())
+        .await
+        .map(|answer| {
+            HttpResponse::Ok()
+                .content_type(header::ContentType::json())
+                .body(answer.to_json())
+        });
     respond_with(&serving, "query", started, response)
 }
 
-async fn answer_query(request: &HttpRequest, serving: &Serving) -> Result<QueryAnswer, Refusal> {
+async fn answer_query(
+    request: &HttpRequest,
+    serving: &Arc<Serving>,
+) -> Result<QueryAnswer, Refusal> {
     let key = serving.authorize(request, Scope::Read)?;
     let params = web::Query::<QueryParams>::from_query(request.query_string())
         .map_err(|err| bad(format!("query string: {err}")))?;

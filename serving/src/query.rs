@@ -65,13 +65,12 @@ pub enum QueryGranularity {
 impl QueryGranularity {
     fn parse(text: &str) -> Result<Self, QueryError> {
         match text {
-            "minute" => Ok(QueryGranularity::Bucketed(Granularity::Minute)),
-            "hour" => Ok(QueryGranularity::Bucketed(Granularity::Hour)),
-            "day" => Ok(QueryGranularity::Bucketed(Granularity::Day)),
             "all" => Ok(QueryGranularity::All),
-            other => Err(QueryError::new(format!(
-                "unknown granularity '{other}'; use minute, hour, day or all"
-            ))),
+            other => other.parse().map(QueryGranularity::Bucketed).map_err(|_| {
+                QueryError::new(format!(
+                    "unknown granularity '{other}'; use minute, hour, day or all"
+                ))
+            }),
         }
     }
 }
@@ -79,9 +78,7 @@ impl QueryGranularity {
 impl fmt::Display for QueryGranularity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            QueryGranularity::Bucketed(Granularity::Minute) => "minute",
-            QueryGranularity::Bucketed(Granularity::Hour) => "hour",
-            QueryGranularity::Bucketed(Granularity::Day) => "day",
+            QueryGranularity::Bucketed(granularity) => granularity.name(),
             QueryGranularity::All => "all",
         })
     }

@@ -10,6 +10,7 @@
 // wrapping (docs/hardening.md).
 #![deny(clippy::arithmetic_side_effects)]
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -82,6 +83,7 @@ pub(crate) async fn count(request: HttpRequest, serving: web::Data<Serving>) -> 
     let result = async {
         let (key, params) = checked(&request, &serving)?;
         let (start, end) = range(&params)?;
+        let serving = serving.clone().into_inner();
         count_events(&serving, &key, params.event_type.as_deref(), start, end).await
     }
     .await;
@@ -165,7 +167,7 @@ fn range(params: &SeedParams) -> Result<(Millis, Millis), Refusal> {
 }
 
 async fn count_events(
-    serving: &Serving,
+    serving: &Arc<Serving>,
     key: &ApiKey,
     event_type: Option<&str>,
     start: Millis,
@@ -175,7 +177,7 @@ async fn count_events(
     let view = catalog.tenants.get(&key.tenant).and_then(|tenant| {
         tenant.views.iter().find(|view| {
             let width = view.stored_granularity().millis();
-            view.events.iter().any(|e| e == "*")
+            view.covers_every_event_type()
                 && view.dimensions.iter().any(|d| d == "event_type")
                 && view.measures.contains(&Measure::Count)
                 && start.checked_rem(width) == Some(0)

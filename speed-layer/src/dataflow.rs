@@ -24,8 +24,9 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use foldhash::fast::FixedState;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::cursor::cursor_list;
@@ -33,7 +34,7 @@ use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::{Cursor, TraceReader};
 use differential_dataflow::{AsCollection, VecCollection};
 use tally_connectors::log::Offset;
-use tally_connectors::view_store::{ViewKey, ViewStore};
+use tally_connectors::view_store::{ViewKey, ViewStore, ViewStoreError};
 use tally_model::time::HOUR_MS;
 use tally_model::{
     AggregateState, Catalog, EventFields, Granularity, Millis, ViewSpec, dimension_text,
@@ -602,9 +603,18 @@ pub struct StateWriter {
     pub horizon: Arc<AtomicI64>,
     /// Metrics.
     pub metrics: Arc<SpeedMetrics>,
-    /// The first store error, for the worker loop to report.
+    /// The first permanent store error, for the worker loop to report.
     pub failure: Arc<Mutex<Option<String>>>,
+    /// The transient store error being retried, if any, for `/readyz`.
+    pub retrying: Arc<Mutex<Option<String>>>,
+    /// Set when the layer stops: a retry gives up then.
+    pub stopping: Arc<AtomicBool>,
 }
+
+/// The first wait after a transient store error; it doubles up to [`MAX_STORE_RETRY_WAIT`].
+const FIRST_STORE_RETRY_WAIT: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a store call.
+const MAX_STORE_RETRY_WAIT: Duration = Duration::from_secs(5);
 
 /// Merges partials into the states this worker owns and writes the changed ones per epoch.
 pub fn write_view_states<'scope>(
@@ -731,10 +741,9 @@ impl OwnedStates {
                 (key, state)
             })
             .collect();
-        if !rows.is_empty()
-            && let Err(err) = self.writer.store.upsert(&rows)
-        {
-            self.fail(format!("writing {} view states: {err}", rows.len()));
+        if !rows.is_empty() {
+            let what = || format!("writing {} view states", rows.len());
+            self.with_retries(what, || self.writer.store.upsert(&rows));
         }
         self.writer
             .metrics
@@ -754,12 +763,53 @@ impl OwnedStates {
             .state_keys_changed(self.states.len() as i64 - before as i64);
         if self.writer.worker == 0 {
             for (tenant, view) in self.writer.views.stored_names() {
-                if let Err(err) = self.writer.store.delete_before(tenant, view, horizon) {
-                    self.fail(format!("deleting {tenant}/{view} below the horizon: {err}"));
-                }
+                let what = || format!("deleting {tenant}/{view} below the horizon");
+                self.with_retries(what, || {
+                    self.writer.store.delete_before(tenant, view, horizon)
+                });
             }
         }
         self.swept_below = horizon;
+    }
+
+    /// Runs a store call until it succeeds. A transient error (an unreachable or overloaded
+    /// ScyllaDB) is retried, 100 ms doubling to 5 s apart, while `/readyz` says degraded:
+    /// the epoch stays open meanwhile, so nothing after it is reported written, and the views
+    /// catch up once the store is back. A permanent error, or a stop, ends the layer.
+    fn with_retries<T>(
+        &self,
+        what: impl Fn() -> String,
+        mut call: impl FnMut() -> Result<T, ViewStoreError>,
+    ) {
+        let mut wait = FIRST_STORE_RETRY_WAIT;
+        loop {
+            match call() {
+                Ok(_) => {
+                    self.set_retrying(None);
+                    return;
+                }
+                Err(err) if err.is_transient() && !self.writer.stopping.load(Ordering::Acquire) => {
+                    let message = format!("{}: {err}; retrying in {wait:?}", what());
+                    tracing::warn!(%message, "speed layer waits for the view store");
+                    self.set_retrying(Some(message));
+                    std::thread::sleep(wait);
+                    wait = wait.saturating_mul(2).min(MAX_STORE_RETRY_WAIT);
+                }
+                Err(err) => {
+                    self.set_retrying(None);
+                    self.fail(format!("{}: {err}", what()));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn set_retrying(&self, message: Option<String>) {
+        *self
+            .writer
+            .retrying
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = message;
     }
 
     fn fail(&self, message: String) {

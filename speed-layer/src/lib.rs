@@ -138,7 +138,9 @@ struct Shared {
     trailing: AtomicBool,
     /// The last horizon the batch layer published, while it is before the speed layer's.
     published_below: Mutex<Option<Millis>>,
-    stop: AtomicBool,
+    stop: Arc<AtomicBool>,
+    /// The transient view-store error a worker is retrying, if any.
+    retrying: Arc<Mutex<Option<String>>>,
     failure: Arc<Mutex<Option<String>>>,
     /// Per partition: the offset up to which the view store reflects the log.
     reflected: Vec<AtomicU64>,
@@ -178,7 +180,8 @@ impl SpeedLayer {
             horizon,
             trailing: AtomicBool::new(trailing),
             published_below: Mutex::new(None),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
+            retrying: Arc::default(),
             failure: Arc::new(Mutex::new(None)),
         });
         let for_workers = shared.clone();
@@ -281,7 +284,17 @@ impl SpeedHandle {
         published.map(|published| published..self.horizon())
     }
 
-    /// The first error a worker met, if any; the workers stop after one.
+    /// The transient view-store error a worker is retrying, if any: the views lag until the
+    /// store answers again.
+    pub fn retrying(&self) -> Option<String> {
+        self.shared
+            .retrying
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The first permanent error a worker met, if any; the workers stop after one.
     pub fn failure(&self) -> Option<String> {
         self.shared
             .failure
@@ -329,6 +342,8 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
         horizon: shared.horizon.clone(),
         metrics: layer.metrics.clone(),
         failure: shared.failure.clone(),
+        retrying: shared.retrying.clone(),
+        stopping: shared.stop.clone(),
     };
     let (views, metrics) = (shared.views.clone(), layer.metrics.clone());
     let epoch_events: EpochEvents = Default::default();

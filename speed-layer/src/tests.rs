@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -9,7 +10,7 @@ use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
 use tally_connectors::testing::{
     as_named, assert_states_agree, demo_events, reference_states, sample_demo_events,
 };
-use tally_connectors::view_store::{EmbeddedViewStore, ViewKey, ViewStore};
+use tally_connectors::view_store::{EmbeddedViewStore, ViewKey, ViewStore, ViewStoreError};
 use tally_model::config::SpeedConfig;
 use tally_model::time::{HOUR_MS, MINUTE_MS};
 use tally_model::{AggregateState, Catalog, Event, Granularity, Millis, partition_of};
@@ -56,6 +57,11 @@ impl Rig {
     }
 
     fn start(&self, workers: usize) -> SpeedHandle {
+        self.start_on(workers, self.store.clone())
+    }
+
+    /// Starts the speed layer writing to `store` (a wrapper of the rig's, say).
+    fn start_on(&self, workers: usize, store: Arc<dyn ViewStore>) -> SpeedHandle {
         let config = SpeedConfig {
             workers,
             epoch_ms: 10,
@@ -64,7 +70,7 @@ impl Rig {
         let metrics = SpeedMetrics::register(&mut Default::default());
         SpeedLayer {
             log: self.log.clone(),
-            store: self.store.clone(),
+            store,
             catalog: self.catalog.clone(),
             config,
             metrics,
@@ -229,6 +235,74 @@ fn a_changed_view_spec_starts_afresh_and_never_counts_an_event_twice() {
         .scan("demo", &before.stored_name(), Millis::MIN..Millis::MAX)
         .unwrap();
     assert!(old.is_empty(), "{} states of the old spec kept", old.len());
+    speed.stop().unwrap();
+}
+
+/// The rig's store behind an outage: its first writes fail as an unreachable ScyllaDB's do.
+struct StoreWithAnOutage {
+    inner: Arc<EmbeddedViewStore>,
+    failing_writes: std::sync::atomic::AtomicU32,
+}
+
+impl ViewStore for StoreWithAnOutage {
+    fn upsert(&self, rows: &[(ViewKey, AggregateState)]) -> Result<(), ViewStoreError> {
+        let failing = self
+            .failing_writes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(ViewStoreError::Scylla {
+                operation: "writing states".into(),
+                source: "no node answered within the timeout".into(),
+            });
+        }
+        self.inner.upsert(rows)
+    }
+
+    fn scan(
+        &self,
+        tenant: &str,
+        view: &str,
+        buckets: std::ops::Range<Millis>,
+    ) -> Result<Vec<(ViewKey, AggregateState)>, ViewStoreError> {
+        self.inner.scan(tenant, view, buckets)
+    }
+
+    fn delete_before(
+        &self,
+        tenant: &str,
+        view: &str,
+        bucket: Millis,
+    ) -> Result<u64, ViewStoreError> {
+        self.inner.delete_before(tenant, view, bucket)
+    }
+
+    fn record_progress(&self, writer: &str, progress: &[u8]) -> Result<(), ViewStoreError> {
+        self.inner.record_progress(writer, progress)
+    }
+
+    fn progress(&self, writer: &str) -> Result<Option<Vec<u8>>, ViewStoreError> {
+        self.inner.progress(writer)
+    }
+}
+
+#[test]
+fn a_view_store_outage_is_waited_out_and_the_views_end_exact() {
+    let rig = rig();
+    rig.append(&sample_events());
+    let store = Arc::new(StoreWithAnOutage {
+        inner: rig.store.clone(),
+        failing_writes: 4.into(),
+    });
+    let speed = rig.start_on(2, store.clone());
+    rig.wait_caught_up(&speed);
+    assert_eq!(
+        store.failing_writes.load(Ordering::Acquire),
+        0,
+        "the outage happened"
+    );
+    assert_eq!(speed.failure(), None, "an outage is not a failure");
+    assert_eq!(speed.retrying(), None, "the store answers again");
+    assert_states_agree(&rig.stored(), &rig.expected(speed.horizon()));
     speed.stop().unwrap();
 }
 

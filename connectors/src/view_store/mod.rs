@@ -142,5 +142,20 @@ pub enum ViewStoreError {
     Corrupt(String),
 }
 
+impl ViewStoreError {
+    /// Whether the same call may succeed later: ScyllaDB unreachable, timing out or
+    /// overloaded, or the embedded database's disk failing an I/O. Writers retry these with
+    /// backoff; the others (a read-only store, a bad URL, corruption) will not change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ViewStoreError::Scylla { .. } => true,
+            ViewStoreError::Embedded { source, .. } => matches!(**source, redb::Error::Io(_)),
+            ViewStoreError::ReadOnly(_)
+            | ViewStoreError::BadUri { .. }
+            | ViewStoreError::Corrupt(_) => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod conformance;
