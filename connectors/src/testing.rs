@@ -376,21 +376,47 @@ impl Drop for S3Server {
     }
 }
 
-/// The URI in the variable `var`, naming a server this machine cannot run (HDFS, ScyllaDB);
-/// `None` after telling the terminal, past the test harness's capture, that `test` was skipped
-/// and how to run it.
+/// The URI in the variable `var` (`TALLY_<BACKEND>_URI`), naming a server this machine cannot
+/// run (HDFS, ScyllaDB); `None` after telling the terminal, past the test harness's capture,
+/// that `test` was skipped and how to run it, and after adding a line to the file
+/// `TALLY_SKIP_LOG` names, if any, for a summary at the end of the run (`.ci/run` prints one).
+///
+/// A skip must never pass where the backend should be there: when `TALLY_REQUIRE_BACKENDS`
+/// (comma-separated, or `all`) names the backend, a missing URI fails the test instead.
 pub fn backend_uri(var: &str, test: &str, example: &str) -> Option<String> {
     use std::io::Write;
-    match std::env::var(var) {
-        Ok(uri) if !uri.is_empty() => Some(uri),
-        _ => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: {var} is unset; set it (e.g. {var}={example}) to run it"
-            );
-            None
-        }
+    if let Ok(uri) = std::env::var(var)
+        && !uri.is_empty()
+    {
+        return Some(uri);
     }
+    let backend = var
+        .trim_start_matches("TALLY_")
+        .trim_end_matches("_URI")
+        .to_ascii_lowercase();
+    let required = std::env::var("TALLY_REQUIRE_BACKENDS").unwrap_or_default();
+    if required
+        .split(',')
+        .map(str::trim)
+        .any(|name| name == backend || name == "all")
+    {
+        panic!(
+            "{test} needs {backend}, which TALLY_REQUIRE_BACKENDS requires, but {var} is unset (e.g. {var}={example})"
+        );
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {var} is unset; set it (e.g. {var}={example}) to run it"
+    );
+    if let Ok(log) = std::env::var("TALLY_SKIP_LOG")
+        && let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+    {
+        let _ = writeln!(file, "{backend}\t{test}\t{var} is unset");
+    }
+    None
 }
 
 /// A TCP link to a server that a test can cut and mend: the server stays up, the network
