@@ -139,7 +139,7 @@ impl BatchViews {
         match publish_generation(self.store.as_ref(), &path, body, CURRENT).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(BatchViewsError::Conflict(manifest.generation)),
-            Err((path, source)) => Err(store_error(&path, source)),
+            Err(err) => Err(store_error(&err.path, err.source)),
         }
     }
 

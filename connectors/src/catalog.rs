@@ -125,7 +125,12 @@ impl CatalogStore {
         match publish_generation(self.store.as_ref(), &path, body, CURRENT).await {
             Ok(true) => {}
             Ok(false) => return Err(CatalogError::Conflict(stored.generation)),
-            Err((path, source)) => return Err(CatalogError::Store { path, source }),
+            Err(err) => {
+                return Err(CatalogError::Store {
+                    path: err.path,
+                    source: err.source,
+                });
+            }
         }
         // The save stands; pruning is housekeeping, retried by the next save.
         if let Err(err) = self.prune(stored.generation).await {

@@ -127,6 +127,26 @@ pub fn open_local(root: &Path) -> Result<Arc<dyn ObjectStore>, object_store::Err
     Ok(Arc::new(LocalFileSystem::new_with_prefix(root)?))
 }
 
+/// An object store operation that failed, with the object it was about.
+#[derive(Debug, thiserror::Error)]
+#[error("object store, at {path}: {source}")]
+pub struct ObjectError {
+    /// The object or prefix.
+    pub path: String,
+    /// The cause.
+    pub source: object_store::Error,
+}
+
+impl ObjectError {
+    /// `source`, about `path`.
+    pub fn at(path: &str, source: object_store::Error) -> Self {
+        ObjectError {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 /// Writes `body` as the new object `path`, only if no object is there (so two writers cannot
 /// both win it), then points `pointer` at it: how manifests and catalogs publish a
 /// generation atomically. `Ok(false)` when `path` was taken; errors name the object.
@@ -135,7 +155,7 @@ pub async fn publish_generation(
     path: &str,
     body: Vec<u8>,
     pointer: &str,
-) -> Result<bool, (String, object_store::Error)> {
+) -> Result<bool, ObjectError> {
     let create = PutOptions {
         mode: PutMode::Create,
         ..PutOptions::default()
@@ -145,7 +165,7 @@ pub async fn publish_generation(
         .await
     {
         Err(object_store::Error::AlreadyExists { .. }) => return Ok(false),
-        result => result.map_err(|source| (path.to_owned(), source))?,
+        result => result.map_err(|source| ObjectError::at(path, source))?,
     };
     store
         .put(
@@ -153,7 +173,7 @@ pub async fn publish_generation(
             PutPayload::from(path.as_bytes().to_vec()),
         )
         .await
-        .map_err(|source| (pointer.to_owned(), source))?;
+        .map_err(|source| ObjectError::at(pointer, source))?;
     Ok(true)
 }
 

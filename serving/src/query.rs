@@ -398,6 +398,17 @@ fn list(text: &Option<String>) -> impl Iterator<Item = &str> {
         .filter(|item| !item.is_empty())
 }
 
+/// What an older spec of a view lacks that a query asks for.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Lacking {
+    /// A dimension the query groups or filters by.
+    #[error("dimension '{0}'")]
+    Dimension(String),
+    /// A measure the query reads.
+    #[error("measure '{0}'")]
+    Measure(Measure),
+}
+
 /// How the rows of one spec (one logic version of the view) map onto a query.
 pub struct Projection {
     group: Vec<usize>,
@@ -408,12 +419,12 @@ pub struct Projection {
 impl Projection {
     /// Maps `spec`'s dimensions and measures onto the query's; an error names what the spec
     /// lacks (an older logic version may not have a dimension or measure the current one has).
-    pub fn new(spec: &ViewSpec, query: &Query) -> Result<Projection, String> {
+    pub fn new(spec: &ViewSpec, query: &Query) -> Result<Projection, Lacking> {
         let dimension = |name: &str| {
             spec.dimensions
                 .iter()
                 .position(|d| d == name)
-                .ok_or_else(|| format!("dimension '{name}'"))
+                .ok_or_else(|| Lacking::Dimension(name.to_owned()))
         };
         let group = query
             .group_by
@@ -424,7 +435,7 @@ impl Projection {
             .filter
             .iter()
             .map(|(name, value)| Ok((dimension(name)?, value.clone())))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, Lacking>>()?;
         let state_measures: Vec<&Measure> = spec
             .measures
             .iter()
@@ -437,7 +448,7 @@ impl Projection {
                 state_measures
                     .iter()
                     .position(|m| *m == source)
-                    .ok_or_else(|| format!("measure '{source}'"))
+                    .ok_or_else(|| Lacking::Measure(source.clone()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Projection {
@@ -997,9 +1008,8 @@ mod tests {
         .unwrap();
         let mut older = tenant.views[0].clone();
         older.dimensions.retain(|d| d != "os_type");
-        assert_eq!(
-            Projection::new(&older, &query).err().unwrap(),
-            "dimension 'os_type'"
-        );
+        let lacking = Projection::new(&older, &query).err().unwrap();
+        assert_eq!(lacking, Lacking::Dimension("os_type".into()));
+        assert_eq!(lacking.to_string(), "dimension 'os_type'");
     }
 }

@@ -591,6 +591,27 @@ fn partial_hash(
     hasher.finish()
 }
 
+/// Why the speed layer could not keep the view store up to date: what it was doing, and
+/// the store's (or the state merge's) error. Cloned to every worker that reports it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct StoreFailure {
+    /// What the layer was doing, e.g. "writing 12 view states".
+    pub what: String,
+    /// The cause.
+    pub source: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl StoreFailure {
+    /// `source` met while doing `what`.
+    pub fn new(what: String, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreFailure {
+            what,
+            source: Arc::new(source),
+        }
+    }
+}
+
 /// Where a worker's owned states go, and what it needs to keep them.
 pub struct StateWriter {
     /// The worker's index; worker 0 also deletes expired keys from the store.
@@ -604,7 +625,7 @@ pub struct StateWriter {
     /// Metrics.
     pub metrics: Arc<SpeedMetrics>,
     /// The first permanent store error, for the worker loop to report.
-    pub failure: Arc<Mutex<Option<String>>>,
+    pub failure: Arc<Mutex<Option<StoreFailure>>>,
     /// The transient store error being retried, if any, for `/readyz`.
     pub retrying: Arc<Mutex<Option<String>>>,
     /// Set when the layer stops: a retry gives up then.
@@ -722,7 +743,7 @@ impl OwnedStates {
             match self.states.get_mut(&key) {
                 Some(state) => {
                     if let Err(err) = state.merge(&partial) {
-                        self.fail(format!("merging {key:?}: {err}"));
+                        self.fail(StoreFailure::new(format!("merging {key:?}"), err));
                         continue;
                     }
                 }
@@ -797,7 +818,7 @@ impl OwnedStates {
                 }
                 Err(err) => {
                     self.set_retrying(None);
-                    self.fail(format!("{}: {err}", what()));
+                    self.fail(StoreFailure::new(what(), err));
                     return;
                 }
             }
@@ -812,14 +833,13 @@ impl OwnedStates {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = message;
     }
 
-    fn fail(&self, message: String) {
-        tracing::error!(%message, "speed layer could not update the view store");
-        let mut failure = self
-            .writer
+    fn fail(&self, failure: StoreFailure) {
+        tracing::error!(%failure, "speed layer could not update the view store");
+        self.writer
             .failure
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        failure.get_or_insert(message);
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_or_insert(failure);
     }
 }
 

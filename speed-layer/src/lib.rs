@@ -46,7 +46,7 @@ use timely::worker::Worker;
 
 pub use telemetry::SpeedMetrics;
 
-use crate::dataflow::{CompiledViews, Epoch, EpochEvents, StateWriter};
+use crate::dataflow::{CompiledViews, Epoch, EpochEvents, StateWriter, StoreFailure};
 use crate::record::LoggedEvent;
 
 /// Everything the speed layer reads and writes.
@@ -113,9 +113,9 @@ pub enum SpeedError {
     /// Reading the log failed.
     #[error("reading the event log: {0}")]
     Log(#[from] LogError),
-    /// Writing the view store failed.
+    /// Writing the view store failed for good.
     #[error("writing the view store: {0}")]
-    Store(String),
+    Store(#[from] StoreFailure),
     /// The timely workers could not start or panicked.
     #[error("speed layer workers: {0}")]
     Workers(String),
@@ -141,7 +141,7 @@ struct Shared {
     stop: Arc<AtomicBool>,
     /// The transient view-store error a worker is retrying, if any.
     retrying: Arc<Mutex<Option<String>>>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<StoreFailure>>>,
     /// Per partition: the offset up to which the view store reflects the log.
     reflected: Vec<AtomicU64>,
 }
@@ -205,7 +205,10 @@ const STORED_VIEWS_RECORD: &str = "speed-stored-views";
 /// current one); this frees their room. A crash between the two steps repeats the first.
 fn retire_earlier_specs(store: &dyn ViewStore, views: &CompiledViews) -> Result<(), SpeedError> {
     let store_error = |err: tally_connectors::view_store::ViewStoreError| {
-        SpeedError::Store(format!("retiring the states of earlier view specs: {err}"))
+        SpeedError::Store(StoreFailure::new(
+            "retiring the states of earlier view specs".to_owned(),
+            err,
+        ))
     };
     let current: Vec<(String, String)> = views
         .stored_names()
@@ -300,7 +303,8 @@ impl SpeedHandle {
             .failure
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+            .as_ref()
+            .map(ToString::to_string)
     }
 
     /// Stops the workers after their current epoch and waits for them; later calls do nothing.
