@@ -5,7 +5,7 @@
 //! - [`registry`]: the per-tenant tag registry (governance) and event validation.
 //! - [`tenant`]: tenants, the catalog, and the demo catalog; [`key`]: API keys, kept as
 //!   hashes, and their scopes.
-//! - [`view`] and [`state`]: view specs, declared once and compiled by both the speed and the
+//! - [`view`], [`measure`] and [`state`]: view specs, declared once and compiled by both the speed and the
 //!   batch layer, and the mergeable [`AggregateState`] they both produce.
 //! - [`time`] and [`layout`]: UTC time buckets and the raw partition layout in object storage.
 //! - [`manifest`]: the batch manifest (views, logic versions, hours, horizon).
@@ -32,6 +32,7 @@ pub mod event;
 pub mod key;
 pub mod layout;
 pub mod manifest;
+pub mod measure;
 pub mod name;
 pub mod registry;
 pub mod state;
@@ -44,8 +45,9 @@ pub use event::{
     Event, EventFields, FieldValue, Millis, RejectedEvent, TagValue, partition_of, stable_hash,
 };
 pub use manifest::{LogicVersion, Manifest, ViewManifest};
+pub use measure::Measure;
 pub use registry::{RejectReason, TagKind, TagRegistry, ValidationContext};
 pub use state::{AggregateState, MeasureState, StateDecodeError, StateMerger, StateSummary};
 pub use tenant::{ApiKey, Catalog, Scope, Tenant};
 pub use time::Granularity;
-pub use view::{Measure, ViewSpec, dimension_text};
+pub use view::{ViewSpec, dimension_text};

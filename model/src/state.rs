@@ -14,7 +14,7 @@ use datasketches::kll::{KllFloat, KllSketch};
 use thiserror::Error;
 
 use crate::event::FieldValue;
-use crate::view::Measure;
+use crate::measure::Measure;
 
 /// log2 of the HLL register count: 4096 registers, about 1.6 % standard error.
 pub const HLL_LG_K: u8 = 12;
