@@ -94,7 +94,7 @@ fn seed(config: &Config) -> anyhow::Result<(Catalog, Option<DemoKeys>)> {
         let catalog = Catalog::new(config.tenants.clone(), keys).map_err(|problems| {
             anyhow::anyhow!(
                 "the config's tenants are inconsistent:\n  {}",
-                problems.join("\n  ")
+                problems.messages().join("\n  ")
             )
         })?;
         return Ok((catalog, None));

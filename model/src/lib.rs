@@ -9,7 +9,8 @@
 //!   batch layer, and the mergeable [`AggregateState`] they both produce.
 //! - [`time`] and [`layout`]: UTC time buckets and the raw partition layout in object storage.
 //! - [`manifest`]: the batch manifest (views, logic versions, hours, horizon).
-//! - [`name`]: the one rule for the names a tenant declares.
+//! - [`name`]: the one rule for the names a tenant declares; [`problem`]: why a catalog is
+//!   inconsistent.
 //! - [`config`]: the one TOML file, overridable by `TALLY_*` environment variables.
 //!
 //! ```
@@ -34,6 +35,7 @@ pub mod layout;
 pub mod manifest;
 pub mod measure;
 pub mod name;
+pub mod problem;
 pub mod registry;
 pub mod state;
 pub mod tenant;

@@ -2,13 +2,15 @@
 //! views, sources and tenants. Names travel into URLs, object paths, metrics labels and the
 //! console, so they are kept to characters that mean nothing in any of them.
 
+use crate::problem::NameError;
+
 /// The longest name.
 pub const MAX_NAME_LEN: usize = 64;
 
 /// Checks `name`, a `what` (e.g. "tag"): 1 to 64 ASCII letters, digits, `_`, `-` or `.`,
 /// starting with a letter, a digit or `_`. Dots let aliases name the trackers' fields
 /// (`context.os.name`); no name can be `.`, `..` or contain a `/`.
-pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+pub fn check_name(what: &'static str, name: &str) -> Result<(), NameError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
     let starts_well = name
         .chars()
@@ -17,10 +19,10 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     if name.len() <= MAX_NAME_LEN && starts_well && name.chars().all(allowed) {
         Ok(())
     } else {
-        let shown: String = name.chars().take(MAX_NAME_LEN).collect();
-        Err(format!(
-            "{what} name {shown:?} is not allowed: use 1 to {MAX_NAME_LEN} letters, digits, '_', '-' or '.', starting with a letter, a digit or '_'"
-        ))
+        Err(NameError {
+            what,
+            shown: name.chars().take(MAX_NAME_LEN).collect(),
+        })
     }
 }
 
@@ -53,7 +55,7 @@ mod tests {
             "é",
             &long,
         ] {
-            let err = check_name("tag", bad).unwrap_err();
+            let err = check_name("tag", bad).unwrap_err().to_string();
             assert!(err.starts_with("tag name"), "{bad}: {err}");
         }
     }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::event::{Event, Millis, TagValue};
 use crate::name::check_name;
+use crate::problem::{CatalogProblem, CatalogProblems};
 use crate::time::parse_timestamp;
 
 /// The largest magnitude a number tag may have. Sums are kept exactly in millionths in an
@@ -186,8 +187,8 @@ impl TagRegistry {
 
     /// Checks the registry itself: every name is plain ([`check_name`]), each alias belongs
     /// to one tag, and every tag an event type names is declared.
-    pub fn check(&self) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
+    pub fn check(&self) -> Result<(), CatalogProblems> {
+        let mut problems = CatalogProblems::default();
         let names = self.tags.keys().map(|tag| ("tag", tag));
         let aliases = self
             .tags
@@ -196,7 +197,9 @@ impl TagRegistry {
         let event_types = self.event_types.keys().map(|name| ("event type", name));
         let sources = self.sources.keys().map(|name| ("source", name));
         for (what, name) in names.chain(aliases).chain(event_types).chain(sources) {
-            problems.extend(check_name(what, name).err());
+            if let Err(err) = check_name(what, name) {
+                problems.push(err);
+            }
         }
         // Each spelling names one tag: an alias that another tag owns, or that is another
         // tag's name, would silently move events from one tag to another.
@@ -204,32 +207,32 @@ impl TagRegistry {
         for (tag, spec) in &self.tags {
             for alias in &spec.aliases {
                 if alias != tag && self.tags.contains_key(alias) {
-                    problems.push(format!(
-                        "alias '{alias}' of tag '{tag}' is the name of tag '{alias}'"
-                    ));
+                    problems.push(CatalogProblem::AliasIsATag {
+                        alias: alias.clone(),
+                        tag: tag.clone(),
+                    });
                 } else if let Some(owner) = owners.insert(alias, tag)
                     && owner != tag
                 {
-                    problems.push(format!(
-                        "alias '{alias}' is claimed by tags '{owner}' and '{tag}'; give it to one"
-                    ));
+                    problems.push(CatalogProblem::AliasClaimed {
+                        alias: alias.clone(),
+                        first: owner.to_owned(),
+                        second: tag.clone(),
+                    });
                 }
             }
         }
         for (event_type, spec) in &self.event_types {
             for tag in spec.required.iter().chain(&spec.optional) {
                 if !self.tags.contains_key(tag) {
-                    problems.push(format!(
-                        "event type '{event_type}' names tag '{tag}', which is not declared under [tags]"
-                    ));
+                    problems.push(CatalogProblem::UndeclaredTag {
+                        event_type: event_type.clone(),
+                        tag: tag.clone(),
+                    });
                 }
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        problems.into_result()
     }
 
     /// Validates one submitted event. `new_event_id` is called only when the client sent none.
@@ -801,7 +804,7 @@ mod tests {
         };
         let mut hijacked = registry();
         hijacked.tags.insert("aaa_hijack".into(), spec(&["os"]));
-        let problems = hijacked.check().unwrap_err();
+        let problems = hijacked.check().unwrap_err().messages();
         assert!(
             problems
                 .iter()
@@ -810,7 +813,7 @@ mod tests {
         );
         let mut shadowing = registry();
         shadowing.tags.insert("shadow".into(), spec(&["country"]));
-        let problems = shadowing.check().unwrap_err();
+        let problems = shadowing.check().unwrap_err().messages();
         assert!(
             problems.iter().any(|p| p.contains("alias 'country' of tag 'shadow' is the name of tag 'country'")),
             "{problems:?}"
@@ -824,7 +827,7 @@ mod tests {
                 retention_days: DEFAULT_RETENTION_DAYS,
             };
             named.event_types.insert(bad.into(), no_tags);
-            let problems = named.check().unwrap_err();
+            let problems = named.check().unwrap_err().messages();
             assert!(
                 problems.iter().any(|p| p.starts_with("tag name")),
                 "{problems:?}"

@@ -9,6 +9,7 @@ pub use crate::key::{ApiKey, AuthError, Scope};
 use crate::event::Millis;
 use crate::key::{bearer_secret, secret_sha256};
 use crate::name::check_name;
+use crate::problem::{CatalogProblem, CatalogProblems};
 use crate::registry::{ANY_EVENT_TYPE, EventTypeSpec, SourcePolicy, TagKind, TagRegistry, TagSpec};
 use crate::view::ViewSpec;
 
@@ -41,36 +42,41 @@ pub struct Catalog {
 impl Catalog {
     /// Builds a catalog, checking that every key names a known tenant and that each
     /// tenant's registry and views are consistent.
-    pub fn new(tenants: BTreeMap<String, Tenant>, keys: Vec<ApiKey>) -> Result<Self, Vec<String>> {
-        let mut problems = Vec::new();
+    pub fn new(
+        tenants: BTreeMap<String, Tenant>,
+        keys: Vec<ApiKey>,
+    ) -> Result<Self, CatalogProblems> {
+        let mut problems = CatalogProblems::default();
         for name in tenants.keys() {
-            problems.extend(check_name("tenant", name).err());
+            if let Err(err) = check_name("tenant", name) {
+                problems.push(err);
+            }
         }
         for key in &keys {
-            problems.extend(check_name("key source", &key.source).err());
+            if let Err(err) = check_name("key source", &key.source) {
+                problems.push(err);
+            }
             if !tenants.contains_key(&key.tenant) {
-                problems.push(format!(
-                    "API key '{}' names unknown tenant '{}'",
-                    key.source, key.tenant
-                ));
+                problems.push(CatalogProblem::UnknownTenant {
+                    key: key.source.clone(),
+                    tenant: key.tenant.clone(),
+                });
             }
         }
         for (name, tenant) in &tenants {
-            let registry_problems = tenant.registry.check().err().unwrap_or_default();
-            let view_problems = tenant
+            let registry = tenant.registry.check().err().unwrap_or_default();
+            let views = tenant
                 .views
                 .iter()
-                .flat_map(|view| view.check(&tenant.registry).err().unwrap_or_default());
-            problems.extend(
-                registry_problems
-                    .into_iter()
-                    .chain(view_problems)
-                    .map(|p| format!("tenant '{name}': {p}")),
-            );
+                .flat_map(|view| view.check(&tenant.registry).err().unwrap_or_default().0);
+            for problem in registry.0.into_iter().chain(views) {
+                problems.push(CatalogProblem::InTenant {
+                    tenant: name.clone(),
+                    problem: Box::new(problem),
+                });
+            }
         }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
+        problems.into_result()?;
         let keys = keys
             .into_iter()
             .map(|key| (key.secret_sha256.clone(), key))
@@ -225,8 +231,9 @@ mod tests {
         let mut tenant = demo.tenants["demo"].clone();
         tenant.views[0].dimensions.push("colour".into());
         let key = ApiKey::new("k", "ghost", "s", vec![]);
-        let problems =
-            Catalog::new(BTreeMap::from([("demo".into(), tenant)]), vec![key]).unwrap_err();
+        let problems = Catalog::new(BTreeMap::from([("demo".into(), tenant)]), vec![key])
+            .unwrap_err()
+            .messages();
         assert!(
             problems
                 .iter()

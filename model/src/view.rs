@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{EventFields, FieldValue, Millis};
 use crate::measure::Measure;
+use crate::problem::{CatalogProblem, CatalogProblems};
 use crate::registry::{ANY_EVENT_TYPE, TagKind, TagRegistry};
 use crate::state::AggregateState;
 use crate::time::Granularity;
@@ -112,52 +113,55 @@ impl ViewSpec {
 
     /// Checks the spec against the tenant's registry: every field it names exists, and
     /// numeric measures read number tags.
-    pub fn check(&self, registry: &TagRegistry) -> Result<(), Vec<String>> {
-        let mut problems: Vec<String> = crate::name::check_name("view", &self.name)
-            .err()
-            .into_iter()
-            .collect();
+    pub fn check(&self, registry: &TagRegistry) -> Result<(), CatalogProblems> {
+        let mut problems = CatalogProblems::default();
+        if let Err(err) = crate::name::check_name("view", &self.name) {
+            problems.push(err);
+        }
+        let view = || self.name.clone();
         let kind_of = |field: &str| match BUILT_IN_FIELDS.contains(&field) {
             true => Some(TagKind::String),
             false => registry.tags.get(field).map(|tag| tag.kind),
         };
         for dimension in &self.dimensions {
             if kind_of(dimension).is_none() {
-                problems.push(format!("view '{}': dimension '{dimension}' is neither a built-in field nor a declared tag", self.name));
+                problems.push(CatalogProblem::UnknownDimension {
+                    view: view(),
+                    dimension: dimension.clone(),
+                });
             }
         }
         for measure in &self.measures {
             let Some(field) = measure.field() else {
                 continue;
             };
-            match (kind_of(field), measure) {
-                (None, _) => problems.push(format!(
-                    "view '{}': measure '{measure}' reads '{field}', which is not declared",
-                    self.name
-                )),
+            let (measure, field) = (measure.clone(), field.to_owned());
+            match (kind_of(&field), &measure) {
+                (None, _) => problems.push(CatalogProblem::UndeclaredField {
+                    view: view(),
+                    measure,
+                    field,
+                }),
                 (
                     Some(kind),
                     Measure::Sum(_) | Measure::Min(_) | Measure::Max(_) | Measure::Quantiles(_),
-                ) if kind != TagKind::Number => problems.push(format!(
-                    "view '{}': measure '{measure}' needs a number tag, '{field}' is not",
-                    self.name
-                )),
+                ) if kind != TagKind::Number => problems.push(CatalogProblem::NotANumber {
+                    view: view(),
+                    measure,
+                    field,
+                }),
                 _ => {}
             }
         }
         for event_type in &self.events {
             if event_type != ANY_EVENT_TYPE && !registry.event_types.contains_key(event_type) {
-                problems.push(format!(
-                    "view '{}': event type '{event_type}' is not registered",
-                    self.name
-                ));
+                problems.push(CatalogProblem::UnregisteredEventType {
+                    view: view(),
+                    event_type: event_type.clone(),
+                });
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        problems.into_result()
     }
 }
 

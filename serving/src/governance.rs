@@ -571,7 +571,7 @@ async fn change_catalog(
             .cloned()
             .collect();
         let checked = Catalog::new(catalog.tenants, keys).map_err(|problems| {
-            bad(format!("the change leaves the catalog inconsistent: {}", problems.join("; ")))
+            bad(format!("the change leaves the catalog inconsistent: {problems}"))
         })?;
         save(serving, store, &checked, generation).await?;
         Ok(reply)

@@ -1,0 +1,138 @@
+//! Why a catalog is inconsistent: each [`CatalogProblem`] names what to fix, and
+//! [`CatalogProblems`] gathers every one a check found, so that a config or a governance
+//! change is answered with all of them at once.
+
+use std::fmt;
+
+use thiserror::Error;
+
+use crate::measure::Measure;
+
+/// A name that is not plain (see [`check_name`](crate::name::check_name)).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "{what} name {shown:?} is not allowed: use 1 to {max} letters, digits, '_', '-' or '.', starting with a letter, a digit or '_'",
+    max = crate::name::MAX_NAME_LEN
+)]
+pub struct NameError {
+    /// What the name names: "tag", "alias", "view", ...
+    pub what: &'static str,
+    /// The name, cut to the longest allowed.
+    pub shown: String,
+}
+
+/// One way a catalog is inconsistent.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CatalogProblem {
+    /// A name that is not plain.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// An alias that is another tag's name.
+    #[error("alias '{alias}' of tag '{tag}' is the name of tag '{alias}'")]
+    AliasIsATag {
+        /// The alias.
+        alias: String,
+        /// The tag that declares it.
+        tag: String,
+    },
+    /// An alias two tags declare.
+    #[error("alias '{alias}' is claimed by tags '{first}' and '{second}'; give it to one")]
+    AliasClaimed {
+        /// The alias.
+        alias: String,
+        /// One tag that declares it.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// An event type that names a tag the registry does not declare.
+    #[error("event type '{event_type}' names tag '{tag}', which is not declared under [tags]")]
+    UndeclaredTag {
+        /// The event type.
+        event_type: String,
+        /// The tag.
+        tag: String,
+    },
+    /// A view dimension that is neither a built-in field nor a tag.
+    #[error(
+        "view '{view}': dimension '{dimension}' is neither a built-in field nor a declared tag"
+    )]
+    UnknownDimension {
+        /// The view.
+        view: String,
+        /// The dimension.
+        dimension: String,
+    },
+    /// A view measure that reads a field nobody declared.
+    #[error("view '{view}': measure '{measure}' reads '{field}', which is not declared")]
+    UndeclaredField {
+        /// The view.
+        view: String,
+        /// The measure.
+        measure: Measure,
+        /// The field it reads.
+        field: String,
+    },
+    /// A numeric view measure over a tag that is not a number.
+    #[error("view '{view}': measure '{measure}' needs a number tag, '{field}' is not")]
+    NotANumber {
+        /// The view.
+        view: String,
+        /// The measure.
+        measure: Measure,
+        /// The field it reads.
+        field: String,
+    },
+    /// A view over an event type the registry does not declare.
+    #[error("view '{view}': event type '{event_type}' is not registered")]
+    UnregisteredEventType {
+        /// The view.
+        view: String,
+        /// The event type.
+        event_type: String,
+    },
+    /// An API key of a tenant that does not exist.
+    #[error("API key '{key}' names unknown tenant '{tenant}'")]
+    UnknownTenant {
+        /// The key's name (its source).
+        key: String,
+        /// The tenant it names.
+        tenant: String,
+    },
+    /// A problem inside one tenant.
+    #[error("tenant '{tenant}': {problem}")]
+    InTenant {
+        /// The tenant.
+        tenant: String,
+        /// What is wrong there.
+        problem: Box<CatalogProblem>,
+    },
+}
+
+/// Every problem a check found, in the order found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Error)]
+pub struct CatalogProblems(pub Vec<CatalogProblem>);
+
+impl CatalogProblems {
+    /// `Ok` when nothing was found.
+    pub fn into_result(self) -> Result<(), CatalogProblems> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+
+    /// Adds a problem.
+    pub fn push(&mut self, problem: impl Into<CatalogProblem>) {
+        self.0.push(problem.into());
+    }
+
+    /// Each problem as its message, for a caller that lists them.
+    pub fn messages(&self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
+    }
+}
+
+impl fmt::Display for CatalogProblems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.messages().join("; "))
+    }
+}
