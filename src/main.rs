@@ -177,8 +177,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
+            // actix-http logs every malformed request from a client as an error; by default
+            // they are the callers' mistakes, not the server's, and a flood of them must not
+            // flood the log.
             tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,actix_http::h1::dispatcher=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

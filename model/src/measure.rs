@@ -61,14 +61,13 @@ impl FromStr for Measure {
         if text == "count" {
             return Ok(Measure::Count);
         }
-        let parsed = text.strip_suffix(')').and_then(|rest| rest.split_once('('));
-        let Some((function, field)) = parsed.filter(|(_, field)| !field.trim().is_empty()) else {
+        let Some((function, field)) = function_call(text) else {
             return Err(format!(
                 "measure '{text}' is not of the form count or function(field), e.g. sum(revenue)"
             ));
         };
-        let field = field.trim().to_owned();
-        match function.trim() {
+        let field = field.to_owned();
+        match function {
             "sum" => Ok(Measure::Sum(field)),
             "min" => Ok(Measure::Min(field)),
             "max" => Ok(Measure::Max(field)),
@@ -79,6 +78,15 @@ impl FromStr for Measure {
             )),
         }
     }
+}
+
+/// `function(field)` as its two parts, trimmed, when `text` has that form and a field: the
+/// grammar of view measures, and of the measures a query asks for (`avg(revenue)`,
+/// `p99(latency_ms)`).
+pub fn function_call(text: &str) -> Option<(&str, &str)> {
+    let (function, field) = text.trim().strip_suffix(')')?.split_once('(')?;
+    let field = field.trim();
+    (!field.is_empty()).then(|| (function.trim(), field))
 }
 
 impl TryFrom<String> for Measure {

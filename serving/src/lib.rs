@@ -223,7 +223,7 @@ impl Serving {
     ) -> Result<QueryAnswer, ServingError> {
         let catalog = self.catalog.current();
         let Some(tenant_spec) = catalog.tenants.get(tenant) else {
-            return Err(QueryError(format!("no tenant '{tenant}'")).into());
+            return Err(QueryError::UnknownTenant(tenant.to_owned()).into());
         };
         let query = Query::parse(params, tenant_spec, now_millis())?;
         let view = &query.view;
@@ -257,14 +257,13 @@ impl Serving {
                             view.name, hour.logic_version
                         ),
                     })?;
-                let projection = Projection::new(spec, &query).map_err(|lacking| {
-                    QueryError(format!(
-                        "the batch views of '{}' from {} were computed by logic version {}, which has no {lacking}; reprocess them with the current spec (tally batch reprocess) or query a later range",
-                        view.name,
-                        tally_model::time::format_rfc3339(hour.hour),
-                        hour.logic_version
-                    ))
-                })?;
+                let projection =
+                    Projection::new(spec, &query).map_err(|lacking| QueryError::OlderLogic {
+                        view: view.name.clone(),
+                        hour: tally_model::time::format_rfc3339(hour.hour),
+                        version: hour.logic_version,
+                        lacking,
+                    })?;
                 let whole =
                     batch_range.start <= hour.hour && hour.hour + HOUR_MS <= batch_range.end;
                 match (query.granularity, whole) {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tally_connectors::batch_views::StateRow;
+use tally_model::measure::function_call;
 use tally_model::state::MeasureSummary;
 use tally_model::time::{DAY_MS, checked_range, format_rfc3339, parse_timestamp};
 use tally_model::{AggregateState, Granularity, Measure, Millis, StateMerger, Tenant, ViewSpec};
@@ -66,11 +67,10 @@ impl QueryGranularity {
     fn parse(text: &str) -> Result<Self, QueryError> {
         match text {
             "all" => Ok(QueryGranularity::All),
-            other => other.parse().map(QueryGranularity::Bucketed).map_err(|_| {
-                QueryError::new(format!(
-                    "unknown granularity '{other}'; use minute, hour, day or all"
-                ))
-            }),
+            other => other
+                .parse()
+                .map(QueryGranularity::Bucketed)
+                .map_err(|_| QueryError::UnknownGranularity(other.to_owned())),
         }
     }
 }
@@ -111,40 +111,35 @@ pub enum QueryMeasure {
 }
 
 impl QueryMeasure {
+    /// A view measure's function (`sum`, `min`, `max`, `uniq`, read by the model's own
+    /// grammar), or one a query derives from a view measure: `avg(f)` from `sum(f)`,
+    /// `pNN(f)` from `quantiles(f)`.
     fn parse(text: &str) -> Result<Self, QueryError> {
-        let text = text.trim();
-        if text == "count" {
-            return Ok(QueryMeasure::Count);
+        let unknown = || QueryError::UnknownMeasure(text.trim().to_owned());
+        match text.parse::<Measure>() {
+            Ok(Measure::Count) => return Ok(QueryMeasure::Count),
+            Ok(Measure::Sum(field)) => return Ok(QueryMeasure::Sum(field)),
+            Ok(Measure::Min(field)) => return Ok(QueryMeasure::Min(field)),
+            Ok(Measure::Max(field)) => return Ok(QueryMeasure::Max(field)),
+            Ok(Measure::Uniq(field)) => return Ok(QueryMeasure::Uniq(field)),
+            // A sketch, not a number: a query asks for its quantiles by rank.
+            Ok(Measure::Quantiles(_)) => return Err(unknown()),
+            Err(_) => {}
         }
-        let invalid = || {
-            QueryError::new(format!(
-                "measure '{text}' is not one of count, sum(f), avg(f), min(f), max(f), uniq(f), pNN(f)"
-            ))
-        };
-        let (function, field) = text
-            .strip_suffix(')')
-            .and_then(|rest| rest.split_once('('))
-            .filter(|(_, field)| !field.trim().is_empty())
-            .ok_or_else(invalid)?;
-        let field = field.trim().to_owned();
-        Ok(match function.trim() {
-            "sum" => QueryMeasure::Sum(field),
-            "avg" => QueryMeasure::Avg(field),
-            "min" => QueryMeasure::Min(field),
-            "max" => QueryMeasure::Max(field),
-            "uniq" => QueryMeasure::Uniq(field),
-            label => {
-                let percent: f64 = label
-                    .strip_prefix('p')
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| *n > 0.0 && *n < 100.0)
-                    .ok_or_else(invalid)?;
-                QueryMeasure::Quantile {
-                    field,
-                    rank: percent / 100.0,
-                    label: label.to_owned(),
-                }
-            }
+        let (function, field) = function_call(text).ok_or_else(unknown)?;
+        let field = field.to_owned();
+        if function == "avg" {
+            return Ok(QueryMeasure::Avg(field));
+        }
+        let percent: f64 = function
+            .strip_prefix('p')
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n > 0.0 && *n < 100.0)
+            .ok_or_else(unknown)?;
+        Ok(QueryMeasure::Quantile {
+            field,
+            rank: percent / 100.0,
+            label: function.to_owned(),
         })
     }
 
@@ -219,13 +214,112 @@ impl fmt::Display for QueryMeasure {
 
 /// Why a query was refused: always the caller's to fix, answered with 400.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct QueryError(pub String);
-
-impl QueryError {
-    fn new(message: String) -> Self {
-        QueryError(message)
-    }
+#[non_exhaustive]
+pub enum QueryError {
+    /// No tenant of the key's name (the catalog changed under the key).
+    #[error("no tenant '{0}'")]
+    UnknownTenant(String),
+    /// `view=` is missing.
+    #[error("name a view with view=...; the views are {views}")]
+    NoView {
+        /// The tenant's views, comma-separated.
+        views: String,
+    },
+    /// `view=` names no view of the tenant.
+    #[error("no view '{view}'; the views are {views}")]
+    UnknownView {
+        /// The name asked.
+        view: String,
+        /// The tenant's views, comma-separated.
+        views: String,
+    },
+    /// A time or range that cannot be read or is out of bounds.
+    #[error("{parameter}: {reason}")]
+    Time {
+        /// `from`, `to`, or `from and to`.
+        parameter: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `granularity=` is none of minute, hour, day or all.
+    #[error("unknown granularity '{0}'; use minute, hour, day or all")]
+    UnknownGranularity(String),
+    /// A granularity finer than the view keeps.
+    #[error("view '{view}' is kept per {kept}; granularity {asked} is finer than that")]
+    TooFine {
+        /// The view.
+        view: String,
+        /// What it keeps.
+        kept: Granularity,
+        /// What was asked.
+        asked: Granularity,
+    },
+    /// A dimension the view does not have.
+    #[error("view '{view}' has no dimension '{dimension}'; its dimensions are {dimensions}")]
+    UnknownDimension {
+        /// The view.
+        view: String,
+        /// The dimension asked.
+        dimension: String,
+        /// The view's dimensions, comma-separated.
+        dimensions: String,
+    },
+    /// A filter that is not `dimension=value`.
+    #[error("filter '{0}' is not of the form dimension=value")]
+    FilterForm(String),
+    /// A list parameter that names an item twice.
+    #[error("{parameter} names '{item}' twice; name each once")]
+    Repeated {
+        /// `group_by`, `filter` or `measures`.
+        parameter: &'static str,
+        /// The item named twice.
+        item: String,
+    },
+    /// More measures than one query may ask for.
+    #[error("{asked} measures asked; one query may ask for at most {MAX_MEASURES}")]
+    TooManyMeasures {
+        /// How many were asked.
+        asked: usize,
+    },
+    /// A measure outside the grammar.
+    #[error("measure '{0}' is not one of count, sum(f), avg(f), min(f), max(f), uniq(f), pNN(f)")]
+    UnknownMeasure(String),
+    /// A measure the view keeps no state for.
+    #[error(
+        "view '{view}' cannot answer {measure}: it needs the view measure {needs}, and the view keeps {kept}"
+    )]
+    CannotAnswer {
+        /// The view.
+        view: String,
+        /// The measure asked.
+        measure: String,
+        /// The view measure it needs.
+        needs: Measure,
+        /// The view's measures, comma-separated.
+        kept: String,
+    },
+    /// An answer larger than serving may build.
+    #[error(
+        "the answer is over {max_bytes} bytes, the most one answer may hold; narrow it: a shorter range, a coarser granularity, fewer group_by dimensions or measures, or a filter"
+    )]
+    AnswerTooLarge {
+        /// `serving.max_answer_bytes`.
+        max_bytes: usize,
+    },
+    /// Batch hours of an older logic version that lacks what the query asks for.
+    #[error(
+        "the batch views of '{view}' from {hour} were computed by logic version {version}, which has no {lacking}; reprocess them with the current spec (tally batch reprocess) or query a later range"
+    )]
+    OlderLogic {
+        /// The view.
+        view: String,
+        /// The first hour of that version, RFC 3339.
+        hour: String,
+        /// The logic version.
+        version: tally_model::LogicVersion,
+        /// What it lacks.
+        lacking: Lacking,
+    },
 }
 
 /// A checked query against one tenant's view.
@@ -257,27 +351,26 @@ impl Query {
             names.join(", ")
         };
         let Some(name) = params.view.as_deref().filter(|v| !v.is_empty()) else {
-            return Err(QueryError::new(format!(
-                "name a view with view=...; the views are {}",
-                names()
-            )));
+            return Err(QueryError::NoView { views: names() });
         };
         let Some(view) = tenant.views.iter().find(|v| v.name == name) else {
-            return Err(QueryError::new(format!(
-                "no view '{name}'; the views are {}",
-                names()
-            )));
+            return Err(QueryError::UnknownView {
+                view: name.to_owned(),
+                views: names(),
+            });
         };
-        let time = |given: &Option<String>, what: &str, default: Millis| match given.as_deref() {
+        let time = |given: &Option<String>, parameter, default| match given.as_deref() {
             None | Some("") => Ok(default),
             Some(text) => {
-                parse_timestamp(text).map_err(|err| QueryError::new(format!("{what}: {err}")))
+                parse_timestamp(text).map_err(|reason| QueryError::Time { parameter, reason })
             }
         };
         let to = time(&params.to, "to", now)?;
         let from = time(&params.from, "from", to.saturating_sub(DEFAULT_RANGE_MS))?;
-        checked_range(from, to, MAX_RANGE_MS)
-            .map_err(|err| QueryError::new(format!("from and to: {err}")))?;
+        checked_range(from, to, MAX_RANGE_MS).map_err(|reason| QueryError::Time {
+            parameter: "from and to",
+            reason,
+        })?;
         let granularity = match params.granularity.as_deref() {
             None | Some("") => QueryGranularity::Bucketed(view.granularity),
             Some(text) => QueryGranularity::parse(text)?,
@@ -285,21 +378,21 @@ impl Query {
         if let QueryGranularity::Bucketed(asked) = granularity
             && asked < view.granularity
         {
-            return Err(QueryError::new(format!(
-                "view '{}' is kept per {}; granularity {granularity} is finer than that",
-                view.name,
-                QueryGranularity::Bucketed(view.granularity)
-            )));
+            return Err(QueryError::TooFine {
+                view: view.name.clone(),
+                kept: view.granularity,
+                asked,
+            });
         }
         let known_dimension = |dimension: &str| {
             if view.dimensions.iter().any(|d| d == dimension) {
                 Ok(dimension.to_owned())
             } else {
-                Err(QueryError::new(format!(
-                    "view '{}' has no dimension '{dimension}'; its dimensions are {}",
-                    view.name,
-                    view.dimensions.join(", ")
-                )))
+                Err(QueryError::UnknownDimension {
+                    view: view.name.clone(),
+                    dimension: dimension.to_owned(),
+                    dimensions: view.dimensions.join(", "),
+                })
             }
         };
         let group_by = list(&params.group_by)
@@ -308,11 +401,9 @@ impl Query {
         once_each("group_by", group_by.iter())?;
         let filter = list(&params.filter)
             .map(|pair| {
-                let (dimension, value) = pair.split_once('=').ok_or_else(|| {
-                    QueryError::new(format!(
-                        "filter '{pair}' is not of the form dimension=value"
-                    ))
-                })?;
+                let (dimension, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| QueryError::FilterForm(pair.to_owned()))?;
                 Ok((known_dimension(dimension.trim())?, value.to_owned()))
             })
             .collect::<Result<Vec<_>, QueryError>>()?;
@@ -328,10 +419,9 @@ impl Query {
                 .collect::<Result<_, _>>()?,
         };
         if measures.len() > MAX_MEASURES {
-            return Err(QueryError::new(format!(
-                "{} measures asked; one query may ask for at most {MAX_MEASURES}",
-                measures.len()
-            )));
+            return Err(QueryError::TooManyMeasures {
+                asked: measures.len(),
+            });
         }
         once_each("measures", measures.iter())?;
         let mut sources: Vec<Measure> = Vec::new();
@@ -341,11 +431,12 @@ impl Query {
             };
             if !view.measures.contains(&source) {
                 let kept: Vec<String> = view.measures.iter().map(ToString::to_string).collect();
-                return Err(QueryError::new(format!(
-                    "view '{}' cannot answer {measure}: it needs the view measure {source}, and the view keeps {}",
-                    view.name,
-                    kept.join(", ")
-                )));
+                return Err(QueryError::CannotAnswer {
+                    view: view.name.clone(),
+                    measure: measure.to_string(),
+                    needs: source,
+                    kept: kept.join(", "),
+                });
             }
             if !sources.contains(&source) {
                 sources.push(source);
@@ -375,15 +466,16 @@ impl Query {
 /// Refuses a list parameter that names an item twice: a repeat would only repeat columns
 /// of the answer.
 fn once_each<T: fmt::Display + PartialEq>(
-    parameter: &str,
+    parameter: &'static str,
     items: impl Iterator<Item = T>,
 ) -> Result<(), QueryError> {
     let mut seen: Vec<T> = Vec::new();
     for item in items {
         if seen.contains(&item) {
-            return Err(QueryError::new(format!(
-                "{parameter} names '{item}' twice; name each once"
-            )));
+            return Err(QueryError::Repeated {
+                parameter,
+                item: item.to_string(),
+            });
         }
         seen.push(item);
     }
@@ -645,9 +737,7 @@ impl<'q> Rollup<'q> {
         let mut out = String::from("[");
         let within = |out: &String| {
             if out.len() > max_bytes {
-                Err(QueryError::new(format!(
-                    "the answer is over {max_bytes} bytes, the most one answer may hold; narrow it: a shorter range, a coarser granularity, fewer group_by dimensions or measures, or a filter"
-                )))
+                Err(QueryError::AnswerTooLarge { max_bytes })
             } else {
                 Ok(())
             }
@@ -945,7 +1035,7 @@ mod tests {
             ),
         ] {
             let err = Query::parse(&params(&pairs), &tenant, DAY_MS).unwrap_err();
-            assert!(err.0.contains(expected), "{pairs:?}: {err}");
+            assert!(err.to_string().contains(expected), "{pairs:?}: {err}");
         }
     }
 
