@@ -302,14 +302,14 @@ fn store_error(path: &str, source: object_store::Error) -> BatchViewsError {
 
 /// Shared values by key within a byte budget, the oldest inserted evicted first. Suits
 /// values that never go stale under their key (objects are never overwritten).
-pub struct FifoCache<V> {
+pub struct FifoCache<V, K = String> {
     budget: usize,
     used: usize,
-    entries: HashMap<String, (Arc<V>, usize)>,
-    order: VecDeque<String>,
+    entries: HashMap<K, (Arc<V>, usize)>,
+    order: VecDeque<K>,
 }
 
-impl<V> FifoCache<V> {
+impl<V, K: std::hash::Hash + Eq + Clone> FifoCache<V, K> {
     /// An empty cache holding up to `budget` bytes (as sized by the caller).
     pub fn new(budget: usize) -> Self {
         FifoCache {
@@ -321,12 +321,16 @@ impl<V> FifoCache<V> {
     }
 
     /// The value under `key`, if cached.
-    pub fn get(&self, key: &str) -> Option<Arc<V>> {
+    pub fn get<Q>(&self, key: &Q) -> Option<Arc<V>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         self.entries.get(key).map(|(value, _)| value.clone())
     }
 
     /// Keeps `value` of `size` bytes under `key`, evicting the oldest entries to fit.
-    pub fn insert(&mut self, key: String, value: Arc<V>, size: usize) {
+    pub fn insert(&mut self, key: K, value: Arc<V>, size: usize) {
         if size > self.budget || self.entries.contains_key(&key) {
             return;
         }

@@ -6,12 +6,14 @@
 //! - [`governance`]: the tag registry, views and keys of a tenant (admin key), suggestions,
 //!   recent rejected events.
 //! - [`raw`]: raw events for search, from the archive and the log tail.
+//! - `cache`: what serving keeps between queries, under one typed key.
 //! - the dashboard at `/`: analytics, governance and search pages over the same API.
 //! - [`openapi`]: the OpenAPI document of these routes.
 //!
 //! Every route needs a key of the right scope and sees only the key's tenant.
 //! [`Serving::configure`] mounts the routes on an actix-web `App`.
 
+mod cache;
 mod dashboard;
 pub mod governance;
 pub mod openapi;
@@ -39,6 +41,7 @@ use thiserror::Error;
 
 pub use telemetry::ServingMetrics;
 
+use crate::cache::{RowsCache, RowsKey, RowsSource, cached};
 use crate::query::{
     Projection, Query, QueryError, QueryGranularity, QueryParams, RenderedHour, RenderedRows,
     RolledHour, Rollup, Sources,
@@ -56,14 +59,14 @@ pub struct Serving {
     limits: ServingConfig,
     /// Whole batch hours rolled up per query shape, for answers by day or the whole range,
     /// whose rows merge several hours: dashboards repeat their queries.
-    rolled_hours: Mutex<FifoCache<RolledHour>>,
+    rolled_hours: RowsCache<RolledHour>,
     /// Whole batch hours rendered per query, for answers by minute or hour, where an hour's
     /// rows are its own.
-    rendered_hours: Mutex<FifoCache<RenderedHour>>,
+    rendered_hours: RowsCache<RenderedHour>,
     /// The real-time rows of recent answers by minute or hour, per view generation.
-    realtime_rows: Mutex<FifoCache<RenderedRows>>,
+    realtime_rows: RowsCache<RenderedRows>,
     /// Real-time rows being built, by their cache key.
-    realtime_builds: Mutex<HashMap<String, Arc<RealtimeBuild>>>,
+    realtime_builds: Mutex<HashMap<RowsKey, Arc<RealtimeBuild>>>,
 }
 
 /// One build of real-time rows that the queries missing its key share: `None` once it
@@ -323,12 +326,14 @@ impl Serving {
             let rows = self.render_realtime(tenant, query, &projection)?;
             return Ok(Realtime::Rendered(rows));
         };
-        let key = format!(
-            "{tenant}|{view}|{kept_at}|{}|{}|{}",
-            query.from,
-            query.to,
-            projection.rendered_key(query)
-        );
+        let source = RowsSource::Realtime {
+            tenant: tenant.to_owned(),
+            view: view.clone(),
+            generation: kept_at,
+            from: query.from,
+            to: query.to,
+        };
+        let key = RowsKey::rendered(source, &projection, query);
         if let Some(rows) = self.realtime_rows.lock().expect("cache lock").get(&key) {
             return Ok(Realtime::Rendered(rows));
         }
@@ -391,7 +396,8 @@ impl Serving {
         projection: &Projection,
         hour: &BatchHour,
     ) -> Result<Arc<RenderedHour>, ServingError> {
-        let key = format!("{}|{}", hour.object, projection.rendered_key(query));
+        let source = RowsSource::BatchObject(hour.object.clone());
+        let key = RowsKey::rendered(source, projection, query);
         cached(&self.rendered_hours, key, || {
             let mut rollup = Rollup::new(query);
             rollup.add_rows(projection, &hour.rows, &(Millis::MIN..Millis::MAX))?;
@@ -409,7 +415,8 @@ impl Serving {
         projection: &Projection,
         hour: &BatchHour,
     ) -> Result<Arc<RolledHour>, ServingError> {
-        let key = format!("{}|{}", hour.object, projection.rolled_key(query));
+        let source = RowsSource::BatchObject(hour.object.clone());
+        let key = RowsKey::rolled(source, projection, query);
         cached(&self.rolled_hours, key, || {
             let mut rollup = Rollup::new(query);
             rollup.add_rows(projection, &hour.rows, &(Millis::MIN..Millis::MAX))?;
@@ -438,25 +445,6 @@ impl Serving {
                 (status, refused.to_string())
             })
     }
-}
-
-/// The value `cache` holds under `key`, or the one `build` makes (with its size in bytes),
-/// cached. The lock is not held while building.
-fn cached<V>(
-    cache: &Mutex<FifoCache<V>>,
-    key: String,
-    build: impl FnOnce() -> Result<(V, usize), ServingError>,
-) -> Result<Arc<V>, ServingError> {
-    if let Some(value) = cache.lock().expect("cache lock").get(&key) {
-        return Ok(value);
-    }
-    let (value, size) = build()?;
-    let value = Arc::new(value);
-    cache
-        .lock()
-        .expect("cache lock")
-        .insert(key, value.clone(), size);
-    Ok(value)
 }
 
 /// A refused or failed request: its status and what to tell the caller.
