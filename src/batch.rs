@@ -15,19 +15,14 @@ use tally_batch_layer::telemetry::{BatchMetrics, RunSummary};
 use tally_batch_layer::{
     Archiver, Recompute, RollPolicy, RunProgress, RunRequest, Scheduler, sweep,
 };
-use tally_connectors::batch_views::BatchViews;
 use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{EventLog, Spool, SpoolOptions};
 use tally_model::time::{format_rfc3339, now_millis, parse_timestamp};
 use tally_model::{Config, Event, LogKind, LogicVersion, Millis, RejectedEvent};
-use tally_speed_layer::SpeedHandle;
 use tokio::sync::watch;
 
-use crate::ConfigArgs;
+use crate::settings::ConfigArgs;
 use crate::settings::{self, Stream};
-
-/// How often a running speed layer looks for a newly published horizon.
-const HORIZON_POLL: Duration = Duration::from_secs(5);
 
 /// The batch layer's jobs.
 #[derive(Subcommand)]
@@ -139,7 +134,7 @@ pub fn run(command: BatchCommand) -> anyhow::Result<()> {
             BatchCommand::Sweep(args) => {
                 let config = settings::load(&args.config)?;
                 let grace = args.grace.unwrap_or(sweep::DEFAULT_GRACE);
-                let store = objects(&config)?;
+                let store = settings::objects(&config)?;
                 let report = sweep::sweep(store.clone(), grace).await?;
                 println!(
                     "deleted {} manifest(s) and {} view object(s), {} bytes",
@@ -180,7 +175,7 @@ pub fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
     };
     let events = open(Stream::Events, config.log.partitions)?;
     let rejected = open(Stream::Rejected, config.log.rejected_partitions)?;
-    let store = objects(&config)?;
+    let store = settings::objects(&config)?;
     let metrics = BatchMetrics::register(&mut Default::default());
     let policy = RollPolicy::from_config(&config.batch);
     runtime.block_on(async {
@@ -227,7 +222,7 @@ impl BatchServices {
         rejected: Arc<dyn EventLog>,
         metrics: Arc<BatchMetrics>,
     ) -> anyhow::Result<Self> {
-        let store = objects(config)?;
+        let store = settings::objects(config)?;
         let policy = RollPolicy::from_config(&config.batch);
         let every = Duration::from_secs(config.batch.every_secs);
         let lateness = lateness_ms(config);
@@ -273,40 +268,6 @@ impl BatchServices {
     }
 }
 
-/// The horizon a running speed layer should start from: the published one, if any.
-pub fn published_horizon(config: &Config) -> anyhow::Result<Option<Millis>> {
-    let views = BatchViews::new(objects(config)?);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a runtime to read the manifest")?;
-    let manifest = runtime
-        .block_on(views.manifest())
-        .context("reading the batch manifest")?;
-    Ok(manifest.map(|manifest| manifest.horizon))
-}
-
-/// Moves a running speed layer's horizon to each newly published one, until aborted. Runs
-/// wherever a speed layer runs: under `tally up` and `tally speed` alike.
-pub async fn follow_horizon(config: Config, speed: Arc<SpeedHandle>) {
-    let views = match objects(&config) {
-        Ok(store) => BatchViews::new(store),
-        Err(err) => {
-            tracing::error!(error = %err, "the speed layer cannot follow the batch horizon");
-            return;
-        }
-    };
-    let mut ticks = tokio::time::interval(HORIZON_POLL);
-    loop {
-        ticks.tick().await;
-        match views.manifest().await {
-            Ok(Some(manifest)) => speed.follow_published_horizon(manifest.horizon),
-            Ok(None) => {}
-            Err(err) => tracing::warn!(error = %err, "could not read the batch manifest"),
-        }
-    }
-}
-
 async fn spawn_archivers(
     events: Arc<dyn EventLog>,
     rejected: Arc<dyn EventLog>,
@@ -331,7 +292,12 @@ async fn recompute_once(args: &ConfigArgs, request: &RunRequest) -> anyhow::Resu
     let config = settings::load(args)?;
     let (catalog, _, _) = crate::catalog::load_async(&config).await?;
     let metrics = BatchMetrics::register(&mut Default::default());
-    let recompute = Recompute::new(objects(&config)?, catalog, lateness_ms(&config), metrics);
+    let recompute = Recompute::new(
+        settings::objects(&config)?,
+        catalog,
+        lateness_ms(&config),
+        metrics,
+    );
     let progress = std::sync::Mutex::new(Progress::default());
     let summary = recompute
         .run(request, &|update| {
@@ -419,14 +385,15 @@ async fn schedule(args: &ScheduleArgs) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = BatchMetrics::register(&mut registry);
     let listen = args.listen.as_ref().unwrap_or(&config.batch.listen);
-    let (address, server) = crate::serve::operations_server(listen, registry, metrics.clone())?;
+    let (address, server) =
+        crate::operations::operations_server(listen, registry, metrics.clone())?;
     let operations = server.handle();
     tokio::spawn(server);
     let every = args
         .every
         .unwrap_or(Duration::from_secs(config.batch.every_secs));
     let recompute = Recompute::new(
-        objects(&config)?,
+        settings::objects(&config)?,
         catalog,
         lateness_ms(&config),
         metrics.clone(),
@@ -464,21 +431,6 @@ impl RangeArgs {
             reprocess_as,
         })
     }
-}
-
-/// The object store `objects.url` names, by default the `objects` folder of the data
-/// directory.
-pub fn objects(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    let url = match config.objects.url.as_str() {
-        "" => settings::objects_dir(&config.data_dir)
-            .display()
-            .to_string(),
-        url => url.to_owned(),
-    };
-    Ok(tally_connectors::object_store::open(
-        &url,
-        &config.objects.options,
-    )?)
 }
 
 /// How late an event may arrive: ingest rejects later ones, so older hours are final.

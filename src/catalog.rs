@@ -11,7 +11,7 @@ use tally_model::key::{ConfiguredKey, check_secret};
 use tally_model::tenant::{DEMO_TENANT, Scope};
 use tally_model::{ApiKey, Catalog, Config};
 
-use crate::batch;
+use crate::settings;
 
 const DEMO_KEYS_FILE: &str = "demo-keys.txt";
 /// How often a process looks for catalog changes made elsewhere.
@@ -31,7 +31,7 @@ pub fn load(config: &Config) -> anyhow::Result<(CatalogHandle, CatalogStore, Opt
 pub async fn load_async(
     config: &Config,
 ) -> anyhow::Result<(CatalogHandle, CatalogStore, Option<DemoKeys>)> {
-    let store = CatalogStore::new(batch::objects(config)?);
+    let store = CatalogStore::new(settings::objects(config)?);
     let (seed, demo_keys) = seed(config)?;
     let stored = match store.load().await.context("loading the catalog")? {
         Some(stored) => stored,

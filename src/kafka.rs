@@ -9,7 +9,7 @@ use clap::Subcommand;
 use tally_connectors::log::kafka::{self, TopicOutcome};
 use tally_model::Config;
 
-use crate::ConfigArgs;
+use crate::settings::ConfigArgs;
 
 #[derive(Subcommand)]
 pub enum KafkaCommand {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::json;
 use tally_connectors::log::{EventLog, LogStats, Spool};
 
-use crate::ConfigArgs;
+use crate::settings::ConfigArgs;
 use crate::settings::{self, Stream};
 
 fn open(args: &ConfigArgs, stream: Stream) -> anyhow::Result<Spool> {

@@ -43,16 +43,16 @@ mod guard;
 mod kafka;
 mod kafka_bench;
 mod logs;
+mod operations;
 mod query_bench;
 mod serve;
 mod settings;
 mod views;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use tally_model::LogKind;
+use clap::{Parser, Subcommand};
+use settings::{ConfigArgs, ServeArgs};
 
 /// Tally: event analytics that keeps every event, serves fresh metrics and can recompute
 /// every number from the raw data.
@@ -99,33 +99,6 @@ enum Command {
     /// Measure Tally's speed; the README's figures come from here.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-}
-
-/// Where the configuration comes from; flags win over `TALLY_*` variables, which win over the file.
-#[derive(Args, Clone)]
-struct ConfigArgs {
-    /// TOML configuration file (see README); without it every default is embedded.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Directory of the spool and every embedded store [default: tally-data].
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// The event log the layers read: the local spool, or Kafka fed by the collector's
-    /// forwarder [default: spool].
-    #[arg(long, value_name = "KIND")]
-    log: Option<LogKind>,
-    /// Kafka bootstrap brokers, comma-separated host:port [default: 127.0.0.1:9092].
-    #[arg(long, value_name = "HOSTS")]
-    brokers: Option<String>,
-}
-
-#[derive(Args, Clone)]
-struct ServeArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
-    /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks a free one.
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -31,8 +31,8 @@ use tally_model::{AggregateState, Catalog, Config, Event, Granularity, Millis, V
 
 use crate::bench::{BENCH_READ_KEY, BenchLog, validated_events};
 use crate::generator::Percentiles;
+use crate::serve;
 use crate::settings::{self, Stream};
-use crate::{batch, serve};
 
 /// Options of `tally bench query`.
 #[derive(Args)]
@@ -251,7 +251,7 @@ fn fold_history(
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<u64> {
     let views = catalog.tenants[DEMO_TENANT].views.clone();
-    let batch_views = BatchViews::new(batch::objects(config)?);
+    let batch_views = BatchViews::new(settings::objects(config)?);
     let writer_views = batch_views.clone();
     let (hours, folder) = mpsc::sync_channel::<(Millis, Vec<Event>)>(2);
     let handle = runtime.handle().clone();

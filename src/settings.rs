@@ -1,14 +1,42 @@
 //! Loading the configuration: the file, then `TALLY_*` variables, then command-line flags.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::Args;
+use object_store::ObjectStore;
 use tally_connectors::log::{EventLog, KafkaLog, kafka};
 use tally_connectors::view_store::{self, ViewStore};
-use tally_model::Config;
+use tally_model::{Config, LogKind};
 
-use crate::{ConfigArgs, ServeArgs};
+/// Where the configuration comes from; flags win over `TALLY_*` variables, which win over the file.
+#[derive(Args, Clone)]
+pub struct ConfigArgs {
+    /// TOML configuration file (see README); without it every default is embedded.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the spool and every embedded store [default: tally-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The event log the layers read: the local spool, or Kafka fed by the collector's
+    /// forwarder [default: spool].
+    #[arg(long, value_name = "KIND")]
+    pub log: Option<LogKind>,
+    /// Kafka bootstrap brokers, comma-separated host:port [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "HOSTS")]
+    pub brokers: Option<String>,
+}
+
+/// The flags of the commands that serve: the config's, and where to listen.
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
 
 /// The configuration for a command with only config flags.
 pub fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
@@ -81,9 +109,10 @@ pub fn view_store(
         .with_context(|| format!("opening the view store {}; {hint}", views_location(config)))
 }
 
-/// The local object store's folder: raw Parquet, batch views, manifests.
-pub fn objects_dir(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("objects")
+/// The object store the config names: raw Parquet, batch views, manifests, the catalog.
+pub fn objects(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let store = tally_connectors::object_store::open_configured(&config.objects, &config.data_dir)?;
+    Ok(store)
 }
 
 /// The spool folder of a stream.

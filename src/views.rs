@@ -11,8 +11,8 @@ use tally_model::tenant::DEMO_TENANT;
 use tally_model::time::{MINUTE_MS, format_rfc3339, parse_timestamp};
 use tally_model::{AggregateState, Measure, ViewSpec};
 
-use crate::ConfigArgs;
 use crate::settings;
+use crate::settings::ConfigArgs;
 
 /// Reading views.
 #[derive(Subcommand)]

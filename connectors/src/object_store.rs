@@ -118,6 +118,24 @@ pub fn open(
     })
 }
 
+/// The local object store's folder under a data directory, used when `objects.url` is empty.
+pub fn local_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("objects")
+}
+
+/// Opens the object store the config names (`objects.url` with `objects.options`), by
+/// default the [`local_dir`] of the data directory.
+pub fn open_configured(
+    objects: &tally_model::config::ObjectsConfig,
+    data_dir: &Path,
+) -> Result<Arc<dyn ObjectStore>, OpenError> {
+    let url = match objects.url.as_str() {
+        "" => local_dir(data_dir).display().to_string(),
+        url => url.to_owned(),
+    };
+    open(&url, &objects.options)
+}
+
 /// Opens the local object store rooted at `root`, creating the folder.
 pub fn open_local(root: &Path) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
     std::fs::create_dir_all(root).map_err(|source| object_store::Error::Generic {

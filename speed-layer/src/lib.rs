@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
 use serde::Serialize;
+use tally_connectors::batch_views::{BatchViews, BatchViewsError};
 use tally_connectors::log::{EventLog, LogError, Offset};
 use tally_connectors::view_store::ViewStore;
 use tally_model::config::SpeedConfig;
@@ -231,7 +232,31 @@ fn retire_earlier_specs(store: &dyn ViewStore, views: &CompiledViews) -> Result<
         .map_err(store_error)
 }
 
+/// How often a running speed layer looks for a newly published batch horizon.
+pub const HORIZON_POLL: Duration = Duration::from_secs(5);
+
+/// The horizon the batch layer has published in `views`' manifest, if any: where a
+/// starting speed layer begins.
+pub async fn published_horizon(views: &BatchViews) -> Result<Option<Millis>, BatchViewsError> {
+    Ok(views.manifest().await?.map(|manifest| manifest.horizon))
+}
+
 impl SpeedHandle {
+    /// Moves the horizon to each one the batch layer publishes in `views`' manifest, every
+    /// [`HORIZON_POLL`], until the task is dropped or aborted. Runs wherever a speed layer
+    /// runs: under `tally up` and `tally speed` alike.
+    pub async fn follow_batch_horizons(self: Arc<Self>, views: BatchViews) {
+        let mut ticks = tokio::time::interval(HORIZON_POLL);
+        loop {
+            ticks.tick().await;
+            match published_horizon(&views).await {
+                Ok(Some(horizon)) => self.follow_published_horizon(horizon),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err, "could not read the batch manifest"),
+            }
+        }
+    }
+
     /// Per partition, the offset up to which the view store reflects the log.
     pub fn reflected_offsets(&self) -> Vec<Offset> {
         self.shared
