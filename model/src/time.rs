@@ -163,13 +163,15 @@ pub fn checked_range(
             format_rfc3339(end)
         ));
     }
-    // Both in the domain: the difference cannot overflow.
+    // Both in the domain: the difference cannot overflow. A negative allowance allows no
+    // span at all (fuzzing found that its absolute value was taken instead).
     let span = end.abs_diff(start);
-    if span > max_span.unsigned_abs() {
+    let allowed = u64::try_from(max_span).unwrap_or(0);
+    if span > allowed {
         return Err(format!(
             "the range spans {}, more than the {} allowed; ask for a shorter one",
             describe_span(span),
-            describe_span(max_span.unsigned_abs())
+            describe_span(allowed)
         ));
     }
     Ok(start..end)
@@ -294,6 +296,11 @@ mod tests {
             (0, LATEST, "more than the 1.0 days allowed"),
         ] {
             let err = checked_range(start, end, DAY_MS).unwrap_err();
+            assert!(err.contains(expected), "{start}..{end}: {err}");
+        }
+        // Found by the query_params fuzz target: a negative allowance is no allowance.
+        for (start, end, allowed, expected) in [(0, 1, -5, "more than the 0.000 s allowed")] {
+            let err = checked_range(start, end, allowed).unwrap_err();
             assert!(err.contains(expected), "{start}..{end}: {err}");
         }
     }
