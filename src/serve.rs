@@ -11,15 +11,16 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tally_batch_layer::telemetry::BatchMetrics;
 use tally_connectors::batch_views::BatchViews;
+use tally_connectors::catalog::{CatalogHandle, CatalogStore};
 use tally_connectors::log::{EventLog, Spool, SpoolOptions, kafka};
 use tally_connectors::rate_limit::{CallerLimits, RateLimitMetrics};
-use tally_connectors::view_store::Access;
+use tally_connectors::view_store::{Access, ViewStore};
 use tally_ingest::forwarder::{Forwarder, ForwarderMetrics};
 use tally_ingest::{Collector, IngestMetrics};
 use tally_model::{Config, LogKind};
 use tally_serving::raw::RawEvents;
 use tally_serving::{Serving, ServingMetrics};
-use tally_speed_layer::{SpeedLayer, SpeedMetrics};
+use tally_speed_layer::{SpeedHandle, SpeedLayer, SpeedMetrics};
 
 use crate::batch::BatchServices;
 use crate::catalog::{self, DemoKeys};
@@ -89,67 +90,17 @@ pub fn serve(
     let (catalog_handle, catalog_store, demo_keys) = catalog::load(&config)?;
     let catalog = catalog_handle.current();
     let mut registry = Registry::default();
-    let mut spools = Vec::new();
-    let mut forwarders = Vec::new();
-    let kafka = config.log.kind == LogKind::Kafka;
-    let (collector, spool_logs) = if mode.runs_collector() {
-        let metrics = IngestMetrics::register(&mut registry);
-        let open_spool = |stream, partitions| {
-            let options = SpoolOptions {
-                partitions,
-                on_fsync: Some(metrics.fsync_observer()),
-                ..SpoolOptions::from_config(&config.log)
-            };
-            let dir = settings::spool_dir(&config.data_dir, stream);
-            Spool::open(&dir, options)
-                .map(Arc::new)
-                .with_context(|| format!("opening the {} spool", Stream::name(stream)))
-        };
-        let events = open_spool(Stream::Events, config.log.partitions)?;
-        let rejected = open_spool(Stream::Rejected, config.log.rejected_partitions)?;
-        spools = vec![events.clone(), rejected.clone()];
-        if kafka {
-            let client = kafka::client_config(&config.kafka);
-            let metrics = ForwarderMetrics::register(&mut registry);
-            for (stream, spool) in [(Stream::Events, &events), (Stream::Rejected, &rejected)] {
-                let topic = stream.topic(&config);
-                let forwarder =
-                    Forwarder::new(spool.clone(), &client, topic, &metrics, stream.name())
-                        .context("starting the Kafka forwarder")?;
-                forwarders.push(forwarder);
-            }
-        }
-        let collector = Collector::new(
-            catalog_handle.clone(),
-            events.clone(),
-            rejected.clone(),
-            config.ingest.clone(),
-            metrics,
-        );
-        let logs: (Arc<dyn EventLog>, Arc<dyn EventLog>) = (events, rejected);
-        (Some(web::Data::new(collector)), Some(logs))
-    } else {
-        (None, None)
+    let collector = match mode.runs_collector() {
+        true => Some(CollectorPart::start(
+            &config,
+            &catalog_handle,
+            &mut registry,
+        )?),
+        false => None,
     };
-    // What the speed layer, the archiver and raw search read: the spool, or each its own
-    // reader of the Kafka topics.
-    let layer_log = |stream: Stream| -> anyhow::Result<Option<Arc<dyn EventLog>>> {
-        Ok(match (kafka, &spool_logs, stream) {
-            (true, _, stream) => Some(settings::kafka_log(&config, stream)?),
-            (false, Some((events, _)), Stream::Events) => Some(events.clone()),
-            (false, Some((_, rejected)), Stream::Rejected) => Some(rejected.clone()),
-            (false, None, Stream::Events) => {
-                let dir = settings::spool_dir(&config.data_dir, Stream::Events);
-                let events = Spool::open_read_only(&dir).with_context(|| {
-                    format!(
-                        "following the events spool in {}; start `tally ingest` first",
-                        dir.display()
-                    )
-                })?;
-                Some(Arc::new(events))
-            }
-            (false, None, Stream::Rejected) => None,
-        })
+    let logs = LayerLogs {
+        config: &config,
+        spools: collector.as_ref().map(|part| &part.logs),
     };
     let speed_views = match mode {
         Mode::Up | Mode::Speed => Some(settings::view_store(
@@ -165,52 +116,34 @@ pub fn serve(
         Mode::Ingest => None,
     };
     let serving = match (mode.runs_serving(), &speed_views) {
-        (true, Some(speed_views)) => {
-            let objects = settings::objects(&config)?;
-            Some(web::Data::new(Serving::new(
-                catalog_handle.clone(),
-                Some(catalog_store.clone()),
-                speed_views.clone(),
-                BatchViews::with_cache(objects.clone(), SERVING_CACHE_BYTES),
-                RawEvents::new(
-                    objects,
-                    layer_log(Stream::Events)?,
-                    layer_log(Stream::Rejected)?,
-                ),
-                ServingMetrics::register(&mut registry),
-                config.serving.clone(),
-            )))
-        }
+        (true, Some(speed_views)) => Some(start_serving(
+            &config,
+            (&catalog_handle, &catalog_store),
+            speed_views.clone(),
+            &logs,
+            &mut registry,
+        )?),
         _ => None,
     };
     let speed = match (mode.runs_speed_layer(), speed_views) {
-        (true, Some(speed_views)) => {
-            let views = BatchViews::new(settings::objects(&config)?);
-            let published_horizon = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a runtime to read the manifest")?
-                .block_on(tally_speed_layer::published_horizon(&views))
-                .context("reading the batch manifest")?;
-            let layer = SpeedLayer {
-                log: layer_log(Stream::Events)?.context("the speed layer reads the events log")?,
-                store: speed_views,
-                catalog: catalog.clone(),
-                config: config.speed.clone(),
-                metrics: SpeedMetrics::register(&mut registry),
-                max_event_lead: Duration::from_secs(config.ingest.max_future_secs),
-                published_horizon,
-            };
-            Some(Arc::new(layer.start().context("starting the speed layer")?))
-        }
+        (true, Some(speed_views)) => Some(start_speed_layer(
+            &config,
+            catalog.clone(),
+            speed_views,
+            &logs,
+            &mut registry,
+        )?),
         _ => None,
     };
     // `tally up` archives both streams and recomputes on a schedule, in the background.
     let (batch, batch_metrics) = match mode {
         Mode::Up => {
-            let events = layer_log(Stream::Events)?.context("the archiver reads the events")?;
-            let rejected =
-                layer_log(Stream::Rejected)?.context("the archiver reads the rejected events")?;
+            let events = logs
+                .open(Stream::Events)?
+                .context("the archiver reads the events")?;
+            let rejected = logs
+                .open(Stream::Rejected)?
+                .context("the archiver reads the rejected events")?;
             let metrics = BatchMetrics::register(&mut registry);
             let services = BatchServices::start(
                 &config,
@@ -222,6 +155,10 @@ pub fn serve(
             (Some(services), Some(metrics))
         }
         _ => (None, None),
+    };
+    let (collector, spools, forwarders) = match collector {
+        Some(part) => (Some(part.collector), part.spools, part.forwarders),
+        None => (None, Vec::new(), Vec::new()),
     };
     let caller_limits = web::Data::new(CallerLimits::new(
         &config.limits,
@@ -244,7 +181,8 @@ pub fn serve(
         None => None,
     };
     // The speed layer replays the topic from its horizon: say so if it keeps less.
-    let retention_check = (kafka && mode.runs_speed_layer()).then(|| config.clone());
+    let retention_check =
+        (config.log.kind == LogKind::Kafka && mode.runs_speed_layer()).then(|| config.clone());
     let served = actix_web::rt::System::new().block_on(async move {
         let server = HttpServer::new(move || {
             let app = App::new()
@@ -316,6 +254,149 @@ pub fn serve(
         speed.stop().context("stopping the speed layer")?;
     }
     served
+}
+
+/// The events and the rejected stream, as the layers of this process read them.
+type StreamLogs = (Arc<dyn EventLog>, Arc<dyn EventLog>);
+
+/// The collector of this process: its spools, and their forwarders when the log is Kafka.
+struct CollectorPart {
+    collector: web::Data<Collector>,
+    /// The events and rejected spools, as the layers of this process read them.
+    logs: StreamLogs,
+    spools: Vec<Arc<Spool>>,
+    forwarders: Vec<Forwarder>,
+}
+
+impl CollectorPart {
+    fn start(
+        config: &Config,
+        catalog: &CatalogHandle,
+        registry: &mut Registry,
+    ) -> anyhow::Result<CollectorPart> {
+        let metrics = IngestMetrics::register(registry);
+        let open_spool = |stream, partitions| {
+            let options = SpoolOptions {
+                partitions,
+                on_fsync: Some(metrics.fsync_observer()),
+                ..SpoolOptions::from_config(&config.log)
+            };
+            let dir = settings::spool_dir(&config.data_dir, stream);
+            Spool::open(&dir, options)
+                .map(Arc::new)
+                .with_context(|| format!("opening the {} spool", Stream::name(stream)))
+        };
+        let events = open_spool(Stream::Events, config.log.partitions)?;
+        let rejected = open_spool(Stream::Rejected, config.log.rejected_partitions)?;
+        let mut forwarders = Vec::new();
+        if config.log.kind == LogKind::Kafka {
+            let client = kafka::client_config(&config.kafka);
+            let metrics = ForwarderMetrics::register(registry);
+            for (stream, spool) in [(Stream::Events, &events), (Stream::Rejected, &rejected)] {
+                let topic = stream.topic(config);
+                let forwarder =
+                    Forwarder::new(spool.clone(), &client, topic, &metrics, stream.name())
+                        .context("starting the Kafka forwarder")?;
+                forwarders.push(forwarder);
+            }
+        }
+        let collector = Collector::new(
+            catalog.clone(),
+            events.clone(),
+            rejected.clone(),
+            config.ingest.clone(),
+            metrics,
+        );
+        Ok(CollectorPart {
+            collector: web::Data::new(collector),
+            logs: (events.clone(), rejected.clone()),
+            spools: vec![events, rejected],
+            forwarders,
+        })
+    }
+}
+
+/// What the speed layer, the archiver and raw search read: the collector's spools, a
+/// read-only follower of the events spool when no collector runs here, or each its own
+/// reader of the Kafka topics.
+struct LayerLogs<'a> {
+    config: &'a Config,
+    spools: Option<&'a StreamLogs>,
+}
+
+impl LayerLogs<'_> {
+    fn open(&self, stream: Stream) -> anyhow::Result<Option<Arc<dyn EventLog>>> {
+        let kafka = self.config.log.kind == LogKind::Kafka;
+        Ok(match (kafka, self.spools, stream) {
+            (true, _, stream) => Some(settings::kafka_log(self.config, stream)?),
+            (false, Some((events, _)), Stream::Events) => Some(events.clone()),
+            (false, Some((_, rejected)), Stream::Rejected) => Some(rejected.clone()),
+            (false, None, Stream::Events) => {
+                let dir = settings::spool_dir(&self.config.data_dir, Stream::Events);
+                let events = Spool::open_read_only(&dir).with_context(|| {
+                    format!(
+                        "following the events spool in {}; start `tally ingest` first",
+                        dir.display()
+                    )
+                })?;
+                Some(Arc::new(events))
+            }
+            (false, None, Stream::Rejected) => None,
+        })
+    }
+}
+
+/// Serving over the view store, the batch views and the raw events.
+fn start_serving(
+    config: &Config,
+    (catalog, governance): (&CatalogHandle, &CatalogStore),
+    speed_views: Arc<dyn ViewStore>,
+    logs: &LayerLogs<'_>,
+    registry: &mut Registry,
+) -> anyhow::Result<web::Data<Serving>> {
+    let objects = settings::objects(config)?;
+    Ok(web::Data::new(Serving::new(
+        catalog.clone(),
+        Some(governance.clone()),
+        speed_views,
+        BatchViews::with_cache(objects.clone(), SERVING_CACHE_BYTES),
+        RawEvents::new(
+            objects,
+            logs.open(Stream::Events)?,
+            logs.open(Stream::Rejected)?,
+        ),
+        ServingMetrics::register(registry),
+        config.serving.clone(),
+    )))
+}
+
+/// The speed layer, from the published batch horizon if there is one.
+fn start_speed_layer(
+    config: &Config,
+    catalog: Arc<tally_model::Catalog>,
+    speed_views: Arc<dyn ViewStore>,
+    logs: &LayerLogs<'_>,
+    registry: &mut Registry,
+) -> anyhow::Result<Arc<SpeedHandle>> {
+    let views = BatchViews::new(settings::objects(config)?);
+    let published_horizon = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime to read the manifest")?
+        .block_on(tally_speed_layer::published_horizon(&views))
+        .context("reading the batch manifest")?;
+    let layer = SpeedLayer {
+        log: logs
+            .open(Stream::Events)?
+            .context("the speed layer reads the events log")?,
+        store: speed_views,
+        catalog,
+        config: config.speed.clone(),
+        metrics: SpeedMetrics::register(registry),
+        max_event_lead: Duration::from_secs(config.ingest.max_future_secs),
+        published_horizon,
+    };
+    Ok(Arc::new(layer.start().context("starting the speed layer")?))
 }
 
 fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>) {

@@ -299,9 +299,7 @@ mod tests {
             assert!(err.contains(expected), "{start}..{end}: {err}");
         }
         // Found by the query_params fuzz target: a negative allowance is no allowance.
-        for (start, end, allowed, expected) in [(0, 1, -5, "more than the 0.000 s allowed")] {
-            let err = checked_range(start, end, allowed).unwrap_err();
-            assert!(err.contains(expected), "{start}..{end}: {err}");
-        }
+        let err = checked_range(0, 1, -5).unwrap_err();
+        assert!(err.contains("more than the 0.000 s allowed"), "{err}");
     }
 }
