@@ -16,9 +16,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How long mimalloc keeps freed memory before giving it back to the system. At its default
 /// (1 s) the speed layer's replay gave back the buffers of differential's trace merges and
-/// faulted in and zeroed fresh pages for the next ones: with 10 s, 4M events replayed
-/// 464k–564k events/s against 353k–458k. Memory still goes back 10 s after a burst.
-/// `MIMALLOC_PURGE_DELAY` in the environment overrides it.
+/// faulted in and zeroed fresh pages for the next ones (docs/performance.md has the
+/// measurement). Memory still goes back 10 s after a burst. `MIMALLOC_PURGE_DELAY` in the
+/// environment overrides it.
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 /// `mi_option_purge_delay` in mimalloc's `mimalloc.h` (v3), which `libmimalloc-sys` leaves

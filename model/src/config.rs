@@ -376,8 +376,8 @@ const fn default_max_lateness_secs() -> u64 {
     24 * 3600
 }
 /// Two, the cores of the reference machine: each partition's writer makes its own fdatasync
-/// per group commit, and `tally bench ingest` measured 2 partitions at ~375k events/s with a
-/// half-rate p99 of ~4 ms against ~286k and ~9 ms for 4.
+/// per group commit, and `tally bench ingest` measured two faster than four, at a lower
+/// latency (docs/performance.md).
 const fn default_partitions() -> u32 {
     2
 }

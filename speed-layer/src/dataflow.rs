@@ -674,7 +674,7 @@ pub fn write_view_states<'scope>(
 struct EpochStash<D> {
     pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<D>)>,
     /// An emptied vector for the next epoch's updates: a new one every epoch faulted in fresh
-    /// pages as it grew, 5 % of a replay.
+    /// pages as it grew, which a replay paid for.
     spare: Vec<D>,
 }
 

@@ -501,7 +501,7 @@ fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), SpeedError> {
         });
         // While catching up, a worker reads its next epoch while this one is open and waits
         // only for the one before: waiting for each epoch to close had every worker wait for
-        // the slowest at every epoch, ~8 % of its time. Caught up, it waits for all, so views
+        // the slowest at every epoch. Caught up, it waits for all, so views
         // are fresh when it next reads. It parks while it waits (the other workers wake it)
         // rather than spinning.
         let closed_before = if caught_up { epoch + 1 } else { epoch };
@@ -556,7 +556,7 @@ impl EpochCloser<'_> {
         }
         // What the store reflects only grows, so an older record stays true: recorded when it
         // changed, at most once per `PROGRESS_EVERY` while records arrive and at once when they
-        // stop. A durable commit per epoch cost a replay 5 %.
+        // stop: a durable commit per epoch slowed a replay measurably.
         let reflects = (closed.horizon, closed.next);
         let recorded = self.last_recorded.as_ref();
         let changed = recorded.is_none_or(|(_, held)| *held != reflects);
