@@ -14,7 +14,7 @@ use tally_model::time::{HOUR_MS, MINUTE_MS};
 use tally_model::{AggregateState, Catalog, Event, Granularity, Millis, TagValue};
 
 use crate::log::Offset;
-use crate::view_store::ViewKey;
+use crate::view_store::{ViewKey, ViewStore, ViewStoreError};
 
 const USERS: u32 = 30;
 const TYPES: [&str; 4] = ["page_view", "click", "purchase", "session_start"];
@@ -560,4 +560,74 @@ fn tansu_binary() -> String {
         let home = std::env::var("HOME").unwrap_or_default();
         format!("{home}/.cache/tally/tansu/bin/tansu")
     })
+}
+
+/// Which call of a [`ViewStore`] a [`HookedViewStore`] is about to forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreCall {
+    /// `upsert`.
+    Upsert,
+    /// `scan`.
+    Scan,
+    /// `delete_before`.
+    DeleteBefore,
+    /// `generation`.
+    Generation,
+    /// `record_progress` or `progress`.
+    Progress,
+}
+
+/// What a [`HookedViewStore`] runs before each call: an error ends the call with it.
+pub type StoreHook =
+    Box<dyn Fn(StoreCall, &dyn ViewStore) -> Result<(), ViewStoreError> + Send + Sync>;
+
+/// A real view store behind a hook that runs before each call, for tests that put an outage
+/// or an interleaving of the layers at a chosen call.
+pub struct HookedViewStore {
+    /// The store the calls go to.
+    pub inner: std::sync::Arc<dyn ViewStore>,
+    /// Run before each call.
+    pub hook: StoreHook,
+}
+
+impl ViewStore for HookedViewStore {
+    fn upsert(&self, rows: &[(ViewKey, AggregateState)]) -> Result<(), ViewStoreError> {
+        (self.hook)(StoreCall::Upsert, self.inner.as_ref())?;
+        self.inner.upsert(rows)
+    }
+
+    fn scan(
+        &self,
+        tenant: &str,
+        view: &str,
+        buckets: std::ops::Range<Millis>,
+    ) -> Result<Vec<(ViewKey, AggregateState)>, ViewStoreError> {
+        (self.hook)(StoreCall::Scan, self.inner.as_ref())?;
+        self.inner.scan(tenant, view, buckets)
+    }
+
+    fn delete_before(
+        &self,
+        tenant: &str,
+        view: &str,
+        bucket: Millis,
+    ) -> Result<u64, ViewStoreError> {
+        (self.hook)(StoreCall::DeleteBefore, self.inner.as_ref())?;
+        self.inner.delete_before(tenant, view, bucket)
+    }
+
+    fn generation(&self, tenant: &str, view: &str) -> Result<Option<u64>, ViewStoreError> {
+        (self.hook)(StoreCall::Generation, self.inner.as_ref())?;
+        self.inner.generation(tenant, view)
+    }
+
+    fn record_progress(&self, writer: &str, progress: &[u8]) -> Result<(), ViewStoreError> {
+        (self.hook)(StoreCall::Progress, self.inner.as_ref())?;
+        self.inner.record_progress(writer, progress)
+    }
+
+    fn progress(&self, writer: &str) -> Result<Option<Vec<u8>>, ViewStoreError> {
+        (self.hook)(StoreCall::Progress, self.inner.as_ref())?;
+        self.inner.progress(writer)
+    }
 }

@@ -138,19 +138,7 @@ async fn receive_batch(
         }
     };
     let received_at = now_millis();
-    let context = collector.validation_context(&key, received_at, false);
-    let registry = &catalog.tenants[&key.tenant].registry;
-    let verdict = intake(
-        &bytes,
-        format,
-        registry,
-        &context,
-        collector.limits.max_event_bytes,
-        collector
-            .limits
-            .max_rejects_listed
-            .max(collector.limits.max_rejects_kept),
-    );
+    let verdict = collector.judge(&bytes, format, &key, &catalog, received_at, false);
     if verdict.accepted.is_empty() && verdict.rejected_count == 0 {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
@@ -246,20 +234,8 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
     if !tags.is_empty() {
         event.insert("tags".to_owned(), Value::Object(tags));
     }
-    let context = collector.validation_context(&key, received_at, true);
-    let registry = &catalog.tenants[&key.tenant].registry;
     let body = serde_json::to_vec(&Value::Object(event)).expect("a JSON map serializes");
-    let verdict = intake(
-        &body,
-        BodyFormat::Json,
-        registry,
-        &context,
-        collector.limits.max_event_bytes,
-        collector
-            .limits
-            .max_rejects_listed
-            .max(collector.limits.max_rejects_kept),
-    );
+    let verdict = collector.judge(&body, BodyFormat::Json, &key, &catalog, received_at, true);
     collector
         .store(&key, received_at, &verdict)
         .await
@@ -367,6 +343,33 @@ fn error(status: StatusCode, message: String) -> HttpResponse {
 }
 
 impl Collector {
+    /// Judges every event of `body` against the key's tenant's registry, keeping the details
+    /// of as many rejects as a reply lists or the rejected stream keeps.
+    fn judge(
+        &self,
+        body: &[u8],
+        format: BodyFormat,
+        key: &ApiKey,
+        catalog: &Catalog,
+        received_at: Millis,
+        tag_values_as_text: bool,
+    ) -> Intake {
+        let context = self.validation_context(key, received_at, tag_values_as_text);
+        let registry = &catalog.tenants[&key.tenant].registry;
+        let detailed = self
+            .limits
+            .max_rejects_listed
+            .max(self.limits.max_rejects_kept);
+        intake(
+            body,
+            format,
+            registry,
+            &context,
+            self.limits.max_event_bytes,
+            detailed,
+        )
+    }
+
     fn validation_context<'a>(
         &self,
         key: &'a ApiKey,

@@ -12,7 +12,8 @@ use tally_connectors::batch_views::BatchViews;
 use tally_connectors::catalog::{CatalogHandle, CatalogStore};
 use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
 use tally_connectors::testing::{
-    as_stored, deduplicated, demo_events, reference_states, sample_demo_events,
+    HookedViewStore, StoreCall, as_stored, deduplicated, demo_events, reference_states,
+    sample_demo_events,
 };
 use tally_connectors::view_store::{EmbeddedViewStore, ViewStore};
 use tally_model::config::ServingConfig;
@@ -776,73 +777,6 @@ async fn an_answer_shows_the_real_time_writes_made_since_the_last_one() {
     assert_eq!(total(&after), total(&first) + 1);
 }
 
-/// A real-time store whose first scan is preceded by the batch layer publishing a later
-/// horizon and the speed layer dropping what fell below it: the interleaving the order of
-/// reads in [`Serving::query`] must survive.
-struct HorizonMovesBeforeScan {
-    inner: EmbeddedViewStore,
-    on_first_scan: std::sync::Mutex<Option<HorizonMove>>,
-}
-
-/// What happens between the batch layer and the speed layer in the meantime.
-type HorizonMove = Box<dyn FnOnce(&EmbeddedViewStore) + Send>;
-
-impl ViewStore for HorizonMovesBeforeScan {
-    fn upsert(
-        &self,
-        rows: &[(tally_connectors::view_store::ViewKey, AggregateState)],
-    ) -> Result<(), tally_connectors::view_store::ViewStoreError> {
-        self.inner.upsert(rows)
-    }
-
-    fn scan(
-        &self,
-        tenant: &str,
-        view: &str,
-        buckets: std::ops::Range<Millis>,
-    ) -> Result<
-        Vec<(tally_connectors::view_store::ViewKey, AggregateState)>,
-        tally_connectors::view_store::ViewStoreError,
-    > {
-        if let Some(move_horizon) = self.on_first_scan.lock().unwrap().take() {
-            move_horizon(&self.inner);
-        }
-        self.inner.scan(tenant, view, buckets)
-    }
-
-    fn delete_before(
-        &self,
-        tenant: &str,
-        view: &str,
-        bucket: Millis,
-    ) -> Result<u64, tally_connectors::view_store::ViewStoreError> {
-        self.inner.delete_before(tenant, view, bucket)
-    }
-
-    fn generation(
-        &self,
-        tenant: &str,
-        view: &str,
-    ) -> Result<Option<u64>, tally_connectors::view_store::ViewStoreError> {
-        self.inner.generation(tenant, view)
-    }
-
-    fn record_progress(
-        &self,
-        writer: &str,
-        progress: &[u8],
-    ) -> Result<(), tally_connectors::view_store::ViewStoreError> {
-        self.inner.record_progress(writer, progress)
-    }
-
-    fn progress(
-        &self,
-        writer: &str,
-    ) -> Result<Option<Vec<u8>>, tally_connectors::view_store::ViewStoreError> {
-        self.inner.progress(writer)
-    }
-}
-
 /// A manifest of `events_by_type` whose hours `[BASE, BASE + hours h)` hold `states`.
 async fn publish_batch_hours(
     views: &BatchViews,
@@ -904,9 +838,12 @@ async fn a_horizon_move_between_the_reads_of_a_query_loses_nothing() {
     );
     store.upsert(&speed_states).unwrap();
     let (moved_views, moved_states) = (views.clone(), states.clone());
-    let store = HorizonMovesBeforeScan {
-        inner: store,
-        on_first_scan: std::sync::Mutex::new(Some(Box::new(move |store: &EmbeddedViewStore| {
+    // The first scan is preceded by the batch layer publishing a later horizon and the speed
+    // layer dropping what fell below it: the interleaving the order of reads in
+    // `Serving::query` must survive.
+    type HorizonMove = Box<dyn FnOnce(&dyn ViewStore) + Send>;
+    let on_first_scan: std::sync::Mutex<Option<HorizonMove>> =
+        std::sync::Mutex::new(Some(Box::new(move |store: &dyn ViewStore| {
             // The batch layer publishes horizon BASE + 2 h, then the speed layer drops below it.
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
@@ -920,7 +857,17 @@ async fn a_horizon_move_between_the_reads_of_a_query_loses_nothing() {
             store
                 .delete_before(DEMO_TENANT, &events_by_type_stored(), BASE + 2 * HOUR_MS)
                 .unwrap();
-        }))),
+        })));
+    let store = HookedViewStore {
+        inner: Arc::new(store),
+        hook: Box::new(move |call, inner| {
+            if call == StoreCall::Scan
+                && let Some(move_horizon) = on_first_scan.lock().unwrap().take()
+            {
+                move_horizon(inner);
+            }
+            Ok(())
+        }),
     };
     let serving = Arc::new(Serving::new(
         CatalogHandle::new(catalog, 0),

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
 use tally_connectors::testing::{
-    as_named, assert_states_agree, demo_events, reference_states, sample_demo_events,
+    HookedViewStore, StoreCall, as_named, assert_states_agree, demo_events, reference_states,
+    sample_demo_events,
 };
 use tally_connectors::view_store::{EmbeddedViewStore, ViewKey, ViewStore, ViewStoreError};
 use tally_model::config::SpeedConfig;
@@ -238,65 +239,33 @@ fn a_changed_view_spec_starts_afresh_and_never_counts_an_event_twice() {
     speed.stop().unwrap();
 }
 
-/// The rig's store behind an outage: its first writes fail as an unreachable ScyllaDB's do.
-struct StoreWithAnOutage {
-    inner: Arc<EmbeddedViewStore>,
-    failing_writes: std::sync::atomic::AtomicU32,
-}
-
-impl ViewStore for StoreWithAnOutage {
-    fn upsert(&self, rows: &[(ViewKey, AggregateState)]) -> Result<(), ViewStoreError> {
-        let failing = self
-            .failing_writes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        if failing.is_ok() {
-            return Err(ViewStoreError::Scylla {
-                operation: "writing states".into(),
-                source: "no node answered within the timeout".into(),
-            });
-        }
-        self.inner.upsert(rows)
-    }
-
-    fn scan(
-        &self,
-        tenant: &str,
-        view: &str,
-        buckets: std::ops::Range<Millis>,
-    ) -> Result<Vec<(ViewKey, AggregateState)>, ViewStoreError> {
-        self.inner.scan(tenant, view, buckets)
-    }
-
-    fn delete_before(
-        &self,
-        tenant: &str,
-        view: &str,
-        bucket: Millis,
-    ) -> Result<u64, ViewStoreError> {
-        self.inner.delete_before(tenant, view, bucket)
-    }
-
-    fn record_progress(&self, writer: &str, progress: &[u8]) -> Result<(), ViewStoreError> {
-        self.inner.record_progress(writer, progress)
-    }
-
-    fn progress(&self, writer: &str) -> Result<Option<Vec<u8>>, ViewStoreError> {
-        self.inner.progress(writer)
-    }
-}
-
 #[test]
 fn a_view_store_outage_is_waited_out_and_the_views_end_exact() {
     let rig = rig();
     rig.append(&sample_events());
-    let store = Arc::new(StoreWithAnOutage {
+    // The first four writes fail as an unreachable ScyllaDB's do.
+    let failing_writes = Arc::new(std::sync::atomic::AtomicU32::new(4));
+    let failing = failing_writes.clone();
+    let store = Arc::new(HookedViewStore {
         inner: rig.store.clone(),
-        failing_writes: 4.into(),
+        hook: Box::new(move |call, _| {
+            let fails = call == StoreCall::Upsert
+                && failing
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok();
+            match fails {
+                true => Err(ViewStoreError::Scylla {
+                    operation: "writing states".into(),
+                    source: "no node answered within the timeout".into(),
+                }),
+                false => Ok(()),
+            }
+        }),
     });
-    let speed = rig.start_on(2, store.clone());
+    let speed = rig.start_on(2, store);
     rig.wait_caught_up(&speed);
     assert_eq!(
-        store.failing_writes.load(Ordering::Acquire),
+        failing_writes.load(Ordering::Acquire),
         0,
         "the outage happened"
     );
