@@ -7,6 +7,7 @@
 //! collector in this process validates against it from the next request on, and collectors
 //! elsewhere once they poll the store.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -163,19 +164,8 @@ pub(crate) async fn put_tag(
     body: web::Payload,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    let name = name.into_inner();
-    change(
-        &request,
-        &serving,
-        "tag",
-        Some(body),
-        move |tenant, body| {
-            let spec: TagSpec = parsed("tag", body)?;
-            tenant.registry.tags.insert(name.clone(), spec);
-            Ok(format!("tag '{name}' saved"))
-        },
-    )
-    .await
+    let entry = RegistryEntry::new("tag", "tag", |tenant| &mut tenant.registry.tags);
+    put_entry(&request, &serving, entry, name.into_inner(), body).await
 }
 
 #[utoipa::path(delete, path = "/v1/governance/tags/{name}", tag = "governance",
@@ -186,10 +176,8 @@ pub(crate) async fn delete_tag(
     name: web::Path<String>,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    change(&request, &serving, "tag", None, move |tenant, _| {
-        removed(tenant.registry.tags.remove(name.as_str()), "tag", &name)
-    })
-    .await
+    let entry = RegistryEntry::new("tag", "tag", |tenant| &mut tenant.registry.tags);
+    delete_entry(&request, &serving, entry, name.into_inner()).await
 }
 
 #[utoipa::path(put, path = "/v1/governance/event-types/{name}", tag = "governance",
@@ -201,19 +189,10 @@ pub(crate) async fn put_event_type(
     body: web::Payload,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    let name = name.into_inner();
-    change(
-        &request,
-        &serving,
-        "event_type",
-        Some(body),
-        move |tenant, body| {
-            let spec: EventTypeSpec = parsed("event type", body)?;
-            tenant.registry.event_types.insert(name.clone(), spec);
-            Ok(format!("event type '{name}' saved"))
-        },
-    )
-    .await
+    let entry = RegistryEntry::new("event_type", "event type", |tenant| {
+        &mut tenant.registry.event_types
+    });
+    put_entry(&request, &serving, entry, name.into_inner(), body).await
 }
 
 #[utoipa::path(delete, path = "/v1/governance/event-types/{name}", tag = "governance",
@@ -224,14 +203,10 @@ pub(crate) async fn delete_event_type(
     name: web::Path<String>,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    change(&request, &serving, "event_type", None, move |tenant, _| {
-        removed(
-            tenant.registry.event_types.remove(name.as_str()),
-            "event type",
-            &name,
-        )
-    })
-    .await
+    let entry = RegistryEntry::new("event_type", "event type", |tenant| {
+        &mut tenant.registry.event_types
+    });
+    delete_entry(&request, &serving, entry, name.into_inner()).await
 }
 
 #[utoipa::path(put, path = "/v1/governance/sources/{name}", tag = "governance",
@@ -243,21 +218,10 @@ pub(crate) async fn put_source(
     body: web::Payload,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    let name = name.into_inner();
-    change(
-        &request,
-        &serving,
-        "source",
-        Some(body),
-        move |tenant, body| {
-            let policy: SourcePolicy = parsed("source policy", body)?;
-            tenant.registry.sources.insert(name.clone(), policy);
-            Ok(format!(
-                "source '{name}' may now publish what its policy lists"
-            ))
-        },
-    )
-    .await
+    let entry = RegistryEntry::new("source", "source policy", |tenant| {
+        &mut tenant.registry.sources
+    });
+    put_entry(&request, &serving, entry, name.into_inner(), body).await
 }
 
 #[utoipa::path(delete, path = "/v1/governance/sources/{name}", tag = "governance",
@@ -268,14 +232,10 @@ pub(crate) async fn delete_source(
     name: web::Path<String>,
     serving: web::Data<Serving>,
 ) -> HttpResponse {
-    change(&request, &serving, "source", None, move |tenant, _| {
-        removed(
-            tenant.registry.sources.remove(name.as_str()),
-            "source",
-            &name,
-        )
-    })
-    .await
+    let entry = RegistryEntry::new("source", "source policy", |tenant| {
+        &mut tenant.registry.sources
+    });
+    delete_entry(&request, &serving, entry, name.into_inner()).await
 }
 
 #[utoipa::path(put, path = "/v1/governance/views/{name}", tag = "governance",
@@ -489,6 +449,60 @@ pub(crate) async fn delete_key(
             }))
         },
     )
+    .await
+}
+
+/// One of the registry's maps that governance edits by name: tags, event types, sources.
+struct RegistryEntry<T> {
+    /// The route's name in metrics: `tag`, `event_type`, `source`.
+    route: &'static str,
+    /// What an entry is, for people: `tag`, `event type`, `source policy`.
+    label: &'static str,
+    map: fn(&mut Tenant) -> &mut BTreeMap<String, T>,
+}
+
+impl<T> RegistryEntry<T> {
+    fn new(
+        route: &'static str,
+        label: &'static str,
+        map: fn(&mut Tenant) -> &mut BTreeMap<String, T>,
+    ) -> Self {
+        RegistryEntry { route, label, map }
+    }
+}
+
+/// Saves the entry `name` from the request body.
+async fn put_entry<T: serde::de::DeserializeOwned>(
+    request: &HttpRequest,
+    serving: &Serving,
+    entry: RegistryEntry<T>,
+    name: String,
+    body: web::Payload,
+) -> HttpResponse {
+    change(
+        request,
+        serving,
+        entry.route,
+        Some(body),
+        move |tenant, body| {
+            let value: T = parsed(entry.label, body)?;
+            (entry.map)(tenant).insert(name.clone(), value);
+            Ok(format!("{} '{name}' saved", entry.label))
+        },
+    )
+    .await
+}
+
+/// Deletes the entry `name`; 404 when there is none.
+async fn delete_entry<T>(
+    request: &HttpRequest,
+    serving: &Serving,
+    entry: RegistryEntry<T>,
+    name: String,
+) -> HttpResponse {
+    change(request, serving, entry.route, None, move |tenant, _| {
+        removed((entry.map)(tenant).remove(&name), entry.label, &name)
+    })
     .await
 }
 

@@ -396,15 +396,23 @@ impl Serving {
         projection: &Projection,
         hour: &BatchHour,
     ) -> Result<Arc<RenderedHour>, ServingError> {
-        let source = RowsSource::BatchObject(hour.object.clone());
-        let key = RowsKey::rendered(source, projection, query);
-        cached(&self.rendered_hours, key, || {
-            let mut rollup = Rollup::new(query);
-            rollup.add_rows(projection, &hour.rows, &(Millis::MIN..Millis::MAX))?;
-            let rendered = rollup.render_fragment();
-            let size = rendered.len();
-            Ok((rendered, size))
-        })
+        let key = RowsKey::rendered(
+            RowsSource::BatchObject(hour.object.clone()),
+            projection,
+            query,
+        );
+        whole_hour(
+            &self.rendered_hours,
+            key,
+            query,
+            projection,
+            hour,
+            |rollup| {
+                let rendered = rollup.render_fragment();
+                let size = rendered.len();
+                (rendered, size)
+            },
+        )
     }
 
     /// The rows of a whole batch hour rolled up for a query's shape, from the cache or
@@ -415,17 +423,18 @@ impl Serving {
         projection: &Projection,
         hour: &BatchHour,
     ) -> Result<Arc<RolledHour>, ServingError> {
-        let source = RowsSource::BatchObject(hour.object.clone());
-        let key = RowsKey::rolled(source, projection, query);
-        cached(&self.rolled_hours, key, || {
-            let mut rollup = Rollup::new(query);
-            rollup.add_rows(projection, &hour.rows, &(Millis::MIN..Millis::MAX))?;
+        let key = RowsKey::rolled(
+            RowsSource::BatchObject(hour.object.clone()),
+            projection,
+            query,
+        );
+        whole_hour(&self.rolled_hours, key, query, projection, hour, |rollup| {
             let rolled = rollup.into_rolled();
             let size = rolled
                 .iter()
                 .map(|((_, group), state)| row_bytes(group, state))
                 .sum();
-            Ok((rolled, size))
+            (rolled, size)
         })
     }
 
@@ -445,6 +454,23 @@ impl Serving {
                 (status, refused.to_string())
             })
     }
+}
+
+/// A whole batch hour's rows for a query, from `cache`, or rolled up now, finished into
+/// what the cache keeps (with its size) and cached.
+fn whole_hour<V>(
+    cache: &RowsCache<V>,
+    key: RowsKey,
+    query: &Query,
+    projection: &Projection,
+    hour: &BatchHour,
+    finish: impl FnOnce(Rollup<'_>) -> (V, usize),
+) -> Result<Arc<V>, ServingError> {
+    cached(cache, key, || {
+        let mut rollup = Rollup::new(query);
+        rollup.add_rows(projection, &hour.rows, &(Millis::MIN..Millis::MAX))?;
+        Ok(finish(rollup))
+    })
 }
 
 /// A refused or failed request: its status and what to tell the caller.
