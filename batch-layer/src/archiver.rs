@@ -357,6 +357,9 @@ impl<T: Archivable> Archiver<T> {
             latest_received = latest_received.max(received.unwrap_or(Millis::MIN));
         }
         self.log.commit(CONSUMER, part.partition, last + 1)?;
+        // Archived for good once the position is committed: a failure of the progress write
+        // below no longer redoes the roll, so counting after it would miss these events.
+        self.metrics.events_archived(T::STREAM, written);
 
         part.progress.next_offset = last + 1;
         part.progress.pending = None;
@@ -382,7 +385,6 @@ impl<T: Archivable> Archiver<T> {
         part.roll_bytes = 0;
         part.roll_opened = None;
         part.redo_until = None;
-        self.metrics.events_archived(T::STREAM, written);
         Ok(written)
     }
 
