@@ -228,6 +228,136 @@ fn a_roll_interrupted_before_its_commit_is_redone_into_the_same_objects() {
     assert_states_agree(&rig.batch_states(&demo()), &rig.expected(&demo()));
 }
 
+/// The rig's object store, failing one write of an archive progress object (the `fail_at`-th)
+/// as a network cut would.
+#[derive(Debug)]
+struct ProgressWriteFails {
+    inner: Arc<dyn ObjectStore>,
+    progress_writes: std::sync::atomic::AtomicUsize,
+    fail_at: usize,
+}
+
+impl std::fmt::Display for ProgressWriteFails {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProgressWriteFails({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for ProgressWriteFails {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        let ordinal = location.as_ref().starts_with("archive/").then(|| {
+            1 + self
+                .progress_writes
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+        });
+        if ordinal == Some(self.fail_at) {
+            return Err(object_store::Error::Generic {
+                store: "test",
+                source: "the connection was reset".into(),
+            });
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[test]
+fn a_roll_whose_progress_write_fails_after_its_commit_is_counted_once() {
+    let rig = rig();
+    let events = sample_demo_events(base());
+    rig.append(&events);
+    let logged: u64 = (0..PARTITIONS)
+        .map(|partition| rig.log.read(partition, 0, usize::MAX).unwrap().len() as u64)
+        .sum();
+    // The second progress write is the one after the first roll's commit.
+    let store: Arc<dyn ObjectStore> = Arc::new(ProgressWriteFails {
+        inner: rig.store.clone(),
+        progress_writes: 0.into(),
+        fail_at: 2,
+    });
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = BatchMetrics::register(&mut registry);
+    rig.runtime.block_on(async {
+        let open =
+            || Archiver::<Event>::open(rig.log.clone(), store.clone(), policy(), metrics.clone());
+        let mut archiver = open().await.unwrap();
+        loop {
+            match archiver.pass(true).await {
+                Ok(report) if report.read == 0 => break,
+                Ok(_) => {}
+                // As the archiver's run loop does: start over from what is durable.
+                Err(_) => archiver = open().await.unwrap(),
+            }
+        }
+    });
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let counted: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("tally_batch_events_archived_total{stream=\"events\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        counted, logged,
+        "every logged event counted as archived once\n{text}"
+    );
+}
+
 #[test]
 fn late_events_make_their_hour_dirty_and_the_next_run_recomputes_it() {
     let rig = rig();
