@@ -1,12 +1,6 @@
-//! `tally`: the one binary that wires Tally's layers together and runs them.
-//!
-//! Each subcommand lives in its own module: [`serve`] runs the services (`up`, `ingest`,
-//! `speed`, `serve`), [`batch`] the batch layer's jobs (`archive`, `batch run|reprocess|schedule`),
-//! [`logs`] inspects the event log, [`kafka`] creates the Kafka topics, [`generator`] sends
-//! realistic load (`gen`), [`bench`] measures (`bench ingest|speed`, with [`batch_bench`],
-//! [`query_bench`] and [`kafka_bench`] for `batch`, `query` and `kafka`), [`views`] reads the
-//! real-time views. [`settings`] turns the config file, `TALLY_*` variables and flags into
-//! one [`tally_model::Config`].
+//! `tally`: the command line of the binary that wires Tally's layers together and runs them.
+//! Each subcommand calls a module of the `tally` library (`src/lib.rs`); the benchmarks are
+//! `tally-bench` (`bench/`).
 
 /// mimalloc rather than glibc's malloc: the layers allocate and free many small objects per
 /// event (strings, tag maps, sketch levels), and glibc spent up to a third of the speed
@@ -34,25 +28,11 @@ fn tune_allocator() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) }
 }
 
-mod batch;
-mod batch_bench;
-mod bench;
-mod catalog;
-mod generator;
-mod guard;
-mod kafka;
-mod kafka_bench;
-mod logs;
-mod operations;
-mod query_bench;
-mod serve;
-mod settings;
-mod views;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use settings::{ConfigArgs, ServeArgs};
+use tally::settings::{ConfigArgs, ServeArgs};
+use tally::{batch, generator, kafka, logs, serve, views};
 
 /// Tally: event analytics that keeps every event, serves fresh metrics and can recompute
 /// every number from the raw data.
@@ -96,9 +76,6 @@ enum Command {
     Kafka(kafka::KafkaCommand),
     /// Send realistic load to a collector and report what was accepted and rejected.
     Gen(generator::GenArgs),
-    /// Measure Tally's speed; the README's figures come from here.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
 }
 
 #[derive(Subcommand)]
@@ -177,7 +154,6 @@ fn main() -> ExitCode {
         }) => logs::tail(&config, rejected, lines),
         Command::Kafka(command) => kafka::run(command),
         Command::Gen(args) => generator::run(args),
-        Command::Bench(command) => bench::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use crate::support::{READ_KEY, Tally, log_stats, post_events, run, tally};
 fn help_names_every_command() {
     let output = run(tally().arg("--help"));
     let help = String::from_utf8(output.stdout).unwrap();
-    for command in ["up", "ingest", "log", "gen", "bench"] {
+    for command in ["up", "ingest", "log", "gen", "views"] {
         assert!(help.contains(command), "{command} missing from:\n{help}");
     }
     let up_help = String::from_utf8(run(tally().args(["up", "--help"])).stdout).unwrap();

@@ -376,7 +376,7 @@ const fn default_max_lateness_secs() -> u64 {
     24 * 3600
 }
 /// Two, the cores of the reference machine: each partition's writer makes its own fdatasync
-/// per group commit, and `tally bench ingest` measured two faster than four, at a lower
+/// per group commit, and `tally-bench ingest` measured two faster than four, at a lower
 /// latency (docs/performance.md).
 const fn default_partitions() -> u32 {
     2

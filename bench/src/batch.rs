@@ -1,4 +1,4 @@
-//! `tally bench batch`: the archiver's and recompute's throughput over generated events, and
+//! `tally-bench batch`: the archiver's and recompute's throughput over generated events, and
 //! DuckDB running the same dedupe and aggregation over the same raw Parquet in the same run.
 
 use std::path::{Path, PathBuf};
@@ -14,9 +14,9 @@ use tally_model::time::HOUR_MS;
 use tally_model::view::BUILT_IN_FIELDS;
 use tally_model::{Event, Measure, ViewSpec};
 
-use crate::bench::{BenchLog, validated_events};
+use crate::common::{BenchLog, validated_events};
 
-/// Options of `tally bench batch`.
+/// Options of `tally-bench batch`.
 #[derive(Args)]
 pub struct BatchBenchArgs {
     /// Events to generate, archive and recompute.

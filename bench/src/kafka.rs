@@ -1,4 +1,4 @@
-//! `tally bench kafka`: the forwarder's throughput (spool to broker, every delivery
+//! `tally-bench kafka`: the forwarder's throughput (spool to broker, every delivery
 //! confirmed) beside a bare rdkafka `BaseProducer` loop sending the same records with the same
 //! producer settings to the same broker in the same run: the client's own ceiling.
 
@@ -17,9 +17,9 @@ use tally_connectors::log::{EventLog, LogEntry};
 use tally_ingest::forwarder::{Forwarder, ForwarderMetrics, record_head};
 use tally_model::KafkaConfig;
 
-use crate::bench::{BenchLog, validated_events};
+use crate::common::{BenchLog, validated_events};
 
-/// Options of `tally bench kafka`.
+/// Options of `tally-bench kafka`.
 #[derive(Args)]
 pub struct KafkaBenchArgs {
     /// Events to forward, and to send again in the bare producer loop.

@@ -1,4 +1,4 @@
-//! `tally bench query`: latency and throughput of `GET /v1/query` on a real `tally serve`, for
+//! `tally-bench query`: latency and throughput of `GET /v1/query` on a real `tally serve`, for
 //! the last 24 hours at minute granularity grouped by one dimension, over batch views built
 //! from `--events` events of history and a real-time window since the horizon.
 //!
@@ -29,12 +29,12 @@ use tally_model::tenant::DEMO_TENANT;
 use tally_model::time::{DAY_MS, HOUR_MS, now_millis};
 use tally_model::{AggregateState, Catalog, Config, Event, Granularity, Millis, ViewSpec};
 
-use crate::bench::{self, BENCH_READ_KEY, BenchLog, validated_events};
-use crate::generator::Percentiles;
-use crate::serve;
-use crate::settings::{self, Stream};
+use crate::common::{BENCH_READ_KEY, BenchLog, validated_events};
+use tally::generator::Percentiles;
+use tally::serve;
+use tally::settings::{self, Stream};
 
-/// Options of `tally bench query`.
+/// Options of `tally-bench query`.
 #[derive(Args)]
 pub struct QueryBenchArgs {
     /// Events of history in the batch views.
@@ -101,7 +101,7 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     config.data_dir = scratch.path().join("data");
     config.ingest.listen = "127.0.0.1:0".to_owned();
     config.demo.read_key = BENCH_READ_KEY.to_owned();
-    bench::without_caller_limits(&mut config);
+    crate::common::without_caller_limits(&mut config);
     let tenant = &catalog.tenants[DEMO_TENANT];
     anyhow::ensure!(
         tenant.views.iter().any(|v| v.name == args.view),
