@@ -10,6 +10,7 @@ mod kill;
 mod lambda;
 mod objects;
 mod openapi;
+mod raw_readers;
 mod serving;
 mod speed;
 mod support;
