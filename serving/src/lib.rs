@@ -273,10 +273,40 @@ impl Serving {
                     // A whole hour answers the same for every query of this shape: rendered
                     // once when its rows are its own, rolled up once when they merge on.
                     (QueryGranularity::Bucketed(Granularity::Day), true) => {
-                        rollup.add_rolled(&self.rolled_hour(&query, &projection, &hour)?)?;
+                        let source = RowsSource::BatchObject(hour.object.clone());
+                        let key = RowsKey::rolled(source, &projection, &query);
+                        let rolled = whole_hour(
+                            &self.rolled_hours,
+                            key,
+                            &query,
+                            &projection,
+                            &hour,
+                            |rollup| {
+                                let rolled = rollup.into_rolled();
+                                let size = rolled
+                                    .iter()
+                                    .map(|((_, group), state)| row_bytes(group, state))
+                                    .sum();
+                                (rolled, size)
+                            },
+                        )?;
+                        rollup.add_rolled(&rolled)?;
                     }
                     (QueryGranularity::Bucketed(_), true) => {
-                        let rendered = self.rendered_hour(&query, &projection, &hour)?;
+                        let source = RowsSource::BatchObject(hour.object.clone());
+                        let key = RowsKey::rendered(source, &projection, &query);
+                        let rendered = whole_hour(
+                            &self.rendered_hours,
+                            key,
+                            &query,
+                            &projection,
+                            &hour,
+                            |rollup| {
+                                let rendered = rollup.render_fragment();
+                                let size = rendered.len();
+                                (rendered, size)
+                            },
+                        )?;
                         rollup.add_rendered(hour.hour, rendered);
                     }
                     _ => rollup.add_rows(&projection, &hour.rows, &batch_range)?,
@@ -388,56 +418,6 @@ impl Serving {
         Ok(Arc::new(rollup.into_rendered_rows()))
     }
 
-    /// The rows of a whole batch hour rendered for a query, from the cache or rendered now
-    /// and cached.
-    fn rendered_hour(
-        &self,
-        query: &Query,
-        projection: &Projection,
-        hour: &BatchHour,
-    ) -> Result<Arc<RenderedHour>, ServingError> {
-        let key = RowsKey::rendered(
-            RowsSource::BatchObject(hour.object.clone()),
-            projection,
-            query,
-        );
-        whole_hour(
-            &self.rendered_hours,
-            key,
-            query,
-            projection,
-            hour,
-            |rollup| {
-                let rendered = rollup.render_fragment();
-                let size = rendered.len();
-                (rendered, size)
-            },
-        )
-    }
-
-    /// The rows of a whole batch hour rolled up for a query's shape, from the cache or
-    /// rolled now and cached.
-    fn rolled_hour(
-        &self,
-        query: &Query,
-        projection: &Projection,
-        hour: &BatchHour,
-    ) -> Result<Arc<RolledHour>, ServingError> {
-        let key = RowsKey::rolled(
-            RowsSource::BatchObject(hour.object.clone()),
-            projection,
-            query,
-        );
-        whole_hour(&self.rolled_hours, key, query, projection, hour, |rollup| {
-            let rolled = rollup.into_rolled();
-            let size = rolled
-                .iter()
-                .map(|((_, group), state)| row_bytes(group, state))
-                .sum();
-            (rolled, size)
-        })
-    }
-
     /// The key of the request, if it carries `scope`.
     fn authorize(&self, request: &HttpRequest, scope: Scope) -> Result<ApiKey, Refusal> {
         let header = request
@@ -457,7 +437,9 @@ impl Serving {
 }
 
 /// A whole batch hour's rows for a query, from `cache`, or rolled up now, finished into
-/// what the cache keeps (with its size) and cached.
+/// what the cache keeps (with its size) and cached: a whole hour answers the same for every
+/// query of one shape, rendered once when its rows are its own (answers by minute or hour),
+/// rolled up once when they merge on (answers by day).
 fn whole_hour<V>(
     cache: &RowsCache<V>,
     key: RowsKey,
