@@ -125,15 +125,14 @@ pub fn serve(
         )?),
         _ => None,
     };
-    let speed = match (mode.runs_speed_layer(), speed_views) {
-        (true, Some(speed_views)) => Some(start_speed_layer(
-            &config,
-            catalog.clone(),
-            speed_views,
-            &logs,
-            &mut registry,
-        )?),
-        _ => None,
+    // The speed layer, and the batch views whose published horizons it follows.
+    let (speed, horizon_views) = match (mode.runs_speed_layer(), speed_views) {
+        (true, Some(speed_views)) => {
+            let (speed, views) =
+                start_speed_layer(&config, catalog.clone(), speed_views, &logs, &mut registry)?;
+            (Some(speed), Some(views))
+        }
+        _ => (None, None),
     };
     // `tally up` archives both streams and recomputes on a schedule, in the background.
     let (batch, batch_metrics) = match mode {
@@ -176,10 +175,7 @@ pub fn serve(
         Mode::Up | Mode::Ingest | Mode::Serve => &config.ingest.listen,
         Mode::Speed => &config.speed.listen,
     };
-    let following = match &speed {
-        Some(speed) => Some((BatchViews::new(settings::objects(&config)?), speed.clone())),
-        None => None,
-    };
+    let following = horizon_views.zip(speed.clone());
     // The speed layer replays the topic from its horizon: say so if it keeps less.
     let retention_check =
         (config.log.kind == LogKind::Kafka && mode.runs_speed_layer()).then(|| config.clone());
@@ -370,14 +366,15 @@ fn start_serving(
     )))
 }
 
-/// The speed layer, from the published batch horizon if there is one.
+/// The speed layer, from the published batch horizon if there is one, and the batch views it
+/// read that horizon from (to follow the next ones).
 fn start_speed_layer(
     config: &Config,
     catalog: Arc<tally_model::Catalog>,
     speed_views: Arc<dyn ViewStore>,
     logs: &LayerLogs<'_>,
     registry: &mut Registry,
-) -> anyhow::Result<Arc<SpeedHandle>> {
+) -> anyhow::Result<(Arc<SpeedHandle>, BatchViews)> {
     let views = BatchViews::new(settings::objects(config)?);
     let published_horizon = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -396,7 +393,8 @@ fn start_speed_layer(
         max_event_lead: Duration::from_secs(config.ingest.max_future_secs),
         published_horizon,
     };
-    Ok(Arc::new(layer.start().context("starting the speed layer")?))
+    let speed = Arc::new(layer.start().context("starting the speed layer")?);
+    Ok((speed, views))
 }
 
 fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>) {

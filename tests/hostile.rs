@@ -3,12 +3,12 @@
 //! against one real `tally up`. Afterwards the service is healthy and every event it
 //! acknowledged is in the log. Rate limits have their own test at the end.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{ADMIN_KEY, READ_KEY, Tally, WRITE_KEY, log_stats, logged_event_ids, tally};
+use crate::support::{
+    ADMIN_KEY, READ_KEY, RawReply, Tally, WRITE_KEY, log_stats, logged_event_ids, send_raw, tally,
+};
 
 /// The ingest body limit, and how long a body may trickle, in the server under test.
 const BODY_TIMEOUT_SECS: u64 = 1;
@@ -108,43 +108,6 @@ impl Case {
     fn acknowledging(mut self, ids: &[&str]) -> Self {
         self.acknowledges = ids.iter().map(|id| (*id).to_owned()).collect();
         self
-    }
-}
-
-/// What came back: the status, the head, the body (chunk framing included) and the time
-/// taken.
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-    elapsed: Duration,
-}
-
-/// Sends raw bytes and reads the answer until the server closes. A server that answers
-/// before reading the whole body may close while the rest is still being written; that is
-/// not an error here.
-fn send(address: &str, request: &[u8]) -> Reply {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let _ = stream.write_all(request);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let elapsed = started.elapsed();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Reply {
-        status,
-        head: head.to_ascii_lowercase(),
-        body: body.to_owned(),
-        elapsed,
     }
 }
 
@@ -701,7 +664,7 @@ fn every_hostile_request_gets_its_answer_within_bounds_and_the_service_stays_who
     let mut failures = Vec::new();
     let mut acknowledged = Vec::new();
     for case in &cases {
-        let reply = send(&server.address, &case.request);
+        let reply = send_raw(&server.address, &case.request);
         let mut wrong = Vec::new();
         if reply.status != case.status {
             wrong.push(format!("status {} (want {})", reply.status, case.status));
@@ -784,8 +747,10 @@ fn floods_get_429_with_retry_after_and_key_guessing_is_blocked() {
     let query = request("GET", "/v1/query?view=events_by_type")
         .key(READ_KEY)
         .bytes();
-    let replies: Vec<Reply> = (0..100).map(|_| send(&server.address, &query)).collect();
-    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    let replies: Vec<RawReply> = (0..100)
+        .map(|_| send_raw(&server.address, &query))
+        .collect();
+    let refused: Vec<&RawReply> = replies.iter().filter(|r| r.status == 429).collect();
     assert!(!refused.is_empty(), "100 queries at once, none refused");
     assert!(
         replies.iter().all(|r| r.status == 200 || r.status == 429),
@@ -807,14 +772,14 @@ fn floods_get_429_with_retry_after_and_key_guessing_is_blocked() {
         let guess = request("GET", "/v1/governance")
             .key(&format!("tk_guess{n:027}"))
             .bytes();
-        assert_eq!(send(&server.address, &guess).status, 401);
+        assert_eq!(send_raw(&server.address, &guess).status, 401);
     }
     let sixth = request("GET", "/v1/governance")
         .key("tk_guess_six_00000000000000000000000")
         .bytes();
-    assert_eq!(send(&server.address, &sixth).status, 401);
+    assert_eq!(send_raw(&server.address, &sixth).status, 401);
     let right = request("GET", "/v1/governance").key(ADMIN_KEY).bytes();
-    let blocked = send(&server.address, &right);
+    let blocked = send_raw(&server.address, &right);
     assert_eq!(blocked.status, 429, "{}", blocked.body);
     assert!(blocked.body.contains("failed authentication too often"));
     // Probes are never limited.

@@ -167,10 +167,6 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -180,20 +176,46 @@ pub fn http(
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream.write_all(request.as_bytes()).unwrap();
+    let reply = send_raw(address, request.as_bytes());
+    assert_ne!(reply.status, 0, "an HTTP status line from {method} {path}");
+    (reply.status, reply.body)
+}
+
+/// What came back from [`send_raw`]: the status (0 without a status line), the head in
+/// lower case, the body (chunk framing included) and the time taken.
+pub struct RawReply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+    pub elapsed: Duration,
+}
+
+/// Sends raw bytes and reads the answer until the server closes. A server that answers
+/// before reading the whole body may close while the rest is still being written; that is
+/// not an error here.
+pub fn send_raw(address: &str, request: &[u8]) -> RawReply {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = stream.write_all(request);
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
+    let _ = stream.read_to_end(&mut response);
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
         .split(' ')
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .expect("an HTTP status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    RawReply {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+        elapsed,
+    }
 }
 
 /// `failed requests N` from a `tally gen` report.

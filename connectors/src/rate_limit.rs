@@ -181,17 +181,18 @@ impl CallerLimits {
             return;
         };
         if self.charge(limiter, &address, Limit::AuthFailures).is_err() {
+            let now = Instant::now();
             let mut blocked = self.blocked.lock().expect("blocked lock");
             if blocked.len() >= MAX_TRACKED {
-                let now = Instant::now();
                 blocked.retain(|_, until| *until > now);
             }
-            let now = Instant::now();
             blocked.insert(address, now.checked_add(self.block_for).unwrap_or(now));
         }
     }
 
     fn blocked_until(&self, address: IpAddr) -> Option<Instant> {
+        // Without the failed-authentication limit nobody is blocked: no lock to take.
+        self.auth_failures.as_ref()?;
         let blocked = self.blocked.lock().expect("blocked lock");
         blocked
             .get(&address)

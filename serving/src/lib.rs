@@ -353,7 +353,7 @@ impl Serving {
         let projection = Projection::new(&query.view, query)
             .expect("a query is checked against the view's current spec");
         let Some(kept_at) = generation else {
-            let rows = self.render_realtime(tenant, query, &projection)?;
+            let rows = self.render_realtime(tenant, view, query, &projection)?;
             return Ok(Realtime::Rendered(rows));
         };
         let source = RowsSource::Realtime {
@@ -376,7 +376,9 @@ impl Serving {
             .or_default()
             .clone();
         let built = build.get_or_init(|| {
-            let rows = self.render_realtime(tenant, query, &projection).ok()?;
+            let rows = self
+                .render_realtime(tenant, view, query, &projection)
+                .ok()?;
             // Kept only if nothing was written while it was read.
             if self.speed_views.generation(tenant, view).ok()? == generation {
                 let size = rows.size();
@@ -394,25 +396,25 @@ impl Serving {
             // The build failed: again, to report why.
             None => Ok(Realtime::Rendered(self.render_realtime(
                 tenant,
+                view,
                 query,
                 &projection,
             )?)),
         }
     }
 
-    /// The real-time rows of the query's whole range, read and rendered now.
+    /// The real-time rows of the query's whole range, read from the states stored under
+    /// `view` (the spec's stored name) and rendered now.
     fn render_realtime(
         &self,
         tenant: &str,
+        view: &str,
         query: &Query,
         projection: &Projection,
     ) -> Result<Arc<RenderedRows>, ServingError> {
         let mut rollup = Rollup::new(query);
         let range = query.from..query.to;
-        for (key, state) in self
-            .speed_views
-            .scan(tenant, &query.view.stored_name(), range)?
-        {
+        for (key, state) in self.speed_views.scan(tenant, view, range)? {
             rollup.add(projection, key.bucket, &key.dimensions, &state)?;
         }
         Ok(Arc::new(rollup.into_rendered_rows()))
