@@ -1,5 +1,5 @@
-//! Kafka as the event log, against a real Kafka-protocol broker (tansu): the layers build the
-//! same views from a topic as from the spool, and `tally up --log kafka` keeps acknowledging
+//! Kafka as the event log, against Apache Kafka (the test bed's): the layers build the same
+//! views from a topic as from the spool, and `tally up --log kafka` keeps acknowledging
 //! through a broker outage and counts every acknowledged event once.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tally_connectors::log::kafka::client_config;
 use tally_connectors::log::{AppendRecord, EventLog, KafkaLog, Spool, SpoolOptions};
-use tally_connectors::testing::{Broker, assert_states_agree, sample_demo_events};
+use tally_connectors::testing::{Kafka, assert_states_agree, sample_demo_events, unique_name};
 use tally_connectors::view_store::EmbeddedViewStore;
 use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{Catalog, KafkaConfig};
@@ -19,7 +19,7 @@ use crate::support::{READ_KEY, Tally, acked_ids, failed_requests, run, tally};
 
 const PARTITIONS: u32 = 3;
 
-fn kafka_log(broker: &Broker, topic: &str) -> Arc<KafkaLog> {
+fn kafka_log(broker: &Kafka, topic: &str) -> Arc<KafkaLog> {
     let config = KafkaConfig {
         brokers: broker.address.clone(),
         ..KafkaConfig::default()
@@ -29,15 +29,19 @@ fn kafka_log(broker: &Broker, topic: &str) -> Arc<KafkaLog> {
 
 #[test]
 fn the_layers_build_the_same_views_from_a_topic_as_from_the_spool() {
-    let broker = Broker::start();
-    broker.create_topic("events", PARTITIONS);
+    let test = "kafka::the_layers_build_the_same_views_from_a_topic_as_from_the_spool";
+    let Some(broker) = Kafka::shared(test) else {
+        return;
+    };
+    let events_topic = unique_name("events");
+    broker.create_topic(&events_topic, PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
     let options = SpoolOptions {
         partitions: PARTITIONS,
         ..SpoolOptions::default()
     };
     let spool = Arc::new(Spool::open(&dir.path().join("log"), options).unwrap());
-    let topic = kafka_log(&broker, "events");
+    let topic = kafka_log(&broker, &events_topic);
     // Resent copies included: both layers must drop them, whichever log they read.
     let records: Vec<AppendRecord> = sample_demo_events(now_millis() - 6 * HOUR_MS)
         .iter()
@@ -61,7 +65,10 @@ fn the_layers_build_the_same_views_from_a_topic_as_from_the_spool() {
 
 #[test]
 fn tally_up_on_kafka_acknowledges_through_a_broker_outage_and_counts_every_event_once() {
-    let mut broker = Broker::start();
+    let test = "kafka::tally_up_on_kafka_acknowledges_through_a_broker_outage";
+    let Some(mut broker) = Kafka::dedicated(test) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let kafka_flags = ["--log", "kafka", "--brokers", broker.address.as_str()];

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tally_connectors::batch_views::BatchViews;
-use tally_connectors::testing::{Link, S3Server};
+use tally_connectors::testing::{Link, S3Bucket};
 
 use crate::batch::{archived_positions, assert_batch_views_count, logged};
 use crate::support::{Tally, failed_requests, run, tally};
@@ -26,7 +26,10 @@ fn tally_on(url: &str, options: &BTreeMap<String, String>) -> Command {
 
 #[test]
 fn the_batch_layer_on_s3_archives_and_counts_every_logged_event_once() {
-    let server = S3Server::start();
+    let test = "objects::the_batch_layer_on_s3_archives_and_counts_every_logged_event_once";
+    let Some(server) = S3Bucket::create(test) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let mut command = tally_on(&server.url, &server.options);
@@ -59,7 +62,10 @@ fn the_batch_layer_on_s3_archives_and_counts_every_logged_event_once() {
 
 #[test]
 fn tally_up_archives_everything_once_across_an_object_store_outage() {
-    let server = S3Server::start();
+    let test = "objects::tally_up_archives_everything_once_across_an_object_store_outage";
+    let Some(server) = S3Bucket::create(test) else {
+        return;
+    };
     let endpoint = server
         .options
         .get("aws_endpoint")

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tally_model::time::parse_timestamp;
 
-use tally_connectors::testing::backend_uri;
+use tally_connectors::testing::scylla_uri;
 use tally_connectors::view_store::ScyllaViewStore;
-use tally_connectors::view_store::scylla::ScyllaUri;
 
 use crate::support::{Tally, run, tally};
 
@@ -89,14 +88,9 @@ fn views_count_each_event_once_after_kill_9_mid_stream() {
 #[test]
 fn scylla_views_count_each_event_once_after_kill_9_mid_stream() {
     let test = "speed::scylla_views_count_each_event_once_after_kill_9_mid_stream";
-    let Some(uri) = backend_uri("TALLY_SCYLLA_URI", test, "scylla://127.0.0.1:9042") else {
+    let Some(views_url) = scylla_uri(test) else {
         return;
     };
-    let views_url = ScyllaUri {
-        keyspace: format!("tally_test_speed_{}", std::process::id()),
-        ..ScyllaUri::parse(&uri).unwrap()
-    }
-    .to_string();
     views_count_each_event_once_after_kill_9_on(&views_url);
     ScyllaViewStore::connect(&views_url)
         .unwrap()

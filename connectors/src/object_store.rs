@@ -216,7 +216,7 @@ mod tests {
     use futures::TryStreamExt;
 
     use super::*;
-    use crate::testing::{S3Server, backend_uri};
+    use crate::testing::{S3Bucket, hdfs_uri};
 
     /// What the layers rely on: objects round-trip and list by prefix, create-only writes
     /// refuse a taken name, and a published generation is read through its pointer.
@@ -270,19 +270,42 @@ mod tests {
 
     #[tokio::test]
     async fn an_s3_server_serves_the_layers() {
-        let server = S3Server::start();
-        serves_the_layers(open(&server.url, &server.options).unwrap()).await;
+        let test = "connectors::object_store::an_s3_server_serves_the_layers";
+        let Some(bucket) = S3Bucket::create(test) else {
+            return;
+        };
+        serves_the_layers(open(&bucket.url, &bucket.options).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn an_s3_server_refuses_a_wrong_secret() {
+        let test = "connectors::object_store::an_s3_server_refuses_a_wrong_secret";
+        let Some(bucket) = S3Bucket::create(test) else {
+            return;
+        };
+        let mut options = bucket.options.clone();
+        let secret = options
+            .get_mut("aws_secret_access_key")
+            .expect("the test bed's bucket has keys");
+        secret.push_str("-wrong");
+        let store = open(&bucket.url, &options).unwrap();
+        let error = store
+            .put(&ObjectPath::from("x"), PutPayload::from_static(b"x"))
+            .await
+            .expect_err("a wrong secret must be refused")
+            .to_string();
+        assert!(error.contains("SignatureDoesNotMatch"), "{error}");
+        let listed: Result<Vec<_>, _> = store.list(None).try_collect().await;
+        assert!(listed.is_err(), "reads are refused too");
     }
 
     #[tokio::test]
     async fn hdfs_serves_the_layers() {
         let test = "connectors::object_store::hdfs_serves_the_layers";
-        let Some(uri) = backend_uri("TALLY_HDFS_URI", test, "hdfs://namenode:9000/tally-test")
-        else {
+        let Some(uri) = hdfs_uri(test) else {
             return;
         };
-        let unique = format!("{}/test-{}", uri.trim_end_matches('/'), std::process::id());
-        serves_the_layers(open(&unique, &BTreeMap::new()).unwrap()).await;
+        serves_the_layers(open(&uri, &BTreeMap::new()).unwrap()).await;
     }
 
     #[test]

@@ -377,7 +377,7 @@ mod tests {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
     use tally_connectors::log::{AppendRecord, Spool, SpoolOptions};
-    use tally_connectors::testing::{Broker, sample_demo_events};
+    use tally_connectors::testing::{Kafka, sample_demo_events};
     use tally_model::Event;
 
     use super::*;
@@ -418,7 +418,7 @@ mod tests {
     }
 
     /// Every message of `topic`, as (Kafka partition, key, event), in each partition's order.
-    fn consume(broker: &Broker, topic: &str, expected: usize) -> Vec<(i32, String, Event)> {
+    fn consume(broker: &Kafka, topic: &str, expected: usize) -> Vec<(i32, String, Event)> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &broker.address)
             .set("group.id", "forwarder-test")
@@ -459,7 +459,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn every_record_reaches_the_topic_once_keyed_and_in_order_even_across_an_outage() {
-        let mut broker = Broker::start();
+        let test = "ingest::forwarder::every_record_reaches_the_topic_once_keyed_and_in_order";
+        let Some(mut broker) = Kafka::dedicated(test) else {
+            return;
+        };
         broker.create_topic("events", PARTITIONS);
         let dir = tempfile::tempdir().unwrap();
         let options = SpoolOptions {

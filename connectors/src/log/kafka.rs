@@ -514,9 +514,9 @@ fn unavailable(action: &str, err: KafkaError) -> LogError {
 mod tests {
     use super::*;
     use crate::log::conformance;
-    use crate::testing::Broker;
+    use crate::testing::{Kafka, unique_name};
 
-    fn client(broker: &Broker) -> ClientConfig {
+    fn client(broker: &Kafka) -> ClientConfig {
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &broker.address);
         client
@@ -524,9 +524,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn passes_the_log_conformance_suite() {
-        let broker = Broker::start();
+        let Some(broker) =
+            Kafka::shared("connectors::log::kafka::passes_the_log_conformance_suite")
+        else {
+            return;
+        };
         for check in 0..4 {
-            let topic = format!("conformance-{check}");
+            let topic = unique_name(&format!("conformance-{check}"));
             broker.create_topic(&topic, 2);
             let log = KafkaLog::open(&client(&broker), &topic).unwrap();
             match check {
@@ -540,19 +544,25 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn creates_the_topics_once_with_their_retention() {
-        let broker = Broker::start();
+        let test = "connectors::log::kafka::creates_the_topics_once_with_their_retention";
+        let Some(broker) = Kafka::shared(test) else {
+            return;
+        };
         let config = KafkaConfig {
             brokers: broker.address.clone(),
             retention_hours: 100,
+            replication: 1,
             ..KafkaConfig::default()
         };
-        let topics = [("events", 3), ("events.rejected", 1)];
+        let events = unique_name("events");
+        let rejected = format!("{events}.rejected");
+        let topics = [(events.as_str(), 3), (rejected.as_str(), 1)];
         let created = create_topics(&config, &topics).await.unwrap();
         assert_eq!(
             created,
             [
-                ("events".to_owned(), TopicOutcome::Created),
-                ("events.rejected".to_owned(), TopicOutcome::Created)
+                (events.clone(), TopicOutcome::Created),
+                (rejected.clone(), TopicOutcome::Created)
             ]
         );
         let again = create_topics(&config, &topics).await.unwrap();
@@ -562,20 +572,18 @@ mod tests {
                 .all(|(_, outcome)| *outcome == TopicOutcome::Existed)
         );
         let client = client_config(&config);
-        assert_eq!(KafkaLog::open(&client, "events").unwrap().partitions(), 3);
-        assert_eq!(
-            KafkaLog::open(&client, "events.rejected")
-                .unwrap()
-                .partitions(),
-            1
-        );
-        let retention = topic_retention(&config, "events").await;
+        assert_eq!(KafkaLog::open(&client, &events).unwrap().partitions(), 3);
+        assert_eq!(KafkaLog::open(&client, &rejected).unwrap().partitions(), 1);
+        let retention = topic_retention(&config, &events).await;
         assert_eq!(retention.unwrap(), Some(Duration::from_secs(100 * 3600)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn finds_offsets_by_time_and_tells_an_outage_from_the_end() {
-        let mut broker = Broker::start();
+        let test = "connectors::log::kafka::finds_offsets_by_time_and_tells_an_outage_from_the_end";
+        let Some(mut broker) = Kafka::dedicated(test) else {
+            return;
+        };
         broker.create_topic("timed", 1);
         let log = KafkaLog::open(&client(&broker), "timed").unwrap();
         let producer: FutureProducer = producer_config(&client(&broker)).create().unwrap();

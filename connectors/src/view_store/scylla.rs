@@ -617,7 +617,7 @@ impl ViewStore for ScyllaViewStore {
 mod tests {
     use super::super::conformance;
     use super::*;
-    use crate::testing::backend_uri;
+    use crate::testing::scylla_uri;
 
     #[test]
     fn uris_parse_with_defaults_and_say_what_is_wrong() {
@@ -678,24 +678,13 @@ mod tests {
         );
     }
 
-    /// Runs `check` on a fresh keyspace of the cluster in `TALLY_SCYLLA_URI`, then drops it.
+    /// Runs `check` on a fresh keyspace of the test bed's Cassandra (or the cluster
+    /// `TALLY_SCYLLA_URI` names), then drops it.
     fn on_scratch_keyspace(test: &str, check: impl FnOnce(&dyn ViewStore)) {
-        let Some(uri) = backend_uri("TALLY_SCYLLA_URI", test, "scylla://127.0.0.1:9042") else {
+        let Some(uri) = scylla_uri(test) else {
             return;
         };
-        let scratch = ScyllaUri {
-            keyspace: format!(
-                "tally_test_{}_{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .subsec_nanos()
-            ),
-            ..ScyllaUri::parse(&uri).expect("TALLY_SCYLLA_URI parses")
-        };
-        let store =
-            ScyllaViewStore::connect(&scratch.to_string()).expect("connecting to TALLY_SCYLLA_URI");
+        let store = ScyllaViewStore::connect(&uri).expect("connecting to the test cluster");
         check(&store);
         store.drop_keyspace().unwrap();
     }
