@@ -12,7 +12,7 @@ use tally_connectors::log::{AppendRecord, EventLog, KafkaLog, Spool, SpoolOption
 use tally_connectors::testing::{Kafka, assert_states_agree, sample_demo_events, unique_name};
 use tally_connectors::view_store::EmbeddedViewStore;
 use tally_model::time::{HOUR_MS, now_millis};
-use tally_model::{Catalog, KafkaConfig};
+use tally_model::{Catalog, Event, KafkaConfig};
 
 use crate::lambda::{batch_states, speed_states};
 use crate::support::{READ_KEY, Tally, acked_ids, failed_requests, run, tally};
@@ -159,7 +159,13 @@ fn counted<'a>(ids: impl Iterator<Item = &'a String>) -> BTreeMap<String, usize>
 
 /// How often each event id is in the topic.
 fn topic_ids(topic: &dyn EventLog) -> BTreeMap<String, usize> {
-    let mut ids = Vec::new();
+    let records = topic_records(topic);
+    counted(records.iter().map(|(_, _, event)| &event.event_id))
+}
+
+/// Every record of `topic`: partition, offset, event.
+pub fn topic_records(topic: &dyn EventLog) -> Vec<(u32, u64, Event)> {
+    let mut records = Vec::new();
     for partition in topic.stats().unwrap().partitions {
         let mut next = partition.first_offset;
         loop {
@@ -167,12 +173,12 @@ fn topic_ids(topic: &dyn EventLog) -> BTreeMap<String, usize> {
             let Some(last) = entries.last() else { break };
             next = last.offset + 1;
             for entry in entries {
-                let event: serde_json::Value = serde_json::from_slice(&entry.payload).unwrap();
-                ids.push(event["event_id"].as_str().unwrap().to_owned());
+                let event: Event = serde_json::from_slice(&entry.payload).unwrap();
+                records.push((partition.partition, entry.offset, event));
             }
         }
     }
-    counted(ids.iter())
+    records
 }
 
 /// A `tally_forwarder_<name>{stream="events"}` value from `/metrics`.
@@ -180,7 +186,7 @@ fn forwarder_metric(server: &Tally, name: &str) -> u64 {
     server.metric(&format!("tally_forwarder_{name}{{stream=\"events\"}}"))
 }
 
-fn wait_until_forwarded(server: &Tally, records: u64) {
+pub fn wait_until_forwarded(server: &Tally, records: u64) {
     server.wait_for(
         "the forwarder to drain the spool",
         Duration::from_secs(120),
@@ -192,7 +198,7 @@ fn wait_until_forwarded(server: &Tally, records: u64) {
 }
 
 /// Events in the real-time views over the last day, summed over `events_by_type`.
-fn viewed_count(server: &Tally) -> u64 {
+pub fn viewed_count(server: &Tally) -> u64 {
     let authorization = format!("Bearer {READ_KEY}");
     let (status, body) = server.http(
         "GET",

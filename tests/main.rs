@@ -1,5 +1,6 @@
 //! End-to-end tests of the `tally` binary: one test binary, one module per concern.
 
+mod backends;
 mod batch;
 mod cli;
 mod dashboard;

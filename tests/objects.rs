@@ -1,16 +1,17 @@
-//! The object store off the machine: `tally up`, `tally archive` and `tally batch run` with
-//! `objects.url` on an S3-compatible server keep the raw archive, the batch views and the
-//! catalog there, the views there count every logged event once, and an outage of the store
-//! delays archiving without losing or doubling anything.
+//! The object store off the machine, on S3 (SeaweedFS) and HDFS (MiniDFSCluster): `tally up`,
+//! `tally archive` and `tally batch run`, `reprocess` and `sweep` with `objects.url` there keep
+//! the raw archive, the batch views and the catalog there, the views there count every logged
+//! event once, and an outage of the store delays archiving without losing or doubling
+//! anything.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tally_connectors::batch_views::BatchViews;
-use tally_connectors::testing::{Link, S3Bucket};
+use tally_connectors::testing::{Link, S3Bucket, hdfs_uri};
 
-use crate::batch::{archived_positions, assert_batch_views_count, logged};
+use crate::batch::{archived_positions, assert_batch_views_count, logged, runtime};
 use crate::support::{Tally, failed_requests, run, tally};
 
 /// `tally` set, through its environment, to keep its objects at `url`.
@@ -25,14 +26,31 @@ fn tally_on(url: &str, options: &BTreeMap<String, String>) -> Command {
 }
 
 #[test]
-fn the_batch_layer_on_s3_archives_and_counts_every_logged_event_once() {
-    let test = "objects::the_batch_layer_on_s3_archives_and_counts_every_logged_event_once";
-    let Some(server) = S3Bucket::create(test) else {
+fn the_batch_layer_on_s3_archives_recomputes_reprocesses_and_sweeps() {
+    let test = "objects::the_batch_layer_on_s3_archives_recomputes_reprocesses_and_sweeps";
+    let Some(bucket) = S3Bucket::create(test) else {
         return;
     };
+    batch_layer_round_trip(&bucket.url, &bucket.options);
+}
+
+#[test]
+fn the_batch_layer_on_hdfs_archives_recomputes_reprocesses_and_sweeps() {
+    let test = "objects::the_batch_layer_on_hdfs_archives_recomputes_reprocesses_and_sweeps";
+    let Some(url) = hdfs_uri(test) else {
+        return;
+    };
+    batch_layer_round_trip(&url, &BTreeMap::new());
+}
+
+/// `tally up`, `tally archive`, `tally batch run`, `reprocess` and `sweep` with their objects
+/// at `url`: the published views count every logged event once after each step, the
+/// reprocessed range is read at the new logic version, and the sweep deletes what the old
+/// version left while the published views stay whole.
+fn batch_layer_round_trip(url: &str, options: &BTreeMap<String, String>) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let mut command = tally_on(&server.url, &server.options);
+    let mut command = tally_on(url, options);
     command.env("TALLY_BATCH_ROLL_EVENTS", "400");
     let up = Tally::up_with(&data_dir, command);
     let generated = up
@@ -45,19 +63,54 @@ fn the_batch_layer_on_s3_archives_and_counts_every_logged_event_once() {
     assert!(generated.status.success(), "{generated:?}");
     up.kill9();
 
-    run(tally_on(&server.url, &server.options)
-        .args(["archive", "--once", "--data-dir"])
-        .arg(&data_dir));
-    run(tally_on(&server.url, &server.options)
-        .args(["batch", "run", "--data-dir"])
-        .arg(&data_dir));
+    let batch = |args: &[&str]| {
+        let output = run(tally_on(url, options)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    batch(&["archive", "--once"]);
+    batch(&["batch", "run"]);
     assert!(
         !data_dir.join("objects").exists(),
         "nothing may land in the local object folder"
     );
+    let store = tally_connectors::object_store::open(url, options).unwrap();
+    let views = BatchViews::new(store);
+    assert_batch_views_count(&views, logged(&data_dir));
 
-    let store = tally_connectors::object_store::open(&server.url, &server.options).unwrap();
-    assert_batch_views_count(&BatchViews::new(store), logged(&data_dir));
+    batch(&["batch", "reprocess", "--logic-version", "2"]);
+    let manifest = runtime().block_on(views.manifest()).unwrap().unwrap();
+    for view in manifest.views.values() {
+        assert_eq!(view.current_version, 2, "{}", view.view);
+        assert!(
+            view.hours.values().all(|hour| hour.logic_version == 2),
+            "every computed hour of {} reprocessed",
+            view.view
+        );
+    }
+    assert_batch_views_count(&views, logged(&data_dir));
+
+    // The shortest grace is a second: sweep until version 1's objects are past it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let swept = batch(&["batch", "sweep", "--grace", "1s"]);
+        let deleted_objects: u64 = swept
+            .split_once(" manifest(s) and ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("the sweep says what it deleted: {swept}"));
+        if deleted_objects > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version 1's objects never swept: {swept}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_batch_views_count(&views, logged(&data_dir));
 }
 
 #[test]

@@ -102,6 +102,7 @@ pub fn open(
             HdfsObjectStoreBuilder::new()
                 .with_url(format!("{scheme}://{authority}"))
                 .with_config(options.clone())
+                .with_io_runtime(hdfs_io_runtime().map_err(store_error)?)
                 .build()
                 .map_err(store_error)?,
         ),
@@ -209,6 +210,33 @@ pub async fn get_optional(
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(err) => Err(err),
     }
+}
+
+/// The runtime every HDFS client of the process does its IO on. Left to itself, `hdfs-native`
+/// spawns its connection tasks on whichever runtime calls it, so a command's runtime shutting
+/// down cancels them under the next call (a panic in its connection code), and a client first
+/// used outside a runtime makes one of its own that panics when dropped inside another. This
+/// one lives as long as the process and is never dropped.
+fn hdfs_io_runtime() -> Result<tokio::runtime::Handle, object_store::Error> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime.handle().clone());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tally-hdfs-io")
+        .enable_all()
+        .build()
+        .map_err(|source| object_store::Error::Generic {
+            store: "HDFS",
+            source: Box::new(source),
+        })?;
+    // The runtime of a caller that lost a race is dropped on a thread of its own: dropping
+    // one inside an async context panics.
+    if let Err(spare) = RUNTIME.set(runtime) {
+        std::thread::spawn(move || drop(spare));
+    }
+    Ok(RUNTIME.get().expect("set just now").handle().clone())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! loopback.
 //!
 //! A test asks for a server in one of two ways:
-//! - shared: the one named by its variable (`TALLY_KAFKA_BROKERS`, `TALLY_SCYLLA_URI`,
+//! - shared: the one named by its variable (`TALLY_KAFKA_URI`, `TALLY_SCYLLA_URI`,
 //!   `TALLY_HDFS_URI`, `TALLY_S3_ENDPOINT`, which `.ci/run` sets after `testbed/run up`), or
 //!   else one this test process starts on first use and keeps until it exits. Each test then
 //!   takes a topic, keyspace, folder or bucket of its own ([`unique_name`]).
@@ -66,7 +66,7 @@ impl Server {
     /// The variable that points tests at a running one.
     fn variable(self) -> &'static str {
         match self {
-            Server::Kafka => "TALLY_KAFKA_BROKERS",
+            Server::Kafka => "TALLY_KAFKA_URI",
             Server::Cassandra => "TALLY_SCYLLA_URI",
             Server::Hdfs => "TALLY_HDFS_URI",
             Server::S3 => "TALLY_S3_ENDPOINT",

@@ -9,6 +9,8 @@
 //! - `view_days ((tenant, view_name), day_start)`: which day partitions exist, so a scan and
 //!   a delete below the horizon visit only those.
 //! - `writer_progress (writer_name)`: what each speed-layer worker's states reflect.
+//! - `view_generations ((tenant, view_name))`: a number drawn anew after each write to a
+//!   view's states, so serving keeps what it derived from them until the next write.
 //!
 //! Upserts go out as unlogged batches of one partition each (at most [`BATCH_BYTES`]): ScyllaDB
 //! applies a single-partition batch as one mutation, so a reader never sees half of one.
@@ -158,6 +160,8 @@ struct Client {
     delete_before_in_day: PreparedStatement,
     record_progress: PreparedStatement,
     progress: PreparedStatement,
+    set_generation: PreparedStatement,
+    generation: PreparedStatement,
 }
 
 /// Turns a driver error into a [`ViewStoreError`] that says what the store was doing.
@@ -277,6 +281,10 @@ impl Client {
                 "CREATE TABLE IF NOT EXISTS {keyspace}.writer_progress \
                  (writer_name text PRIMARY KEY, progress_bytes blob)"
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.view_generations (tenant text, \
+                 view_name text, generation bigint, PRIMARY KEY ((tenant, view_name)))"
+            ),
         ];
         for statement in schema {
             session
@@ -336,6 +344,16 @@ impl Client {
             .await?,
             progress: prepare(format!(
                 "SELECT progress_bytes FROM {keyspace}.writer_progress WHERE writer_name = ?"
+            ))
+            .await?,
+            set_generation: prepare(format!(
+                "INSERT INTO {keyspace}.view_generations (tenant, view_name, generation) \
+                 VALUES (?, ?, ?)"
+            ))
+            .await?,
+            generation: prepare(format!(
+                "SELECT generation FROM {keyspace}.view_generations \
+                 WHERE tenant = ? AND view_name = ?"
             ))
             .await?,
             session,
@@ -436,6 +454,21 @@ impl Client {
             .map_err(failed(&operation))
     }
 
+    /// Draws a new generation for each of `views` (tenant, view), after their states changed.
+    /// Drawn, not counted: a counter update is not idempotent, and writers in several
+    /// processes would need a read-modify-write to count.
+    async fn renew_generations(
+        &self,
+        views: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ViewStoreError> {
+        let renewals = views.into_iter().map(|(tenant, view)| async move {
+            let what = format!("renewing the generation of {tenant}/{view}");
+            let values = (&tenant, &view, fresh_generation());
+            self.execute(&self.set_generation, values, what).await
+        });
+        in_flight(renewals).await
+    }
+
     /// Writes rows of one partition as one unlogged batch.
     async fn write_batch(
         &self,
@@ -460,6 +493,22 @@ impl Client {
                 rows.len()
             )))
     }
+}
+
+/// A number unlike any drawn before, in this process or another, with overwhelming odds: a
+/// hash, under this process's random keys, of the clock and a count.
+fn fresh_generation() -> i64 {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let drawn = DRAWN.fetch_add(1, Ordering::Relaxed);
+    let hash = KEYS.get_or_init(Default::default).hash_one((nanos, drawn));
+    i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
 /// A day partition: tenant, view, day start.
@@ -511,6 +560,10 @@ impl ViewStore for ScyllaViewStore {
             ));
         }
         self.run(|client| async move {
+            let views: std::collections::BTreeSet<(String, String)> = partitions
+                .keys()
+                .map(|(tenant, view, _)| (tenant.clone(), view.clone()))
+                .collect();
             // The day index first, so a reader that finds a row also finds its day.
             let days: Vec<Partition> = partitions.keys().cloned().collect();
             let index = days.into_iter().map(|partition| {
@@ -531,7 +584,9 @@ impl ViewStore for ScyllaViewStore {
                 let client = client.clone();
                 async move { client.write_batch(partition, rows).await }
             });
-            in_flight(writes).await
+            in_flight(writes).await?;
+            // Last: a reader that kept what it derived under the old generation reads anew.
+            client.renew_generations(views).await
         })
     }
 
@@ -589,7 +644,22 @@ impl ViewStore for ScyllaViewStore {
                         .await?;
                 }
             }
+            if deleted > 0 {
+                client.renew_generations([(tenant, view)]).await?;
+            }
             Ok(deleted)
+        })
+    }
+
+    fn generation(&self, tenant: &str, view: &str) -> Result<Option<u64>, ViewStoreError> {
+        let (tenant, view) = (tenant.to_owned(), view.to_owned());
+        self.run(|client| async move {
+            let what = format!("reading the generation of {tenant}/{view}");
+            let values = (&tenant, &view);
+            let found: Vec<(i64,)> = client.select(&client.generation, values, &what).await?;
+            // A view never written has generation 0, as in the embedded store.
+            let drawn = found.first().map_or(0, |(generation,)| *generation);
+            Ok(Some(u64::from_ne_bytes(drawn.to_ne_bytes())))
         })
     }
 
