@@ -196,8 +196,10 @@ impl Forwarder {
     /// delivered; a failure is also kept in the status until a pass succeeds.
     ///
     /// After a failed delivery the producer is replaced, so the next pass resends from the
-    /// spool position under a new idempotent producer id: a broker that lost the old
-    /// producer's sequence state (as tansu does across a restart) accepts it again.
+    /// spool position under a new idempotent producer id: a broker that no longer knows the
+    /// old producer's sequence state (Apache Kafka expires an idle producer id after
+    /// `producer.id.expiration.ms`; some Kafka-compatible brokers lose it on a restart)
+    /// accepts it again.
     pub fn pass(&mut self) -> Result<usize, ForwardError> {
         let result = self.forward();
         // Reads the spool: what it holds now, records appended during the pass included.

@@ -289,7 +289,8 @@ impl EventLog for KafkaLog {
 
     fn offset_for_time(&self, partition: u32, time: Millis) -> Result<Option<Offset>, LogError> {
         self.check_partition(partition)?;
-        // Brokers differ on a time after the last record (Kafka answers "end", tansu 0), so
+        // Brokers differ on a time after the last record (Apache Kafka answers "end", some
+        // Kafka-compatible brokers 0), so
         // that case is settled here from the last record's own timestamp.
         let (first, end) = self.watermarks(partition)?;
         // Kafka reads negative times as "earliest" and "latest" markers.
