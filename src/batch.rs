@@ -108,6 +108,11 @@ pub struct ArchiveArgs {
     /// Archive what the log holds now, close every file, and exit.
     #[arg(long)]
     once: bool,
+    /// Archive only these partitions of each stream, comma-separated (e.g. 0,2), when
+    /// several archivers split the Kafka topics; every partition must have one archiver
+    /// [default: all].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    partitions: Option<Vec<u32>>,
 }
 
 /// Runs a `tally batch` command.
@@ -175,15 +180,32 @@ pub fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
     };
     let events = open(Stream::Events, config.log.partitions)?;
     let rejected = open(Stream::Rejected, config.log.rejected_partitions)?;
+    let owned: Option<Arc<[u32]>> = args.partitions.as_deref().map(Into::into);
+    if let Some(beyond) = owned
+        .iter()
+        .flat_map(|owned| owned.iter())
+        .find(|p| **p >= events.partitions())
+    {
+        anyhow::bail!(
+            "--partitions names partition {beyond}, but the events stream has {} (0 to {})",
+            events.partitions(),
+            events.partitions() - 1
+        );
+    }
     let store = settings::objects(&config)?;
     let metrics = BatchMetrics::register(&mut Default::default());
     let policy = RollPolicy::from_config(&config.batch);
+    let archivers = Archivers {
+        events,
+        rejected,
+        store,
+        policy,
+        metrics,
+        owned,
+    };
     runtime.block_on(async {
         if args.once {
-            let mut events =
-                Archiver::<Event>::open(events, store.clone(), policy, metrics.clone()).await?;
-            let mut rejected =
-                Archiver::<RejectedEvent>::open(rejected, store, policy, metrics).await?;
+            let (mut events, mut rejected) = archivers.open().await?;
             let mut archived = 0;
             loop {
                 let (a, b) = (events.pass(true).await?, rejected.pass(true).await?);
@@ -196,7 +218,7 @@ pub fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
             return anyhow::Ok(());
         }
         let (stop, stopped) = watch::channel(false);
-        let tasks = spawn_archivers(events, rejected, store, policy, metrics, stopped).await?;
+        let tasks = archivers.spawn(stopped).await?;
         println!("tally archive is running; Ctrl-C closes the open files and stops");
         tokio::signal::ctrl_c().await.ok();
         stop.send_replace(true);
@@ -235,15 +257,15 @@ impl BatchServices {
                     .build()
                     .context("starting the batch runtime")?;
                 runtime.block_on(async move {
-                    let archivers = spawn_archivers(
+                    let archivers = Archivers {
                         events,
                         rejected,
-                        store.clone(),
+                        store: store.clone(),
                         policy,
-                        metrics.clone(),
-                        stopped.clone(),
-                    )
-                    .await?;
+                        metrics: metrics.clone(),
+                        owned: None,
+                    };
+                    let archivers = archivers.spawn(stopped.clone()).await?;
                     let recompute =
                         Recompute::new(store.clone(), catalog, lateness, metrics.clone());
                     let scheduler = Scheduler::new(Arc::new(recompute), every, metrics);
@@ -268,24 +290,47 @@ impl BatchServices {
     }
 }
 
-async fn spawn_archivers(
+/// The archivers of both streams, of every partition or of the `owned` ones.
+struct Archivers {
     events: Arc<dyn EventLog>,
     rejected: Arc<dyn EventLog>,
     store: Arc<dyn ObjectStore>,
     policy: RollPolicy,
     metrics: Arc<BatchMetrics>,
-    stopped: watch::Receiver<bool>,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<Result<(), tally_batch_layer::BatchError>>>> {
-    let events = Archiver::<Event>::open(events, store.clone(), policy, metrics.clone())
-        .await
-        .context("starting the events archiver")?;
-    let rejected = Archiver::<RejectedEvent>::open(rejected, store, policy, metrics)
-        .await
-        .context("starting the rejected-events archiver")?;
-    Ok(vec![
-        tokio::spawn(events.run(stopped.clone())),
-        tokio::spawn(rejected.run(stopped)),
-    ])
+    owned: Option<Arc<[u32]>>,
+}
+
+impl Archivers {
+    async fn open(self) -> anyhow::Result<(Archiver<Event>, Archiver<RejectedEvent>)> {
+        let Archivers {
+            events,
+            rejected,
+            store,
+            policy,
+            metrics,
+            owned,
+        } = self;
+        let events =
+            Archiver::open_owned(events, store.clone(), policy, metrics.clone(), owned.clone())
+                .await
+                .context("starting the events archiver")?;
+        let rejected = Archiver::open_owned(rejected, store, policy, metrics, owned)
+            .await
+            .context("starting the rejected-events archiver")?;
+        Ok((events, rejected))
+    }
+
+    async fn spawn(
+        self,
+        stopped: watch::Receiver<bool>,
+    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<Result<(), tally_batch_layer::BatchError>>>>
+    {
+        let (events, rejected) = self.open().await?;
+        Ok(vec![
+            tokio::spawn(events.run(stopped.clone())),
+            tokio::spawn(rejected.run(stopped)),
+        ])
+    }
 }
 
 async fn recompute_once(args: &ConfigArgs, request: &RunRequest) -> anyhow::Result<RunSummary> {

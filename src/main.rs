@@ -31,7 +31,7 @@ fn tune_allocator() {
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tally::settings::{ConfigArgs, ServeArgs};
+use tally::settings::{ConfigArgs, ServeArgs, SpeedArgs};
 use tally::{batch, generator, kafka, logs, serve, views};
 
 /// Tally: event analytics that keeps every event, serves fresh metrics and can recompute
@@ -55,7 +55,7 @@ enum Command {
     Ingest(ServeArgs),
     /// Run the speed layer alone, following the spool of a `tally ingest` on the same data
     /// directory; serves /metrics on speed.listen (default 127.0.0.1:8081).
-    Speed(ServeArgs),
+    Speed(SpeedArgs),
     /// Run the query API alone over the stores of a data directory where `tally ingest` and
     /// `tally speed` run (`tally up` serves queries by itself).
     Serve(ServeArgs),
@@ -141,7 +141,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => serve::run(args, serve::Mode::Up),
         Command::Ingest(args) => serve::run(args, serve::Mode::Ingest),
-        Command::Speed(args) => serve::run(args, serve::Mode::Speed),
+        Command::Speed(args) => serve::run_speed(args),
         Command::Serve(args) => serve::run(args, serve::Mode::Serve),
         Command::Archive(args) => batch::archive(args),
         Command::Batch(command) => batch::run(command),

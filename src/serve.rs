@@ -26,7 +26,7 @@ use crate::batch::BatchServices;
 use crate::catalog::{self, DemoKeys};
 use crate::guard;
 use crate::operations::{Services, openapi_document, operations_routes};
-use crate::settings::ServeArgs;
+use crate::settings::{ServeArgs, SpeedArgs};
 use crate::settings::{self, Stream};
 
 /// Which services to run.
@@ -62,11 +62,20 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs, mode: Mode) -> anyhow::Result<()> {
-    let mut config = settings::load_for_serving(&args)?;
-    if mode == Mode::Speed
-        && let Some(listen) = &args.listen
-    {
-        config.speed.listen = listen.clone();
+    run_configured(settings::load_for_serving(&args)?, mode)
+}
+
+/// Runs `tally speed`, alone or as one process of a speed cluster, until SIGINT or SIGTERM,
+/// or until the cluster loses a peer.
+pub fn run_speed(args: SpeedArgs) -> anyhow::Result<()> {
+    run_configured(settings::load_for_speed(&args)?, Mode::Speed)
+}
+
+fn run_configured(config: Config, mode: Mode) -> anyhow::Result<()> {
+    if mode != Mode::Speed && !config.speed.peer_addresses().is_empty() {
+        anyhow::bail!(
+            "speed.peers names a speed cluster, which runs as `tally speed` processes; this command runs one process: leave speed.peers empty"
+        );
     }
     serve(config.clone(), mode, |address, _, demo_keys| {
         announce(mode, &config, &address.to_string(), demo_keys)
@@ -176,6 +185,12 @@ pub fn serve(
         Mode::Speed => &config.speed.listen,
     };
     let following = horizon_views.zip(speed.clone());
+    let cluster_member = speed
+        .clone()
+        .filter(|_| !config.speed.peer_addresses().is_empty());
+    // Why the process must stop, when something other than a signal stops it.
+    let stopped_by: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let stop_reason = stopped_by.clone();
     // The speed layer replays the topic from its horizon: say so if it keeps less.
     let retention_check =
         (config.log.kind == LogKind::Kafka && mode.runs_speed_layer()).then(|| config.clone());
@@ -211,6 +226,9 @@ pub fn serve(
             .context("the server bound no address")?;
         let server = server.run();
         on_listening(address, server.handle(), demo_keys.as_ref());
+        let cluster_watch = cluster_member.map(|speed| {
+            actix_web::rt::spawn(leave_a_broken_cluster(speed, server.handle(), stop_reason))
+        });
         let retention = actix_web::rt::spawn(enforce_retention(spools));
         let forwarding = forwarders
             .into_iter()
@@ -238,11 +256,24 @@ pub fn serve(
         }
         retention.abort();
         catalog_changes.abort();
+        if let Some(watch) = cluster_watch {
+            watch.abort();
+        }
         if let Some(horizon) = horizon {
             horizon.abort();
         }
         anyhow::Ok(())
     });
+    let stopped_by = stopped_by
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    if let Some(reason) = stopped_by {
+        // The workers cannot finish their dataflow without the lost peer, and joining them
+        // would wait forever: the process exits with them still running.
+        std::mem::forget(speed);
+        anyhow::bail!(reason);
+    }
     if let Some(batch) = batch {
         batch.stop().context("stopping the batch services")?;
     }
@@ -250,6 +281,26 @@ pub fn serve(
         speed.stop().context("stopping the speed layer")?;
     }
     served
+}
+
+/// Stops the server when this process's speed cluster breaks (a peer was lost), noting why
+/// in `reason`: timely clusters are static, so the process exits for a supervisor to restart
+/// the whole cluster.
+async fn leave_a_broken_cluster(
+    speed: Arc<SpeedHandle>,
+    server: actix_web::dev::ServerHandle,
+    reason: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        ticks.tick().await;
+        if let Some(failure) = speed.cluster_failure() {
+            tracing::error!(%failure, "leaving the speed cluster");
+            *reason.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(failure);
+            server.stop(false).await;
+            return;
+        }
+    }
 }
 
 /// The events and the rejected stream, as the layers of this process read them.
@@ -401,7 +452,10 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
     let what = match mode {
         Mode::Up => "tally is up: every layer in one process, embedded",
         Mode::Ingest => "tally ingest is up: the collector alone",
-        Mode::Speed => "tally speed is up: the speed layer alone, following the spool",
+        Mode::Speed if config.speed.peer_addresses().is_empty() => {
+            "tally speed is up: the speed layer alone"
+        }
+        Mode::Speed => "tally speed is up: one process of a speed cluster, every peer connected",
         Mode::Serve => {
             "tally serve is up: the query API alone, over the stores in the data directory"
         }

@@ -38,6 +38,20 @@ pub struct ServeArgs {
     pub listen: Option<String>,
 }
 
+/// The flags of `tally speed`: the serving ones, and its place in a speed cluster.
+#[derive(Args, Clone)]
+pub struct SpeedArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Every process of the speed cluster, comma-separated host:port, the same list in the
+    /// same order for each [default: speed.peers; empty: this process alone].
+    #[arg(long, value_name = "HOSTS")]
+    pub peers: Option<String>,
+    /// This process's place in --peers, from 0 [default: speed.process_index].
+    #[arg(long, value_name = "N")]
+    pub process_index: Option<usize>,
+}
+
 /// The configuration for a command with only config flags.
 pub fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     let text = match &args.config {
@@ -59,6 +73,7 @@ pub fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     if let Some(brokers) = &args.brokers {
         config.kafka.brokers = brokers.clone();
     }
+    config.check().context("with the command-line flags")?;
     Ok(config)
 }
 
@@ -82,6 +97,22 @@ pub fn load_for_serving(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(listen) = &args.listen {
         config.ingest.listen = listen.clone();
     }
+    Ok(config)
+}
+
+/// The configuration for `tally speed`: `--listen` is where it serves its metrics.
+pub fn load_for_speed(args: &SpeedArgs) -> anyhow::Result<Config> {
+    let mut config = load(&args.serve.config)?;
+    if let Some(listen) = &args.serve.listen {
+        config.speed.listen = listen.clone();
+    }
+    if let Some(peers) = &args.peers {
+        config.speed.peers = peers.clone();
+    }
+    if let Some(index) = args.process_index {
+        config.speed.process_index = index;
+    }
+    config.check().context("with the command-line flags")?;
     Ok(config)
 }
 

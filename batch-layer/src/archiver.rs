@@ -157,6 +157,8 @@ pub struct Archiver<T: Archivable> {
     store: Arc<dyn ObjectStore>,
     policy: RollPolicy,
     metrics: Arc<BatchMetrics>,
+    /// The partitions this archiver owns: all, or a share when several processes split them.
+    owned: Option<Arc<[u32]>>,
     partitions: Vec<PartitionArchive<T>>,
 }
 
@@ -184,18 +186,34 @@ pub struct PassReport {
 }
 
 impl<T: Archivable> Archiver<T> {
-    /// An archiver of `log`, resuming where the last one stopped (redoing its pending roll).
+    /// An archiver of every partition of `log`, resuming where the last one stopped (redoing
+    /// its pending roll).
     pub async fn open(
         log: Arc<dyn EventLog>,
         store: Arc<dyn ObjectStore>,
         policy: RollPolicy,
         metrics: Arc<BatchMetrics>,
     ) -> Result<Self, BatchError> {
+        Self::open_owned(log, store, policy, metrics, None).await
+    }
+
+    /// An archiver of the partitions `owned` of `log` (all when `None`), for processes that
+    /// split a stream between them: each partition's position, progress object and raw
+    /// objects are its own, so archivers of disjoint partitions never meet. Partitions past
+    /// the log's are left out.
+    pub async fn open_owned(
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn ObjectStore>,
+        policy: RollPolicy,
+        metrics: Arc<BatchMetrics>,
+        owned: Option<Arc<[u32]>>,
+    ) -> Result<Self, BatchError> {
         log.register_consumer(CONSUMER)?;
         let count = log.partitions();
         let first_offsets = log.stats()?.partitions;
         let mut partitions = Vec::with_capacity(count as usize);
-        for partition in 0..count {
+        let archived = (0..count).filter(|p| owned.as_ref().is_none_or(|owned| owned.contains(p)));
+        for partition in archived {
             let committed = log.committed(CONSUMER, partition)?;
             let first_kept = first_offsets
                 .get(partition as usize)
@@ -238,6 +256,7 @@ impl<T: Archivable> Archiver<T> {
             store,
             policy,
             metrics,
+            owned,
             partitions,
         })
     }
@@ -424,12 +443,20 @@ impl<T: Archivable> Archiver<T> {
             store,
             policy,
             metrics,
+            owned,
             ..
         } = self;
         let mut wait = RETRY_WAIT;
         loop {
             let _ = tokio::time::timeout(wait, stop.changed()).await;
-            match Archiver::open(log.clone(), store.clone(), policy, metrics.clone()).await {
+            let reopening = Archiver::open_owned(
+                log.clone(),
+                store.clone(),
+                policy,
+                metrics.clone(),
+                owned.clone(),
+            );
+            match reopening.await {
                 Err(err) if !*stop.borrow() => {
                     metrics.job_failed(BatchJob::Archiver(T::STREAM), &err);
                     wait = (wait * 2).min(MAX_RETRY_WAIT);

@@ -78,12 +78,18 @@ impl Rig {
 
     /// Archives everything in the log, closing every roll.
     fn archive(&self) {
+        self.archive_partitions(None);
+    }
+
+    /// Archives everything in the partitions `owned` (all when `None`), closing every roll.
+    fn archive_partitions(&self, owned: Option<&[u32]>) {
         self.runtime.block_on(async {
             let metrics = BatchMetrics::register(&mut Default::default());
-            let mut archiver =
-                Archiver::<Event>::open(self.log.clone(), self.store.clone(), policy(), metrics)
-                    .await
-                    .unwrap();
+            let (log, store) = (self.log.clone(), self.store.clone());
+            let owned = owned.map(Into::into);
+            let mut archiver = Archiver::<Event>::open_owned(log, store, policy(), metrics, owned)
+                .await
+                .unwrap();
             while archiver.pass(true).await.unwrap().read > 0 {}
         });
     }
@@ -190,6 +196,26 @@ proptest! {
         rig.recompute(&demo(), 0, RunRequest::default());
         assert_states_agree(&rig.batch_states(&demo()), &rig.expected(&demo()));
     }
+}
+
+#[test]
+fn archivers_that_split_the_partitions_archive_each_record_once_and_agree_on_the_horizon() {
+    let rig = rig();
+    rig.append(&sample_demo_events(base()));
+    rig.archive_partitions(Some(&[0, 2]));
+    let through = |rig: &Rig| {
+        let archived = archiver::archived_through(rig.store.as_ref(), RawStream::Events);
+        rig.runtime.block_on(archived).unwrap()
+    };
+    assert_eq!(through(&rig), None, "partition 1 has no archiver yet");
+    let positions = rig.log_positions();
+    let archived: Vec<_> = positions.iter().filter(|(p, _)| *p != 1).copied().collect();
+    assert_eq!(rig.raw_rows(), archived, "only the owned partitions");
+    rig.archive_partitions(Some(&[1]));
+    assert_eq!(rig.raw_rows(), positions, "every record archived once");
+    assert!(through(&rig).is_some(), "every partition archived");
+    rig.recompute(&demo(), 0, RunRequest::default());
+    assert_states_agree(&rig.batch_states(&demo()), &rig.expected(&demo()));
 }
 
 #[test]

@@ -214,10 +214,19 @@ pub struct SpeedConfig {
     /// `tally up` they share the collector's port).
     #[serde(default = "default_speed_listen")]
     pub listen: String,
-    /// Timely workers (threads); 0 means one per core. Worker `w` reads partitions `p` with
-    /// `p % workers == w`.
+    /// Timely workers (threads) of this process; 0 means one per core. Across a cluster,
+    /// worker `w` (its global index: `process_index * workers + thread`) reads partitions `p`
+    /// with `p % all_workers == w`.
     #[serde(default)]
     pub workers: usize,
+    /// The speed cluster: every process's `host:port`, comma-separated, the same list in
+    /// the same order for each (timely's cluster mode). Empty: one process. Every process must
+    /// run the same `workers`, read Kafka and write a ScyllaDB view store.
+    #[serde(default)]
+    pub peers: String,
+    /// This process's place in `peers`, from 0.
+    #[serde(default)]
+    pub process_index: usize,
     /// Longest epoch, in milliseconds: views are written at the end of each.
     #[serde(default = "default_epoch_ms")]
     pub epoch_ms: u64,
@@ -512,7 +521,9 @@ impl Config {
         Ok(config)
     }
 
-    fn check(&self) -> Result<(), ConfigError> {
+    /// Checks the whole configuration: [`parse`](Self::parse) does, and a command checks
+    /// again after its flags changed it.
+    pub fn check(&self) -> Result<(), ConfigError> {
         let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
         if self.log.partitions == 0 || self.log.rejected_partitions == 0 {
             return invalid("log.partitions and log.rejected_partitions must be at least 1");
@@ -555,7 +566,48 @@ impl Config {
         if self.ingest.max_event_bytes > self.ingest.max_request_bytes {
             return invalid("ingest.max_event_bytes must not exceed ingest.max_request_bytes");
         }
+        self.check_speed_cluster()
+    }
+
+    /// A speed cluster needs a log and a view store that every process shares.
+    fn check_speed_cluster(&self) -> Result<(), ConfigError> {
+        let peers = self.speed.peer_addresses();
+        if peers.is_empty() {
+            return Ok(());
+        }
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if self.speed.process_index >= peers.len() {
+            return invalid(format!(
+                "speed.process_index ({}) must name one of the {} speed.peers, from 0",
+                self.speed.process_index,
+                peers.len()
+            ));
+        }
+        if self.log.kind != LogKind::Kafka {
+            return invalid(
+                "a speed cluster (speed.peers) reads Kafka: set log.kind = \"kafka\" (--log kafka)"
+                    .to_owned(),
+            );
+        }
+        if self.views.url.is_empty() {
+            return invalid(
+                "a speed cluster (speed.peers) writes a shared view store: set views.url to scylla://host:9042/keyspace"
+                    .to_owned(),
+            );
+        }
         Ok(())
+    }
+}
+
+impl SpeedConfig {
+    /// The addresses in `peers`: empty for one process.
+    pub fn peer_addresses(&self) -> Vec<String> {
+        self.peers
+            .split(',')
+            .map(str::trim)
+            .filter(|peer| !peer.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -723,6 +775,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.views.url, "scylla://db2:9042/tally");
+    }
+
+    #[test]
+    fn a_speed_cluster_needs_kafka_a_shared_view_store_and_its_place_in_the_peers() {
+        let cluster = [
+            ("TALLY_SPEED_PEERS", "10.0.0.1:2101, 10.0.0.2:2101"),
+            ("TALLY_SPEED_PROCESS_INDEX", "1"),
+            ("TALLY_LOG_KIND", "kafka"),
+            ("TALLY_VIEWS_URL", "scylla://db:9042/tally"),
+        ];
+        let config = Config::parse("", env(&cluster)).unwrap();
+        assert_eq!(
+            config.speed.peer_addresses(),
+            ["10.0.0.1:2101", "10.0.0.2:2101"]
+        );
+        assert!(Config::default().speed.peer_addresses().is_empty());
+        for (left_out, says) in [
+            ("TALLY_LOG_KIND", "reads Kafka"),
+            ("TALLY_VIEWS_URL", "shared view store"),
+        ] {
+            let vars: Vec<_> = cluster.iter().filter(|(var, _)| *var != left_out).copied().collect();
+            let err = Config::parse("", env(&vars)).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
+        let mut outside = cluster;
+        outside[1].1 = "2";
+        let err = Config::parse("", env(&outside)).unwrap_err().to_string();
+        assert!(err.contains("speed.process_index (2) must name one of the 2"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+mod cluster;
 pub mod dataflow;
 pub mod record;
 mod telemetry;
@@ -186,10 +187,27 @@ impl SpeedLayer {
             failure: Arc::new(Mutex::new(None)),
         });
         let for_workers = shared.clone();
-        let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let config = &shared.layer.config;
+        let peers = config.peer_addresses();
+        if !peers.is_empty() {
+            cluster::watch_for_lost_peers(peers.clone());
+            tracing::info!(
+                process = config.process_index,
+                peers = %peers.join(","),
+                "joining the speed cluster: waiting until every peer is connected"
+            );
+        }
+        let guards = timely::execute(cluster::timely_config(config, workers), move |worker| {
             run_worker(worker, &for_workers)
         })
         .map_err(SpeedError::Workers)?;
+        if !peers.is_empty() {
+            tracing::info!(
+                processes = peers.len(),
+                workers_each = workers,
+                "the speed cluster is complete"
+            );
+        }
         Ok(SpeedHandle {
             shared,
             guards: Mutex::new(Some(guards)),
@@ -320,6 +338,12 @@ impl SpeedHandle {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Why this process left its speed cluster, if it did: a peer was lost. The process
+    /// must then exit, and every process of the cluster be restarted.
+    pub fn cluster_failure(&self) -> Option<String> {
+        cluster::lost_peer()
     }
 
     /// The first permanent error a worker met, if any; the workers stop after one.
