@@ -310,10 +310,15 @@ impl Archivers {
             metrics,
             owned,
         } = self;
-        let events =
-            Archiver::open_owned(events, store.clone(), policy, metrics.clone(), owned.clone())
-                .await
-                .context("starting the events archiver")?;
+        let events = Archiver::open_owned(
+            events,
+            store.clone(),
+            policy,
+            metrics.clone(),
+            owned.clone(),
+        )
+        .await
+        .context("starting the events archiver")?;
         let rejected = Archiver::open_owned(rejected, store, policy, metrics, owned)
             .await
             .context("starting the rejected-events archiver")?;

@@ -26,8 +26,8 @@ use crate::batch::BatchServices;
 use crate::catalog::{self, DemoKeys};
 use crate::guard;
 use crate::operations::{Services, openapi_document, operations_routes};
-use crate::settings::{ServeArgs, SpeedArgs};
 use crate::settings::{self, Stream};
+use crate::settings::{ServeArgs, SpeedArgs};
 
 /// Which services to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,7 +296,9 @@ async fn leave_a_broken_cluster(
         ticks.tick().await;
         if let Some(failure) = speed.cluster_failure() {
             tracing::error!(%failure, "leaving the speed cluster");
-            *reason.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(failure);
+            *reason
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(failure);
             server.stop(false).await;
             return;
         }

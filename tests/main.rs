@@ -3,6 +3,7 @@
 mod backends;
 mod batch;
 mod cli;
+mod cluster;
 mod dashboard;
 mod governance;
 mod hostile;

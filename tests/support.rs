@@ -90,6 +90,18 @@ impl Tally {
         Tally { child, address }
     }
 
+    /// Waits up to `limit` for the process to exit on its own; its exit status.
+    pub fn wait_exit(mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `kill -9`.
     pub fn kill9(mut self) {
         self.child.kill().expect("SIGKILL delivered");

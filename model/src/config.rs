@@ -795,14 +795,21 @@ mod tests {
             ("TALLY_LOG_KIND", "reads Kafka"),
             ("TALLY_VIEWS_URL", "shared view store"),
         ] {
-            let vars: Vec<_> = cluster.iter().filter(|(var, _)| *var != left_out).copied().collect();
+            let vars: Vec<_> = cluster
+                .iter()
+                .filter(|(var, _)| *var != left_out)
+                .copied()
+                .collect();
             let err = Config::parse("", env(&vars)).unwrap_err().to_string();
             assert!(err.contains(says), "{err}");
         }
         let mut outside = cluster;
         outside[1].1 = "2";
         let err = Config::parse("", env(&outside)).unwrap_err().to_string();
-        assert!(err.contains("speed.process_index (2) must name one of the 2"), "{err}");
+        assert!(
+            err.contains("speed.process_index (2) must name one of the 2"),
+            "{err}"
+        );
     }
 
     #[test]
