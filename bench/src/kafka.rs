@@ -25,7 +25,7 @@ pub struct KafkaBenchArgs {
     /// Events to forward, and to send again in the bare producer loop.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
-    /// The broker to measure against (for example tansu, see the README).
+    /// The broker to measure against (for example the test bed's Apache Kafka, see docs/performance.md).
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
     /// Partitions of each of the two scratch topics the runs create.
