@@ -174,5 +174,11 @@ fn save_demo_keys(path: &Path, keys: &DemoKeys) -> anyhow::Result<()> {
         "write_key={}\nread_key={}\nadmin_key={}\n",
         keys.write, keys.read, keys.admin
     );
+    // Commands that keep nothing else in the data directory (`tally batch schedule`, say)
+    // may be the first to use it.
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    }
     std::fs::write(path, text).with_context(|| format!("saving demo keys to {}", path.display()))
 }

@@ -48,6 +48,19 @@ fn bad_configuration_names_the_setting_to_fix() {
 }
 
 #[test]
+fn a_batch_command_may_be_the_first_to_use_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("new");
+    // Objects elsewhere, as on S3: nothing else makes the data directory.
+    let output = run(tally()
+        .env("TALLY_OBJECTS_URL", dir.path().join("objects"))
+        .args(["batch", "run", "--data-dir"])
+        .arg(&data_dir));
+    assert!(output.status.success());
+    assert!(data_dir.join("demo-keys.txt").is_file());
+}
+
+#[test]
 fn the_spool_refuses_a_changed_partition_count() {
     let dir = tempfile::tempdir().unwrap();
     Tally::up(dir.path()).kill9();

@@ -1,6 +1,8 @@
 //! Tally across processes on Apache Kafka, Cassandra (for the ScyllaDB store) and S3: a speed
 //! cluster of two `tally speed` processes stores the same states as one process over the same
-//! topic, also after one of them is killed and the cluster restarted.
+//! topic, also after one of them is killed and the cluster restarted; and the whole scaled-out
+//! topology (two collectors, a speed cluster, two archivers, a scheduler, two serve replicas)
+//! answers exactly from both replicas, and again after `kill -9` of one process of each kind.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -10,8 +12,8 @@ use std::time::{Duration, Instant};
 use tally_connectors::log::kafka::client_config;
 use tally_connectors::log::{AppendRecord, EventLog, KafkaLog};
 use tally_connectors::testing::{
-    Kafka, as_named, assert_states_agree, free_local_address, reference_states, sample_demo_events,
-    scylla_uri, unique_name,
+    Kafka, S3Bucket, as_named, assert_states_agree, free_local_address, reference_states,
+    sample_demo_events, scylla_uri, unique_name,
 };
 use tally_connectors::view_store::{ScyllaViewStore, ViewKey, ViewStore};
 use tally_model::time::{HOUR_MS, now_millis};
@@ -193,4 +195,296 @@ fn a_speed_cluster_of_two_processes_stores_what_one_process_stores_also_after_ki
     let expected = topic.reference();
     wait_for_states(&cluster_url, &expected);
     wait_for_states(&alone_url, &expected);
+}
+
+/// Every process of the scaled-out topology (docs/cluster.md), on one set of servers: each
+/// a plain `tally` process with a data directory of its own.
+struct Topology {
+    topic: Topic,
+    views_url: String,
+    bucket: S3Bucket,
+    dir: tempfile::TempDir,
+    peers: String,
+}
+
+/// A `tally` process that answers no HTTP (an archiver), killed when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Topology {
+    /// `tally` on the shared log, view store and object store.
+    fn tally(&self, role: &str) -> Command {
+        let mut command = self.topic.tally(&self.views_url);
+        command
+            .env("TALLY_OBJECTS_URL", &self.bucket.url)
+            // Late events up to an hour: older hours close and the batch layer publishes them.
+            .env("TALLY_INGEST_MAX_LATENESS_SECS", "3600")
+            .env("TALLY_BATCH_ROLL_EVENTS", "300")
+            .env("TALLY_BATCH_ROLL_SECS", "1");
+        for (setting, value) in &self.bucket.options {
+            let var = format!("TALLY_OBJECTS_OPTIONS_{}", setting.to_uppercase());
+            command.env(var, value);
+        }
+        command.arg(role);
+        command
+    }
+
+    fn data_dir(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `tally <role> --listen 127.0.0.1:0 --data-dir <dir>/<name>`, once it listens.
+    fn serving(&self, role: &str, name: &str) -> Tally {
+        let mut command = self.tally(role);
+        command
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.data_dir(name));
+        Tally::start(command)
+    }
+
+    fn ingest(&self, index: usize) -> Tally {
+        self.serving("ingest", &format!("ingest-{index}"))
+    }
+
+    fn serve(&self, index: usize) -> Tally {
+        self.serving("serve", &format!("serve-{index}"))
+    }
+
+    fn scheduler(&self) -> Tally {
+        let mut command = self.tally("batch");
+        command
+            .args(["schedule", "--every", "1s", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(self.data_dir("scheduler"));
+        Tally::start(command)
+    }
+
+    /// Both members of the speed cluster, one worker each.
+    fn speed_cluster(&self) -> Vec<Tally> {
+        let member = |index: usize| {
+            let mut command = self.tally("speed");
+            command
+                .env("TALLY_SPEED_WORKERS", "1")
+                .args(["--listen", "127.0.0.1:0", "--peers", &self.peers])
+                .args(["--process-index", &index.to_string(), "--data-dir"])
+                .arg(self.data_dir(&format!("speed-{index}")));
+            command
+        };
+        start_together(vec![member(0), member(1)])
+    }
+
+    /// Archiver `index` of two, each with half the partitions.
+    fn archiver(&self, index: usize) -> Running {
+        let mut command = self.tally("archive");
+        let partitions = if index == 0 { "0,2" } else { "1,3" };
+        command
+            .args(["--partitions", partitions, "--data-dir"])
+            .arg(self.data_dir(&format!("archiver-{index}")))
+            .stdout(std::process::Stdio::null());
+        Running(command.spawn().unwrap())
+    }
+}
+
+/// Sends `events` through each collector at once, with resends and late events; every
+/// request must be acknowledged.
+fn load(ingests: &[&Tally], events: usize, seed: u64) {
+    std::thread::scope(|scope| {
+        for (index, ingest) in ingests.iter().enumerate() {
+            let seed = (seed * 10 + index as u64).to_string();
+            scope.spawn(move || {
+                let report = crate::support::run(
+                    ingest
+                        .generator()
+                        .args(["--events", &events.to_string(), "--duplicates", "0.1"])
+                        .args(["--late", "0.3", "--seed", &seed, "--concurrency", "2"]),
+                );
+                assert_eq!(crate::support::failed_requests(&report.stdout), 0);
+            });
+        }
+    });
+}
+
+/// What every serve replica must answer, from the topic: each event once.
+struct Expected {
+    /// `events_by_type` counts by (hour, event type).
+    hourly: BTreeMap<(Millis, String), u64>,
+    /// Purchases: event id and time, each once (an id may recur in another hour).
+    purchases: std::collections::BTreeSet<(String, Millis)>,
+}
+
+impl Expected {
+    fn of(topic: &Topic) -> Expected {
+        let mut hourly = BTreeMap::new();
+        for (key, state) in topic.reference() {
+            if key.view == "events_by_type" {
+                let hour = key.bucket.div_euclid(HOUR_MS) * HOUR_MS;
+                *hourly.entry((hour, key.dimensions[0].clone())).or_default() += state.count;
+            }
+        }
+        let records = topic_records(topic.log.as_ref());
+        let purchases = tally_connectors::testing::deduplicated(records)
+            .into_iter()
+            .filter(|event| event.event_type == "purchase")
+            .map(|event| (event.event_id, event.ts))
+            .collect();
+        Expected { hourly, purchases }
+    }
+}
+
+/// Whether `serve` answers `expected` now: the query API hour by hour, the seed API's count
+/// and, `with_search`, its search, over the last eight hours.
+fn answers(serve: &Tally, expected: &Expected, with_search: bool) -> Result<(), String> {
+    let authorization = format!("Bearer {READ_KEY}");
+    let get = |path: &str| -> serde_json::Value {
+        let (status, body) = serve.http("GET", path, &[("Authorization", &authorization)], "");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let end = (now_millis() / HOUR_MS + 1) * HOUR_MS;
+    let start = end - 8 * HOUR_MS;
+    let query = get(&format!(
+        "/v1/query?view=events_by_type&from={start}&to={end}&granularity=hour&group_by=event_type&measures=count"
+    ));
+    let hourly: BTreeMap<(Millis, String), u64> = query["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let hour = tally_model::time::parse_timestamp(row["bucket"].as_str().unwrap()).unwrap();
+            let event_type = row["event_type"].as_str().unwrap().to_owned();
+            ((hour, event_type), row["count"].as_u64().unwrap())
+        })
+        .collect();
+    if hourly != expected.hourly {
+        return Err(format!("query: {hourly:?}\nexpected {:?}", expected.hourly));
+    }
+    let (from, to) = (start / 1000, end / 1000);
+    let count = get(&format!(
+        "/v1/events/count?event_type=purchase&start_time={from}&end_time={to}"
+    ));
+    if count["result"].as_u64() != Some(expected.purchases.len() as u64) {
+        return Err(format!(
+            "count: {count}, expected {}",
+            expected.purchases.len()
+        ));
+    }
+    if !with_search {
+        return Ok(());
+    }
+    let mut found = std::collections::BTreeSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page = get(&format!(
+            "/v1/events/search?event_type=purchase&start_time={from}&end_time={to}&limit=1000{cursor}"
+        ));
+        for event in page["result"].as_array().unwrap() {
+            let id = event["event_id"].as_str().unwrap().to_owned();
+            found.insert((id, event["ts"].as_i64().unwrap()));
+        }
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    if found != expected.purchases {
+        return Err(format!(
+            "search found {} purchases of {}",
+            found.len(),
+            expected.purchases.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until every replica of `serves` answers what the topic holds.
+fn wait_for_exact_answers(serves: &[&Tally], topic: &Topic, with_search: bool) {
+    let expected = Expected::of(topic);
+    let started = Instant::now();
+    for serve in serves {
+        while let Err(wrong) = answers(serve, &expected, with_search) {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "serve at {} never answered exactly: {wrong}",
+                serve.address
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+#[test]
+fn a_loopback_cluster_answers_exactly_and_again_after_kill_9_of_each_kind_of_process() {
+    let test = "cluster::a_loopback_cluster_answers_exactly";
+    let (Some(kafka), Some(views_url), Some(bucket)) = (
+        Kafka::shared(test),
+        scylla_uri(test),
+        S3Bucket::create(test),
+    ) else {
+        return;
+    };
+    // `TALLY_CLUSTER_EVENTS=100000` is the long form (docs/cluster.md).
+    let events: usize = std::env::var("TALLY_CLUSTER_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1500);
+    let topology = Topology {
+        topic: Topic::create(kafka),
+        views_url,
+        bucket,
+        dir: tempfile::tempdir().unwrap(),
+        peers: [free_local_address(), free_local_address()].join(","),
+    };
+    // The first process seeds the catalog into the shared object store; the others read it.
+    let ingest_0 = topology.ingest(0);
+    let ingest_1 = topology.ingest(1);
+    let mut speed = topology.speed_cluster();
+    let archivers = [topology.archiver(0), topology.archiver(1)];
+    let scheduler = topology.scheduler();
+    let serves = [topology.serve(0), topology.serve(1)];
+
+    // Live load through both collectors, and older events straight into the topic, as a
+    // collector's forwarder would deliver a backlog: the batch layer closes their hours.
+    load(&[&ingest_0, &ingest_1], events, 1);
+    topology.topic.append(now_millis() - 6 * HOUR_MS);
+    scheduler.wait_for("a published batch horizon", Duration::from_secs(120), |s| {
+        s.metric("tally_batch_horizon_ms") > 0
+    });
+    wait_for_exact_answers(&[&serves[0], &serves[1]], &topology.topic, true);
+
+    // kill -9 one process of each kind; the speed member that loses its peer exits too.
+    let [serve_0, serve_1] = serves;
+    let [archiver_0, archiver_1] = archivers;
+    ingest_1.kill9();
+    speed.remove(1).kill9();
+    assert!(!speed.remove(0).wait_exit(Duration::from_secs(60)).success());
+    drop(archiver_1);
+    scheduler.kill9();
+    serve_1.kill9();
+
+    let ingest_1 = topology.ingest(1);
+    let _speed = topology.speed_cluster();
+    let _archivers = [archiver_0, topology.archiver(1)];
+    let _scheduler = topology.scheduler();
+    let serve_1 = topology.serve(1);
+    load(&[&ingest_0, &ingest_1], events, 2);
+    topology.topic.append(now_millis() - 5 * HOUR_MS);
+    wait_for_exact_answers(&[&serve_0, &serve_1], &topology.topic, true);
+
+    // One `tally up` over the same topic, on its own embedded stores, answers the same
+    // queries and counts. (Its archiver shares the archivers' Kafka positions, so it starts
+    // once they are gone, and finds the topic archived: its search, which reads its own
+    // archive and the log past those positions, has nothing to compare.)
+    drop((_archivers, _scheduler, _speed));
+    let mut up = topology.topic.tally("");
+    up.arg("up")
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(topology.data_dir("up"));
+    let up = Tally::start(up);
+    wait_for_exact_answers(&[&up], &topology.topic, false);
 }

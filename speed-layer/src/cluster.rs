@@ -50,6 +50,7 @@ pub(crate) fn watch_for_lost_peers(peers: Vec<String>) {
                 .and_then(|name| name.strip_prefix("timely:"))
                 .and_then(|name| name.split_once('-'))
                 .and_then(|(_, index)| index.parse::<usize>().ok());
+            let network_thread = peer.is_some();
             if let Some(peer) = peer {
                 let address = peers.get(peer).map_or("?", String::as_str);
                 let why = info
@@ -65,6 +66,14 @@ pub(crate) fn watch_for_lost_peers(peers: Vec<String>) {
                          clusters are static, so every process of the cluster must be restarted"
                     )
                 });
+            }
+            // Once a peer is lost, every timely thread's panic is its echo: the process says
+            // once, in its log and its exit, which peer it lost.
+            let timely_thread = thread
+                .name()
+                .is_some_and(|name| name.starts_with("timely:"));
+            if network_thread || (timely_thread && lost_peer().is_some()) {
+                return;
             }
             previous(info);
         }));
