@@ -92,6 +92,29 @@ fn batch_layer_round_trip(url: &str, options: &BTreeMap<String, String>) {
     }
     assert_batch_views_count(&views, logged(&data_dir));
 
+    // Two schedulers by mistake: two runs at once. Each publishes or is refused; the loser's
+    // objects are named apart, so the published views stay whole either way.
+    let racing: Vec<_> = (0..2)
+        .map(|_| {
+            tally_on(url, options)
+                .args(["batch", "reprocess", "--logic-version", "3", "--data-dir"])
+                .arg(&data_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in racing {
+        let output = run.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() || said.contains("published by another batch run"),
+            "{said}"
+        );
+    }
+    assert_batch_views_count(&views, logged(&data_dir));
+
     // The shortest grace is a second: sweep until version 1's objects are past it.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -80,6 +80,14 @@ pub struct Recompute {
     metrics: Arc<BatchMetrics>,
 }
 
+/// What names a run's state objects: the manifest generation it will publish, and a token of
+/// its own ([`view_object_path`]).
+#[derive(Debug, Clone, Copy)]
+struct RunStamp {
+    generation: u64,
+    run: u64,
+}
+
 impl Recompute {
     /// Recomputes the views of `catalog` from the raw events in `store`. `lateness_ms` is how
     /// late an event may arrive (ingest rejects later ones): hours end that long before the
@@ -132,6 +140,11 @@ impl Recompute {
         let published = self.views.manifest().await?;
         let mut manifest = published.clone().unwrap_or_default();
         let generation = manifest.generation + 1;
+        // Another run may race for the same generation: this run's objects are named apart.
+        let stamp = RunStamp {
+            generation,
+            run: tally_model::token::fresh_token(),
+        };
         let archived = archived_through(self.store.as_ref(), RawStream::Events).await?;
         let raw_hours = self.list_raw_hours().await?;
         // Hours the archiver has passed: every event received before their end is archived.
@@ -199,7 +212,7 @@ impl Recompute {
         for (hour, jobs) in work {
             let raw = &raw_hours[&hour];
             let raw_rows = self
-                .compute_hour(hour, raw, jobs, generation, &mut manifest, &mut summary)
+                .compute_hour(hour, raw, jobs, stamp, &mut manifest, &mut summary)
                 .await?;
             summary.raw_rows += raw_rows;
             progress(RunProgress::HourDone { raw_rows });
@@ -225,13 +238,14 @@ impl Recompute {
         Ok(summary)
     }
 
-    /// Reads, dedupes and aggregates one hour for its jobs; returns the raw rows read.
+    /// Reads, dedupes and aggregates one hour for its jobs, writing their states as objects
+    /// named by `stamp`; returns the raw rows read.
     async fn compute_hour(
         &self,
         hour: Millis,
         raw: &RawHour,
         jobs: Vec<Job>,
-        generation: u64,
+        stamp: RunStamp,
         manifest: &mut Manifest,
         summary: &mut RunSummary,
     ) -> Result<u64, BatchError> {
@@ -261,7 +275,8 @@ impl Recompute {
                         &job.spec.name,
                         job.version,
                         hour,
-                        generation,
+                        stamp.generation,
+                        stamp.run,
                     );
                     self.views
                         .write_states(&path, &job.spec.dimensions, &states.rows)

@@ -254,40 +254,37 @@ fn a_roll_interrupted_before_its_commit_is_redone_into_the_same_objects() {
     assert_states_agree(&rig.batch_states(&demo()), &rig.expected(&demo()));
 }
 
-/// The rig's object store, failing one write of an archive progress object (the `fail_at`-th)
-/// as a network cut would.
-#[derive(Debug)]
-struct ProgressWriteFails {
+/// What a [`PutHook`] runs before each write: an error fails the write with it.
+type BeforePut = Box<dyn Fn(&str) -> object_store::Result<()> + Send + Sync>;
+
+/// The rig's object store behind a hook that runs before each write, for tests that cut a
+/// write as a network cut would, or hold a writer at a chosen write.
+struct PutHook {
     inner: Arc<dyn ObjectStore>,
-    progress_writes: std::sync::atomic::AtomicUsize,
-    fail_at: usize,
+    before_put: BeforePut,
 }
 
-impl std::fmt::Display for ProgressWriteFails {
+impl std::fmt::Debug for PutHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ProgressWriteFails({})", self.inner)
+        write!(f, "PutHook({})", self.inner)
+    }
+}
+
+impl std::fmt::Display for PutHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PutHook({})", self.inner)
     }
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for ProgressWriteFails {
+impl ObjectStore for PutHook {
     async fn put_opts(
         &self,
         location: &object_store::path::Path,
         payload: object_store::PutPayload,
         opts: object_store::PutOptions,
     ) -> object_store::Result<object_store::PutResult> {
-        let ordinal = location.as_ref().starts_with("archive/").then(|| {
-            1 + self
-                .progress_writes
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-        });
-        if ordinal == Some(self.fail_at) {
-            return Err(object_store::Error::Generic {
-                store: "test",
-                source: "the connection was reset".into(),
-            });
-        }
+        (self.before_put)(location.as_ref())?;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -342,6 +339,53 @@ impl ObjectStore for ProgressWriteFails {
 }
 
 #[test]
+fn a_recompute_that_loses_the_race_to_publish_leaves_the_winners_views_whole() {
+    // Two recomputes start from the same manifest: the loser lists the raw objects, the
+    // winner lists them after more of the same hours were archived, and publishes first.
+    let rig = rig();
+    rig.append(&sample_demo_events(base()));
+    rig.archive();
+    rig.recompute(&demo(), 0, RunRequest::default());
+    rig.append(&sample_demo_events(base() + 10 * 60_000));
+    rig.archive();
+    let (reached, at_first_write) = std::sync::mpsc::channel();
+    let (resume, go) = std::sync::mpsc::channel::<()>();
+    let go = std::sync::Mutex::new(go);
+    let held = std::sync::atomic::AtomicBool::new(false);
+    let loser_store: Arc<dyn ObjectStore> = Arc::new(PutHook {
+        inner: rig.store.clone(),
+        before_put: Box::new(move |path| {
+            if path.starts_with("views/") && !held.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                let _ = reached.send(());
+                let _ = go.lock().unwrap().recv();
+            }
+            Ok(())
+        }),
+    });
+    let loser = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let metrics = BatchMetrics::register(&mut Default::default());
+        let recompute = Recompute::new(loser_store, Arc::new(demo()), 0, metrics);
+        runtime.block_on(recompute.run(&RunRequest::default(), &|_| {}))
+    });
+    at_first_write.recv().unwrap();
+    rig.append(&sample_demo_events(base() + 20 * 60_000));
+    rig.archive();
+    rig.recompute(&demo(), 0, RunRequest::default());
+    resume.send(()).unwrap();
+    let lost = loser.join().unwrap();
+    assert!(
+        lost.as_ref()
+            .is_err_and(|err| err.to_string().contains("another batch run")),
+        "the loser's publish is refused: {lost:?}"
+    );
+    assert_states_agree(&rig.batch_states(&demo()), &rig.expected(&demo()));
+}
+
+#[test]
 fn a_roll_whose_progress_write_fails_after_its_commit_is_counted_once() {
     let rig = rig();
     let events = sample_demo_events(base());
@@ -350,10 +394,21 @@ fn a_roll_whose_progress_write_fails_after_its_commit_is_counted_once() {
         .map(|partition| rig.log.read(partition, 0, usize::MAX).unwrap().len() as u64)
         .sum();
     // The second progress write is the one after the first roll's commit.
-    let store: Arc<dyn ObjectStore> = Arc::new(ProgressWriteFails {
+    let progress_writes = std::sync::atomic::AtomicUsize::new(0);
+    let store: Arc<dyn ObjectStore> = Arc::new(PutHook {
         inner: rig.store.clone(),
-        progress_writes: 0.into(),
-        fail_at: 2,
+        before_put: Box::new(move |path| {
+            let ordinal = path
+                .starts_with("archive/")
+                .then(|| 1 + progress_writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel));
+            match ordinal {
+                Some(2) => Err(object_store::Error::Generic {
+                    store: "test",
+                    source: "the connection was reset".into(),
+                }),
+                _ => Ok(()),
+            }
+        }),
     });
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = BatchMetrics::register(&mut registry);

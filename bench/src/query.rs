@@ -272,7 +272,7 @@ fn fold_history(
                     .map(|((bucket, values), state)| (bucket, values, state))
                     .collect();
                 let object =
-                    tally_model::layout::view_object_path(DEMO_TENANT, &view.name, 1, hour, 1);
+                    tally_model::layout::view_object_path(DEMO_TENANT, &view.name, 1, hour, 1, 0);
                 handle.block_on(writer_views.write_states(&object, &view.dimensions, &rows))?;
                 entry.hours.insert(
                     hour,

@@ -5,7 +5,7 @@
 //! file after a crash replaces it instead of adding a duplicate.
 //!
 //! Batch views live beside them:
-//! `views/<tenant>/<view>/v=<logic version>/dt=YYYY-MM-DD/hour=HH/states-<generation>.parquet`,
+//! `views/<tenant>/<view>/v=<logic version>/dt=YYYY-MM-DD/hour=HH/states-<generation>-<run>.parquet`,
 //! never overwritten (each recompute writes under its manifest generation), and the manifests
 //! under `manifests/`.
 
@@ -87,17 +87,21 @@ pub fn archive_progress_path(stream: RawStream, partition: u32) -> String {
     format!("archive/{}/partition-{partition:05}.json", stream.name())
 }
 
-/// The object holding one hour of a view's batch states, written by manifest `generation`.
+/// The object holding one hour of a view's batch states, written for manifest `generation`
+/// by the batch run `run` (a [`fresh_token`](crate::token::fresh_token)). Two runs that race
+/// for one generation write apart, so the loser, refused when it publishes, never overwrites
+/// what the winner published.
 pub fn view_object_path(
     tenant: &str,
     view: &str,
     version: LogicVersion,
     hour_start: Millis,
     generation: u64,
+    run: u64,
 ) -> String {
     let (date, hour) = date_and_hour(hour_start);
     format!(
-        "{VIEWS_PREFIX}{tenant}/{view}/v={version}/dt={date}/hour={hour:02}/states-{generation:010}.parquet"
+        "{VIEWS_PREFIX}{tenant}/{view}/v={version}/dt={date}/hour={hour:02}/states-{generation:010}-{run:016x}.parquet"
     )
 }
 
@@ -118,8 +122,15 @@ mod tests {
             "raw/rejected/dt=2026-11-22/hour=07/part-00003-00000000000000000010-00000000000000000099.parquet"
         );
         assert_eq!(
-            view_object_path("demo", "by_type", 2, Granularity::Hour.bucket_start(ts), 17),
-            "views/demo/by_type/v=2/dt=2026-11-22/hour=07/states-0000000017.parquet"
+            view_object_path(
+                "demo",
+                "by_type",
+                2,
+                Granularity::Hour.bucket_start(ts),
+                17,
+                0xab
+            ),
+            "views/demo/by_type/v=2/dt=2026-11-22/hour=07/states-0000000017-00000000000000ab.parquet"
         );
         let object = raw_object_path(RawStream::Events, ts, 0, 1, 2);
         assert_eq!(

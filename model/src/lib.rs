@@ -10,7 +10,7 @@
 //! - [`time`] and [`layout`]: UTC time buckets and the raw partition layout in object storage.
 //! - [`manifest`]: the batch manifest (views, logic versions, hours, horizon).
 //! - [`name`]: the one rule for the names a tenant declares; [`problem`]: why a catalog is
-//!   inconsistent.
+//!   inconsistent; [`token`]: numbers that tell concurrent writers apart.
 //! - [`config`]: the one TOML file, overridable by `TALLY_*` environment variables.
 //!
 //! ```
@@ -40,6 +40,7 @@ pub mod registry;
 pub mod state;
 pub mod tenant;
 pub mod time;
+pub mod token;
 pub mod view;
 
 pub use config::{BatchConfig, Config, ConfigError, KafkaConfig, LogKind};

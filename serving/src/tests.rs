@@ -794,8 +794,14 @@ async fn publish_batch_hours(
             })
             .map(|(key, state)| (key.bucket, key.dimensions.clone(), state.clone()))
             .collect();
-        let path =
-            tally_model::layout::view_object_path(DEMO_TENANT, &spec.name, 1, hour, hours as u64);
+        let path = tally_model::layout::view_object_path(
+            DEMO_TENANT,
+            &spec.name,
+            1,
+            hour,
+            hours as u64,
+            0,
+        );
         views
             .write_states(&path, &spec.dimensions, &rows)
             .await

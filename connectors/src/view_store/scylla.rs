@@ -495,20 +495,9 @@ impl Client {
     }
 }
 
-/// A number unlike any drawn before, in this process or another, with overwhelming odds: a
-/// hash, under this process's random keys, of the clock and a count.
+/// A generation unlike any drawn before, as CQL's `bigint`.
 fn fresh_generation() -> i64 {
-    use std::hash::BuildHasher;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
-        std::sync::OnceLock::new();
-    static DRAWN: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos());
-    let drawn = DRAWN.fetch_add(1, Ordering::Relaxed);
-    let hash = KEYS.get_or_init(Default::default).hash_one((nanos, drawn));
-    i64::from_ne_bytes(hash.to_ne_bytes())
+    i64::from_ne_bytes(tally_model::token::fresh_token().to_ne_bytes())
 }
 
 /// A day partition: tenant, view, day start.
