@@ -53,8 +53,9 @@ enum Command {
     Up(ServeArgs),
     /// Run the HTTP collector alone.
     Ingest(ServeArgs),
-    /// Run the speed layer alone, following the spool of a `tally ingest` on the same data
-    /// directory; serves /metrics on speed.listen (default 127.0.0.1:8081).
+    /// Run the speed layer alone: following the spool of a `tally ingest` on the same data
+    /// directory, or Kafka, alone or as one process of a speed cluster (--peers); serves
+    /// /metrics on speed.listen (default 127.0.0.1:8081).
     Speed(SpeedArgs),
     /// Run the query API alone over the stores of a data directory where `tally ingest` and
     /// `tally speed` run (`tally up` serves queries by itself).

@@ -23,7 +23,7 @@ use clap::Args;
 use serde::Serialize;
 use tally_connectors::batch_views::BatchViews;
 use tally_connectors::log::{Spool, SpoolOptions};
-use tally_connectors::view_store::{EmbeddedViewStore, ViewKey, ViewStore};
+use tally_connectors::view_store::{Access, ScyllaViewStore, ViewKey, ViewStore};
 use tally_model::manifest::{HourEntry, Manifest, RawInputs, ViewManifest, view_id};
 use tally_model::tenant::DEMO_TENANT;
 use tally_model::time::{DAY_MS, HOUR_MS, now_millis};
@@ -64,6 +64,10 @@ pub struct QueryBenchArgs {
     /// Folder for the benchmark's data; removed afterwards.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// Keep the real-time views in this ScyllaDB or Cassandra cluster (`scylla://host:port`;
+    /// a scratch keyspace is created and dropped) instead of the embedded store.
+    #[arg(long)]
+    views_url: Option<String>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -71,6 +75,7 @@ pub struct QueryBenchArgs {
 
 #[derive(Serialize)]
 struct QueryBenchReport {
+    view_store: String,
     history_events: u64,
     live_events: u64,
     query: String,
@@ -102,6 +107,10 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     config.ingest.listen = "127.0.0.1:0".to_owned();
     config.demo.read_key = BENCH_READ_KEY.to_owned();
     crate::common::without_caller_limits(&mut config);
+    if let Some(url) = &args.views_url {
+        let nodes = url.trim_end_matches('/');
+        config.views.url = format!("{nodes}/tally_bench_{}", now_millis());
+    }
     let tenant = &catalog.tenants[DEMO_TENANT];
     anyhow::ensure!(
         tenant.views.iter().any(|v| v.name == args.view),
@@ -138,13 +147,15 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         args.live_events
     );
     let live = timed_events(&catalog, args.live_events, horizon..now)?;
-    in_range += fold_live(&config, &catalog, live, view)?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = settings::view_store(&config, Access::ReadWrite, "is the server up?")?;
+    in_range += fold_live(store.as_ref(), &catalog, live, view)?;
     Spool::open(
         &settings::spool_dir(&config.data_dir, Stream::Events),
         SpoolOptions::from_config(&config.log),
     )?;
 
-    let views_path = settings::views_path(&config.data_dir);
+    let view_store = settings::views_location(&config);
     let epoch = Duration::from_millis(config.speed.epoch_ms);
     let (bound, listening) = mpsc::channel();
     let server = std::thread::spawn(move || {
@@ -161,7 +172,7 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         query.push_str(&format!("&measures={measures}"));
     }
     let url = format!("http://{address}{query}");
-    let writing = LiveWriter::start(&views_path, &view.stored_name(), horizon, epoch)?;
+    let writing = LiveWriter::start(store.clone(), &view.stored_name(), horizon, epoch)?;
     let outcome = actix_web::rt::System::new().block_on(load(&url, &args, in_range));
     let realtime_writes = writing.stop()?;
     actix_web::rt::System::new().block_on(handle.stop(true));
@@ -170,7 +181,13 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
     let (answer_rows, answer_bytes, latencies) = outcome?;
     let queries = latencies.len();
+    if let Some(scylla) = &args.views_url {
+        let keyspace = ScyllaViewStore::connect(&view_store)
+            .with_context(|| format!("dropping the scratch keyspace on {scylla}"))?;
+        keyspace.drop_keyspace()?;
+    }
     let report = QueryBenchReport {
+        view_store,
         history_events: args.events,
         live_events: args.live_events,
         query,
@@ -189,12 +206,13 @@ pub fn run(args: QueryBenchArgs) -> anyhow::Result<()> {
     } else {
         let l = report.latency_ms;
         println!(
-            "query {} ({} rows, {} bytes) over {} events of batch history and {} live events",
+            "query {} ({} rows, {} bytes) over {} events of batch history and {} live events in {}",
             report.query,
             report.answer_rows,
             report.answer_bytes,
             report.history_events,
-            report.live_events
+            report.live_events,
+            report.view_store
         );
         println!(
             "{} requests in flight: {:.0} queries/s, latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms (goal: p99 < {GOAL_P99_MS} ms, >= {GOAL_QUERIES_PER_SECOND} queries/s)",
@@ -331,7 +349,7 @@ fn fold_history(
 /// Folds the events since the horizon into the real-time view store; returns how many feed
 /// `spec`.
 fn fold_live(
-    config: &Config,
+    store: &dyn ViewStore,
     catalog: &Catalog,
     events: impl Iterator<Item = anyhow::Result<Event>>,
     spec: &ViewSpec,
@@ -359,7 +377,6 @@ fn fold_live(
             })
         })
         .collect();
-    let store = EmbeddedViewStore::open(&settings::views_path(&config.data_dir))?;
     store.upsert(&rows)?;
     Ok(feeding)
 }
@@ -376,12 +393,11 @@ struct LiveWriter {
 impl LiveWriter {
     /// Rewrites the latest state of `view` since `horizon` every `epoch`.
     fn start(
-        views_path: &std::path::Path,
+        store: std::sync::Arc<dyn ViewStore>,
         view: &str,
         horizon: Millis,
         epoch: Duration,
     ) -> anyhow::Result<LiveWriter> {
-        let store = EmbeddedViewStore::open(views_path)?;
         let latest: Vec<_> = store
             .scan(DEMO_TENANT, view, horizon..Millis::MAX)?
             .pop()
