@@ -180,7 +180,10 @@ impl LogSource {
             brokers: brokers.to_owned(),
             ..KafkaConfig::default()
         };
-        runtime.block_on(kafka::create_topics(&config, &[(&topic, spool.partitions())]))?;
+        runtime.block_on(kafka::create_topics(
+            &config,
+            &[(&topic, spool.partitions())],
+        ))?;
         Ok(LogSource::Kafka {
             brokers: brokers.to_owned(),
             topic,
@@ -227,7 +230,9 @@ impl SpeedCluster {
         let peers: Vec<String> = match args.processes {
             0 => anyhow::bail!("--processes must be at least 1"),
             1 => Vec::new(),
-            n => (0..n).map(|_| free_local_address()).collect::<anyhow::Result<_>>()?,
+            n => (0..n)
+                .map(|_| free_local_address())
+                .collect::<anyhow::Result<_>>()?,
         };
         let starting: Vec<_> = (0..args.processes)
             .map(|index| {
