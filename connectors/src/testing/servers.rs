@@ -420,6 +420,8 @@ pub struct S3Bucket {
     pub url: String,
     /// Settings reaching the server: endpoint, region, keys.
     pub options: BTreeMap<String, String>,
+    /// The test bed's SeaweedFS master and the bucket's name, to delete it when dropped.
+    created: Option<(String, String)>,
 }
 
 impl S3Bucket {
@@ -432,6 +434,7 @@ impl S3Bucket {
             return Some(S3Bucket {
                 url,
                 options: BTreeMap::new(),
+                created: None,
             });
         }
         let shared = shared(Server::S3, test)?;
@@ -439,7 +442,7 @@ impl S3Bucket {
         let master = shared
             .s3_master
             .unwrap_or_else(|| panic!("TALLY_S3_MASTER must be set with TALLY_S3_ENDPOINT"));
-        create_seaweedfs_bucket(&master, &bucket)
+        seaweedfs_shell(&master, &format!("s3.bucket.create -name {bucket}"))
             .unwrap_or_else(|why| panic!("creating bucket {bucket}: {why}"));
         let options = [
             ("aws_endpoint", shared.uri),
@@ -451,12 +454,26 @@ impl S3Bucket {
         Some(S3Bucket {
             url: format!("s3://{bucket}"),
             options: options.map(|(k, v)| (k.to_owned(), v)).into(),
+            created: Some((master, bucket)),
         })
     }
 }
 
-/// Creates `bucket` through SeaweedFS's admin shell (S3 itself would need a signed request).
-fn create_seaweedfs_bucket(master: &str, bucket: &str) -> Result<(), String> {
+impl Drop for S3Bucket {
+    /// Deletes the bucket, and with it the volumes SeaweedFS gave it (a few per bucket, of a
+    /// limited number per server).
+    fn drop(&mut self) {
+        if let Some((master, bucket)) = self.created.take()
+            && let Err(why) = seaweedfs_shell(&master, &format!("s3.bucket.delete -name {bucket}"))
+        {
+            tracing::warn!(%bucket, %why, "could not delete a test bucket");
+        }
+    }
+}
+
+/// Runs one command of SeaweedFS's admin shell (buckets are made and removed there: S3 itself
+/// would need a signed request); an error holds what the shell said.
+fn seaweedfs_shell(master: &str, command: &str) -> Result<(), String> {
     use std::io::Write;
     let mut shell = Command::new("weed")
         .args(["shell", &format!("-master={master}")])
@@ -466,17 +483,17 @@ fn create_seaweedfs_bucket(master: &str, bucket: &str) -> Result<(), String> {
         .spawn()
         .map_err(|err| format!("running weed shell: {err}"))?;
     let mut stdin = shell.stdin.take().expect("piped");
-    writeln!(stdin, "s3.bucket.create -name {bucket}").map_err(|err| err.to_string())?;
+    writeln!(stdin, "{command}").map_err(|err| err.to_string())?;
     drop(stdin);
     let output = shell.wait_with_output().map_err(|err| err.to_string())?;
     let said = String::from_utf8_lossy(&output.stdout);
-    if said.contains(&format!("created bucket {bucket}")) {
-        Ok(())
-    } else {
-        Err(format!(
+    let failed = !output.status.success() || said.to_lowercase().contains("error");
+    match failed {
+        false => Ok(()),
+        true => Err(format!(
             "weed shell said: {said} {}",
             String::from_utf8_lossy(&output.stderr)
-        ))
+        )),
     }
 }
 
