@@ -10,6 +10,7 @@ mod hostile;
 mod kafka;
 mod kill;
 mod lambda;
+mod notebooks;
 mod objects;
 mod openapi;
 mod raw_readers;
