@@ -7,6 +7,7 @@ mod cluster;
 mod dashboard;
 mod governance;
 mod hostile;
+mod infra;
 mod kafka;
 mod kill;
 mod lambda;

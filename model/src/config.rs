@@ -624,6 +624,30 @@ fn merge_tables(base: &mut toml::Table, overlay: toml::Table) {
     }
 }
 
+/// Whether the environment variable `var` sets a setting: a field's path in capitals
+/// (`TALLY_INGEST_LISTEN` for `[ingest] listen`), or an entry of `[kafka.client]`
+/// (`TALLY_KAFKA_CLIENT_*`) or `[objects.options]` (`TALLY_OBJECTS_OPTIONS_*`). Deployment
+/// files are checked against it, since [`Config::parse`] ignores the `TALLY_*` variables that
+/// name no field.
+pub fn is_setting_variable(var: &str) -> bool {
+    fn paths(table: &toml::Table, path: &str, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let var = format!("{path}_{}", key.to_uppercase());
+            match value {
+                toml::Value::Table(inner) => paths(inner, &var, out),
+                _ => out.push(var),
+            }
+        }
+    }
+    if var.starts_with(KAFKA_CLIENT_PREFIX) || var.starts_with(OBJECTS_OPTIONS_PREFIX) {
+        return true;
+    }
+    let defaults = toml::Table::try_from(Config::default()).expect("Config serializes to a table");
+    let mut known = Vec::new();
+    paths(&defaults, ENV_PREFIX.trim_end_matches('_'), &mut known);
+    known.iter().any(|name| name == var)
+}
+
 fn apply_env(
     table: &mut toml::Table,
     path: &str,
@@ -775,6 +799,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.views.url, "scylla://db2:9042/tally");
+    }
+
+    #[test]
+    fn setting_variables_are_the_fields_and_the_map_families() {
+        for var in [
+            "TALLY_INGEST_LISTEN",
+            "TALLY_DATA_DIR",
+            "TALLY_DEMO_WRITE_KEY",
+            "TALLY_SPEED_PEERS",
+            "TALLY_KAFKA_CLIENT_SASL_PASSWORD",
+            "TALLY_OBJECTS_OPTIONS_AWS_ENDPOINT",
+        ] {
+            assert!(is_setting_variable(var), "{var}");
+        }
+        for var in [
+            "TALLY_INGEST_LISTENS",
+            "TALLY_SCYLLA_URI",
+            "INGEST_LISTEN",
+            "TALLY_SPEED",
+        ] {
+            assert!(!is_setting_variable(var), "{var}");
+        }
     }
 
     #[test]
