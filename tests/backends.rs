@@ -9,21 +9,22 @@ use std::time::Duration;
 use tally_connectors::batch_views::BatchViews;
 use tally_connectors::log::KafkaLog;
 use tally_connectors::log::kafka::client_config;
-use tally_connectors::testing::{Kafka, S3Bucket, scylla_uri, unique_name};
+use tally_connectors::testing::{RealBackends, unique_name};
 use tally_model::KafkaConfig;
 
 use crate::batch::assert_batch_views_count;
 use crate::kafka::{topic_records, viewed_count, wait_until_forwarded};
-use crate::support::{Tally, acked_ids, failed_requests, run, tally};
+use crate::support::{Tally, acked_ids, failed_requests, keep_objects_at, run, tally};
 
 #[test]
 fn tally_up_on_kafka_cassandra_and_s3_counts_each_event_once() {
     let test = "backends::tally_up_on_kafka_cassandra_and_s3_counts_each_event_once";
-    let (Some(kafka), Some(views_url), Some(bucket)) = (
-        Kafka::shared(test),
-        scylla_uri(test),
-        S3Bucket::create(test),
-    ) else {
+    let Some(RealBackends {
+        kafka,
+        views_url,
+        bucket,
+    }) = RealBackends::get(test)
+    else {
         return;
     };
     let events_topic = unique_name("events");
@@ -38,12 +39,8 @@ fn tally_up_on_kafka_cassandra_and_s3_counts_each_event_once() {
                 format!("{events_topic}.rejected"),
             )
             .env("TALLY_VIEWS_URL", &views_url)
-            .env("TALLY_OBJECTS_URL", &bucket.url)
             .env("TALLY_BATCH_ROLL_EVENTS", "400");
-        for (setting, value) in &bucket.options {
-            let var = format!("TALLY_OBJECTS_OPTIONS_{}", setting.to_uppercase());
-            command.env(var, value);
-        }
+        keep_objects_at(&mut command, &bucket.url, &bucket.options);
         command
     };
     run(on_backends().args(["kafka", "init"]));

@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 use tally_connectors::log::kafka::client_config;
 use tally_connectors::log::{AppendRecord, EventLog, KafkaLog};
 use tally_connectors::testing::{
-    Kafka, S3Bucket, as_named, assert_states_agree, free_local_address, reference_states,
-    sample_demo_events, scylla_uri, unique_name,
+    Kafka, RealBackends, S3Bucket, as_named, assert_states_agree, free_local_address,
+    reference_states, sample_demo_events, scylla_uri, unique_name,
 };
 use tally_connectors::view_store::{ScyllaViewStore, ViewKey, ViewStore};
 use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{AggregateState, Catalog, KafkaConfig, Millis};
 
 use crate::kafka::topic_records;
-use crate::support::{READ_KEY, Tally, WRITE_KEY, tally};
+use crate::support::{READ_KEY, Tally, WRITE_KEY, keep_objects_at, tally};
 
 const PARTITIONS: u32 = 4;
 
@@ -222,15 +222,11 @@ impl Topology {
     fn tally(&self, role: &str) -> Command {
         let mut command = self.topic.tally(&self.views_url);
         command
-            .env("TALLY_OBJECTS_URL", &self.bucket.url)
             // Late events up to an hour: older hours close and the batch layer publishes them.
             .env("TALLY_INGEST_MAX_LATENESS_SECS", "3600")
             .env("TALLY_BATCH_ROLL_EVENTS", "300")
             .env("TALLY_BATCH_ROLL_SECS", "1");
-        for (setting, value) in &self.bucket.options {
-            let var = format!("TALLY_OBJECTS_OPTIONS_{}", setting.to_uppercase());
-            command.env(var, value);
-        }
+        keep_objects_at(&mut command, &self.bucket.url, &self.bucket.options);
         command.arg(role);
         command
     }
@@ -421,11 +417,12 @@ fn wait_for_exact_answers(serves: &[&Tally], topic: &Topic, with_search: bool) {
 #[test]
 fn a_loopback_cluster_answers_exactly_and_again_after_kill_9_of_each_kind_of_process() {
     let test = "cluster::a_loopback_cluster_answers_exactly";
-    let (Some(kafka), Some(views_url), Some(bucket)) = (
-        Kafka::shared(test),
-        scylla_uri(test),
-        S3Bucket::create(test),
-    ) else {
+    let Some(RealBackends {
+        kafka,
+        views_url,
+        bucket,
+    }) = RealBackends::get(test)
+    else {
         return;
     };
     // `TALLY_CLUSTER_EVENTS=100000` is the long form (docs/cluster.md).

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tally_connectors::testing::S3Bucket;
 
-use crate::support::{ADMIN_KEY, Tally, run, tally};
+use crate::support::{ADMIN_KEY, Tally, keep_objects_at, run, tally};
 
 const NOTEBOOKS: [&str; 3] = [
     "01_raw_events.ipynb",
@@ -27,11 +27,7 @@ fn notebooks_dir() -> &'static Path {
 fn tally_with(objects: Option<(&str, &BTreeMap<String, String>)>) -> Command {
     let mut command = tally();
     if let Some((url, options)) = objects {
-        command.env("TALLY_OBJECTS_URL", url);
-        for (setting, value) in options {
-            let var = format!("TALLY_OBJECTS_OPTIONS_{}", setting.to_uppercase());
-            command.env(var, value);
-        }
+        keep_objects_at(&mut command, url, options);
     }
     command
 }

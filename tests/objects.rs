@@ -12,16 +12,12 @@ use tally_connectors::batch_views::BatchViews;
 use tally_connectors::testing::{Link, S3Bucket, hdfs_uri};
 
 use crate::batch::{archived_positions, assert_batch_views_count, logged, runtime};
-use crate::support::{Tally, failed_requests, run, tally};
+use crate::support::{Tally, failed_requests, keep_objects_at, run, tally};
 
 /// `tally` set, through its environment, to keep its objects at `url`.
 fn tally_on(url: &str, options: &BTreeMap<String, String>) -> Command {
     let mut command = tally();
-    command.env("TALLY_OBJECTS_URL", url);
-    for (setting, value) in options {
-        let var = format!("TALLY_OBJECTS_OPTIONS_{}", setting.to_uppercase());
-        command.env(var, value);
-    }
+    keep_objects_at(&mut command, url, options);
     command
 }
 

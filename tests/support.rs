@@ -28,6 +28,20 @@ pub fn tally() -> Command {
     command
 }
 
+/// Sets `command`'s object store, through its environment, to `url` with `options`.
+pub fn keep_objects_at<'a>(
+    command: &'a mut Command,
+    url: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> &'a mut Command {
+    command.env("TALLY_OBJECTS_URL", url);
+    for (setting, value) in options {
+        let var = format!("TALLY_OBJECTS_OPTIONS_{}", setting.to_uppercase());
+        command.env(var, value);
+    }
+    command
+}
+
 /// Runs a `tally` command to completion.
 pub fn run(command: &mut Command) -> Output {
     let output = command.output().expect("tally runs");

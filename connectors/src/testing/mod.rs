@@ -7,7 +7,9 @@ mod link;
 pub mod servers;
 
 pub use link::Link;
-pub use servers::{Kafka, S3Bucket, free_local_address, hdfs_uri, scylla_uri, unique_name};
+pub use servers::{
+    Kafka, RealBackends, S3Bucket, free_local_address, hdfs_uri, scylla_uri, unique_name,
+};
 
 use std::collections::{BTreeMap, HashMap};
 

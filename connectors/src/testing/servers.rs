@@ -391,6 +391,33 @@ impl Kafka {
     }
 }
 
+/// Every real backend at once, each a test's own: a Kafka broker (for topics of the test's own
+/// names), a ScyllaDB keyspace and an S3 bucket.
+pub struct RealBackends {
+    /// The shared broker.
+    pub kafka: Kafka,
+    /// `scylla://…/<keyspace>`, see [`scylla_uri`].
+    pub views_url: String,
+    /// A new bucket.
+    pub bucket: S3Bucket,
+}
+
+impl RealBackends {
+    /// All three, or `None` after a loud skip of `test` for each one missing.
+    pub fn get(test: &str) -> Option<RealBackends> {
+        let (kafka, views_url, bucket) = (
+            Kafka::shared(test),
+            scylla_uri(test),
+            S3Bucket::create(test),
+        );
+        Some(RealBackends {
+            kafka: kafka?,
+            views_url: views_url?,
+            bucket: bucket?,
+        })
+    }
+}
+
 /// `scylla://…/<keyspace>` on the shared Cassandra (or the ScyllaDB `TALLY_SCYLLA_URI`
 /// names), with a keyspace no other test uses; `None` after a loud skip.
 pub fn scylla_uri(test: &str) -> Option<String> {
