@@ -302,24 +302,17 @@ struct Archivers {
 
 impl Archivers {
     async fn open(self) -> anyhow::Result<(Archiver<Event>, Archiver<RejectedEvent>)> {
-        let Archivers {
-            events,
-            rejected,
-            store,
-            policy,
-            metrics,
-            owned,
-        } = self;
+        let (store, metrics, owned) = (self.store, self.metrics, self.owned);
         let events = Archiver::open_owned(
-            events,
+            self.events,
             store.clone(),
-            policy,
+            self.policy,
             metrics.clone(),
             owned.clone(),
         )
         .await
         .context("starting the events archiver")?;
-        let rejected = Archiver::open_owned(rejected, store, policy, metrics, owned)
+        let rejected = Archiver::open_owned(self.rejected, store, self.policy, metrics, owned)
             .await
             .context("starting the rejected-events archiver")?;
         Ok((events, rejected))

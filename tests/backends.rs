@@ -19,14 +19,10 @@ use crate::support::{Tally, acked_ids, failed_requests, keep_objects_at, run, ta
 #[test]
 fn tally_up_on_kafka_cassandra_and_s3_counts_each_event_once() {
     let test = "backends::tally_up_on_kafka_cassandra_and_s3_counts_each_event_once";
-    let Some(RealBackends {
-        kafka,
-        views_url,
-        bucket,
-    }) = RealBackends::get(test)
-    else {
+    let Some(backends) = RealBackends::get(test) else {
         return;
     };
+    let (kafka, views_url, bucket) = (backends.kafka, backends.views_url, backends.bucket);
     let events_topic = unique_name("events");
     let on_backends = || -> Command {
         let mut command = tally();

@@ -417,14 +417,10 @@ fn wait_for_exact_answers(serves: &[&Tally], topic: &Topic, with_search: bool) {
 #[test]
 fn a_loopback_cluster_answers_exactly_and_again_after_kill_9_of_each_kind_of_process() {
     let test = "cluster::a_loopback_cluster_answers_exactly";
-    let Some(RealBackends {
-        kafka,
-        views_url,
-        bucket,
-    }) = RealBackends::get(test)
-    else {
+    let Some(backends) = RealBackends::get(test) else {
         return;
     };
+    let (kafka, views_url, bucket) = (backends.kafka, backends.views_url, backends.bucket);
     // `TALLY_CLUSTER_EVENTS=100000` is the long form (docs/cluster.md).
     let events: usize = std::env::var("TALLY_CLUSTER_EVENTS")
         .ok()
