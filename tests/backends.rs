@@ -14,7 +14,9 @@ use tally_model::KafkaConfig;
 
 use crate::batch::assert_batch_views_count;
 use crate::kafka::{topic_records, viewed_count, wait_until_forwarded};
-use crate::support::{Tally, acked_ids, failed_requests, keep_objects_at, run, tally};
+use crate::support::{
+    Tally, acked_ids, failed_requests, keep_objects_at, log_to_kafka, run, tally,
+};
 
 #[test]
 fn tally_up_on_kafka_cassandra_and_s3_counts_each_event_once() {
@@ -26,14 +28,7 @@ fn tally_up_on_kafka_cassandra_and_s3_counts_each_event_once() {
     let events_topic = unique_name("events");
     let on_backends = || -> Command {
         let mut command = tally();
-        command
-            .env("TALLY_LOG_KIND", "kafka")
-            .env("TALLY_KAFKA_BROKERS", &kafka.address)
-            .env("TALLY_KAFKA_EVENTS_TOPIC", &events_topic)
-            .env(
-                "TALLY_KAFKA_REJECTED_TOPIC",
-                format!("{events_topic}.rejected"),
-            )
+        log_to_kafka(&mut command, &kafka.address, &events_topic)
             .env("TALLY_VIEWS_URL", &views_url)
             .env("TALLY_BATCH_ROLL_EVENTS", "400");
         keep_objects_at(&mut command, &bucket.url, &bucket.options);

@@ -20,7 +20,7 @@ use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{AggregateState, Catalog, KafkaConfig, Millis};
 
 use crate::kafka::topic_records;
-use crate::support::{READ_KEY, Tally, WRITE_KEY, keep_objects_at, tally};
+use crate::support::{READ_KEY, Tally, WRITE_KEY, keep_objects_at, log_to_kafka, tally};
 
 const PARTITIONS: u32 = 4;
 
@@ -57,14 +57,7 @@ impl Topic {
     /// `tally` reading this topic and writing views to `views_url`.
     fn tally(&self, views_url: &str) -> Command {
         let mut command = tally();
-        command
-            .env("TALLY_LOG_KIND", "kafka")
-            .env("TALLY_KAFKA_BROKERS", &self.kafka.address)
-            .env("TALLY_KAFKA_EVENTS_TOPIC", &self.name)
-            .env(
-                "TALLY_KAFKA_REJECTED_TOPIC",
-                format!("{}.rejected", self.name),
-            )
+        log_to_kafka(&mut command, &self.kafka.address, &self.name)
             .env("TALLY_VIEWS_URL", views_url)
             .env("TALLY_SPEED_EPOCH_MS", "50");
         command
@@ -316,15 +309,16 @@ struct Expected {
 
 impl Expected {
     fn of(topic: &Topic) -> Expected {
+        let catalog = Catalog::demo(WRITE_KEY, READ_KEY);
+        let view = &catalog.tenants["demo"].views[0];
+        assert_eq!(view.name, "events_by_type");
+        let events = tally_connectors::testing::deduplicated(topic_records(topic.log.as_ref()));
         let mut hourly = BTreeMap::new();
-        for (key, state) in topic.reference() {
-            if key.view == "events_by_type" {
-                let hour = key.bucket.div_euclid(HOUR_MS) * HOUR_MS;
-                *hourly.entry((hour, key.dimensions[0].clone())).or_default() += state.count;
-            }
+        for event in events.iter().filter(|event| view.covers(&event.event_type)) {
+            let hour = event.ts.div_euclid(HOUR_MS) * HOUR_MS;
+            *hourly.entry((hour, event.event_type.clone())).or_default() += 1;
         }
-        let records = topic_records(topic.log.as_ref());
-        let purchases = tally_connectors::testing::deduplicated(records)
+        let purchases = events
             .into_iter()
             .filter(|event| event.event_type == "purchase")
             .map(|event| (event.event_id, event.ts))

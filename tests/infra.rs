@@ -14,7 +14,7 @@ use tally_connectors::testing::{Kafka, unique_name};
 use tally_model::Config;
 use tally_model::config::is_setting_variable;
 
-use crate::support::{Tally, tally};
+use crate::support::{Tally, log_to_kafka, tally};
 
 fn infra(path: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -203,18 +203,16 @@ fn the_grafana_dashboard_names_only_metrics_that_tally_registers() {
 
     // Every part running, the forwarder included: `tally up` on Kafka, with load and rejects.
     let topic = unique_name("events");
-    let mut command = tally();
-    command
-        .env("TALLY_KAFKA_EVENTS_TOPIC", &topic)
-        .env("TALLY_KAFKA_REJECTED_TOPIC", format!("{topic}.rejected"))
-        .env("TALLY_BATCH_ROLL_SECS", "1");
-    let kafka_flags = ["--log", "kafka", "--brokers", kafka.address.as_str()];
-    let mut init = tally();
-    init.env("TALLY_KAFKA_EVENTS_TOPIC", &topic)
-        .env("TALLY_KAFKA_REJECTED_TOPIC", format!("{topic}.rejected"));
-    crate::support::run(init.args(["kafka", "init"]).args(kafka_flags));
+    let on_topic = || {
+        let mut command = tally();
+        log_to_kafka(&mut command, &kafka.address, &topic);
+        command
+    };
+    crate::support::run(on_topic().args(["kafka", "init"]));
+    let mut command = on_topic();
+    command.env("TALLY_BATCH_ROLL_SECS", "1");
     let dir = tempfile::tempdir().unwrap();
-    let up = Tally::up_with_args(&dir.path().join("data"), command, &kafka_flags);
+    let up = Tally::up_with(&dir.path().join("data"), command);
     crate::support::run(up.generator().args([
         "--events",
         "300",

@@ -42,6 +42,16 @@ pub fn keep_objects_at<'a>(
     command
 }
 
+/// Sets `command`, through its environment, to log to Kafka at `brokers`, in the topic
+/// `events` and its rejected stream `<events>.rejected`.
+pub fn log_to_kafka<'a>(command: &'a mut Command, brokers: &str, events: &str) -> &'a mut Command {
+    command
+        .env("TALLY_LOG_KIND", "kafka")
+        .env("TALLY_KAFKA_BROKERS", brokers)
+        .env("TALLY_KAFKA_EVENTS_TOPIC", events)
+        .env("TALLY_KAFKA_REJECTED_TOPIC", format!("{events}.rejected"))
+}
+
 /// Runs a `tally` command to completion.
 pub fn run(command: &mut Command) -> Output {
     let output = command.output().expect("tally runs");
