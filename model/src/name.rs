@@ -2,7 +2,7 @@
 //! views, sources and tenants. Names travel into URLs, object paths, metrics labels and the
 //! console, so they are kept to characters that mean nothing in any of them.
 
-use crate::problem::NameError;
+use crate::problem::{CatalogProblem, NameError};
 
 /// The longest name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -22,6 +22,24 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), NameError> {
         Err(NameError {
             what,
             shown: name.chars().take(MAX_NAME_LEN).collect(),
+        })
+    }
+}
+
+/// Checks an event type's alias: the name a tracking plan gives it (`Order Completed`).
+/// Aliases are only looked up, never used in paths or labels, so they may hold spaces and
+/// any letters: 1 to 128 bytes, no control characters, no surrounding spaces, not `*`.
+pub fn check_event_type_alias(alias: &str) -> Result<(), CatalogProblem> {
+    let plain = !alias.is_empty()
+        && alias.len() <= 2 * MAX_NAME_LEN
+        && alias.trim() == alias
+        && alias != crate::registry::ANY_EVENT_TYPE
+        && !alias.chars().any(char::is_control);
+    if plain {
+        Ok(())
+    } else {
+        Err(CatalogProblem::EventTypeAlias {
+            shown: alias.chars().take(2 * MAX_NAME_LEN).collect(),
         })
     }
 }
@@ -57,6 +75,18 @@ mod tests {
         ] {
             let err = check_name("tag", bad).unwrap_err().to_string();
             assert!(err.starts_with("tag name"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn event_type_aliases_are_free_text_without_controls() {
+        for good in ["Order Completed", "Añadir al carrito", "purchase.v2", "x"] {
+            assert_eq!(check_event_type_alias(good), Ok(()), "{good}");
+        }
+        let long = "x".repeat(2 * MAX_NAME_LEN + 1);
+        for bad in ["", " Order", "Order ", "*", "a\nb", "\u{7}", &long] {
+            let err = check_event_type_alias(bad).unwrap_err().to_string();
+            assert!(err.starts_with("event type alias"), "{bad}: {err}");
         }
     }
 }

@@ -28,17 +28,29 @@ pub enum CatalogProblem {
     /// A name that is not plain.
     #[error(transparent)]
     Name(#[from] NameError),
-    /// An alias that is another tag's name.
-    #[error("alias '{alias}' of tag '{tag}' is the name of tag '{alias}'")]
-    AliasIsATag {
+    /// An event type alias that is empty, too long, padded, `*` or holds control characters.
+    #[error(
+        "event type alias {shown:?} is not allowed: use 1 to 128 bytes of text without control characters or surrounding spaces, other than '*'"
+    )]
+    EventTypeAlias {
+        /// The alias, cut to the longest allowed.
+        shown: String,
+    },
+    /// An alias that is another tag's (or event type's) name.
+    #[error("alias '{alias}' of {what} '{owner}' is the name of {what} '{alias}'")]
+    AliasIsAName {
+        /// What is aliased: "tag" or "event type".
+        what: &'static str,
         /// The alias.
         alias: String,
-        /// The tag that declares it.
-        tag: String,
+        /// The tag or event type that declares it.
+        owner: String,
     },
-    /// An alias two tags declare.
-    #[error("alias '{alias}' is claimed by tags '{first}' and '{second}'; give it to one")]
+    /// An alias two tags (or two event types) declare.
+    #[error("alias '{alias}' is claimed by {what}s '{first}' and '{second}'; give it to one")]
     AliasClaimed {
+        /// What is aliased: "tag" or "event type".
+        what: &'static str,
         /// The alias.
         alias: String,
         /// One tag that declares it.

@@ -135,7 +135,10 @@ impl Tenant {
         let tags = BTreeMap::from([
             (
                 "os_type".to_owned(),
-                tag(TagKind::String, &["os", "ostype", "os_name"]),
+                tag(
+                    TagKind::String,
+                    &["os", "ostype", "os_name", "context.os.name"],
+                ),
             ),
             (
                 "country".to_owned(),
@@ -151,6 +154,7 @@ impl Tenant {
         ]);
         let common = ["os_type", "country", "latency_ms"];
         let event_type = |required: &[&str], extra: &[&str]| EventTypeSpec {
+            aliases: Vec::new(),
             required: required.iter().map(|t| (*t).to_owned()).collect(),
             optional: common
                 .iter()
@@ -164,7 +168,11 @@ impl Tenant {
             ("click".to_owned(), event_type(&[], &["url"])),
             (
                 "purchase".to_owned(),
-                event_type(&["revenue"], &["account_number"]),
+                EventTypeSpec {
+                    // A tracking plan's name for it, as Segment's e-commerce spec spells it.
+                    aliases: vec!["Order Completed".to_owned()],
+                    ..event_type(&["revenue"], &["account_number"])
+                },
             ),
             ("session_start".to_owned(), event_type(&[], &[])),
             ("session_end".to_owned(), event_type(&[], &[])),
