@@ -1,5 +1,6 @@
-//! From a request body to accepted events and rejects: JSON or NDJSON parsing, the per-event
-//! size limit, and validation against the tenant's registry. No I/O.
+//! From a request to accepted events and rejects: the per-event size limit, reading each
+//! event (Tally's JSON or NDJSON here, the trackers' formats in [`crate::trackers`]) and
+//! validation against the tenant's registry. No I/O.
 // This module reads what callers send: its arithmetic is checked or saturating, never
 // wrapping (docs/hardening.md).
 #![deny(clippy::arithmetic_side_effects)]
@@ -7,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use tally_model::registry::ValidationContext;
 use tally_model::{Event, RejectReason, TagRegistry};
 
@@ -103,9 +105,152 @@ impl Rejection {
 const EVENT_TOO_LARGE: &str = "event_too_large";
 const INVALID_JSON: &str = "invalid_json";
 
-/// Splits, sizes and validates every event in `body`, keeping the details of the first
-/// `max_rejects_detailed` rejects. A body that is not JSON at all becomes one rejection at
-/// index 0.
+/// What a tracker's event becomes before validation: an object in Tally's event shape, and
+/// the tags offered besides it (a tracker's context), kept only where the registry declares
+/// them ([`TagRegistry::validate_offered`]).
+#[derive(Debug, Default, PartialEq)]
+pub struct Submission {
+    /// `event_type`, `user_id`, `event_id`, `ts` and `tags`, as `POST /v1/events` takes them.
+    pub event: Value,
+    /// Dotted names to values.
+    pub offered: Map<String, Value>,
+}
+
+/// Judges the events of one request one by one, against the tenant's registry, into an
+/// [`Intake`]: a native body, a tracker's batch, or a pixel's query.
+pub struct Judge<'a> {
+    registry: &'a TagRegistry,
+    context: ValidationContext<'a>,
+    max_event_bytes: usize,
+    verdict: Intake,
+}
+
+impl<'a> Judge<'a> {
+    /// A judge keeping the details of the first `max_rejects_detailed` rejects.
+    pub fn new(
+        registry: &'a TagRegistry,
+        context: ValidationContext<'a>,
+        max_event_bytes: usize,
+        max_rejects_detailed: usize,
+    ) -> Self {
+        Judge {
+            registry,
+            context,
+            max_event_bytes,
+            verdict: Intake {
+                max_rejects_detailed,
+                ..Intake::default()
+            },
+        }
+    }
+
+    /// When the events were received.
+    pub fn received_at(&self) -> tally_model::Millis {
+        self.context.received_at
+    }
+
+    /// Judges the event sent as `raw` (kept as the reject's payload), once `read` has made it
+    /// a submission. An event over the size limit is rejected before it is read.
+    pub fn event(
+        &mut self,
+        index: usize,
+        raw: &str,
+        read: impl FnOnce(&str) -> Result<Submission, Vec<RejectReason>>,
+    ) {
+        if raw.len() > self.max_event_bytes {
+            let message = format!(
+                "event is {} bytes, over the limit of {} bytes per event",
+                raw.len(),
+                self.max_event_bytes
+            );
+            self.reject(index, EVENT_TOO_LARGE, message, raw);
+            return;
+        }
+        let judged = read(raw).and_then(|submission| {
+            self.registry.validate_offered(
+                &submission.event,
+                &submission.offered,
+                &self.context,
+                new_event_id,
+            )
+        });
+        match judged {
+            Ok(event) => self.verdict.accepted.push(event),
+            Err(reasons) => self.verdict.reject(Rejection {
+                index,
+                reasons,
+                payload: truncate(raw, self.max_event_bytes),
+            }),
+        }
+    }
+
+    /// Rejects an event or a body that could not be read at all, keeping `payload`.
+    pub fn reject(&mut self, index: usize, code: &'static str, message: String, payload: &str) {
+        let rejection = Rejection::new(index, code, message, payload, self.max_event_bytes);
+        self.verdict.reject(rejection);
+    }
+
+    /// Judges every event of a body in Tally's own format. A body that is not JSON at all
+    /// becomes one rejection at index 0.
+    pub fn native_body(mut self, body: &[u8], format: BodyFormat) -> Intake {
+        match format {
+            BodyFormat::Json => match split_json(body) {
+                Ok(events) => {
+                    for (index, raw) in events.iter().enumerate() {
+                        self.event(index, raw.get(), native);
+                    }
+                }
+                Err(message) => {
+                    self.reject(0, INVALID_JSON, message, &String::from_utf8_lossy(body));
+                }
+            },
+            BodyFormat::NdJson => {
+                let lines = body
+                    .split(|byte| *byte == b'\n')
+                    .map(|line| line.trim_ascii())
+                    .filter(|line| !line.is_empty());
+                for (index, line) in lines.enumerate() {
+                    match std::str::from_utf8(line) {
+                        Ok(text) => self.event(index, text, native),
+                        Err(err) => self.reject(
+                            index,
+                            INVALID_JSON,
+                            format!("line is not UTF-8: {err}"),
+                            &String::from_utf8_lossy(line),
+                        ),
+                    }
+                }
+            }
+        }
+        self.finish()
+    }
+
+    /// The verdict on every event judged.
+    pub fn finish(self) -> Intake {
+        self.verdict
+    }
+}
+
+/// Reads one event of Tally's own format: strict JSON, nothing offered besides it.
+pub fn native(raw: &str) -> Result<Submission, Vec<RejectReason>> {
+    let event = strict_json::parse(raw).map_err(invalid_json)?;
+    Ok(Submission {
+        event,
+        offered: Map::new(),
+    })
+}
+
+/// The reason for a text that is not JSON.
+pub fn invalid_json(err: serde_json::Error) -> Vec<RejectReason> {
+    vec![RejectReason::new(
+        INVALID_JSON,
+        format!("invalid JSON: {err}"),
+    )]
+}
+
+/// Splits, sizes and validates every event of a native `body`, keeping the details of the
+/// first `max_rejects_detailed` rejects. A body that is not JSON at all becomes one rejection
+/// at index 0.
 pub fn intake(
     body: &[u8],
     format: BodyFormat,
@@ -114,77 +259,13 @@ pub fn intake(
     max_event_bytes: usize,
     max_rejects_detailed: usize,
 ) -> Intake {
-    let mut verdict = Intake {
+    Judge::new(
+        registry,
+        context.clone(),
+        max_event_bytes,
         max_rejects_detailed,
-        ..Intake::default()
-    };
-    // `raw` is the event's text, or why it is not text or JSON, with the bytes to keep.
-    let judge = |index: usize, raw: Result<&str, (String, &[u8])>, verdict: &mut Intake| {
-        let raw = match raw {
-            Ok(raw) => raw,
-            Err((message, bytes)) => {
-                let payload = String::from_utf8_lossy(bytes);
-                verdict.reject(Rejection::new(
-                    index,
-                    INVALID_JSON,
-                    message,
-                    &payload,
-                    max_event_bytes,
-                ));
-                return;
-            }
-        };
-        if raw.len() > max_event_bytes {
-            let message = format!(
-                "event is {} bytes, over the limit of {max_event_bytes} bytes per event",
-                raw.len()
-            );
-            verdict.reject(Rejection::new(
-                index,
-                EVENT_TOO_LARGE,
-                message,
-                raw,
-                max_event_bytes,
-            ));
-            return;
-        }
-        let parsed = strict_json::parse(raw).map_err(|err| {
-            vec![RejectReason::new(
-                INVALID_JSON,
-                format!("invalid JSON: {err}"),
-            )]
-        });
-        match parsed.and_then(|value| registry.validate(&value, context, new_event_id)) {
-            Ok(event) => verdict.accepted.push(event),
-            Err(reasons) => verdict.reject(Rejection {
-                index,
-                reasons,
-                payload: truncate(raw, max_event_bytes),
-            }),
-        }
-    };
-    match format {
-        BodyFormat::Json => match split_json(body) {
-            Ok(events) => {
-                for (index, raw) in events.iter().enumerate() {
-                    judge(index, Ok(raw.get()), &mut verdict);
-                }
-            }
-            Err(message) => judge(0, Err((message, body)), &mut verdict),
-        },
-        BodyFormat::NdJson => {
-            let lines = body
-                .split(|byte| *byte == b'\n')
-                .map(|line| line.trim_ascii())
-                .filter(|line| !line.is_empty());
-            for (index, line) in lines.enumerate() {
-                let text = std::str::from_utf8(line)
-                    .map_err(|err| (format!("line is not UTF-8: {err}"), line));
-                judge(index, text, &mut verdict);
-            }
-        }
-    }
-    verdict
+    )
+    .native_body(body, format)
 }
 
 /// The events of a JSON body, each as its raw text: an array of events or one event.

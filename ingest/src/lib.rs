@@ -14,19 +14,22 @@
 
 pub mod forwarder;
 pub mod intake;
+mod request;
 mod routes;
 mod strict_json;
 mod telemetry;
+mod trackers;
 
 use std::sync::Arc;
 
 use actix_cors::Cors;
-use actix_web::http::header;
+use actix_web::http::{Method, header};
 use actix_web::web;
 use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{AppendRecord, EventLog, LogError};
 use tally_model::config::IngestConfig;
-use tally_model::{ApiKey, Millis, RejectedEvent, partition_of};
+use tally_model::registry::ValidationContext;
+use tally_model::{ApiKey, Catalog, Millis, RejectedEvent, partition_of};
 
 pub use telemetry::IngestMetrics;
 
@@ -36,15 +39,19 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
     #[derive(OpenApi)]
     #[openapi(
-        paths(routes::post_events, routes::pixel),
-        tags((name = "ingest", description = "Tracking events in: the batch API and the image beacon"))
+        paths(routes::post_events, routes::pixel, trackers::segment::post_batch,
+            trackers::segment::post_call, trackers::snowplow::post_events,
+            trackers::snowplow::post_events_keyed, trackers::snowplow::get_event_keyed,
+            trackers::snowplow::preflight),
+        tags((name = "ingest", description = "Tracking events in: the batch API and the image beacon"),
+            (name = "trackers", description = "Segment's, RudderStack's and Snowplow's SDKs, unchanged (docs/trackers.md)"))
     )]
     struct IngestApi;
 
     IngestApi::openapi()
 }
 
-use crate::intake::Intake;
+use crate::intake::{Intake, Judge};
 
 /// The collector's shared state.
 pub struct Collector {
@@ -74,22 +81,54 @@ impl Collector {
         }
     }
 
-    /// Mounts the collector's routes, with CORS for browser senders.
+    /// Mounts the collector's routes, with CORS for browser senders: Tally's own, and the
+    /// trackers' (Segment's and Snowplow's).
     pub fn configure(collector: web::Data<Collector>) -> impl Fn(&mut web::ServiceConfig) + Clone {
+        use trackers::{segment, snowplow};
         move |config| {
-            let cors = Cors::default()
-                .allow_any_origin()
-                .allowed_methods(["GET", "POST"])
-                .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-                .max_age(86_400);
+            let cors = || {
+                Cors::default()
+                    .allow_any_origin()
+                    .allowed_methods(["GET", "POST"])
+                    .allowed_headers([
+                        header::AUTHORIZATION,
+                        header::CONTENT_TYPE,
+                        header::CONTENT_ENCODING,
+                    ])
+                    .max_age(86_400)
+            };
             config
                 .app_data(collector.clone())
                 .service(
                     web::resource("/v1/events")
-                        .wrap(cors)
+                        .wrap(cors())
                         .route(web::post().to(routes::post_events)),
                 )
-                .route("/i", web::get().to(routes::pixel));
+                .route("/i", web::get().to(routes::pixel))
+                .service(
+                    web::resource("/v1/batch")
+                        .wrap(cors())
+                        .route(web::post().to(segment::post_batch)),
+                );
+            for (_, call) in segment::Call::ALL {
+                config.service(
+                    web::resource(format!("/v1/{call}"))
+                        .wrap(cors())
+                        .route(web::post().to(segment::post_call)),
+                );
+            }
+            config
+                .service(
+                    web::resource("/com.snowplowanalytics.snowplow/tp2")
+                        .route(web::post().to(snowplow::post_events))
+                        .route(web::method(Method::OPTIONS).to(snowplow::preflight)),
+                )
+                .service(
+                    web::resource("/sp/{key}/com.snowplowanalytics.snowplow/tp2")
+                        .route(web::post().to(snowplow::post_events_keyed))
+                        .route(web::method(Method::OPTIONS).to(snowplow::preflight)),
+                )
+                .route("/sp/{key}/i", web::get().to(snowplow::get_event_keyed));
         }
     }
 
@@ -159,6 +198,38 @@ impl Collector {
             self.metrics.rejected(reason, *events);
         }
         Ok(())
+    }
+}
+
+impl Collector {
+    /// A judge of events against the key's tenant's registry, keeping the details of as many
+    /// rejects as a reply lists or the rejected stream keeps. `tag_values_as_text` accepts
+    /// numbers and bools sent as text, as query strings and Snowplow send them.
+    fn judge<'a>(
+        &self,
+        key: &'a ApiKey,
+        catalog: &'a Catalog,
+        received_at: Millis,
+        tag_values_as_text: bool,
+    ) -> Judge<'a> {
+        let context = ValidationContext {
+            tenant: &key.tenant,
+            source: &key.source,
+            received_at,
+            max_future_ms: self.limits.max_future_secs.saturating_mul(1000) as Millis,
+            max_age_ms: self.limits.max_lateness_secs.saturating_mul(1000) as Millis,
+            tag_values_as_text,
+        };
+        let detailed = self
+            .limits
+            .max_rejects_listed
+            .max(self.limits.max_rejects_kept);
+        Judge::new(
+            &catalog.tenants[&key.tenant].registry,
+            context,
+            self.limits.max_event_bytes,
+            detailed,
+        )
     }
 }
 

@@ -4,24 +4,22 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, ContentType};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tally_model::registry::ValidationContext;
-use tally_model::tenant::AuthError;
+use tally_model::Scope;
 use tally_model::time::now_millis;
-use tally_model::{ApiKey, Catalog, Millis, Scope};
 
 use crate::Collector;
-use crate::intake::{BodyFormat, Intake, intake, query_is_utf8};
+use crate::intake::{BodyFormat, Intake, query_is_utf8};
+use crate::request::{IngestError, Refusal, authorize, read_body};
 
 /// A transparent 1×1 GIF.
-const PIXEL_GIF: &[u8] = &[
+pub(crate) const PIXEL_GIF: &[u8] = &[
     0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
     0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
@@ -47,13 +45,6 @@ pub(crate) struct RejectedReply {
     index: usize,
     /// Every reason, e.g. "unknown tag 'acount_number': did you mean account_number?".
     reasons: Vec<String>,
-}
-
-/// A refusal's body.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct IngestError {
-    /// Why, and what to do.
-    error: String,
 }
 
 /// `POST /v1/events`: a JSON array (or NDJSON) of events, answered once the valid ones are durable.
@@ -100,45 +91,11 @@ async fn receive_batch(
 ) -> Result<HttpResponse, Refusal> {
     let (key, catalog) = authorize(request, collector)?;
     let format = body_format(request)?;
-    let limit = collector.limits.max_request_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let too_large = || {
-        Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body over the limit of {limit} bytes; send smaller batches"),
-        )
-    };
-    if declared.is_some_and(|length| length > limit) {
-        return Err(too_large());
-    }
-    let patience = Duration::from_secs(collector.limits.body_timeout_secs);
-    let bytes = match actix_web::rt::time::timeout(patience, body.to_bytes_limited(limit)).await {
-        Ok(Ok(Ok(bytes))) => bytes,
-        Ok(Ok(Err(err))) => {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "body_unreadable",
-                format!("could not read the request body: {err}"),
-            ));
-        }
-        Ok(Err(_)) => return Err(too_large()),
-        Err(_) => {
-            return Err(Refusal::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body took over {} s to arrive; nothing was stored, send it again",
-                    patience.as_secs()
-                ),
-            ));
-        }
-    };
+    let bytes = read_body(request, body, collector).await?;
     let received_at = now_millis();
-    let verdict = collector.judge(&bytes, format, &key, &catalog, received_at, false);
+    let verdict = collector
+        .judge(&key, &catalog, received_at, false)
+        .native_body(&bytes, format);
     if verdict.accepted.is_empty() && verdict.rejected_count == 0 {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
@@ -146,14 +103,7 @@ async fn receive_batch(
             "the request holds no events; send a JSON array of events".to_owned(),
         ));
     }
-    if let Err(err) = collector.store(&key, received_at, &verdict).await {
-        tracing::error!(error = %err, "could not store events durably");
-        return Err(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_stored",
-            format!("could not store events durably, nothing was acknowledged; retry: {err}"),
-        ));
-    }
+    collector.store(&key, received_at, &verdict).await?;
     let status = match (verdict.accepted.len(), verdict.any_too_large) {
         (0, true) => StatusCode::PAYLOAD_TOO_LARGE,
         (0, false) => StatusCode::BAD_REQUEST,
@@ -163,7 +113,8 @@ async fn receive_batch(
 }
 
 /// `GET /i?k=<write key>&e=<event type>&uid=<user>&<tag>=<value>...`: the image beacon.
-/// Always answers the GIF; rejects are recorded like any other.
+/// Always answers the GIF; rejects are recorded like any other. Without `k`, the request is
+/// Snowplow's GET form (docs/trackers.md).
 #[utoipa::path(get, path = "/i", tag = "ingest",
     params(("k" = String, Query, description = "A write key"),
         ("e" = String, Query, description = "The event type"),
@@ -172,6 +123,14 @@ async fn receive_batch(
         ("ts" = Option<String>, Query, description = "Event time, RFC 3339 or epoch ms [default: now]")),
     responses((status = 200, description = "A 1x1 GIF, whatever happened", content_type = "image/gif")))]
 pub async fn pixel(request: HttpRequest, collector: web::Data<Collector>) -> HttpResponse {
+    let tally_pixel = request
+        .query_string()
+        .split('&')
+        .any(|pair| pair == "k" || pair.starts_with("k="));
+    if !tally_pixel {
+        // Snowplow's GET form shares the path; it never sends `k`.
+        return crate::trackers::snowplow::get_event(request, &collector, None).await;
+    }
     let started = Instant::now();
     if let Err(err) = record_pixel(&request, &collector).await {
         tracing::debug!(error = %err, "pixel not recorded");
@@ -235,61 +194,13 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         event.insert("tags".to_owned(), Value::Object(tags));
     }
     let body = serde_json::to_vec(&Value::Object(event)).expect("a JSON map serializes");
-    let verdict = collector.judge(&body, BodyFormat::Json, &key, &catalog, received_at, true);
+    let verdict = collector
+        .judge(&key, &catalog, received_at, true)
+        .native_body(&body, BodyFormat::Json);
     collector
         .store(&key, received_at, &verdict)
         .await
         .map_err(|err| err.to_string())
-}
-
-/// Why a request is refused as a whole: its status, a short reason for `/metrics`, and what
-/// to tell the caller.
-struct Refusal {
-    status: StatusCode,
-    reason: &'static str,
-    message: String,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, reason: &'static str, message: String) -> Self {
-        Refusal {
-            status,
-            reason,
-            message,
-        }
-    }
-
-    fn into_response(self) -> HttpResponse {
-        error(self.status, self.message)
-    }
-}
-
-/// The API key of the request, if it may write, and the catalog it was checked against.
-fn authorize(
-    request: &HttpRequest,
-    collector: &Collector,
-) -> Result<(ApiKey, Arc<Catalog>), Refusal> {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok());
-    let catalog = collector.catalog.current();
-    match catalog.authorize(header, Scope::Write, now_millis()) {
-        Ok(key) => Ok((key.clone(), catalog.clone())),
-        Err(refused) => Err(Refusal::new(
-            StatusCode::from_u16(refused.status()).expect("401 and 403 are statuses"),
-            match refused {
-                AuthError::Lacks { .. } => "forbidden",
-                _ => "unauthorized",
-            },
-            match refused {
-                AuthError::Lacks { key, .. } => {
-                    format!("API key '{key}' may not send events: it lacks the write scope")
-                }
-                other => other.to_string(),
-            },
-        )),
-    }
 }
 
 fn body_format(request: &HttpRequest) -> Result<BodyFormat, Refusal> {
@@ -319,7 +230,7 @@ fn body_format(request: &HttpRequest) -> Result<BodyFormat, Refusal> {
 }
 
 /// The reply to a batch: its size is bounded by `max_listed`, however many events failed.
-fn reply(verdict: &Intake, max_listed: usize) -> IngestReply {
+pub(crate) fn reply(verdict: &Intake, max_listed: usize) -> IngestReply {
     IngestReply {
         accepted: verdict.accepted.len(),
         rejected: verdict
@@ -333,56 +244,5 @@ fn reply(verdict: &Intake, max_listed: usize) -> IngestReply {
             .collect(),
         rejected_count: verdict.rejected_count,
         rejected_by_reason: verdict.rejected_by_reason.clone(),
-    }
-}
-
-fn error(status: StatusCode, message: String) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header(ContentType::json())
-        .json(IngestError { error: message })
-}
-
-impl Collector {
-    /// Judges every event of `body` against the key's tenant's registry, keeping the details
-    /// of as many rejects as a reply lists or the rejected stream keeps.
-    fn judge(
-        &self,
-        body: &[u8],
-        format: BodyFormat,
-        key: &ApiKey,
-        catalog: &Catalog,
-        received_at: Millis,
-        tag_values_as_text: bool,
-    ) -> Intake {
-        let context = self.validation_context(key, received_at, tag_values_as_text);
-        let registry = &catalog.tenants[&key.tenant].registry;
-        let detailed = self
-            .limits
-            .max_rejects_listed
-            .max(self.limits.max_rejects_kept);
-        intake(
-            body,
-            format,
-            registry,
-            &context,
-            self.limits.max_event_bytes,
-            detailed,
-        )
-    }
-
-    fn validation_context<'a>(
-        &self,
-        key: &'a ApiKey,
-        received_at: Millis,
-        tag_values_as_text: bool,
-    ) -> ValidationContext<'a> {
-        ValidationContext {
-            tenant: &key.tenant,
-            source: &key.source,
-            received_at,
-            max_future_ms: self.limits.max_future_secs.saturating_mul(1000) as Millis,
-            max_age_ms: self.limits.max_lateness_secs.saturating_mul(1000) as Millis,
-            tag_values_as_text,
-        }
     }
 }

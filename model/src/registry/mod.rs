@@ -7,6 +7,8 @@
 
 mod validate;
 
+pub use validate::json_type;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,248 @@
+//! What every collector route does with a request before its events are read: refusing it
+//! whole with a status and a reason, finding its write key, and reading its body within the
+//! size and time limits, gzip or not.
+// This module reads what callers send: its arithmetic is checked or saturating, never
+// wrapping (docs/hardening.md).
+#![deny(clippy::arithmetic_side_effects)]
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, ContentType};
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use serde::Serialize;
+use tally_connectors::log::LogError;
+use tally_model::tenant::AuthError;
+use tally_model::time::now_millis;
+use tally_model::{ApiKey, Catalog, Scope};
+
+use crate::Collector;
+
+/// Why a request is refused as a whole: its status, a short reason for `/metrics` and the
+/// trackers' `code`, and what to tell the caller.
+pub(crate) struct Refusal {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A refusal's body on Tally's own routes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct IngestError {
+    /// Why, and what to do.
+    error: String,
+}
+
+/// A refusal's body on the trackers' routes, as Segment's API answers: the SDKs read `code`
+/// and `message`.
+#[derive(Serialize)]
+pub(crate) struct TrackerError<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, reason: &'static str, message: String) -> Self {
+        Refusal {
+            status,
+            reason,
+            message,
+        }
+    }
+
+    /// The answer on Tally's own routes: `{"error": ...}`.
+    pub fn into_response(self) -> HttpResponse {
+        HttpResponse::build(self.status)
+            .insert_header(ContentType::json())
+            .json(IngestError {
+                error: self.message,
+            })
+    }
+
+    /// The answer on the trackers' routes: `{"code": ..., "message": ...}`.
+    pub fn into_tracker_response(self) -> HttpResponse {
+        HttpResponse::build(self.status).json(TrackerError {
+            code: self.reason,
+            message: &self.message,
+        })
+    }
+
+    fn unauthorized(message: String) -> Self {
+        Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+}
+
+impl From<LogError> for Refusal {
+    fn from(err: LogError) -> Self {
+        tracing::error!(error = %err, "could not store events durably");
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_stored",
+            format!("could not store events durably, nothing was acknowledged; retry: {err}"),
+        )
+    }
+}
+
+/// The request's write key from its `Authorization` header (`Bearer <key>`), and the catalog
+/// it was checked against.
+pub(crate) fn authorize(
+    request: &HttpRequest,
+    collector: &Collector,
+) -> Result<(ApiKey, Arc<Catalog>), Refusal> {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let catalog = collector.catalog.current();
+    match catalog.authorize(header, Scope::Write, now_millis()) {
+        Ok(key) => Ok((key.clone(), catalog.clone())),
+        Err(refused) => Err(Refusal::new(
+            StatusCode::from_u16(refused.status()).expect("401 and 403 are statuses"),
+            match refused {
+                AuthError::Lacks { .. } => "forbidden",
+                _ => "unauthorized",
+            },
+            match refused {
+                AuthError::Lacks { key, .. } => {
+                    format!("API key '{key}' may not send events: it lacks the write scope")
+                }
+                other => other.to_string(),
+            },
+        )),
+    }
+}
+
+/// The write key whose secret is `secret`, and the catalog it was checked against; `what`
+/// says where the secret came from, for the refusal.
+pub(crate) fn write_key(
+    secret: &str,
+    what: &str,
+    collector: &Collector,
+) -> Result<(ApiKey, Arc<Catalog>), Refusal> {
+    let catalog = collector.catalog.current();
+    let Some(key) = catalog.key(secret, now_millis()) else {
+        return Err(Refusal::unauthorized(format!(
+            "{what} is not a known write key; use a key with the write scope"
+        )));
+    };
+    if !key.allows(Scope::Write) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "API key '{}' may not send events: it lacks the write scope",
+                key.source
+            ),
+        ));
+    }
+    Ok((key.clone(), catalog.clone()))
+}
+
+/// The user name of an HTTP Basic `Authorization` header (RFC 7617), which is where
+/// Segment's and RudderStack's SDKs put the write key.
+pub(crate) fn basic_user(request: &HttpRequest) -> Option<String> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let credentials = String::from_utf8(decoded).ok()?;
+    let user = credentials
+        .split_once(':')
+        .map_or(&*credentials, |(user, _)| user);
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
+/// The request body, within `ingest.max_request_bytes` and `ingest.body_timeout_secs`, and
+/// decompressed when its `Content-Encoding` is gzip: the limit holds for the decompressed
+/// bytes too, so a gzip bomb is refused once it has inflated that far.
+pub(crate) async fn read_body(
+    request: &HttpRequest,
+    body: web::Payload,
+    collector: &Collector,
+) -> Result<Bytes, Refusal> {
+    let limit = collector.limits.max_request_bytes;
+    let too_large = |what: &str| {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body {what}over the limit of {limit} bytes; send smaller batches"),
+        )
+    };
+    let gzip = match request
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|value| value.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("" | "identity") => false,
+        Some("gzip" | "x-gzip") => true,
+        Some(other) => {
+            return Err(Refusal::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding '{other}' is not accepted; send gzip or no encoding"),
+            ));
+        }
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large(""));
+    }
+    let patience = Duration::from_secs(collector.limits.body_timeout_secs);
+    let bytes = match actix_web::rt::time::timeout(patience, body.to_bytes_limited(limit)).await {
+        Ok(Ok(Ok(bytes))) => bytes,
+        Ok(Ok(Err(err))) => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                format!("could not read the request body: {err}"),
+            ));
+        }
+        Ok(Err(_)) => return Err(too_large("")),
+        Err(_) => {
+            return Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body took over {} s to arrive; nothing was stored, send it again",
+                    patience.as_secs()
+                ),
+            ));
+        }
+    };
+    if !gzip {
+        return Ok(bytes);
+    }
+    // One byte past the limit tells an inflated body over it from one exactly at it.
+    let mut inflated = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    flate2::read::MultiGzDecoder::new(&bytes[..])
+        .take(cap)
+        .read_to_end(&mut inflated)
+        .map_err(|err| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_gzip",
+                format!("the body is not valid gzip ({err}); send it compressed whole, or plain"),
+            )
+        })?;
+    if inflated.len() > limit {
+        return Err(too_large("once decompressed is "));
+    }
+    Ok(Bytes::from(inflated))
+}

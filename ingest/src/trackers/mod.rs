@@ -1,0 +1,127 @@
+//! The wire protocols of the trackers people already run, so that their SDKs only need to be
+//! pointed at Tally: Segment's HTTP Tracking API, which RudderStack's SDKs speak too
+//! ([`segment`]), and Snowplow's tracker protocol ([`snowplow`]).
+//!
+//! Each protocol reads its events into [`Submission`]s, Tally's event shape plus the context
+//! it offers; from there on they go the way of `POST /v1/events`: the tenant's registry,
+//! the rejected stream with every reason, durability before the answer, dedupe by id
+//! downstream. docs/trackers.md has the mapping tables.
+// This module reads what callers send: its arithmetic is checked or saturating, never
+// wrapping (docs/hardening.md).
+#![deny(clippy::arithmetic_side_effects)]
+
+pub(crate) mod segment;
+pub(crate) mod snowplow;
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use serde_json::{Map, Value};
+use tally_model::{ApiKey, Millis};
+
+use crate::Collector;
+use crate::intake::Intake;
+use crate::request::Refusal;
+
+/// Adds `value` to `out` under `name`, and each field of an object under `name.field`, at
+/// any depth: `{"a":{"b":1}}` under `p` is `p.a.b`. Arrays and other leaves stay whole.
+fn flatten_into(name: String, value: &Value, out: &mut Map<String, Value>) {
+    match value {
+        Value::Object(fields) if !fields.is_empty() => {
+            for (field, inner) in fields {
+                flatten_into(format!("{name}.{field}"), inner, out);
+            }
+        }
+        leaf => {
+            out.insert(name, leaf.clone());
+        }
+    }
+}
+
+/// Every field of `fields` flattened, at the top level: `{"a":{"b":1}}` is `a.b`.
+fn flatten(fields: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (field, value) in fields {
+        flatten_into(field.clone(), value, &mut out);
+    }
+    out
+}
+
+/// The event time of a device clock corrected by the collector's: the device created the
+/// event at `created` and sent it at `sent` by its own clock, so it happened `sent - created`
+/// before `received`. This is how Segment derives `timestamp` and Snowplow
+/// `derived_tstamp`. None when the arithmetic overflows, which only nonsense clocks do.
+fn corrected_time(created: Millis, sent: Millis, received: Millis) -> Option<Millis> {
+    received.checked_sub(sent.checked_sub(created)?)
+}
+
+/// Stores a tracker request's verdict and answers it: `accepted` once every accepted event
+/// is durable, or a refusal when none was accepted, whose `code` is the first reject's
+/// reason and whose message lists it, so that an SDK logs why and does not retry.
+async fn store_and_answer(
+    collector: &Collector,
+    key: &ApiKey,
+    received_at: Millis,
+    verdict: &Intake,
+    accepted: impl FnOnce(&Intake) -> HttpResponse,
+) -> Result<HttpResponse, Refusal> {
+    if verdict.accepted.is_empty() && verdict.rejected_count == 0 {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "no_events",
+            "the request holds no events".to_owned(),
+        ));
+    }
+    collector.store(key, received_at, verdict).await?;
+    if !verdict.accepted.is_empty() {
+        return Ok(accepted(verdict));
+    }
+    let first = verdict.rejected.first();
+    let code = first
+        .and_then(|rejection| rejection.reasons.first())
+        .map_or("rejected", |reason| reason.code);
+    let reasons = first.map_or_else(String::new, |rejection| {
+        let listed = rejection
+            .reasons
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
+        format!("; event {}: {}", rejection.index, listed.join("; "))
+    });
+    let status = if verdict.any_too_large {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Err(Refusal::new(
+        status,
+        code,
+        format!(
+            "no event was accepted ({} rejected, kept in the rejected stream with their reasons){reasons}",
+            verdict.rejected_count
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nested_fields_flatten_with_dots() {
+        let nested = json!({"a": {"b": 1, "c": {"d": "x"}}, "e": [1, {"f": 2}], "g": {}});
+        let flat = flatten(nested.as_object().unwrap());
+        assert_eq!(
+            Value::Object(flat),
+            json!({"a.b": 1, "a.c.d": "x", "e": [1, {"f": 2}], "g": {}})
+        );
+    }
+
+    #[test]
+    fn device_clocks_are_corrected_by_the_receive_time() {
+        // Created at 1 000 and sent at 1 500 by a clock 10 s slow: received at 11 600.
+        assert_eq!(corrected_time(1_000, 1_500, 11_600), Some(11_100));
+        assert_eq!(corrected_time(Millis::MIN, Millis::MAX, 0), None);
+        assert_eq!(corrected_time(0, Millis::MIN, Millis::MAX), None);
+    }
+}
