@@ -12,14 +12,19 @@ use tally_model::{Catalog, Event, RejectedEvent};
 
 use super::{Collector, IngestMetrics};
 
-struct Harness {
+pub(crate) struct Harness {
     _dir: tempfile::TempDir,
     events: Arc<Spool>,
     rejected: Arc<Spool>,
     collector: web::Data<Collector>,
 }
 
-fn harness(limits: IngestConfig) -> Harness {
+pub(crate) fn harness(limits: IngestConfig) -> Harness {
+    harness_with(limits, Catalog::demo("write-key", "read-key"))
+}
+
+/// A collector validating against `catalog`.
+pub(crate) fn harness_with(limits: IngestConfig, catalog: Catalog) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let open = |name: &str, partitions| {
         Arc::new(
@@ -35,7 +40,7 @@ fn harness(limits: IngestConfig) -> Harness {
     };
     let (events, rejected) = (open("events", 2), open("rejected", 1));
     let metrics = IngestMetrics::register(&mut prometheus_client::registry::Registry::default());
-    let catalog = CatalogHandle::new(Catalog::demo("write-key", "read-key"), 0);
+    let catalog = CatalogHandle::new(catalog, 0);
     let collector = web::Data::new(Collector::new(
         catalog,
         events.clone(),
@@ -52,20 +57,34 @@ fn harness(limits: IngestConfig) -> Harness {
 }
 
 impl Harness {
-    fn stored_events(&self) -> Vec<Event> {
+    pub(crate) fn stored_events(&self) -> Vec<Event> {
         (0..self.events.partitions())
             .flat_map(|p| self.events.read(p, 0, usize::MAX).unwrap())
             .map(|entry| serde_json::from_slice(&entry.payload).unwrap())
             .collect()
     }
 
-    fn stored_rejects(&self) -> Vec<RejectedEvent> {
+    pub(crate) fn stored_rejects(&self) -> Vec<RejectedEvent> {
         self.rejected
             .read(0, 0, usize::MAX)
             .unwrap()
             .into_iter()
             .map(|entry| serde_json::from_slice(&entry.payload).unwrap())
             .collect()
+    }
+
+    /// Sends `request` to the collector's routes: the status, headers and body.
+    pub(crate) async fn send(
+        &self,
+        request: test::TestRequest,
+    ) -> (StatusCode, actix_web::http::header::HeaderMap, Vec<u8>) {
+        let app =
+            test::init_service(App::new().configure(Collector::configure(self.collector.clone())))
+                .await;
+        let response = test::call_service(&app, request.to_request()).await;
+        let status = response.status();
+        let headers = response.headers().clone();
+        (status, headers, test::read_body(response).await.to_vec())
     }
 
     async fn post(
@@ -365,9 +384,11 @@ async fn the_pixel_always_answers_a_gif_and_records_like_the_api() {
     let (status, _) = h.pixel("k=write-key&e=purchase&uid=u9&revenue=lots").await;
     assert_eq!(status, StatusCode::OK);
     assert!(h.stored_rejects()[0].reasons[0].contains("tag 'revenue' must be a number"));
-    for query in ["k=wrong&e=click&uid=u", "", "k=write-key&%zz=%ff"] {
+    for query in ["k=wrong&e=click&uid=u", "k=", "k=write-key&%zz=%ff"] {
         assert_eq!(h.pixel(query).await.0, StatusCode::OK);
     }
+    // Without `k` it is Snowplow's GET form, whose key is the app id.
+    assert_eq!(h.pixel("e=pv&uid=u").await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(h.stored_events().len(), 1);
 }
 

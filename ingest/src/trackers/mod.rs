@@ -125,3 +125,7 @@ mod tests {
         assert_eq!(corrected_time(0, Millis::MIN, Millis::MAX), None);
     }
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod http_tests;

@@ -63,6 +63,12 @@ struct PayloadData<'a> {
     data: Vec<&'a RawValue>,
 }
 
+/// An event's app id, read alone.
+#[derive(Deserialize)]
+struct AppId {
+    aid: Option<String>,
+}
+
 /// `POST /com.snowplowanalytics.snowplow/tp2`: a `payload_data` batch. Answers `ok`.
 #[utoipa::path(post, path = "/com.snowplowanalytics.snowplow/tp2", tag = "trackers",
     request_body(description = "A Snowplow payload_data 1-0-x body; `aid` is the write key", content((Object = "application/json"))),
@@ -211,15 +217,24 @@ async fn receive_post(
             ),
         ));
     }
+    if payload.data.is_empty() {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "no_events",
+            "the body's \"data\" holds no events".to_owned(),
+        ));
+    }
     let events = payload
         .data
         .iter()
         .map(|raw| (raw.get(), read_fields(raw.get())))
         .collect::<Vec<_>>();
-    // Without a key in the path, the first event's app id is the request's key.
-    let app_key = events
+    // Without a key in the path, the first app id is the request's key, even when its event
+    // is invalid: its reject is kept in that tenant's rejected stream.
+    let app_key = payload
+        .data
         .iter()
-        .find_map(|(_, fields)| fields.as_ref().ok()?.get("aid").cloned());
+        .find_map(|raw| serde_json::from_str::<AppId>(raw.get()).ok()?.aid);
     let (secret, what) = match (path_key, &app_key) {
         (Some(secret), _) => (secret, "the path's key"),
         (None, Some(aid)) => (aid.as_str(), "the app id (aid)"),
