@@ -18,3 +18,4 @@ mod raw_readers;
 mod serving;
 mod speed;
 mod support;
+mod trackers;
