@@ -1,6 +1,7 @@
 //! `tally gen`: realistic load for a collector. Zipf-distributed users, a mix of event types
 //! and tags, and chosen shares of duplicates (resent event ids), late events and invalid
-//! events. Reports what was accepted and rejected, and the ack latency.
+//! events, in Tally's format or as a Segment SDK sends them. Reports what was accepted and
+//! rejected, and the ack latency.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
@@ -10,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -54,9 +55,56 @@ pub struct GenArgs {
     /// Random seed, for a repeatable event stream.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The wire format: Tally's `POST /v1/events`, or Segment's `POST /v1/batch`.
+    #[arg(long, value_enum, default_value_t = WireFormat::Tally)]
+    pub format: WireFormat,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How the generator sends its events.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WireFormat {
+    /// A JSON array of Tally events to `/v1/events`, with a bearer key.
+    #[default]
+    Tally,
+    /// A Segment batch to `/v1/batch`, with the key as HTTP Basic's user, as the SDKs send:
+    /// `page` calls for page views, `track` calls for the rest.
+    Segment,
+}
+
+impl WireFormat {
+    fn path(self) -> &'static str {
+        match self {
+            WireFormat::Tally => "/v1/events",
+            WireFormat::Segment => "/v1/batch",
+        }
+    }
+
+    fn authorization(self, key: &str) -> String {
+        match self {
+            WireFormat::Tally => format!("Bearer {key}"),
+            WireFormat::Segment => {
+                use base64::Engine;
+                let credentials =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+                format!("Basic {credentials}")
+            }
+        }
+    }
+
+    /// The body of a batch of events rendered by [`EventFactory::event`].
+    fn body(self, events: &[String]) -> String {
+        let joined = events.join(",");
+        match self {
+            WireFormat::Tally => format!("[{joined}]"),
+            WireFormat::Segment => format!(
+                r#"{{"batch":[{joined}],"sentAt":"{}"}}"#,
+                tally_model::time::format_rfc3339(tally_model::time::now_millis())
+            ),
+        }
+    }
 }
 
 /// What a run sent and what came back.
@@ -183,7 +231,7 @@ pub async fn send(args: GenArgs) -> anyhow::Result<GenReport> {
         )),
         None => None,
     };
-    let url = format!("{}/v1/events", args.url.trim_end_matches('/'));
+    let url = format!("{}{}", args.url.trim_end_matches('/'), args.format.path());
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(60))
         .connector(awc::Connector::new().limit(args.concurrency))
@@ -233,7 +281,7 @@ async fn worker(
     batches: u64,
     started: Instant,
 ) {
-    let authorization = format!("Bearer {}", args.key);
+    let authorization = args.format.authorization(&args.key);
     loop {
         let batch = shared.next_batch.get();
         if batch >= batches {
@@ -306,7 +354,8 @@ async fn worker(
                 shared.latencies.borrow_mut().push(latency);
                 // Past the listed rejects, which of the others were accepted is unknown:
                 // record none of the batch rather than a wrong one.
-                if status == 202 && reply.rejected_count == reply.rejected.len() as u64 {
+                let acknowledged = (200..300).contains(&status);
+                if acknowledged && reply.rejected_count == reply.rejected.len() as u64 {
                     record_acked(&shared, ids, &reply.rejected);
                 }
             }
@@ -371,6 +420,7 @@ struct EventFactory {
     duplicate_share: f64,
     late_share: f64,
     invalid_share: f64,
+    format: WireFormat,
 }
 
 impl EventFactory {
@@ -395,25 +445,15 @@ impl EventFactory {
             duplicate_share: args.duplicates,
             late_share: args.late,
             invalid_share: args.invalid,
+            format: args.format,
         }
     }
 
-    /// A JSON array body of `size` events and their ids.
+    /// The body of a batch of `size` events, and their ids.
     fn batch(&mut self, size: usize) -> (String, Vec<String>) {
         let now = tally_model::time::now_millis();
-        let mut body = String::with_capacity(size * 200 + 2);
-        let mut ids = Vec::with_capacity(size);
-        body.push('[');
-        for index in 0..size {
-            if index > 0 {
-                body.push(',');
-            }
-            let (id, json) = self.event(now);
-            body.push_str(&json);
-            ids.push(id);
-        }
-        body.push(']');
-        (body, ids)
+        let (ids, events): (Vec<String>, Vec<String>) = (0..size).map(|_| self.event(now)).unzip();
+        (self.format.body(&events), ids)
     }
 
     fn event(&mut self, now: i64) -> (String, String) {
@@ -431,10 +471,22 @@ impl EventFactory {
         let user = self.user();
         let event_type = self.event_type();
         let mut json = String::with_capacity(256);
-        let _ = write!(
-            json,
-            r#"{{"event_id":"{id}","event_type":"{event_type}","user_id":"user-{user}","ts":{ts},"tags":{{"#
-        );
+        let _ = match (self.format, event_type) {
+            (WireFormat::Tally, _) => write!(
+                json,
+                r#"{{"event_id":"{id}","event_type":"{event_type}","user_id":"user-{user}","ts":{ts},"tags":{{"#
+            ),
+            (WireFormat::Segment, "page_view") => write!(
+                json,
+                r#"{{"type":"page","messageId":"{id}","userId":"user-{user}","timestamp":"{}","properties":{{"#,
+                tally_model::time::format_rfc3339(ts)
+            ),
+            (WireFormat::Segment, _) => write!(
+                json,
+                r#"{{"type":"track","event":"{event_type}","messageId":"{id}","userId":"user-{user}","timestamp":"{}","properties":{{"#,
+                tally_model::time::format_rfc3339(ts)
+            ),
+        };
         let os = OPERATING_SYSTEMS[self.rng.random_range(0..OPERATING_SYSTEMS.len())];
         let country = COUNTRIES[self.rng.random_range(0..COUNTRIES.len())];
         let latency = 5.0 + 2000.0 * self.rng.random::<f64>().powi(4);
@@ -471,6 +523,10 @@ impl EventFactory {
     /// Breaks one registry rule: a misspelt tag, a wrong type, an unknown event type or a
     /// missing user.
     fn spoil(&mut self, json: String) -> String {
+        let (event_type, user) = match self.format {
+            WireFormat::Tally => ("\"event_type\":\"", "\"user_id\""),
+            WireFormat::Segment => ("\"type\":\"", "\"userId\""),
+        };
         match self.rng.random_range(0..4) {
             0 => json.replacen("\"os_type\"", "\"os_typ\"", 1),
             1 => json.replacen(
@@ -478,8 +534,8 @@ impl EventFactory {
                 "\"latency_ms\":\"slow\",\"x_latency\":",
                 1,
             ),
-            2 => json.replacen("\"event_type\":\"", "\"event_type\":\"unknown_", 1),
-            _ => json.replacen("\"user_id\"", "\"user\"", 1),
+            2 => json.replacen(event_type, &format!("{event_type}unknown_"), 1),
+            _ => json.replacen(user, "\"user\"", 1),
         }
     }
 

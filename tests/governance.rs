@@ -79,6 +79,36 @@ fn a_registry_change_reaches_the_running_collector_without_a_restart() {
     );
     assert_eq!(suggestion["canonical"], "account_number", "{suggestion}");
     assert_eq!(suggestion["match"], "alias");
+    // An event-type alias belongs to one type: giving purchase's to click is refused.
+    let (status, refused) = call(
+        &server,
+        "PUT",
+        "/v1/governance/event-types/click",
+        ADMIN_KEY,
+        r#"{"aliases":["Order Completed"],"optional":["url"]}"#,
+    );
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("alias 'Order Completed' is claimed by event types 'click' and 'purchase'"),
+        "{refused}"
+    );
+    for (spelled, canonical, how) in [
+        ("Order%20Completed", "purchase", "alias"),
+        ("Order%20Complete", "purchase", "similar"),
+        ("purchase", "purchase", "canonical"),
+    ] {
+        let (_, suggestion) = call(
+            &server,
+            "GET",
+            &format!("/v1/governance/suggest?event_type={spelled}"),
+            READ_KEY,
+            "",
+        );
+        assert_eq!(suggestion["canonical"], canonical, "{suggestion}");
+        assert_eq!(suggestion["match"], how, "{suggestion}");
+    }
 
     let (_, rejected) = call(
         &server,

@@ -4,11 +4,39 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use tally::generator::{self, GenArgs};
+use tally::generator::{self, GenArgs, WireFormat};
 use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
 use tally_model::registry::ValidationContext;
 use tally_model::tenant::{DEMO_SOURCE, DEMO_TENANT};
 use tally_model::{Catalog, Config, Event};
+
+/// A collector on embedded defaults and `TALLY_*` overrides, with its data in `folder`,
+/// listening on a free loopback port: its address, its server's handle, and the thread that
+/// runs it until the handle stops it.
+pub fn start_collector(
+    folder: &std::path::Path,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    actix_web::dev::ServerHandle,
+    std::thread::JoinHandle<anyhow::Result<()>>,
+)> {
+    // TALLY_* variables apply, so a setting can be compared by rerunning with it.
+    let mut config =
+        Config::parse("", std::env::vars()).context("in TALLY_* environment variables")?;
+    config.data_dir = folder.join("data");
+    config.ingest.listen = "127.0.0.1:0".to_owned();
+    config.demo.write_key = BENCH_WRITE_KEY.to_owned();
+    config.demo.read_key = BENCH_READ_KEY.to_owned();
+    without_caller_limits(&mut config);
+    let (bound, listening) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        tally::serve::serve(config, tally::serve::Mode::Ingest, |address, handle, _| {
+            let _ = bound.send((address, handle));
+        })
+    });
+    let (address, handle) = listening.recv().context("the collector did not start")?;
+    Ok((address, handle, server))
+}
 
 /// Turns the per-caller rate limits off: a benchmark's one client on loopback makes every
 /// request, so they would measure the limiter, not the layer.
@@ -116,6 +144,7 @@ pub fn validated_events(
         concurrency: 1,
         acked_ids: None,
         seed: Some(7),
+        format: WireFormat::Tally,
         json: false,
     };
     Ok(generator::client_events(&args, now).map(move |json| {

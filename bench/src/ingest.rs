@@ -7,17 +7,14 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
-use tally::generator::{self, GenArgs, GenReport, Percentiles};
-use tally::serve;
-use tally_model::Config;
+use tally::generator::{self, GenArgs, GenReport, Percentiles, WireFormat};
 
-use crate::common::{BENCH_READ_KEY, BENCH_WRITE_KEY, scratch_folder, without_caller_limits};
+use crate::common::{BENCH_WRITE_KEY, scratch_folder, start_collector};
 
 /// Options of `tally-bench ingest`.
 #[derive(Args)]
@@ -74,21 +71,7 @@ pub fn run(args: IngestBenchArgs) -> anyhow::Result<()> {
     );
     let fdatasync = fdatasync_latency(&scratch.path().join("fsync-probe"), args.fsync_samples)?;
 
-    // TALLY_* variables apply, so a setting can be compared by rerunning with it.
-    let mut config =
-        Config::parse("", std::env::vars()).context("in TALLY_* environment variables")?;
-    config.data_dir = scratch.path().join("data");
-    config.ingest.listen = "127.0.0.1:0".to_owned();
-    config.demo.write_key = BENCH_WRITE_KEY.to_owned();
-    config.demo.read_key = BENCH_READ_KEY.to_owned();
-    without_caller_limits(&mut config);
-    let (bound, listening) = mpsc::channel();
-    let server = std::thread::spawn(move || {
-        serve::serve(config, serve::Mode::Ingest, |address, handle, _| {
-            let _ = bound.send((address, handle));
-        })
-    });
-    let (address, handle) = listening.recv().context("the collector did not start")?;
+    let (address, handle, server) = start_collector(scratch.path())?;
     let load = |events, batch, concurrency, rate| GenArgs {
         url: format!("http://{address}"),
         key: BENCH_WRITE_KEY.to_owned(),
@@ -102,6 +85,7 @@ pub fn run(args: IngestBenchArgs) -> anyhow::Result<()> {
         concurrency,
         acked_ids: None,
         seed: Some(42),
+        format: WireFormat::Tally,
         json: false,
     };
     let report = actix_web::rt::System::new().block_on(async {

@@ -7,6 +7,7 @@ mod ingest;
 mod kafka;
 mod query;
 mod speed;
+mod trackers;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,8 @@ enum BenchCommand {
     Query(query::QueryBenchArgs),
     /// The Kafka forwarder beside a bare rdkafka producer loop, against a running broker.
     Kafka(kafka::KafkaBenchArgs),
+    /// Segment's /v1/batch beside Tally's /v1/events, on one collector in one run.
+    Trackers(trackers::TrackersBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         BenchCommand::Batch(args) => batch::run(args),
         BenchCommand::Query(args) => query::run(args),
         BenchCommand::Kafka(args) => kafka::run(args),
+        BenchCommand::Trackers(args) => trackers::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

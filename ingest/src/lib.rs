@@ -18,7 +18,7 @@ mod request;
 mod routes;
 mod strict_json;
 mod telemetry;
-mod trackers;
+pub mod trackers;
 
 use std::sync::Arc;
 
@@ -106,13 +106,13 @@ impl Collector {
                 )
                 .route("/i", web::get().to(routes::pixel))
                 .service(
-                    web::resource("/v1/batch")
+                    web::resource(["/v1/batch", "/v1/b"])
                         .wrap(cors())
                         .route(web::post().to(segment::post_batch)),
                 );
             for (_, call) in segment::Call::ALL {
                 config.service(
-                    web::resource(format!("/v1/{call}"))
+                    web::resource([format!("/v1/{call}"), format!("/v1/{}", &call[..1])])
                         .wrap(cors())
                         .route(web::post().to(segment::post_call)),
                 );

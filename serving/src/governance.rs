@@ -98,31 +98,55 @@ pub(crate) async fn overview(request: HttpRequest, serving: web::Data<Serving>) 
 #[into_params(parameter_in = Query)]
 pub(crate) struct SuggestParams {
     /// A tag name as a client might spell it.
-    tag: String,
+    tag: Option<String>,
+    /// Or an event type as a client might spell it (`Order Complete`).
+    event_type: Option<String>,
 }
 
-/// `GET /v1/governance/suggest?tag=acct_num`: the canonical tag meant.
+/// `GET /v1/governance/suggest?tag=acct_num` (or `?event_type=Order%20Complete`): the
+/// canonical tag or event type meant.
 #[utoipa::path(get, path = "/v1/governance/suggest", tag = "governance",
     params(SuggestParams),
-    responses((status = 200, description = "`canonical`: the tag meant, or null; `match`: canonical, alias, similar or unknown", body = Object)))]
+    responses((status = 200, description = "`canonical`: the tag or event type meant, or null; `match`: canonical, alias, similar or unknown", body = Object)))]
 pub(crate) async fn suggest(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     answer(&serving, "governance_suggest", Instant::now(), async {
         let key = serving.authorize(&request, Scope::Read)?;
-        let params = web::Query::<SuggestParams>::from_query(request.query_string())
-            .map_err(|err| bad(format!("query string: {err} (ask ?tag=<name>)")))?;
+        let params =
+            web::Query::<SuggestParams>::from_query(request.query_string()).map_err(|err| {
+                bad(format!(
+                    "query string: {err} (ask ?tag=<name> or ?event_type=<name>)"
+                ))
+            })?;
         let catalog = serving.catalog.current();
         let registry = &catalog.tenants[&key.tenant].registry;
-        let canonical = registry.suggest_tag(&params.tag);
-        let how = match (
-            registry.tags.contains_key(&params.tag),
-            registry.canonical_tag(&params.tag),
-        ) {
+        let (what, name, declared, canonical, suggested) = match (&params.tag, &params.event_type) {
+            (Some(tag), None) => (
+                "tag",
+                tag,
+                registry.tags.contains_key(tag),
+                registry.canonical_tag(tag),
+                registry.suggest_tag(tag),
+            ),
+            (None, Some(event_type)) => (
+                "event_type",
+                event_type,
+                registry.event_types.contains_key(event_type),
+                registry.canonical_event_type(event_type),
+                registry.suggest_event_type(event_type),
+            ),
+            _ => {
+                return Err(bad(
+                    "ask ?tag=<name> or ?event_type=<name>, one of them".to_owned()
+                ));
+            }
+        };
+        let how = match (declared, canonical) {
             (true, _) => "canonical",
             (false, Some(_)) => "alias",
-            (false, None) if canonical.is_some() => "similar",
+            (false, None) if suggested.is_some() => "similar",
             _ => "unknown",
         };
-        Ok(json!({"tag": params.tag, "canonical": canonical, "match": how}))
+        Ok(json!({what: name, "canonical": suggested, "match": how}))
     })
     .await
 }

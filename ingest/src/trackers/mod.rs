@@ -10,8 +10,8 @@
 // wrapping (docs/hardening.md).
 #![deny(clippy::arithmetic_side_effects)]
 
-pub(crate) mod segment;
-pub(crate) mod snowplow;
+pub mod segment;
+pub mod snowplow;
 
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
@@ -22,9 +22,31 @@ use crate::Collector;
 use crate::intake::Intake;
 use crate::request::Refusal;
 
+/// Why a body is not a tracker's request at all, before any event could be read: a reason
+/// code and what to do. Answered 400.
+#[derive(Debug)]
+pub struct UnreadableBody {
+    /// Short, stable: the answer's `code`.
+    pub code: &'static str,
+    /// What is wrong and what to send instead.
+    pub message: String,
+}
+
+impl UnreadableBody {
+    fn new(code: &'static str, message: String) -> Self {
+        UnreadableBody { code, message }
+    }
+}
+
+impl From<UnreadableBody> for Refusal {
+    fn from(unreadable: UnreadableBody) -> Self {
+        Refusal::new(StatusCode::BAD_REQUEST, unreadable.code, unreadable.message)
+    }
+}
+
 /// Adds `value` to `out` under `name`, and each field of an object under `name.field`, at
 /// any depth: `{"a":{"b":1}}` under `p` is `p.a.b`. Arrays and other leaves stay whole.
-fn flatten_into(name: String, value: &Value, out: &mut Map<String, Value>) {
+fn flatten_into(name: String, value: Value, out: &mut Map<String, Value>) {
     match value {
         Value::Object(fields) if !fields.is_empty() => {
             for (field, inner) in fields {
@@ -32,16 +54,16 @@ fn flatten_into(name: String, value: &Value, out: &mut Map<String, Value>) {
             }
         }
         leaf => {
-            out.insert(name, leaf.clone());
+            out.insert(name, leaf);
         }
     }
 }
 
 /// Every field of `fields` flattened, at the top level: `{"a":{"b":1}}` is `a.b`.
-fn flatten(fields: &Map<String, Value>) -> Map<String, Value> {
+fn flatten(fields: Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
     for (field, value) in fields {
-        flatten_into(field.clone(), value, &mut out);
+        flatten_into(field, value, &mut out);
     }
     out
 }
@@ -110,7 +132,7 @@ mod tests {
     #[test]
     fn nested_fields_flatten_with_dots() {
         let nested = json!({"a": {"b": 1, "c": {"d": "x"}}, "e": [1, {"f": 2}], "g": {}});
-        let flat = flatten(nested.as_object().unwrap());
+        let flat = flatten(nested.as_object().unwrap().clone());
         assert_eq!(
             Value::Object(flat),
             json!({"a.b": 1, "a.c.d": "x", "e": [1, {"f": 2}], "g": {}})

@@ -21,9 +21,9 @@ use serde_json::{Map, Value};
 use tally_model::time::{now_millis, parse_timestamp};
 use tally_model::{Millis, RejectReason};
 
-use super::{corrected_time, flatten, flatten_into, store_and_answer};
+use super::{UnreadableBody, corrected_time, flatten, flatten_into, store_and_answer};
 use crate::Collector;
-use crate::intake::{Submission, invalid_json};
+use crate::intake::{Judge, Submission, invalid_json};
 use crate::request::{Refusal, authorize, basic_user, read_body, write_key};
 use crate::routes::{IngestReply, reply};
 use crate::strict_json;
@@ -33,7 +33,7 @@ const MAX_BATCH_CONTEXT_BYTES: usize = 1024;
 
 /// A Segment call, and the Tally event type it becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Call {
+pub enum Call {
     /// `event` names the type.
     Track,
     /// `page_view`.
@@ -50,7 +50,7 @@ pub(crate) enum Call {
 
 impl Call {
     /// Every call, with the name its `type` field and its route give it.
-    pub(crate) const ALL: [(Call, &'static str); 6] = [
+    pub const ALL: [(Call, &'static str); 6] = [
         (Call::Track, "track"),
         (Call::Page, "page"),
         (Call::Screen, "screen"),
@@ -63,6 +63,16 @@ impl Call {
         Call::ALL
             .iter()
             .find(|(_, spelled)| *spelled == name)
+            .map(|(call, _)| *call)
+    }
+
+    /// The call a route names: `/v1/track`, or `/v1/t` as analytics.js, Segment's browser
+    /// SDK, shortens it (the first letter of each call is its own).
+    fn routed(path: &str) -> Option<Call> {
+        let name = path.strip_prefix("/v1/")?;
+        Call::ALL
+            .iter()
+            .find(|(_, spelled)| *spelled == name || spelled.get(..1) == Some(name))
             .map(|(call, _)| *call)
     }
 
@@ -82,6 +92,103 @@ impl Call {
             Call::Group => &["groupId"],
             Call::Alias => &["previousId"],
             Call::Track | Call::Identify => &[],
+        }
+    }
+}
+
+/// A body sent to a Segment route, read but not yet judged: its calls, and what the batch
+/// gives them all.
+pub struct SegmentBody<'a> {
+    calls: Vec<&'a str>,
+    /// The route's call, when the body is one call.
+    call: Option<Call>,
+    context: Option<Map<String, Value>>,
+    sent_at: Option<Value>,
+    write_key: Option<String>,
+}
+
+impl<'a> SegmentBody<'a> {
+    /// Reads `bytes` as a batch (`call` none) or as one call of the route's kind.
+    pub fn parse(bytes: &'a [u8], call: Option<Call>) -> Result<Self, UnreadableBody> {
+        let text = std::str::from_utf8(bytes).map_err(|err| {
+            UnreadableBody::new("invalid_json", format!("the body is not UTF-8: {err}"))
+        })?;
+        if call.is_some() {
+            // One call: only its writeKey matters here; its context and sentAt are its own.
+            let envelope = serde_json::from_str::<Envelope>(text).unwrap_or_default();
+            return Ok(SegmentBody {
+                calls: vec![text],
+                call,
+                context: None,
+                sent_at: None,
+                write_key: envelope
+                    .write_key
+                    .and_then(|key| key.as_str().map(str::to_owned)),
+            });
+        }
+        let envelope: Envelope = serde_json::from_str(text).map_err(|err| {
+            UnreadableBody::new(
+                "invalid_json",
+                format!("the body is not a Segment batch ({err}); send {{\"batch\": [calls...]}}"),
+            )
+        })?;
+        let Some(batch) = envelope.batch else {
+            return Err(UnreadableBody::new(
+                "no_events",
+                "the body has no \"batch\"; send {\"batch\": [calls...]}".to_owned(),
+            ));
+        };
+        // The batch's context is merged into every call: bounded, so that it cannot multiply
+        // a body's cost by its number of calls.
+        let context = match envelope.context {
+            Some(raw) if raw.get().len() > MAX_BATCH_CONTEXT_BYTES => {
+                return Err(UnreadableBody::new(
+                    "batch_context_too_large",
+                    format!(
+                        "the batch's context is {} bytes, over the limit of {MAX_BATCH_CONTEXT_BYTES}; put context in each call",
+                        raw.get().len()
+                    ),
+                ));
+            }
+            Some(raw) => {
+                serde_json::from_str::<Option<Map<String, Value>>>(raw.get()).map_err(|err| {
+                    UnreadableBody::new(
+                        "invalid_json",
+                        format!("the batch's \"context\" must be an object: {err}"),
+                    )
+                })?
+            }
+            None => None,
+        };
+        Ok(SegmentBody {
+            calls: batch.iter().map(|raw| raw.get()).collect(),
+            call: None,
+            context,
+            sent_at: envelope.sent_at,
+            write_key: envelope
+                .write_key
+                .and_then(|key| key.as_str().map(str::to_owned)),
+        })
+    }
+
+    /// The body's `writeKey`, if it has one.
+    pub fn write_key(&self) -> Option<&str> {
+        self.write_key.as_deref()
+    }
+
+    /// Judges every call.
+    pub fn judge(&self, judge: &mut Judge<'_>) {
+        let received_at = judge.received_at();
+        for (index, raw) in self.calls.iter().enumerate() {
+            judge.event(index, raw, |raw| {
+                read_call(
+                    raw,
+                    self.call,
+                    self.context.as_ref(),
+                    self.sent_at.as_ref(),
+                    received_at,
+                )
+            });
         }
     }
 }
@@ -109,7 +216,8 @@ pub(crate) struct SegmentReply {
     batch: IngestReply,
 }
 
-/// `POST /v1/batch`: a Segment batch, `{"batch": [calls...], "sentAt", "context", "writeKey"}`.
+/// `POST /v1/batch` (and `/v1/b`, analytics.js's spelling): a Segment batch,
+/// `{"batch": [calls...], "sentAt", "context", "writeKey"}`.
 #[utoipa::path(post, path = "/v1/batch", tag = "trackers",
     request_body(description = "A Segment batch (gzip allowed). The write key is the HTTP Basic user name with an empty password, a bearer token, or the body's writeKey", content((Object = "application/json"))),
     responses(
@@ -127,7 +235,7 @@ pub async fn post_batch(
 }
 
 /// `POST /v1/{call}`: one Segment call (`track`, `page`, `screen`, `identify`, `group` or
-/// `alias`); its `type` is the route's.
+/// `alias`, or their first letter, as analytics.js posts them); its `type` is the route's.
 #[utoipa::path(post, path = "/v1/{call}", tag = "trackers",
     params(("call" = String, Path, description = "track, page, screen, identify, group or alias")),
     request_body(description = "One Segment call (gzip allowed)", content((Object = "application/json"))),
@@ -142,7 +250,7 @@ pub async fn post_call(
     body: web::Payload,
     collector: web::Data<Collector>,
 ) -> HttpResponse {
-    let call = request.path().strip_prefix("/v1/").and_then(Call::named);
+    let call = Call::routed(request.path());
     respond(request, body, collector, call).await
 }
 
@@ -174,23 +282,11 @@ async fn receive(
     let basic = basic_user(request);
     let bytes = read_body(request, body, collector).await?;
     let received_at = now_millis();
-    let single = call.is_some();
-    let envelope: Envelope = if single {
-        // One call: only its writeKey matters here; its context and sentAt are its own.
-        serde_json::from_slice::<Envelope>(&bytes).unwrap_or_default()
-    } else {
-        serde_json::from_slice(&bytes).map_err(|err| {
-            Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not a Segment batch ({err}); send {{\"batch\": [calls...]}}"),
-            )
-        })?
-    };
-    let (key, catalog) = match (&basic, &envelope.write_key) {
+    let body = SegmentBody::parse(&bytes, call)?;
+    let (key, catalog) = match (&basic, body.write_key()) {
         (Some(user), _) => write_key(user, "the Basic user name", collector)?,
-        (None, Some(Value::String(secret))) => write_key(secret, "the body's writeKey", collector)?,
-        (None, _) => authorize(request, collector).map_err(|refusal| {
+        (None, Some(secret)) => write_key(secret, "the body's writeKey", collector)?,
+        (None, None) => authorize(request, collector).map_err(|refusal| {
             if refusal.status == StatusCode::UNAUTHORIZED {
                 Refusal::new(refusal.status, refusal.reason, "no write key: send it as the HTTP Basic user name with an empty password, as Segment's SDKs do, or as the body's writeKey".to_owned())
             } else {
@@ -199,55 +295,7 @@ async fn receive(
         })?,
     };
     let mut judge = collector.judge(&key, &catalog, received_at, false);
-    if single {
-        let text = std::str::from_utf8(&bytes).map_err(|err| {
-            Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not UTF-8: {err}"),
-            )
-        })?;
-        judge.event(0, text, |raw| read_call(raw, call, None, None, received_at));
-    } else {
-        let Some(batch) = envelope.batch else {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "no_events",
-                "the body has no \"batch\"; send {\"batch\": [calls...]}".to_owned(),
-            ));
-        };
-        // The batch's context is merged into every call: bounded, so that it cannot multiply
-        // a body's cost by its number of calls.
-        let batch_context = match envelope.context {
-            Some(raw) if raw.get().len() > MAX_BATCH_CONTEXT_BYTES => {
-                return Err(Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "batch_context_too_large",
-                    format!(
-                        "the batch's context is {} bytes, over the limit of {MAX_BATCH_CONTEXT_BYTES}; put context in each call",
-                        raw.get().len()
-                    ),
-                ));
-            }
-            Some(raw) => {
-                serde_json::from_str::<Option<Map<String, Value>>>(raw.get()).map_err(|err| {
-                    Refusal::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_json",
-                        format!("the batch's \"context\" must be an object: {err}"),
-                    )
-                })?
-            }
-            None => None,
-        };
-        let batch_context = batch_context.as_ref();
-        let sent_at = envelope.sent_at.as_ref();
-        for (index, raw) in batch.iter().enumerate() {
-            judge.event(index, raw.get(), |raw| {
-                read_call(raw, None, batch_context, sent_at, received_at)
-            });
-        }
-    }
+    body.judge(&mut judge);
     let verdict = judge.finish();
     let listed = collector.limits.max_rejects_listed;
     store_and_answer(collector, &key, received_at, &verdict, |verdict| {
@@ -262,14 +310,14 @@ async fn receive(
 /// Reads one Segment call, sent as `raw`, into a submission; `call` is the route's when the
 /// call came alone. `batch_context` and `batch_sent_at` are the batch's, which a call's own
 /// fields override.
-pub(crate) fn read_call(
+fn read_call(
     raw: &str,
     call: Option<Call>,
     batch_context: Option<&Map<String, Value>>,
     batch_sent_at: Option<&Value>,
     received_at: Millis,
 ) -> Result<Submission, Vec<RejectReason>> {
-    let Value::Object(message) = strict_json::parse(raw).map_err(invalid_json)? else {
+    let Value::Object(mut message) = strict_json::parse(raw).map_err(invalid_json)? else {
         return Err(vec![RejectReason::new(
             "not_an_object",
             "a Segment call must be a JSON object".to_owned(),
@@ -293,8 +341,8 @@ pub(crate) fn read_call(
     });
     let mut event = Map::new();
     let event_type = match call {
-        Some(Call::Track) => match message.get("event") {
-            Some(Value::String(name)) if !name.is_empty() => Some(Value::String(name.clone())),
+        Some(Call::Track) => match message.remove("event") {
+            Some(Value::String(name)) if !name.is_empty() => Some(Value::String(name)),
             _ => {
                 reasons.push(RejectReason::new(
                     "missing_field",
@@ -313,12 +361,12 @@ pub(crate) fn read_call(
     if let Some(event_type) = event_type {
         event.insert("event_type".to_owned(), event_type);
     }
-    if let Some(id) = message.get("messageId").map(id_text) {
-        event.insert("event_id".to_owned(), id);
+    if let Some(id) = message.remove("messageId") {
+        event.insert("event_id".to_owned(), id_text(id));
     }
     let user = ["userId", "anonymousId"]
         .iter()
-        .filter_map(|field| message.get(*field))
+        .filter_map(|field| message.remove(*field))
         .find(|id| !matches!(id, Value::Null) && id.as_str() != Some(""));
     match user {
         Some(user) => {
@@ -338,7 +386,7 @@ pub(crate) fn read_call(
         Err(reason) => reasons.push(reason),
     }
     let tag_field = call.map_or("properties", Call::tag_field);
-    match message.get(tag_field) {
+    match message.remove(tag_field) {
         None | Some(Value::Null) => {}
         Some(Value::Object(tags)) => {
             event.insert("tags".to_owned(), Value::Object(flatten(tags)));
@@ -349,19 +397,22 @@ pub(crate) fn read_call(
         )),
     }
     // The call's own context replaces the batch's, field by field.
-    let own_context = message.get("context").and_then(Value::as_object);
+    let own_context = match message.remove("context") {
+        Some(Value::Object(context)) => context,
+        _ => Map::new(),
+    };
     let mut offered = Map::new();
     for (field, value) in batch_context.into_iter().flatten() {
-        if own_context.is_none_or(|own| !own.contains_key(field)) {
-            flatten_into(format!("context.{field}"), value, &mut offered);
+        if !own_context.contains_key(field) {
+            flatten_into(format!("context.{field}"), value.clone(), &mut offered);
         }
     }
-    for (field, value) in own_context.into_iter().flatten() {
+    for (field, value) in own_context {
         flatten_into(format!("context.{field}"), value, &mut offered);
     }
     for field in call.map_or(&[][..], Call::offered_fields) {
-        if let Some(value) = message.get(*field) {
-            offered.insert((*field).to_owned(), value.clone());
+        if let Some(value) = message.remove(*field) {
+            offered.insert((*field).to_owned(), value);
         }
     }
     if reasons.is_empty() {
@@ -375,10 +426,10 @@ pub(crate) fn read_call(
 }
 
 /// An id as text: the SDKs send strings, some send numbers.
-fn id_text(id: &Value) -> Value {
+fn id_text(id: Value) -> Value {
     match id {
         Value::Number(number) => Value::String(number.to_string()),
-        other => other.clone(),
+        other => other,
     }
 }
 

@@ -29,9 +29,9 @@ use tally_model::registry::json_type;
 use tally_model::time::now_millis;
 use tally_model::{Millis, RejectReason};
 
-use super::{corrected_time, flatten_into, store_and_answer};
+use super::{UnreadableBody, corrected_time, flatten_into, store_and_answer};
 use crate::Collector;
-use crate::intake::{Submission, invalid_json, query_is_utf8};
+use crate::intake::{Judge, Submission, invalid_json, query_is_utf8};
 use crate::request::{Refusal, read_body, write_key};
 use crate::routes::PIXEL_GIF;
 use crate::strict_json;
@@ -200,44 +200,10 @@ async fn receive_post(
 ) -> Result<HttpResponse, Refusal> {
     let bytes = read_body(request, body, collector).await?;
     let received_at = now_millis();
-    let payload: PayloadData = serde_json::from_slice(&bytes).map_err(|err| {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not Snowplow payload_data ({err}); send {{\"schema\": ..., \"data\": [events...]}}"),
-        )
-    })?;
-    if !payload.schema.starts_with(PAYLOAD_DATA_SCHEMA) {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "unknown_schema",
-            format!(
-                "the body's schema is '{}'; this collector reads {PAYLOAD_DATA_SCHEMA}x",
-                payload.schema.chars().take(200).collect::<String>()
-            ),
-        ));
-    }
-    if payload.data.is_empty() {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "no_events",
-            "the body's \"data\" holds no events".to_owned(),
-        ));
-    }
-    let events = payload
-        .data
-        .iter()
-        .map(|raw| (raw.get(), read_fields(raw.get())))
-        .collect::<Vec<_>>();
-    // Without a key in the path, the first app id is the request's key, even when its event
-    // is invalid: its reject is kept in that tenant's rejected stream.
-    let app_key = payload
-        .data
-        .iter()
-        .find_map(|raw| serde_json::from_str::<AppId>(raw.get()).ok()?.aid);
-    let (secret, what) = match (path_key, &app_key) {
+    let body = SnowplowBody::parse(&bytes)?;
+    let (secret, what) = match (path_key, body.app_key()) {
         (Some(secret), _) => (secret, "the path's key"),
-        (None, Some(aid)) => (aid.as_str(), "the app id (aid)"),
+        (None, Some(aid)) => (aid, "the app id (aid)"),
         (None, None) => {
             return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
@@ -248,19 +214,7 @@ async fn receive_post(
     };
     let (key, catalog) = write_key(secret, what, collector)?;
     let mut judge = collector.judge(&key, &catalog, received_at, true);
-    for (index, (raw, fields)) in events.into_iter().enumerate() {
-        judge.event(index, raw, |_| {
-            let fields = fields?;
-            if path_key.is_none() && fields.get("aid") != app_key.as_ref() {
-                return Err(vec![RejectReason::new(
-                    "app_mismatch",
-                    "every event of a request must have the same app id (aid), its write key"
-                        .to_owned(),
-                )]);
-            }
-            read_event(&fields, received_at)
-        });
-    }
+    body.judge(&mut judge, path_key.is_none());
     let verdict = judge.finish();
     store_and_answer(collector, &key, received_at, &verdict, |_| {
         HttpResponse::Ok().content_type("text/plain").body("ok")
@@ -275,24 +229,7 @@ async fn receive_get(
 ) -> Result<HttpResponse, Refusal> {
     let query = request.query_string();
     let received_at = now_millis();
-    let bad_query =
-        |message: String| Refusal::new(StatusCode::BAD_REQUEST, "invalid_query", message);
-    if !query_is_utf8(query) {
-        return Err(bad_query(
-            "the query string is not UTF-8 once percent-decoded".to_owned(),
-        ));
-    }
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
-        .map_err(|err| bad_query(format!("the query string does not parse: {err}")))?
-        .into_inner();
-    let mut fields = Fields::new();
-    for (name, value) in pairs {
-        if fields.insert(name.clone(), value).is_some() {
-            return Err(bad_query(format!(
-                "field '{name}' is given twice; send it once"
-            )));
-        }
-    }
+    let fields = query_fields(query)?;
     let secret = match (path_key, fields.get("aid")) {
         (Some(secret), _) => secret.to_owned(),
         (None, Some(aid)) => aid.clone(),
@@ -322,8 +259,100 @@ async fn receive_get(
     .await
 }
 
+/// A `POST` body, read but not yet judged: its events, each as sent and as fields.
+pub struct SnowplowBody<'a> {
+    events: Vec<(&'a str, Result<Fields, Vec<RejectReason>>)>,
+    app_key: Option<String>,
+}
+
+impl<'a> SnowplowBody<'a> {
+    /// Reads `bytes` as `payload_data` 1-0-x.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, UnreadableBody> {
+        let payload: PayloadData = serde_json::from_slice(bytes).map_err(|err| {
+            UnreadableBody::new(
+                "invalid_json",
+                format!("the body is not Snowplow payload_data ({err}); send {{\"schema\": ..., \"data\": [events...]}}"),
+            )
+        })?;
+        if !payload.schema.starts_with(PAYLOAD_DATA_SCHEMA) {
+            return Err(UnreadableBody::new(
+                "unknown_schema",
+                format!(
+                    "the body's schema is '{}'; this collector reads {PAYLOAD_DATA_SCHEMA}x",
+                    payload.schema.chars().take(200).collect::<String>()
+                ),
+            ));
+        }
+        if payload.data.is_empty() {
+            return Err(UnreadableBody::new(
+                "no_events",
+                "the body's \"data\" holds no events".to_owned(),
+            ));
+        }
+        // The first app id is the request's key, even when its event is invalid: its
+        // reject is kept in that tenant's rejected stream.
+        let app_key = payload
+            .data
+            .iter()
+            .find_map(|raw| serde_json::from_str::<AppId>(raw.get()).ok()?.aid);
+        let events = payload
+            .data
+            .iter()
+            .map(|raw| (raw.get(), read_fields(raw.get())))
+            .collect();
+        Ok(SnowplowBody { events, app_key })
+    }
+
+    /// The first event's app id: the request's write key unless the path has one.
+    pub fn app_key(&self) -> Option<&str> {
+        self.app_key.as_deref()
+    }
+
+    /// Judges every event; with `app_is_key`, an event whose app id differs from the first
+    /// one's is rejected.
+    pub fn judge(self, judge: &mut Judge<'_>, app_is_key: bool) {
+        let received_at = judge.received_at();
+        let app_key = self.app_key;
+        for (index, (raw, fields)) in self.events.into_iter().enumerate() {
+            judge.event(index, raw, |_| {
+                let fields = fields?;
+                if app_is_key && fields.get("aid") != app_key.as_ref() {
+                    return Err(vec![RejectReason::new(
+                        "app_mismatch",
+                        "every event of a request must have the same app id (aid), its write key"
+                            .to_owned(),
+                    )]);
+                }
+                read_event(&fields, received_at)
+            });
+        }
+    }
+}
+
+/// The fields of a `GET` event: its query string, UTF-8 once decoded, each field once.
+pub fn query_fields(query: &str) -> Result<Fields, UnreadableBody> {
+    let bad_query = |message: String| UnreadableBody::new("invalid_query", message);
+    if !query_is_utf8(query) {
+        return Err(bad_query(
+            "the query string is not UTF-8 once percent-decoded".to_owned(),
+        ));
+    }
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
+        .map_err(|err| bad_query(format!("the query string does not parse: {err}")))?
+        .into_inner();
+    let mut fields = Fields::new();
+    for (name, value) in pairs {
+        if fields.insert(name.clone(), value).is_some() {
+            return Err(bad_query(format!(
+                "field '{name}' is given twice; send it once"
+            )));
+        }
+    }
+    Ok(fields)
+}
+
 /// An event's fields: Snowplow sends every value as a string.
-type Fields = std::collections::BTreeMap<String, String>;
+pub type Fields = std::collections::BTreeMap<String, String>;
 
 /// One `POST` event's fields. Values must be strings; numbers, which some trackers send for
 /// `ttm`, are read as their text.
@@ -361,10 +390,7 @@ fn read_fields(raw: &str) -> Result<Fields, Vec<RejectReason>> {
 }
 
 /// Reads one Snowplow event into a submission.
-pub(crate) fn read_event(
-    fields: &Fields,
-    received_at: Millis,
-) -> Result<Submission, Vec<RejectReason>> {
+pub fn read_event(fields: &Fields, received_at: Millis) -> Result<Submission, Vec<RejectReason>> {
     let mut reasons = Vec::new();
     let mut event = Map::new();
     let mut tags = Map::new();
@@ -377,8 +403,8 @@ pub(crate) fn read_event(
         Some("ti") => Some("transaction_item".to_owned()),
         Some("ue") => match self_describing(fields) {
             Ok((name, data)) => {
-                for (field, value) in &data {
-                    flatten_into(field.clone(), value, &mut tags);
+                for (field, value) in data {
+                    flatten_into(field, value, &mut tags);
                 }
                 Some(name)
             }
@@ -437,11 +463,7 @@ pub(crate) fn read_event(
         match contexts_of(contexts.0, contexts.1) {
             Ok(entities) => {
                 for (name, data) in entities {
-                    flatten_into(
-                        format!("context.{name}"),
-                        &Value::Object(data),
-                        &mut offered,
-                    );
+                    flatten_into(format!("context.{name}"), Value::Object(data), &mut offered);
                 }
             }
             Err(reason) => reasons.push(reason),

@@ -140,6 +140,42 @@ async fn original_timestamps_are_corrected_by_sent_at() {
 }
 
 #[actix_web::test]
+async fn analytics_js_short_routes_carry_the_key_in_the_body() {
+    let h = harness(IngestConfig::default());
+    // As Segment's browser SDK posts: text/plain (no CORS preflight), the writeKey in the
+    // body, one call per request to /v1/<first letter>, or batches to /v1/b.
+    let page = json!({"type": "page", "messageId": "js-1", "anonymousId": "a", "writeKey": KEY,
+        "properties": {"url": "/home"}, "sentAt": format_rfc3339(now_millis())});
+    let track = json!({"type": "track", "event": "click", "messageId": "js-2", "anonymousId": "a"});
+    let batch = json!({"writeKey": KEY, "batch": [track], "sentAt": format_rfc3339(now_millis())});
+    for (path, body) in [("/v1/p", page), ("/v1/b", batch)] {
+        let request = TestRequest::post()
+            .uri(path)
+            .insert_header(("Content-Type", "text/plain"))
+            .insert_header(("Origin", "https://shop.example"))
+            .set_payload(body.to_string());
+        let (status, headers, body) = h.send(request).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(
+            headers.get("access-control-allow-origin").unwrap(),
+            "https://shop.example"
+        );
+    }
+    let mut types: Vec<String> = h
+        .stored_events()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    types.sort();
+    assert_eq!(types, ["click", "page_view"]);
+}
+
+#[actix_web::test]
 async fn the_write_key_may_come_as_basic_bearer_or_in_the_body() {
     let h = harness(IngestConfig::default());
     let track =
