@@ -246,3 +246,69 @@ fn the_grafana_dashboard_names_only_metrics_that_tally_registers() {
         "the dashboard names metrics no process registers: {unknown:?}; registered: {registered:?}"
     );
 }
+
+/// Every route the collector serves, concrete: its OpenAPI paths with `{call}` spelled each
+/// way (long and analytics.js's first letter) and `{key}` as a sample key.
+fn collector_paths() -> BTreeSet<String> {
+    let document = serde_json::to_value(tally_ingest::openapi()).unwrap();
+    let mut paths = BTreeSet::new();
+    for path in document["paths"].as_object().unwrap().keys() {
+        let path = path.replace("{key}", "sample-key");
+        if path.contains("{call}") {
+            for (_, call) in tally_ingest::trackers::segment::Call::ALL {
+                paths.insert(path.replace("{call}", call));
+                paths.insert(path.replace("{call}", &call[..1]));
+            }
+        } else {
+            paths.insert(path);
+        }
+    }
+    paths.insert("/v1/b".to_owned());
+    paths
+}
+
+#[test]
+fn the_load_balancer_and_the_ingress_send_every_collector_route_to_the_collectors() {
+    let paths = collector_paths();
+    assert!(paths.len() >= 18, "{paths:?}");
+    // HAProxy: `acl collector path ...` (exact) and `acl collector path_beg ...` (prefix).
+    let haproxy = infra("infra/haproxy.cfg");
+    let (mut exact, mut prefixes) = (BTreeSet::new(), Vec::new());
+    for line in haproxy.lines() {
+        let mut words = line.split_whitespace();
+        if (words.next(), words.next()) != (Some("acl"), Some("collector")) {
+            continue;
+        }
+        match words.next() {
+            Some("path") => exact.extend(words.map(str::to_owned)),
+            Some("path_beg") => prefixes.extend(words.map(str::to_owned)),
+            other => panic!("an acl collector of kind {other:?}"),
+        }
+    }
+    for path in &paths {
+        assert!(
+            exact.contains(path) || prefixes.iter().any(|prefix| path.starts_with(prefix)),
+            "infra/haproxy.cfg does not send {path} to the collectors"
+        );
+    }
+    // The Ingress: an Exact or Prefix rule other than `/` whose backend is the collector.
+    let ingress = &yaml_documents("infra/k8s/ingress.yaml")[0];
+    let rules = ingress["spec"]["rules"][0]["http"]["paths"]
+        .as_sequence()
+        .unwrap();
+    for path in &paths {
+        let routed = rules.iter().any(|rule| {
+            let to_collector = rule["backend"]["service"]["name"] == "collector";
+            let at = rule["path"].as_str().unwrap();
+            let matches = match rule["pathType"].as_str().unwrap() {
+                "Exact" => at == path,
+                _ => at != "/" && path.starts_with(at),
+            };
+            to_collector && matches
+        });
+        assert!(
+            routed,
+            "infra/k8s/ingress.yaml does not send {path} to the collectors"
+        );
+    }
+}

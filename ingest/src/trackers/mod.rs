@@ -61,6 +61,11 @@ fn flatten_into(name: String, value: Value, out: &mut Map<String, Value>) {
 
 /// Every field of `fields` flattened, at the top level: `{"a":{"b":1}}` is `a.b`.
 fn flatten(fields: Map<String, Value>) -> Map<String, Value> {
+    let nested = |value: &Value| matches!(value, Value::Object(inner) if !inner.is_empty());
+    if !fields.values().any(nested) {
+        // Flat already, as most properties are: kept as they are.
+        return fields;
+    }
     let mut out = Map::new();
     for (field, value) in fields {
         flatten_into(field, value, &mut out);
