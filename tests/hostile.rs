@@ -123,7 +123,8 @@ fn nested(depth: usize) -> String {
 fn ingest_cases() -> Vec<Case> {
     let post = || request("POST", "/v1/events");
     let valid = format!("[{}]", event("hostile-ok-1"));
-    let mut cases = vec![
+    let mut cases =
+        vec![
         post()
             .json(valid.clone())
             .expect("no key", 401, "missing Authorization"),
@@ -328,7 +329,12 @@ fn ingest_cases() -> Vec<Case> {
             .json(vec![
                 0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03,
             ])
-            .expect("gzip is not decoded", 400, "invalid JSON"),
+            .expect("a truncated gzip body", 400, "not valid gzip"),
+        post()
+            .key(WRITE_KEY)
+            .header("Content-Encoding", "br")
+            .json(format!("[{}]", event("hostile-br")))
+            .expect("an encoding other than gzip", 415, "send gzip or no encoding"),
         request("PUT", "/v1/events")
             .key(WRITE_KEY)
             .json("[]")
@@ -379,7 +385,11 @@ fn pixel_cases() -> Vec<Case> {
         pixel(&format!("k={WRITE_KEY}&e=click&uid=u&eid=hostile-px-1"))
             .expect("a pixel", 200, "GIF89a")
             .acknowledging(&["hostile-px-1"]),
-        pixel("e=click&uid=u").expect("a pixel without a key", 200, "GIF89a"),
+        pixel("e=click&uid=u").expect(
+            "no `k`: Snowplow's form, without an app id",
+            401,
+            "app id (aid)",
+        ),
         pixel(&format!("k={WRITE_KEY}&e=click&uid=%C3%28")).expect(
             "a pixel, not UTF-8",
             200,
@@ -397,6 +407,99 @@ fn pixel_cases() -> Vec<Case> {
         .expect("a long pixel", 200, "GIF89a"),
         pixel(&format!("k={WRITE_KEY}&%zz=%ff&&&==")).expect("a mangled query", 200, "GIF89a"),
     ]
+}
+
+/// 64 MB of spaces, gzip: about 64 KB on the wire.
+fn gzip_bomb() -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(&vec![b' '; 64 << 20]).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn tracker_cases() -> Vec<Case> {
+    let segment = |path: &str| {
+        request("POST", path.to_owned()).header(
+            "Authorization",
+            format!("Basic {}", base64_text(&format!("{WRITE_KEY}:"))),
+        )
+    };
+    let snowplow = || request("POST", "/com.snowplowanalytics.snowplow/tp2");
+    let payload = |events: &str| {
+        format!(
+            r#"{{"schema":"iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4","data":[{events}]}}"#
+        )
+    };
+    let call =
+        |id: &str| format!(r#"{{"type":"track","event":"click","userId":"u","messageId":"{id}"}}"#);
+    let many_junk = vec![r#"{"type":"track"}"#; 10_000].join(",");
+    let many_valid = vec![r#"{"type":"track","event":"click","userId":"u"}"#; 10_000].join(",");
+    vec![
+        segment("/v1/batch")
+            .json(format!(r#"{{"batch":[{}]}}"#, call("hostile-seg-1")))
+            .expect("a Segment batch", 200, "\"success\":true")
+            .acknowledging(&["hostile-seg-1"]),
+        segment("/v1/batch")
+            .header("Content-Encoding", "gzip")
+            .json(gzip_bomb())
+            .expect("a gzip bomb to Segment", 413, "once decompressed"),
+        segment("/v1/batch")
+            .json(format!(r#"{{"batch":[{many_junk}]}}"#))
+            .expect("10,000 invalid calls", 400, "\"code\":\"missing_field\"")
+            .max_reply(2_000),
+        segment("/v1/batch")
+            .json(format!(r#"{{"batch":[{many_valid}]}}"#))
+            .expect("10,000 valid calls", 200, "\"accepted\":10000"),
+        segment("/v1/batch")
+            .json("[1, 2, 3]")
+            .expect("not a batch", 400, "not a Segment batch"),
+        segment("/v1/batch")
+            .json(format!(r#"{{"batch":[],"context":{{"pad":"{}"}}}}"#, "x".repeat(5_000)))
+            .expect("a batch context to multiply", 400, "batch_context_too_large"),
+        request("POST", "/v1/batch")
+            .json(format!(r#"{{"batch":[{}],"writeKey":"guess"}}"#, call("x")))
+            .expect("a guessed writeKey", 401, "writeKey"),
+        segment("/v1/track")
+            .json(r#"{"event":"click","userId":{"nested":"id"}}"#)
+            .expect("a user id that is an object", 400, "must be a string"),
+        segment("/v1/track")
+            .json(r#"{"event":"click","userId":"u","originalTimestamp":"2026-01-01T00:00:00Z","sentAt":"-9999-01-01T00:00:00Z"}"#)
+            .expect("clocks too far apart", 400, "invalid_time"),
+        snowplow()
+            .json(payload(&format!(r#"{{"e":"pv","aid":"{WRITE_KEY}","uid":"u","url":"/","eid":"hostile-sp-1"}}"#)))
+            .expect("a Snowplow event", 200, "ok")
+            .acknowledging(&["hostile-sp-1"]),
+        snowplow()
+            .json(payload(&format!(r#"{{"e":"ue","aid":"{WRITE_KEY}","uid":"u","ue_px":"%%%%"}}"#)))
+            .expect("malformed base64", 400, "not base64url"),
+        snowplow()
+            .json(payload(&format!(r#"{{"e":"pv","aid":"{WRITE_KEY}","uid":["u"],"url":"/"}}"#)))
+            .expect("wrong types in payload_data", 400, "wrong_type"),
+        snowplow()
+            .json(payload(r#"{"e":"pv","aid":"not-a-key","uid":"u"}"#))
+            .expect("an app id that is no key", 401, "app id (aid)"),
+        snowplow()
+            .json(r#"{"schema":"iglu:com.acme/x/jsonschema/1-0-0","data":[{}]}"#)
+            .expect("another schema", 400, "unknown_schema"),
+        snowplow()
+            .header("Content-Encoding", "gzip")
+            .json(gzip_bomb())
+            .expect("a gzip bomb to Snowplow", 413, "once decompressed"),
+        request("GET", format!("/i?e=ue&aid={WRITE_KEY}&uid=u&ue_px=eyJ9"))
+            .expect("a truncated self-describing event", 400, "invalid_json"),
+        request("GET", format!("/i?e=pv&aid={WRITE_KEY}&uid=u&uid=v"))
+            .expect("a field twice", 400, "given twice"),
+        request("OPTIONS", "/com.snowplowanalytics.snowplow/tp2")
+            .header("Origin", "https://shop.example")
+            .header("Access-Control-Request-Method", "POST")
+            .expect("Snowplow's preflight", 200, ""),
+    ]
+}
+
+/// Standard base64, for HTTP Basic.
+fn base64_text(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 fn query_cases() -> Vec<Case> {
@@ -629,6 +732,7 @@ fn catalog() -> Vec<Case> {
     [
         ingest_cases(),
         pixel_cases(),
+        tracker_cases(),
         query_cases(),
         seed_cases(),
         governance_cases(),
@@ -721,6 +825,8 @@ fn every_hostile_request_gets_its_answer_within_bounds_and_the_service_stays_who
         "unsupported_media_type",
         "body_too_large",
         "body_timeout",
+        "invalid_gzip",
+        "batch_context_too_large",
     ] {
         assert!(
             server.metric(&format!(
