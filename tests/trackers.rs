@@ -291,3 +291,24 @@ fn the_official_sdks_send_to_tally_unchanged_and_each_event_counts_once() {
         json!(["unknown event type 'Refund Issued'"])
     );
 }
+
+/// The registry docs/trackers.md gives for a Segment tracking plan is a valid configuration,
+/// and says what the page says: `Order Completed` is a purchase, `context.os.name` the OS.
+#[test]
+fn the_tracking_plan_registry_in_the_docs_is_valid_and_maps_as_it_says() {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/trackers.md")).unwrap();
+    let toml = page
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/trackers.md has a TOML registry");
+    let config = tally_model::Config::parse(toml, std::iter::empty()).expect("it parses");
+    let registry = &config.tenants["shop"].registry;
+    registry.check().expect("it is consistent");
+    assert_eq!(
+        registry.canonical_event_type("Order Completed"),
+        Some("purchase")
+    );
+    assert_eq!(registry.canonical_tag("context.os.name"), Some("os_type"));
+}
