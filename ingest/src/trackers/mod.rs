@@ -16,10 +16,10 @@ pub mod snowplow;
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use serde_json::{Map, Value};
-use tally_model::{ApiKey, Millis};
+use tally_model::{ApiKey, Millis, RejectReason};
 
 use crate::Collector;
-use crate::intake::Intake;
+use crate::intake::{Intake, Submission};
 use crate::request::Refusal;
 
 /// Why a body is not a tracker's request at all, before any event could be read: a reason
@@ -71,6 +71,23 @@ fn flatten(fields: Map<String, Value>) -> Map<String, Value> {
         flatten_into(field, value, &mut out);
     }
     out
+}
+
+/// The submission of a tracker's event read into `event` and `offered`, unless reading it
+/// found `reasons` to reject it.
+fn submission(
+    event: Map<String, Value>,
+    offered: Map<String, Value>,
+    reasons: Vec<RejectReason>,
+) -> Result<Submission, Vec<RejectReason>> {
+    if reasons.is_empty() {
+        Ok(Submission {
+            event: Value::Object(event),
+            offered,
+        })
+    } else {
+        Err(reasons)
+    }
 }
 
 /// The event time of a device clock corrected by the collector's: the device created the

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use tally_model::time::{now_millis, parse_timestamp};
 use tally_model::{Millis, RejectReason};
 
-use super::{UnreadableBody, corrected_time, flatten, flatten_into, store_and_answer};
+use super::{UnreadableBody, corrected_time, flatten, flatten_into, store_and_answer, submission};
 use crate::Collector;
 use crate::intake::{Judge, Submission, invalid_json};
 use crate::request::{Refusal, authorize, basic_user, read_body, write_key};
@@ -415,14 +415,7 @@ fn read_call(
             offered.insert((*field).to_owned(), value);
         }
     }
-    if reasons.is_empty() {
-        Ok(Submission {
-            event: Value::Object(event),
-            offered,
-        })
-    } else {
-        Err(reasons)
-    }
+    submission(event, offered, reasons)
 }
 
 /// An id as text: the SDKs send strings, some send numbers.

@@ -29,7 +29,7 @@ use tally_model::registry::json_type;
 use tally_model::time::now_millis;
 use tally_model::{Millis, RejectReason};
 
-use super::{UnreadableBody, corrected_time, flatten_into, store_and_answer};
+use super::{UnreadableBody, corrected_time, flatten_into, store_and_answer, submission};
 use crate::Collector;
 use crate::intake::{Judge, Submission, invalid_json, query_is_utf8};
 use crate::request::{Refusal, read_body, write_key};
@@ -82,11 +82,7 @@ pub async fn post_events(
     body: web::Payload,
     collector: web::Data<Collector>,
 ) -> HttpResponse {
-    let started = Instant::now();
-    let response = receive_post(&request, body, &collector, None)
-        .await
-        .unwrap_or_else(|refusal| refused(&collector, refusal));
-    finish(&request, &collector, "snowplow_post", started, response)
+    respond_post(request, body, &collector, None).await
 }
 
 /// `POST /sp/{key}/com.snowplowanalytics.snowplow/tp2`: as the route without the prefix,
@@ -104,11 +100,20 @@ pub async fn post_events_keyed(
     collector: web::Data<Collector>,
     key: web::Path<String>,
 ) -> HttpResponse {
+    respond_post(request, body, &collector, Some(&key)).await
+}
+
+async fn respond_post(
+    request: HttpRequest,
+    body: web::Payload,
+    collector: &Collector,
+    path_key: Option<&str>,
+) -> HttpResponse {
     let started = Instant::now();
-    let response = receive_post(&request, body, &collector, Some(&key))
+    let response = receive_post(&request, body, collector, path_key)
         .await
-        .unwrap_or_else(|refusal| refused(&collector, refusal));
-    finish(&request, &collector, "snowplow_post", started, response)
+        .unwrap_or_else(|refusal| refused(collector, refusal));
+    finish(&request, collector, "snowplow_post", started, response)
 }
 
 /// `GET /i` without Tally's `k`, or `GET /sp/{key}/i`: one event in the query string.
@@ -482,14 +487,7 @@ pub fn read_event(fields: &Fields, received_at: Millis) -> Result<Submission, Ve
     if !tags.is_empty() {
         event.insert("tags".to_owned(), Value::Object(tags));
     }
-    if reasons.is_empty() {
-        Ok(Submission {
-            event: Value::Object(event),
-            offered,
-        })
-    } else {
-        Err(reasons)
-    }
+    submission(event, offered, reasons)
 }
 
 /// `ttm`, else `dtm` corrected by `stm` against the receive time, else `dtm`; none (the
@@ -527,45 +525,27 @@ fn event_time(fields: &Fields, received_at: Millis) -> Result<Option<Millis>, Re
     }
 }
 
-/// The self-describing event of `ue_pr` (JSON) or `ue_px` (base64url): its schema's name and
-/// its data.
-fn self_describing(fields: &Fields) -> Result<(String, Map<String, Value>), RejectReason> {
+/// A self-describing JSON's schema name and data: what a self-describing event and each
+/// context entity are.
+type Entity = (String, Map<String, Value>);
+
+/// The self-describing event of `ue_pr` (JSON) or `ue_px` (base64url).
+fn self_describing(fields: &Fields) -> Result<Entity, RejectReason> {
     let json = json_field(fields, "ue_pr", "ue_px")?.ok_or_else(|| {
         RejectReason::new(
             "missing_field",
             "a self-describing event (e=ue) needs \"ue_pr\" or \"ue_px\"".to_owned(),
         )
     })?;
-    let invalid = |message: String| RejectReason::new("invalid_self_describing", message);
-    let inner = json
-        .get("data")
-        .and_then(Value::as_object)
-        .ok_or_else(|| invalid("the self-describing event has no \"data\" object".to_owned()))?;
-    let schema = inner
-        .get("schema")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let name = schema_name(schema).ok_or_else(|| {
-        invalid(format!(
-            "'{}' is not an iglu: schema URI",
-            schema.chars().take(200).collect::<String>()
-        ))
-    })?;
-    let data = match inner.get("data") {
-        Some(Value::Object(data)) => data.clone(),
-        _ => {
-            return Err(invalid(
-                "the self-describing event's data must be an object".to_owned(),
-            ));
-        }
-    };
-    Ok((name.to_owned(), data))
+    // The event is wrapped: {"schema": ".../unstruct_event/...", "data": {the event}}.
+    entity(
+        &json["data"],
+        "invalid_self_describing",
+        "the self-describing event",
+    )
 }
 
-/// A context entity: its schema's name and its data.
-type Entity = (String, Map<String, Value>);
-
-/// The entities of a contexts field.
+/// The entities of a contexts field: `co` (JSON) or `cx` (base64url).
 fn contexts_of(field: &str, value: &str) -> Result<Vec<Entity>, RejectReason> {
     let invalid = |message: String| RejectReason::new("invalid_contexts", message);
     let json = if field == "co" {
@@ -579,25 +559,33 @@ fn contexts_of(field: &str, value: &str) -> Result<Vec<Entity>, RejectReason> {
         .ok_or_else(|| invalid(format!("\"{field}\" has no \"data\" array of entities")))?;
     entities
         .iter()
-        .map(|entity| {
-            let schema = entity
-                .get("schema")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let name = schema_name(schema).ok_or_else(|| {
-                invalid(format!(
-                    "a context's schema '{}' is not an iglu: URI",
-                    schema.chars().take(200).collect::<String>()
-                ))
-            })?;
-            let data = entity
-                .get("data")
-                .and_then(Value::as_object)
-                .cloned()
-                .ok_or_else(|| invalid(format!("context '{name}' has no \"data\" object")))?;
-            Ok((name.to_owned(), data))
-        })
+        .map(|json| entity(json, "invalid_contexts", "a context"))
         .collect()
+}
+
+/// `json` as `{"schema": "iglu:...", "data": {...}}`; `code` and `what` say, in a reason, which
+/// part of the event it is.
+fn entity(json: &Value, code: &'static str, what: &str) -> Result<Entity, RejectReason> {
+    let schema = json
+        .get("schema")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let name = schema_name(schema).ok_or_else(|| {
+        RejectReason::new(
+            code,
+            format!(
+                "{what}'s schema '{}' is not an iglu: URI",
+                schema.chars().take(200).collect::<String>()
+            ),
+        )
+    })?;
+    match json.get("data") {
+        Some(Value::Object(data)) => Ok((name.to_owned(), data.clone())),
+        _ => Err(RejectReason::new(
+            code,
+            format!("{what}'s \"data\" must be an object"),
+        )),
+    }
 }
 
 /// The JSON of `plain` or, base64url-encoded, of `encoded`, whichever the event has.

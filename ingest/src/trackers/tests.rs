@@ -11,7 +11,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tally_model::config::IngestConfig;
 use tally_model::time::{format_rfc3339, now_millis};
-use tally_model::{Catalog, Event, TagValue};
+use tally_model::{Catalog, Event, RejectedEvent, TagValue};
 
 use crate::tests::{Harness, harness, harness_with};
 
@@ -49,6 +49,16 @@ async fn segment(h: &Harness, path: &str, body: &Value) -> (StatusCode, Value) {
         .set_payload(body.to_string());
     let (status, _, body) = h.send(request).await;
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Every reason of the reject at `index` of its request, joined.
+fn reasons_at(rejects: &[RejectedEvent], index: usize) -> String {
+    rejects
+        .iter()
+        .find(|reject| reject.index == index)
+        .unwrap_or_else(|| panic!("no reject at {index}"))
+        .reasons
+        .join("; ")
 }
 
 fn by_id(events: Vec<Event>, id: &str) -> Event {
@@ -106,14 +116,7 @@ async fn a_segment_batch_maps_every_call_and_keeps_the_rejects_with_reasons() {
     );
     assert_eq!(page.tags["os_type"], TagValue::String("batch-level".into()));
     let rejects = h.stored_rejects();
-    let reasons = |index: usize| {
-        rejects
-            .iter()
-            .find(|reject| reject.index == index)
-            .unwrap()
-            .reasons
-            .join("; ")
-    };
+    let reasons = |index| reasons_at(&rejects, index);
     assert!(
         reasons(2).contains("unknown event type 'Ordr Completed' (did you mean purchase?)"),
         "{}",
@@ -352,14 +355,7 @@ async fn snowplow_events_map_by_kind_with_contexts_offered() {
     assert_eq!(purchase.tags["revenue"], TagValue::Number(12.5));
     assert_eq!(purchase.tags["os_type"], TagValue::String("android".into()));
     let rejects = h.stored_rejects();
-    let reasons = |index: usize| {
-        rejects
-            .iter()
-            .find(|reject| reject.index == index)
-            .unwrap()
-            .reasons
-            .join("; ")
-    };
+    let reasons = |index| reasons_at(&rejects, index);
     assert!(
         reasons(2).contains("unknown event type 'structured_event'"),
         "{}",
