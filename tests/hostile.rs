@@ -576,6 +576,26 @@ fn query_cases() -> Vec<Case> {
             400,
             "duplicate field",
         ),
+        query("view=events_by_type&filter=os_type=ios&filter=os_type!=linux").expect(
+            "a dimension filtered twice, in two parameters",
+            400,
+            "names 'os_type' twice",
+        ),
+        query("view=events_by_type&filter=os_type!=ios&filter=event_type=click|page_view").expect(
+            "not-equal and a value list",
+            200,
+            "rows",
+        ),
+        query(&format!(
+            "view=events_by_type&filter=os_type={}",
+            vec!["x"; 5_000].join("|")
+        ))
+        .expect("a value list of 5,000", 200, "rows"),
+        query("view=events_by_type&groupby=os_type").expect(
+            "a misspelt parameter",
+            400,
+            "unknown parameter `groupby`",
+        ),
         query("view=events_by_type&measures=").expect("no measures: the defaults", 200, "rows"),
         query("view=events_by_type&granularity=all&group_by=event_type").expect(
             "a whole day",

@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(params) = actix_web::web::Query::<QueryParams>::from_query(text) {
+    if let Ok(params) = QueryParams::from_query(text) {
         if let Ok(query) = Query::parse(&params, &TENANT, 1_795_881_600_000) {
             assert!(query.from <= query.to);
             assert!(query.to - query.from <= 366 * DAY_MS);

@@ -8,7 +8,7 @@ use tally_connectors::batch_views::FifoCache;
 use tally_model::Millis;
 
 use crate::ServingError;
-use crate::query::{Projection, Query, QueryGranularity};
+use crate::query::{Condition, Projection, Query, QueryGranularity};
 
 /// Where cached rows came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -37,7 +37,7 @@ pub struct RowsKey {
     source: RowsSource,
     granularity: QueryGranularity,
     group: Vec<usize>,
-    filter: Vec<(usize, String)>,
+    filter: Vec<Condition<usize>>,
     picked: Vec<usize>,
     /// For rendered rows: the measures as the query names them.
     named: Option<Vec<String>>,

@@ -519,7 +519,7 @@ async fn answer_query(
     serving: &Arc<Serving>,
 ) -> Result<QueryAnswer, Refusal> {
     let key = serving.authorize(request, Scope::Read)?;
-    let params = web::Query::<QueryParams>::from_query(request.query_string())
+    let params = QueryParams::from_query(request.query_string())
         .map_err(|err| bad(format!("query string: {err}")))?;
     serving.query(&key.tenant, &params).await.map_err(|err| {
         if err.status().is_server_error() {

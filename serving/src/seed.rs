@@ -198,7 +198,10 @@ async fn count_events(
         from: Some(start.to_string()),
         to: Some(end.to_string()),
         granularity: Some("all".to_owned()),
-        filter: event_type.map(|t| format!("event_type={t}")),
+        filter: event_type
+            .map(|t| format!("event_type={t}"))
+            .into_iter()
+            .collect(),
         measures: Some("count".to_owned()),
         group_by: None,
     };

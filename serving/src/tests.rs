@@ -46,9 +46,7 @@ fn events_by_type_stored() -> String {
 
 fn params(pairs: &[(&str, &str)]) -> QueryParams {
     let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    web::Query::<QueryParams>::from_query(&query.join("&"))
-        .unwrap()
-        .into_inner()
+    QueryParams::from_query(&query.join("&")).unwrap()
 }
 
 proptest! {

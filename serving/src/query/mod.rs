@@ -17,6 +17,8 @@ mod rollup;
 #[cfg(test)]
 mod tests;
 
-pub use parse::{MAX_MEASURES, Query, QueryError, QueryGranularity, QueryMeasure, QueryParams};
+pub use parse::{
+    Condition, MAX_MEASURES, Query, QueryError, QueryGranularity, QueryMeasure, QueryParams,
+};
 pub use render::{RenderedHour, RenderedRows, Sources};
 pub use rollup::{Lacking, Projection, RolledHour, Rollup, RowKey};

@@ -6,7 +6,6 @@
 
 use std::fmt;
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tally_model::measure::function_call;
 use tally_model::state::MeasureSummary;
@@ -22,7 +21,7 @@ const DEFAULT_RANGE_MS: Millis = DAY_MS;
 /// Most measures one query may ask for.
 pub const MAX_MEASURES: usize = 32;
 /// The query string of `GET /v1/query`.
-#[derive(Debug, Default, Clone, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, Clone, PartialEq, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct QueryParams {
     /// The view's name.
@@ -35,11 +34,100 @@ pub struct QueryParams {
     pub granularity: Option<String>,
     /// Dimensions to group by, comma-separated [default: none, one row per bucket].
     pub group_by: Option<String>,
-    /// `dimension=value` pairs, comma-separated; rows must match all.
-    pub filter: Option<String>,
+    /// Conditions rows must all meet: `dimension=value`, `dimension!=value`, and value lists
+    /// `dimension=a|b` (any of) or `dimension!=a|b` (none of); several per parameter,
+    /// comma-separated, and the parameter may be given more than once.
+    pub filter: Vec<String>,
     /// Measures, comma-separated: `count`, `sum(t)`, `avg(t)`, `min(t)`, `max(t)`, `uniq(f)`,
     /// `pNN(t)` such as `p99(latency_ms)` [default: every measure of the view].
     pub measures: Option<String>,
+}
+
+impl QueryParams {
+    /// Reads a query string. Every parameter is named once, except `filter`, whose
+    /// occurrences add up; an unknown parameter is refused, with the known ones.
+    pub fn from_query(text: &str) -> Result<QueryParams, String> {
+        let pairs = actix_web::web::Query::<Vec<(String, String)>>::from_query(text)
+            .map_err(|err| err.to_string())?
+            .into_inner();
+        let mut params = QueryParams::default();
+        for (name, value) in pairs {
+            let slot = match name.as_str() {
+                "filter" => {
+                    params.filter.push(value);
+                    continue;
+                }
+                "view" => &mut params.view,
+                "from" => &mut params.from,
+                "to" => &mut params.to,
+                "granularity" => &mut params.granularity,
+                "group_by" => &mut params.group_by,
+                "measures" => &mut params.measures,
+                other => {
+                    return Err(format!(
+                        "unknown parameter `{other}`; the parameters are view, from, to, granularity, group_by, filter and measures"
+                    ));
+                }
+            };
+            if slot.replace(value).is_some() {
+                return Err(format!("duplicate field `{name}`: give it once"));
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// A condition a query's rows meet: the dimension's value is one of `values`, or with
+/// `negated` none of them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Condition<D> {
+    /// The dimension: its name in a query, its position in a stored spec's rows.
+    pub dimension: D,
+    /// `!=`.
+    pub negated: bool,
+    /// The values, at least one, sorted and each once: a row is looked up, not scanned for,
+    /// so a long list costs its logarithm per row.
+    pub values: Vec<String>,
+}
+
+impl<D> Condition<D> {
+    /// Whether a row whose dimension has `value` meets it.
+    pub fn admits(&self, value: Option<&String>) -> bool {
+        value.is_some_and(|value| self.values.binary_search(value).is_ok()) != self.negated
+    }
+
+    /// The same condition on another spelling of the dimension.
+    pub fn on<E>(&self, dimension: E) -> Condition<E> {
+        Condition {
+            dimension,
+            negated: self.negated,
+            values: self.values.clone(),
+        }
+    }
+
+    /// Reads `dimension=a|b` or `dimension!=a|b`.
+    fn parse(text: &str) -> Result<Condition<String>, QueryError> {
+        let form = || QueryError::FilterForm(text.to_owned());
+        let (dimension, values, negated) = match text.split_once("!=") {
+            Some((dimension, values)) => (dimension, values, true),
+            None => {
+                let (dimension, values) = text.split_once('=').ok_or_else(form)?;
+                (dimension, values, false)
+            }
+        };
+        let dimension = dimension.trim();
+        if dimension.is_empty() {
+            return Err(form());
+        }
+        let mut values: Vec<String> = values.split('|').map(str::to_owned).collect();
+        values.sort_unstable();
+        values.dedup();
+        Ok(Condition {
+            dimension: dimension.to_owned(),
+            negated,
+            values,
+        })
+    }
 }
 
 /// How rows are bucketed in an answer.
@@ -252,8 +340,10 @@ pub enum QueryError {
         /// The view's dimensions, comma-separated.
         dimensions: String,
     },
-    /// A filter that is not `dimension=value`.
-    #[error("filter '{0}' is not of the form dimension=value")]
+    /// A filter that is not `dimension=value`, `dimension!=value` or a value list.
+    #[error(
+        "filter '{0}' is not of the form dimension=value, dimension!=value, dimension=a|b (any of) or dimension!=a|b (none of)"
+    )]
     FilterForm(String),
     /// A list parameter that names an item twice.
     #[error("{parameter} names '{item}' twice; name each once")]
@@ -323,8 +413,8 @@ pub struct Query {
     pub granularity: QueryGranularity,
     /// Dimensions kept in rows.
     pub group_by: Vec<String>,
-    /// Dimension values rows must have.
-    pub filter: Vec<(String, String)>,
+    /// Conditions on dimension values rows must all meet.
+    pub filter: Vec<Condition<String>>,
     /// What each row reports.
     pub measures: Vec<QueryMeasure>,
     /// The view measures those need, in the order of the merged states' measures.
@@ -383,26 +473,32 @@ impl Query {
                 })
             }
         };
-        let group_by = list(&params.group_by)
+        let group_by = list(params.group_by.as_deref().unwrap_or_default())
             .map(known_dimension)
             .collect::<Result<Vec<_>, _>>()?;
         once_each("group_by", group_by.iter())?;
-        let filter = list(&params.filter)
-            .map(|pair| {
-                let (dimension, value) = pair
-                    .split_once('=')
-                    .ok_or_else(|| QueryError::FilterForm(pair.to_owned()))?;
-                Ok((known_dimension(dimension.trim())?, value.to_owned()))
+        let filter = params
+            .filter
+            .iter()
+            .flat_map(|parameter| list(parameter))
+            .map(|text| {
+                let condition = Condition::<String>::parse(text)?;
+                known_dimension(&condition.dimension)?;
+                Ok(condition)
             })
             .collect::<Result<Vec<_>, QueryError>>()?;
-        once_each("filter", filter.iter().map(|(dimension, _)| dimension))?;
-        let measures: Vec<QueryMeasure> = match list(&params.measures).next() {
+        once_each(
+            "filter",
+            filter.iter().map(|condition| &condition.dimension),
+        )?;
+        let measures_text = params.measures.as_deref().unwrap_or_default();
+        let measures: Vec<QueryMeasure> = match list(measures_text).next() {
             None => view
                 .measures
                 .iter()
                 .flat_map(QueryMeasure::defaults_of)
                 .collect(),
-            Some(_) => list(&params.measures)
+            Some(_) => list(measures_text)
                 .map(QueryMeasure::parse)
                 .collect::<Result<_, _>>()?,
         };
@@ -470,10 +566,8 @@ fn once_each<T: fmt::Display + PartialEq>(
     Ok(())
 }
 
-fn list(text: &Option<String>) -> impl Iterator<Item = &str> {
-    text.as_deref()
-        .unwrap_or_default()
-        .split(',')
+fn list(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tally_connectors::batch_views::StateRow;
 use tally_model::{AggregateState, Measure, Millis, StateMerger, ViewSpec};
 
-use super::parse::{Query, QueryError};
+use super::parse::{Condition, Query, QueryError};
 use super::render::{RenderedHour, RenderedRows, RowWriter, separate};
 
 /// Rows rendered between two checks of an answer's size.
@@ -31,7 +31,7 @@ pub enum Lacking {
 /// How the rows of one spec (one logic version of the view) map onto a query.
 pub struct Projection {
     group: Vec<usize>,
-    filter: Vec<(usize, String)>,
+    filter: Vec<Condition<usize>>,
     picked: Vec<usize>,
 }
 
@@ -53,7 +53,7 @@ impl Projection {
         let filter = query
             .filter
             .iter()
-            .map(|(name, value)| Ok((dimension(name)?, value.clone())))
+            .map(|condition| Ok(condition.on(dimension(&condition.dimension)?)))
             .collect::<Result<_, Lacking>>()?;
         let state_measures: Vec<&Measure> = spec
             .measures
@@ -80,7 +80,7 @@ impl Projection {
     /// The spec's dimensions grouped by, those filtered with their values, and the measures
     /// picked, by position: what the rows made for a query depend on besides the query's
     /// granularity and measure names.
-    pub fn shape(&self) -> (&[usize], &[(usize, String)], &[usize]) {
+    pub fn shape(&self) -> (&[usize], &[Condition<usize>], &[usize]) {
         (&self.group, &self.filter, &self.picked)
     }
 }
@@ -169,7 +169,7 @@ impl<'q> Rollup<'q> {
         let matches = projection
             .filter
             .iter()
-            .all(|(index, value)| dimensions.get(*index) == Some(value));
+            .all(|condition| condition.admits(dimensions.get(condition.dimension)));
         if !matches {
             return Ok(());
         }

@@ -8,9 +8,7 @@ use super::*;
 
 fn params(pairs: &[(&str, &str)]) -> QueryParams {
     let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    actix_web::web::Query::<QueryParams>::from_query(&query.join("&"))
-        .unwrap()
-        .into_inner()
+    QueryParams::from_query(&query.join("&")).unwrap()
 }
 
 #[test]
@@ -175,6 +173,86 @@ fn rolls_minutes_up_and_filters_and_groups() {
             json!({"bucket": "1970-01-01T01:00:00.000Z", "event_type": "view", "count": 8}),
         ]
     );
+}
+
+#[test]
+fn filters_take_not_equal_value_lists_and_several_parameters() {
+    let tenant = Tenant::demo();
+    let spec = &tenant.views[0];
+    let dims = |t: &str, os: &str| vec![t.to_owned(), os.to_owned()];
+    let rows = [
+        (dims("click", "ios"), 1),
+        (dims("click", "android"), 2),
+        (dims("click", "linux"), 4),
+        (dims("view", "ios"), 8),
+        (dims("view", "linux"), 16),
+    ];
+    let total = |filters: &[&str]| {
+        let mut pairs = vec![
+            ("view", "events_by_type"),
+            ("from", "0"),
+            ("to", "3600000"),
+            ("granularity", "all"),
+            ("measures", "count"),
+        ];
+        pairs.extend(filters.iter().map(|filter| ("filter", *filter)));
+        let query = Query::parse(&params(&pairs), &tenant, 0).unwrap();
+        let projection = Projection::new(spec, &query).unwrap();
+        let mut rollup = Rollup::new(&query);
+        for (dimensions, count) in &rows {
+            let state = AggregateState {
+                count: *count,
+                ..spec.empty_state()
+            };
+            rollup.add(&projection, 0, dimensions, &state).unwrap();
+        }
+        let answer: Vec<Value> =
+            serde_json::from_str(&rollup.into_json(usize::MAX).unwrap()).unwrap();
+        answer
+            .first()
+            .map_or(0, |row| row["count"].as_u64().unwrap())
+    };
+    assert_eq!(total(&[]), 31);
+    assert_eq!(total(&["os_type=ios"]), 9);
+    assert_eq!(total(&["os_type!=ios"]), 22);
+    assert_eq!(total(&["os_type=ios|android"]), 11, "any of");
+    assert_eq!(total(&["os_type!=ios|android"]), 20, "none of");
+    assert_eq!(
+        total(&["os_type=ios|linux", "event_type!=view"]),
+        5,
+        "two parameters"
+    );
+    assert_eq!(
+        total(&["os_type=ios|linux,event_type=view"]),
+        24,
+        "two in one"
+    );
+    assert_eq!(total(&["event_type=nothing"]), 0);
+    for (query, expected) in [
+        (
+            "view=events_by_type&filter=os_type=ios&filter=os_type!=linux",
+            "filter names 'os_type' twice",
+        ),
+        (
+            "view=events_by_type&filter=!=ios",
+            "not of the form dimension=value",
+        ),
+        (
+            "view=events_by_type&filter=colour=red",
+            "has no dimension 'colour'",
+        ),
+    ] {
+        let err =
+            Query::parse(&QueryParams::from_query(query).unwrap(), &tenant, DAY_MS).unwrap_err();
+        assert!(err.to_string().contains(expected), "{query}: {err}");
+    }
+    for (query, expected) in [
+        ("view=a&view=b", "duplicate field `view`"),
+        ("view=a&colour=red", "unknown parameter `colour`"),
+    ] {
+        let err = QueryParams::from_query(query).unwrap_err();
+        assert!(err.contains(expected), "{query}: {err}");
+    }
 }
 
 #[test]
