@@ -7,18 +7,19 @@
 //! published, so the horizon read afterwards is at or above the one the store reflected,
 //! and the store still held every bucket from it on.
 //!
-//! - [`parse`]: the query string, checked against the tenant's view ([`Query::parse`]).
+//! - [`params`]: the query string as sent ([`QueryParams`]), and its filter conditions.
+//! - [`parse`]: the parameters checked against the tenant's view ([`Query::parse`]).
 //! - [`rollup`]: stored states rolled up into answer rows ([`Projection`], [`Rollup`]).
 //! - [`render`]: rows written as JSON text, and the seam ([`Sources`]).
 
+mod params;
 mod parse;
 mod render;
 mod rollup;
 #[cfg(test)]
 mod tests;
 
-pub use parse::{
-    Condition, MAX_MEASURES, Query, QueryError, QueryGranularity, QueryMeasure, QueryParams,
-};
+pub use params::{Condition, QueryParams};
+pub use parse::{MAX_MEASURES, Query, QueryError, QueryGranularity, QueryMeasure};
 pub use render::{RenderedHour, RenderedRows, Sources};
 pub use rollup::{Lacking, Projection, RolledHour, Rollup, RowKey};

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use tally_connectors::batch_views::StateRow;
 use tally_model::{AggregateState, Measure, Millis, StateMerger, ViewSpec};
 
-use super::parse::{Condition, Query, QueryError};
+use super::params::Condition;
+use super::parse::{Query, QueryError};
 use super::render::{RenderedHour, RenderedRows, RowWriter, separate};
 
 /// Rows rendered between two checks of an answer's size.
