@@ -1,5 +1,6 @@
-// The Tally dashboard: analytics (a view over time, chart and table, refreshed every two
-// seconds, the batch/speed horizon drawn on the chart), governance (the registry and recent
+// The Tally dashboard: analytics (a view over time, filtered and grouped, chart and table,
+// refreshed every two seconds, the batch/real-time horizon drawn on the chart, the query kept
+// in a shareable link), governance (the registry and recent
 // rejected events) and search over raw events. It talks only to the public HTTP API with a
 // read key, taken from ?key= or typed in, and kept in this browser's localStorage.
 "use strict";
@@ -10,7 +11,7 @@ const COLORS = ["#2a6ef0", "#e8710a", "#188038", "#d93025", "#9334e6", "#12b5cb"
   "#f9ab00", "#5f6368", "#b31412", "#1a73e8", "#0d652d", "#a142f4"];
 
 const $ = (id) => document.getElementById(id);
-const state = { overview: null, chart: null, searchCursor: null, timer: null, xRange: null };
+const state = { overview: null, chart: null, searchCursor: null, timer: null, xRange: null, asked: 0, linked: null };
 
 function key() { return $("key").value.trim(); }
 
@@ -39,6 +40,18 @@ function fill(table, rows, columns) {
 }
 
 // ---- analytics ----
+//
+// Every refresh asks two questions of the query API: the rows for the chart and the table,
+// and the chosen measure over the whole range (granularity=all), which is the total. A
+// total is never added up from buckets: uniq and quantiles do not add, and the API merges
+// their states instead. An answer that fails clears what was shown, and an answer that
+// arrives after a newer question was asked is dropped.
+
+const GRANULARITY_MS = { minute: 60000, hour: 3600000, day: 86400000 };
+/** The most buckets the automatic granularity draws. */
+const MAX_BUCKETS = 360;
+const compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 2 });
+const exact = new Intl.NumberFormat("en", { maximumFractionDigits: 2 });
 
 function currentView() {
   return state.overview?.views.find((v) => v.name === $("view").value);
@@ -56,17 +69,21 @@ function defaultMeasures(view) {
   return names;
 }
 
-function viewChanged() {
+function viewChanged(keep) {
   const view = currentView();
   if (!view) return;
-  $("group-by").replaceChildren(new Option("(none)", ""), ...view.dimensions.map((d) => new Option(d, d)));
-  $("measures").value = "";
-  measuresChanged();
-  const finest = ["minute", "hour", "day", "all"];
-  for (const option of $("granularity").options) {
-    option.disabled = finest.indexOf(option.value) < finest.indexOf(view.granularity);
+  const chosen = keep ? groupBy() : [];
+  $("group-by").replaceChildren(...view.dimensions.map((d) => new Option(d, d, false, chosen.includes(d))));
+  if (!keep) {
+    $("measures").value = "";
+    $("filter").value = "";
   }
-  $("granularity").value = view.granularity;
+  measuresChanged();
+  const order = ["minute", "hour", "day", "all"];
+  for (const option of $("granularity").options) {
+    option.disabled = option.value !== "auto" && order.indexOf(option.value) < order.indexOf(view.granularity);
+  }
+  if ($("granularity").selectedOptions[0]?.disabled) $("granularity").value = "auto";
   refresh();
 }
 
@@ -74,87 +91,155 @@ function measuresChanged() {
   const view = currentView();
   const typed = $("measures").value.split(",").map((m) => m.trim()).filter(Boolean);
   const names = typed.length ? typed : defaultMeasures(view);
-  const chosen = $("chart-measure").value;
+  const chosen = $("chart-measure").dataset.wanted || $("chart-measure").value;
   $("chart-measure").replaceChildren(...names.map((m) => new Option(m, m)));
   if (names.includes(chosen)) $("chart-measure").value = chosen;
+  delete $("chart-measure").dataset.wanted;
 }
 
-function queryPath() {
+function groupBy() { return [...$("group-by").selectedOptions].map((o) => o.value); }
+
+function filters() { return $("filter").value.split(",").map((f) => f.trim()).filter(Boolean); }
+
+/** [from, to) in epoch ms: a relative range ending a minute from now, or the custom one. */
+function timeRange() {
+  if ($("range").value === "custom") {
+    return [new Date($("range-from").value).getTime(), new Date($("range-to").value).getTime()];
+  }
   const to = Date.now() + 60000;
-  const params = new URLSearchParams({
-    view: $("view").value,
-    from: String(to - Number($("range").value)),
-    to: String(to),
-    granularity: $("granularity").value,
-  });
-  if ($("group-by").value) params.set("group_by", $("group-by").value);
+  return [to - Number($("range").value), to];
+}
+
+/** The granularity asked, or for "auto" the finest the view keeps that draws few enough buckets. */
+function granularity(view, span) {
+  if ($("granularity").value !== "auto") return $("granularity").value;
+  const kept = ["minute", "hour", "day"].slice(["minute", "hour", "day"].indexOf(view.granularity));
+  return kept.find((g) => span / GRANULARITY_MS[g] <= MAX_BUCKETS) || kept[kept.length - 1];
+}
+
+function queryParams(view) {
+  const [from, to] = timeRange();
+  const params = new URLSearchParams({ view: view.name, from: String(from), to: String(to), granularity: granularity(view, to - from) });
+  if (groupBy().length) params.set("group_by", groupBy().join(","));
+  for (const filter of filters()) params.append("filter", filter);
   if ($("measures").value.trim()) params.set("measures", $("measures").value.trim());
-  return `/v1/query?${params}`;
+  return params;
 }
 
 async function refresh() {
-  if (!key() || !currentView()) return;
+  const view = currentView();
+  if (!key() || !view) return;
+  const measure = $("chart-measure").value || "count";
+  const params = queryParams(view);
+  const whole = new URLSearchParams(params);
+  whole.set("granularity", "all");
+  whole.delete("group_by");
+  whole.set("measures", measure);
+  const asked = ++state.asked;
+  saveToLink();
   try {
-    const answer = await api(queryPath());
-    render(answer);
+    const [answer, total] = await Promise.all([api(`/v1/query?${params}`), api(`/v1/query?${whole}`)]);
+    if (asked !== state.asked) return;
+    render(answer, total.rows[0]?.[measure], measure);
     showError("");
   } catch (err) {
+    if (asked !== state.asked) return;
+    clearAnalytics();
     showError(err.message);
   }
 }
 
-function render(answer) {
-  const measure = $("chart-measure").value || "count";
-  const group = $("group-by").value;
-  const measures = answer.rows.length ? Object.keys(answer.rows[0]).filter((k) => k !== "bucket" && k !== group) : [];
-  const total = answer.rows.reduce((sum, row) => sum + (typeof row[measure] === "number" ? row[measure] : 0), 0);
-  $("total").textContent = Number.isInteger(total) ? String(total) : total.toFixed(2);
+function clearAnalytics() {
+  state.chart?.destroy();
+  state.chart = null;
+  $("rows").tHead.replaceChildren();
+  $("rows").tBodies[0].replaceChildren();
+  $("total").textContent = "—";
+  $("total").dataset.value = "";
+  $("empty").hidden = true;
+}
+
+function formatted(value) {
+  if (typeof value === "number") return exact.format(value);
+  if (value === null || value === undefined) return "";
+  return typeof value === "object" ? JSON.stringify(value) : String(value);
+}
+
+function render(answer, total, measure) {
+  const groups = groupBy();
+  const columns = answer.rows.length ? Object.keys(answer.rows[0]) : ["bucket", ...groups];
+  // No events in the range: a count is 0, and other measures have no value.
+  const value = total ?? (measure === "count" ? 0 : null);
+  $("total").textContent = value === null ? "—" : exact.format(value);
+  $("total").dataset.value = value === null ? "" : String(value);
   $("chart-measure-name").textContent = measure;
-  $("batch-range").textContent = answer.sources.batch.join(" → ");
-  $("speed-range").textContent = answer.sources.speed.join(" → ");
+  $("horizon").textContent = answer.horizon ?? "none yet";
   $("refreshed").textContent = new Date().toLocaleTimeString();
+  $("empty").hidden = answer.rows.length > 0;
+  $("empty-snippet").textContent = emptySnippet();
+  if (!answer.rows.length) {
+    // Nothing to draw: the hint says what to do instead of an empty frame.
+    state.chart?.destroy();
+    state.chart = null;
+  }
 
   const head = $("rows").tHead;
   head.replaceChildren();
   const headRow = head.insertRow();
-  for (const name of ["bucket", ...(group ? [group] : []), ...measures]) {
+  for (const name of columns) {
     const th = document.createElement("th");
     th.textContent = name;
     headRow.appendChild(th);
   }
-  fill("rows", answer.rows, ["bucket", ...(group ? [group] : []), ...measures].map((name) => ({
-    value: (row) => (typeof row[name] === "object" && row[name] !== null ? JSON.stringify(row[name]) : row[name]),
-  })));
-  drawChart(answer, measure, group);
+  // The most recent buckets first.
+  const newestFirst = [...answer.rows].sort((a, b) => (a.bucket < b.bucket ? 1 : a.bucket > b.bucket ? -1 : 0));
+  fill("rows", newestFirst, columns.map((name) => ({ value: (row) => formatted(row[name]) })));
+  if (answer.rows.length) drawChart(answer, measure, groups);
 }
 
-function drawChart(answer, measure, group) {
+function emptySnippet() {
+  return `curl -X POST ${location.origin}/v1/events \\
+  -H 'Authorization: Bearer <write key>' -H 'Content-Type: application/json' \\
+  -d '[{"event_type":"page_view","user_id":"u1","tags":{"url":"/home"}}]'`;
+}
+
+function drawChart(answer, measure, groups) {
+  const seriesOf = (row) => (groups.length ? groups.map((g) => (row[g] === "" ? "(empty)" : row[g])).join(" · ") : measure);
   const buckets = [...new Set(answer.rows.map((r) => Date.parse(r.bucket) / 1000))].sort((a, b) => a - b);
   const index = new Map(buckets.map((b, i) => [b, i]));
-  const groups = [...new Set(answer.rows.map((r) => (group ? r[group] : measure)))].slice(0, MAX_SERIES);
-  const series = groups.map(() => buckets.map(() => null));
+  const names = [...new Set(answer.rows.map(seriesOf))].slice(0, MAX_SERIES);
+  const series = names.map(() => buckets.map(() => null));
   for (const row of answer.rows) {
-    const g = groups.indexOf(group ? row[group] : measure);
-    if (g >= 0) series[g][index.get(Date.parse(row.bucket) / 1000)] = row[measure];
+    const s = names.indexOf(seriesOf(row));
+    if (s >= 0) series[s][index.get(Date.parse(row.bucket) / 1000)] = row[measure];
   }
   const horizon = answer.horizon ? Date.parse(answer.horizon) / 1000 : null;
   // The x axis spans the asked range, however few buckets hold events.
   state.xRange = [Date.parse(answer.sources.batch[0]) / 1000, Date.parse(answer.sources.speed[1]) / 1000];
+  const yValues = (u, splits) => splits.map((v) => compact.format(v));
   const options = {
     scales: { x: { time: true, range: () => state.xRange } },
     width: Math.max(600, document.body.clientWidth - 40),
     height: 320,
-    series: [{}, ...groups.map((g, i) => ({ label: String(g === "" ? "(empty)" : g), stroke: COLORS[i % COLORS.length], width: 2, points: { show: true } }))],
-    axes: [{}, { size: 60 }],
+    series: [{}, ...names.map((name, i) => ({ label: String(name), stroke: COLORS[i % COLORS.length], width: 2, points: { show: true }, value: (u, v) => (v === null ? "—" : exact.format(v)) }))],
+    axes: [
+      // Time labels at least 90 px apart, so that a 6-hour range by minute stays readable.
+      { space: 90 },
+      // Compact labels (1.2K, 3.4M), the axis as wide as its longest label.
+      { values: yValues, size: (u, values) => 16 + 8 * Math.max(3, ...(values || []).map((v) => v.length)) },
+    ],
     plugins: [horizonLine(horizon)],
   };
   const data = [buckets, ...series];
-  if (state.chart && state.chart.series.length === options.series.length && state.chart.horizon === horizon) {
+  const sameShape = state.chart && state.chart.series.length === options.series.length
+    && state.chart.horizon === horizon && state.chart.names === names.join("\n");
+  if (sameShape) {
     state.chart.setData(data);
   } else {
     state.chart?.destroy();
     state.chart = new uPlot(options, data, $("chart"));
     state.chart.horizon = horizon;
+    state.chart.names = names.join("\n");
   }
 }
 
@@ -176,11 +261,54 @@ function horizonLine(horizon) {
         ctx.stroke();
         ctx.fillStyle = "#b3261e";
         ctx.font = `${12 * devicePixelRatio}px system-ui`;
-        ctx.fillText("batch | speed", x + 4, u.bbox.top + 14 * devicePixelRatio);
+        ctx.fillText("batch | real-time", x + 4, u.bbox.top + 14 * devicePixelRatio);
         ctx.restore();
       },
     },
   };
+}
+
+// The query lives in the address's #fragment, never the key: a link to it is safe to share.
+const LINKED = ["view", "range", "from", "to", "granularity", "group_by", "filter", "measures", "chart"];
+
+function saveToLink() {
+  const link = new URLSearchParams({ view: $("view").value, range: $("range").value, granularity: $("granularity").value });
+  if ($("range").value === "custom") {
+    link.set("from", $("range-from").value);
+    link.set("to", $("range-to").value);
+  }
+  if (groupBy().length) link.set("group_by", groupBy().join(","));
+  if ($("filter").value.trim()) link.set("filter", $("filter").value.trim());
+  if ($("measures").value.trim()) link.set("measures", $("measures").value.trim());
+  if ($("chart-measure").value) link.set("chart", $("chart-measure").value);
+  const hash = `#${link}`;
+  if (location.hash !== hash) history.replaceState(null, "", `${location.pathname}${hash}`);
+  $("share").href = `${location.origin}${location.pathname}${hash}`;
+}
+
+/** Sets the controls from a shared link; the view's own options are set once it is loaded. */
+function loadFromLink() {
+  const link = new URLSearchParams(location.hash.slice(1));
+  if (![...link.keys()].some((name) => LINKED.includes(name))) return null;
+  if (link.get("range")) $("range").value = link.get("range");
+  if (link.get("from")) $("range-from").value = link.get("from");
+  if (link.get("to")) $("range-to").value = link.get("to");
+  if (link.get("granularity")) $("granularity").value = link.get("granularity");
+  $("filter").value = link.get("filter") || "";
+  $("measures").value = link.get("measures") || "";
+  if (link.get("chart")) $("chart-measure").dataset.wanted = link.get("chart");
+  rangeChanged(false);
+  return { view: link.get("view"), groupBy: (link.get("group_by") || "").split(",").filter(Boolean) };
+}
+
+function rangeChanged(andRefresh) {
+  const custom = $("range").value === "custom";
+  for (const label of document.querySelectorAll(".custom-range")) label.hidden = !custom;
+  if (custom && !$("range-from").value) {
+    $("range-from").value = localInput(Date.now() - 3600000);
+    $("range-to").value = localInput(Date.now() + 60000);
+  }
+  if (andRefresh) refresh();
 }
 
 // ---- governance ----
@@ -263,10 +391,18 @@ async function start() {
     showError(err.message);
     return;
   }
-  const chosen = $("view").value;
+  const linked = state.linked;
+  state.linked = null;
+  const chosen = linked?.view || $("view").value;
   $("view").replaceChildren(...state.overview.views.map((v) => new Option(v.name, v.name)));
   if (state.overview.views.some((v) => v.name === chosen)) $("view").value = chosen;
-  viewChanged();
+  if (linked) {
+    viewChanged(true);
+    for (const option of $("group-by").options) option.selected = linked.groupBy.includes(option.value);
+    refresh();
+  } else {
+    viewChanged(false);
+  }
   clearInterval(state.timer);
   state.timer = setInterval(refresh, REFRESH_MS);
 }
@@ -278,14 +414,24 @@ for (const button of document.querySelectorAll("nav button")) {
     if (button.dataset.tab === "governance" && state.overview) loadGovernance();
   });
 }
-$("view").addEventListener("change", viewChanged);
-for (const id of ["range", "granularity", "group-by", "chart-measure"]) $(id).addEventListener("change", refresh);
+$("view").addEventListener("change", () => viewChanged(false));
+$("range").addEventListener("change", () => rangeChanged(true));
+for (const id of ["range-from", "range-to", "granularity", "group-by", "chart-measure", "filter"]) $(id).addEventListener("change", refresh);
 $("measures").addEventListener("change", () => { measuresChanged(); refresh(); });
+$("query-form").addEventListener("submit", (e) => { e.preventDefault(); refresh(); });
 $("key").addEventListener("change", start);
 $("search-form").addEventListener("submit", (e) => { e.preventDefault(); search(null); });
 $("search-next").addEventListener("click", () => search(state.searchCursor));
 $("search-from").value = localInput(Date.now() - 3600000);
 $("search-to").value = localInput(Date.now());
 
-$("key").value = new URLSearchParams(location.search).get("key") || localStorage.getItem("tally-read-key") || "";
+// A key given as ?key= is kept in this browser and taken out of the address, so that the
+// address can be shared.
+const givenKey = new URLSearchParams(location.search).get("key");
+if (givenKey) {
+  localStorage.setItem("tally-read-key", givenKey);
+  history.replaceState(null, "", `${location.pathname}${location.hash}`);
+}
+$("key").value = givenKey || localStorage.getItem("tally-read-key") || "";
+state.linked = loadFromLink();
 start();
