@@ -145,6 +145,7 @@ async function refresh() {
   } catch (err) {
     if (asked !== state.asked) return;
     clearAnalytics();
+    $("refreshed").textContent = `failed at ${new Date().toLocaleTimeString()}`;
     showError(err.message);
   }
 }
