@@ -86,6 +86,8 @@ pub(crate) async fn overview(request: HttpRequest, serving: web::Data<Serving>) 
             .collect();
         Ok(json!({
             "tenant": key.tenant,
+            // The caller's own key: the console offers changes only to an admin key.
+            "you": {"id": key.id(), "source": key.source, "scopes": key.scopes},
             "registry": tenant.registry,
             "views": tenant.views,
             "keys": keys,

@@ -1,0 +1,85 @@
+// Drives Debian's chromium through the dashboard's governance console of a running
+// `tally up`, printing one line per step for tests/dashboard.rs, and waiting for a line on
+// stdin where the test checks the API in between:
+// 1. with the admin key: a tag `plan` with the alias `plan_name`, and an event type `signup`
+//    that may carry it, saved through the forms: "TAGGED";
+// 2. a tag `tier` claiming the same alias: the live check warns, and saving is refused with
+//    the API's reason: "REFUSED <reason>";
+// 3. the demo write key rotated: the new secret shown once, "SECRET <secret>", then gone
+//    from the page once the user says it is stored: "STORED";
+// 4. with a read key: the page is read-only, its forms hidden: "READONLY".
+// Each step saves a screenshot, governance-<step>.png, in the folder given.
+// Usage: node governance.mjs <dashboard url with the admin key> <read key> <screenshot folder>
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const [url, readKey, folder] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.TALLY_CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu"],
+});
+const fail = (message) => { throw new Error(message); };
+const lines = createInterface({ input: process.stdin });
+const input = lines[Symbol.asyncIterator]();
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 1100 } });
+  page.on("pageerror", (err) => console.error(`page error: ${err.message}`));
+  page.on("dialog", (dialog) => dialog.accept());
+  const shot = (step) => page.screenshot({ path: `${folder}/governance-${step}.png`, fullPage: true });
+  const saved = (text) => page.waitForFunction(
+    (expected) => document.getElementById("governance-message").textContent.includes(expected), text, { timeout: 15000 });
+
+  await page.goto(url);
+  await page.click("nav button[data-tab=governance]");
+  await page.waitForSelector("#tags tbody tr");
+
+  // 1. A tag with an alias, and an event type that may carry it.
+  await page.fill("#tag-name", "plan");
+  await page.fill("#tag-aliases", "plan_name");
+  await page.click("#tag-form button[type=submit]");
+  await saved("tag 'plan' saved");
+  await page.fill("#event-type-name", "signup");
+  await page.fill("#event-type-optional", "plan");
+  await page.click("#event-type-form button[type=submit]");
+  await saved("event type 'signup' saved");
+  const tags = await page.textContent("#tags");
+  if (!tags.includes("plan_name")) fail("the new alias is not listed");
+  await shot("tag");
+  console.log("TAGGED");
+  await input.next();
+
+  // 2. The same alias for another tag: warned while typing, refused when saved.
+  await page.fill("#tag-name", "tier");
+  await page.fill("#tag-aliases", "plan_name");
+  await page.waitForFunction(() => document.getElementById("alias-check").textContent.includes("already names tag 'plan'"), null, { timeout: 15000 });
+  await page.click("#tag-form button[type=submit]");
+  await page.waitForFunction(() => document.getElementById("error").textContent.includes("plan_name"), null, { timeout: 15000 });
+  if ((await page.textContent("#tags")).includes("tier")) fail("the colliding tag was saved");
+  await shot("refused");
+  console.log(`REFUSED ${await page.textContent("#error")}`);
+
+  // 3. Rotate the demo write key: its new secret, shown once.
+  const row = page.locator("#keys tbody tr", { hasText: "demo-web" });
+  await row.getByRole("button", { name: "Rotate" }).click();
+  await page.waitForSelector("#secret-box:not([hidden])");
+  const secret = (await page.textContent("#secret")).trim();
+  if (!secret.startsWith("tk_")) fail(`no secret shown: ${secret}`);
+  await shot("rotated");
+  console.log(`SECRET ${secret}`);
+  await input.next();
+  await page.click("#secret-done");
+  if ((await page.content()).includes(secret)) fail("the secret stayed in the page");
+  console.log("STORED");
+
+  // 4. A read key sees the registry, and no form to change it.
+  await page.fill("#key", readKey);
+  await page.dispatchEvent("#key", "change");
+  await page.waitForFunction(() => !document.getElementById("read-only").hidden, null, { timeout: 15000 });
+  if (await page.isVisible("#tag-form")) fail("a read key sees the forms");
+  if (await page.locator("#keys tbody button").count()) fail("a read key sees key buttons");
+  await shot("read-only");
+  console.log("READONLY");
+} finally {
+  lines.close();
+  await browser.close();
+}
