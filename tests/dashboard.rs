@@ -6,60 +6,118 @@
 //! sum of buckets; a failed query leaves nothing stale on screen; the link to the query
 //! holds no key. Each step's screenshot is kept in `test-artifacts/`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use tally_model::time::now_millis;
 
 use crate::support::{ADMIN_KEY, READ_KEY, Tally, WRITE_KEY, run};
 
-#[test]
-fn the_dashboard_shows_new_events_filters_them_and_never_shows_stale_numbers() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let driver = root.join("tests/dashboard");
-    let chromium = std::env::var("TALLY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists() && driver.join("node_modules/playwright-core").exists(),
-        "the browser test needs chromium ({chromium}; apt-get install chromium, or set TALLY_CHROMIUM) and Playwright (npm ci --prefix tests/dashboard); .ci/run installs both"
-    );
-    let artifacts = root.join("test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    for step in ["empty", "events", "filtered", "error"] {
-        let _ = std::fs::remove_file(artifacts.join(format!("dashboard-{step}.png")));
+/// A browser flow: a script of tests/dashboard/ run by node against Debian's chromium, which
+/// prints one line per step and waits for a line on its stdin where the test checks the API.
+struct BrowserFlow {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+    artifacts: PathBuf,
+}
+
+impl BrowserFlow {
+    /// Starts `script` with `args`, then the screenshot folder; its old `screenshots` go.
+    fn start(script: &str, args: &[&str], screenshots: &[String]) -> BrowserFlow {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let driver = root.join("tests/dashboard");
+        let chromium =
+            std::env::var("TALLY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        assert!(
+            Path::new(&chromium).exists() && driver.join("node_modules/playwright-core").exists(),
+            "the browser test needs chromium ({chromium}; apt-get install chromium, or set TALLY_CHROMIUM) and Playwright (npm ci --prefix tests/dashboard); .ci/run installs both"
+        );
+        let artifacts = root.join("test-artifacts");
+        std::fs::create_dir_all(&artifacts).unwrap();
+        for screenshot in screenshots {
+            let _ = std::fs::remove_file(artifacts.join(screenshot));
+        }
+        let mut child = Command::new("node")
+            .arg(driver.join(script))
+            .args(args)
+            .arg(&artifacts)
+            .env("TALLY_CHROMIUM", &chromium)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node runs (install Node.js)");
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        BrowserFlow {
+            child,
+            stdin,
+            lines,
+            artifacts,
+        }
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let server = Tally::up(dir.path());
-    let url = format!("http://{}/?key={READ_KEY}", server.address);
-    let mut browser = Command::new("node")
-        .arg(driver.join("check.mjs"))
-        .args([url.as_str(), artifacts.to_str().unwrap()])
-        .env("TALLY_CHROMIUM", &chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs (install Node.js)");
-    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
-    let mut next = |prefix: &str| -> String {
-        let line = lines.next().expect("the browser driver answers").unwrap();
+    /// The next step's line, which must start with `prefix`: the rest of it.
+    fn next(&mut self, prefix: &str) -> String {
+        let line = self
+            .lines
+            .next()
+            .expect("the browser driver answers")
+            .unwrap();
         line.strip_prefix(prefix)
             .unwrap_or_else(|| panic!("expected {prefix}…, got {line:?}"))
             .trim()
             .to_owned()
-    };
+    }
+
+    /// Lets the flow go on past a step that waits for the test.
+    fn go_on(&mut self) {
+        writeln!(self.stdin.as_mut().unwrap(), "go on").unwrap();
+    }
+
+    /// Waits for the flow to end well, with each of its `screenshots` saved.
+    fn finish(mut self, screenshots: &[String]) {
+        drop(self.stdin.take());
+        assert!(
+            self.child.wait().unwrap().success(),
+            "the browser driver failed"
+        );
+        for screenshot in screenshots {
+            assert!(
+                self.artifacts.join(screenshot).exists(),
+                "{screenshot} saved"
+            );
+        }
+    }
+}
+
+fn screenshots(flow: &str, steps: &[&str]) -> Vec<String> {
+    steps
+        .iter()
+        .map(|step| format!("{flow}-{step}.png"))
+        .collect()
+}
+
+#[test]
+fn the_dashboard_shows_new_events_filters_them_and_never_shows_stale_numbers() {
+    let shots = screenshots("dashboard", &["empty", "events", "filtered", "error"]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Tally::up(dir.path());
+    let url = format!("http://{}/?key={READ_KEY}", server.address);
+    let mut browser = BrowserFlow::start("check.mjs", &[&url], &shots);
     let number = |text: String| -> f64 { text.parse().unwrap() };
-    let before = number(next("READY "));
+    let before = number(browser.next("READY "));
     assert_eq!(before, 0.0, "nothing sent yet");
 
     let sent_from = now_millis() - 60_000;
     run(server.generator().args(["--events", "300", "--seed", "7"]));
-    writeln!(browser.stdin.take().unwrap(), "sent").unwrap();
-    let after = number(next("CHANGED "));
+    browser.go_on();
+    let after = number(browser.next("CHANGED "));
     assert!(after > before, "the chart's total grew: {before} → {after}");
 
-    let shown = number(next("TOTAL "));
-    let link = next("LINK ");
+    let shown = number(browser.next("TOTAL "));
+    let link = browser.next("LINK ");
     let authorization = format!("Bearer {READ_KEY}");
     let path = format!(
         "/v1/query?view=events_by_type&from={sent_from}&to={}&granularity=all&filter=os_type!=ios&measures=uniq(user_id)",
@@ -79,17 +137,8 @@ fn the_dashboard_shows_new_events_filters_them_and_never_shows_stale_numbers() {
         "{link}"
     );
 
-    next("CLEARED");
-    assert!(
-        browser.wait().unwrap().success(),
-        "the browser driver failed"
-    );
-    for step in ["empty", "events", "filtered", "error"] {
-        assert!(
-            artifacts.join(format!("dashboard-{step}.png")).exists(),
-            "{step}'s screenshot"
-        );
-    }
+    browser.next("CLEARED");
+    browser.finish(&shots);
 }
 
 /// The governance console, changing the registry and the keys through the governance API:
@@ -98,36 +147,11 @@ fn the_dashboard_shows_new_events_filters_them_and_never_shows_stale_numbers() {
 /// shown once and works at once, the old one through its grace; a read key sees no form.
 #[test]
 fn the_governance_console_changes_tags_and_keys_through_the_api() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let driver = root.join("tests/dashboard");
-    let chromium = std::env::var("TALLY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists() && driver.join("node_modules/playwright-core").exists(),
-        "the browser test needs chromium and Playwright; .ci/run installs both"
-    );
-    let artifacts = root.join("test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-
+    let shots = screenshots("governance", &["tag", "refused", "rotated", "read-only"]);
     let dir = tempfile::tempdir().unwrap();
     let server = Tally::up(dir.path());
     let url = format!("http://{}/?key={ADMIN_KEY}", server.address);
-    let mut browser = Command::new("node")
-        .arg(driver.join("governance.mjs"))
-        .args([url.as_str(), READ_KEY, artifacts.to_str().unwrap()])
-        .env("TALLY_CHROMIUM", &chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs (install Node.js)");
-    let mut stdin = browser.stdin.take().unwrap();
-    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
-    let mut next = |prefix: &str| -> String {
-        let line = lines.next().expect("the browser driver answers").unwrap();
-        line.strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("expected {prefix}…, got {line:?}"))
-            .trim()
-            .to_owned()
-    };
+    let mut browser = BrowserFlow::start("governance.mjs", &[&url, READ_KEY], &shots);
     let send = |key: &str, id: &str| {
         let body = format!(
             r#"[{{"event_id":"{id}","event_type":"signup","user_id":"u","tags":{{"plan_name":"pro"}}}}]"#
@@ -143,21 +167,21 @@ fn the_governance_console_changes_tags_and_keys_through_the_api() {
         )
     };
 
-    next("TAGGED");
+    browser.next("TAGGED");
     let (status, body) = send(WRITE_KEY, "console-1");
     assert_eq!(
         status, 202,
         "the alias saved in the console is accepted: {body}"
     );
-    writeln!(stdin, "next").unwrap();
+    browser.go_on();
 
-    let refused = next("REFUSED ");
+    let refused = browser.next("REFUSED ");
     assert!(
         refused.contains("alias 'plan_name' is claimed by tags 'plan' and 'tier'"),
         "{refused}"
     );
 
-    let secret = next("SECRET ");
+    let secret = browser.next("SECRET ");
     assert_ne!(secret, WRITE_KEY);
     assert_eq!(
         send(&secret, "console-2").0,
@@ -169,18 +193,8 @@ fn the_governance_console_changes_tags_and_keys_through_the_api() {
         202,
         "the old one through its grace"
     );
-    writeln!(stdin, "next").unwrap();
-    next("STORED");
-    next("READONLY");
-    drop(stdin);
-    assert!(
-        browser.wait().unwrap().success(),
-        "the browser driver failed"
-    );
-    for step in ["tag", "refused", "rotated", "read-only"] {
-        assert!(
-            artifacts.join(format!("governance-{step}.png")).exists(),
-            "{step}'s screenshot"
-        );
-    }
+    browser.go_on();
+    browser.next("STORED");
+    browser.next("READONLY");
+    browser.finish(&shots);
 }
