@@ -3,14 +3,14 @@
 # Every role runs from this one image (`tally up|ingest|speed|serve|archive|batch …`);
 # infra/compose.yaml and infra/k8s/ start each with its own command.
 
-# --- build: the pinned toolchain, librdkafka's build tools, and npm for the dashboard's
-# chart library (serving/build.rs runs `npm ci` inside the build).
+# --- build: the pinned toolchain and librdkafka's build tools. The dashboard's assets are in
+# the sources (its chart library vendored in serving/dashboard/vendor/): no npm needed.
 FROM rust:1.95-bookworm AS build
 # Debian stable's packages take security fixes under one version string per release: pinning
 # them would only break the build when a fix lands.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev libssl-dev pkg-config nodejs npm \
+ && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

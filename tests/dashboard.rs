@@ -4,7 +4,10 @@
 //! `!=` and grouped by two dimensions, every row meets the filter, the newest bucket comes
 //! first, and the total of distinct users is the API's own `granularity=all` answer, not a
 //! sum of buckets; a failed query leaves nothing stale on screen; the link to the query
-//! holds no key. Each step's screenshot is kept in `test-artifacts/`.
+//! holds no key. The governance console (tests/dashboard/governance.mjs) saves a tag with an
+//! alias, refuses an alias another tag owns, rotates a key, and is read-only with a read key.
+//! Each step's screenshot is kept in `test-artifacts/`. The chart library the binary embeds
+//! is checked against its pinned npm package.
 
 use std::io::{BufRead, BufReader, Lines, Write};
 use std::path::{Path, PathBuf};
@@ -197,4 +200,35 @@ fn the_governance_console_changes_tags_and_keys_through_the_api() {
     browser.next("STORED");
     browser.next("READONLY");
     browser.finish(&shots);
+}
+
+/// The chart library the binary embeds (`serving/dashboard/vendor/`, committed so that
+/// building needs no JavaScript toolchain) is byte for byte the npm package the dashboard's
+/// `package.json` and lock file pin, as `npm ci --prefix serving/dashboard` installs it.
+#[test]
+fn the_vendored_chart_library_is_the_pinned_npm_package() {
+    let dashboard = Path::new(env!("CARGO_MANIFEST_DIR")).join("serving/dashboard");
+    let installed = dashboard.join("node_modules/uplot");
+    assert!(
+        installed.join("package.json").exists(),
+        "npm ci --no-audit --no-fund --prefix serving/dashboard installs the pinned uPlot; .ci/run does"
+    );
+    let read = |path: PathBuf| {
+        std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+    };
+    let pinned: serde_json::Value =
+        serde_json::from_slice(&read(dashboard.join("package.json"))).unwrap();
+    let package: serde_json::Value =
+        serde_json::from_slice(&read(installed.join("package.json"))).unwrap();
+    assert_eq!(package["version"], pinned["dependencies"]["uplot"]);
+    for (vendored, published) in [
+        ("uPlot.iife.min.js", "dist/uPlot.iife.min.js"),
+        ("uPlot.min.css", "dist/uPlot.min.css"),
+        ("uPlot.LICENSE", "LICENSE"),
+    ] {
+        assert!(
+            read(dashboard.join("vendor").join(vendored)) == read(installed.join(published)),
+            "serving/dashboard/vendor/{vendored} is not the pinned package's {published}: copy it from node_modules/uplot"
+        );
+    }
 }

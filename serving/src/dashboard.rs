@@ -1,5 +1,7 @@
-//! The dashboard page at `/`, its script and styles, and the uPlot chart library vendored from
-//! npm by the build script: all embedded in the binary, nothing to deploy beside it.
+//! The dashboard page at `/`, its script and styles, and the uPlot chart library, vendored in
+//! `dashboard/vendor/` from the npm package `dashboard/package.json` pins (a test checks they
+//! are the same bytes): all embedded in the binary, nothing to deploy beside it, and no
+//! JavaScript toolchain needed to build it.
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
@@ -7,8 +9,8 @@ use actix_web::{HttpResponse, web};
 const INDEX: &str = include_str!("../dashboard/index.html");
 const APP: &str = include_str!("../dashboard/app.js");
 const STYLE: &str = include_str!("../dashboard/style.css");
-const UPLOT_JS: &str = include_str!(concat!(env!("OUT_DIR"), "/uPlot.iife.min.js"));
-const UPLOT_CSS: &str = include_str!(concat!(env!("OUT_DIR"), "/uPlot.min.css"));
+const UPLOT_JS: &str = include_str!("../dashboard/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../dashboard/vendor/uPlot.min.css");
 
 /// Mounts the page and its assets.
 pub fn routes(config: &mut web::ServiceConfig) {
