@@ -5,7 +5,8 @@
 //! first, and the total of distinct users is the API's own `granularity=all` answer, not a
 //! sum of buckets; a failed query leaves nothing stale on screen; the link to the query
 //! holds no key. The governance console (tests/dashboard/governance.mjs) saves a tag with an
-//! alias, refuses an alias another tag owns, rotates a key, and is read-only with a read key.
+//! alias, refuses an alias another tag owns, rotates a key, counts and lists rejected events
+//! by reason code, and is read-only with a read key.
 //! Each step's screenshot is kept in `test-artifacts/`. The chart library the binary embeds
 //! is checked against its pinned npm package.
 
@@ -150,14 +151,17 @@ fn the_dashboard_shows_new_events_filters_them_and_never_shows_stale_numbers() {
 /// shown once and works at once, the old one through its grace; a read key sees no form.
 #[test]
 fn the_governance_console_changes_tags_and_keys_through_the_api() {
-    let shots = screenshots("governance", &["tag", "refused", "rotated", "read-only"]);
+    let shots = screenshots(
+        "governance",
+        &["tag", "refused", "rotated", "rejects", "read-only"],
+    );
     let dir = tempfile::tempdir().unwrap();
     let server = Tally::up(dir.path());
     let url = format!("http://{}/?key={ADMIN_KEY}", server.address);
     let mut browser = BrowserFlow::start("governance.mjs", &[&url, READ_KEY], &shots);
-    let send = |key: &str, id: &str| {
+    let send_tagged = |key: &str, id: &str, tag: &str| {
         let body = format!(
-            r#"[{{"event_id":"{id}","event_type":"signup","user_id":"u","tags":{{"plan_name":"pro"}}}}]"#
+            r#"[{{"event_id":"{id}","event_type":"signup","user_id":"u","tags":{{"{tag}":"pro"}}}}]"#
         );
         server.http(
             "POST",
@@ -170,6 +174,7 @@ fn the_governance_console_changes_tags_and_keys_through_the_api() {
         )
     };
 
+    let send = |key: &str, id: &str| send_tagged(key, id, "plan_name");
     browser.next("TAGGED");
     let (status, body) = send(WRITE_KEY, "console-1");
     assert_eq!(
@@ -196,8 +201,11 @@ fn the_governance_console_changes_tags_and_keys_through_the_api() {
         202,
         "the old one through its grace"
     );
+    let (status, body) = send_tagged(WRITE_KEY, "console-4", "plan_nmae");
+    assert_eq!(status, 400, "a misspelt tag is rejected: {body}");
     browser.go_on();
     browser.next("STORED");
+    browser.next("REJECTS");
     browser.next("READONLY");
     browser.finish(&shots);
 }

@@ -13,7 +13,9 @@
 //! A tag's kind is in its column's name, so two tenants declaring the same tag name with
 //! different types never clash, and a file's schema depends only on the tags it holds.
 //! Rejected events (`raw/rejected/...`): `tenant`, `source`, `received_at`, `request_index`,
-//! `reasons` (list of strings), `payload` (the event as sent), `log_partition`, `log_offset`.
+//! `reasons` (list of strings), `codes` (their stable codes, a list of strings; absent from
+//! files written before codes were kept), `payload` (the event as sent), `log_partition`,
+//! `log_offset`.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -110,6 +112,9 @@ pub fn rejected_to_parquet(rejected: &[Logged<RejectedEvent>]) -> Result<Vec<u8>
     let reasons: Vec<Series> = records()
         .map(|r| Series::new(PlSmallStr::EMPTY, r.reasons.as_slice()))
         .collect();
+    let codes: Vec<Series> = records()
+        .map(|r| Series::new(PlSmallStr::EMPTY, r.codes.as_slice()))
+        .collect();
     let mut columns = vec![
         Column::new(
             "tenant".into(),
@@ -125,6 +130,7 @@ pub fn rejected_to_parquet(rejected: &[Logged<RejectedEvent>]) -> Result<Vec<u8>
             records().map(|r| r.index as u64).collect::<Vec<_>>(),
         ),
         Column::new("reasons".into(), reasons),
+        Column::new("codes".into(), codes),
         Column::new(
             "payload".into(),
             records().map(|r| r.payload.as_str()).collect::<Vec<_>>(),
@@ -358,6 +364,7 @@ mod tests {
                 received_at: 5,
                 index: 2,
                 reasons: vec!["unknown_tag: x".into(), "missing_field: ts".into()],
+                codes: vec!["unknown_tag".into(), "missing_field".into()],
                 payload: "{}".into(),
             },
         }];
@@ -370,6 +377,13 @@ mod tests {
             .unwrap()
             .get_as_series(0);
         assert_eq!(reasons.unwrap().len(), 2);
+        let codes = frame
+            .column("codes")
+            .unwrap()
+            .list()
+            .unwrap()
+            .get_as_series(0);
+        assert_eq!(codes.unwrap().str().unwrap().get(0), Some("unknown_tag"));
         assert_eq!(frame.height(), 1);
     }
 

@@ -176,6 +176,11 @@ impl Collector {
                     received_at,
                     index: rejection.index,
                     reasons: rejection.reasons.iter().map(ToString::to_string).collect(),
+                    codes: rejection
+                        .reasons
+                        .iter()
+                        .map(|r| r.code.to_owned())
+                        .collect(),
                     payload: rejection.payload.clone(),
                 };
                 AppendRecord {

@@ -254,6 +254,10 @@ pub struct RejectedEvent {
     pub index: usize,
     /// Why it was rejected, every reason.
     pub reasons: Vec<String>,
+    /// The reasons' stable codes (`unknown_tag`, ...), in the same order; empty in records
+    /// kept before codes were.
+    #[serde(default)]
+    pub codes: Vec<String>,
     /// The event as sent, cut to the per-event size limit.
     pub payload: String,
 }

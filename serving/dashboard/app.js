@@ -397,7 +397,28 @@ async function loadGovernance() {
       [k.id, k.source, k.scopes.join(", "), k.expires_at || ""],
       [["Rotate", () => rotateKey(k.source)], ["Revoke", () => revokeKey(k.source)]],
     ]));
-    const rejected = await api("/v1/governance/rejected?limit=50");
+    await loadRejected();
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+/** The rejected events' counts per hour, code and source, and the latest ones, filtered. */
+async function loadRejected() {
+  try {
+    const counts = await api("/v1/governance/rejected/counts?hours=24");
+    const newestFirst = [...counts.counts].reverse();
+    fill("reject-counts", newestFirst, [
+      { value: (c) => c.hour },
+      { value: (c) => c.code || "(before codes were kept)" },
+      { value: (c) => c.source },
+      { value: (c) => c.count },
+    ]);
+    $("reject-codes").replaceChildren(...[...new Set(counts.counts.map((c) => c.code).filter(Boolean))].map((code) => new Option(code)));
+    const filter = new URLSearchParams({ limit: "100" });
+    if ($("reject-code").value.trim()) filter.set("code", $("reject-code").value.trim());
+    if ($("reject-source").value.trim()) filter.set("source", $("reject-source").value.trim());
+    const rejected = await api(`/v1/governance/rejected?${filter}`);
     fill("rejected", rejected, [
       { value: (r) => new Date(r.received_at).toISOString() },
       { value: (r) => r.source },
@@ -487,6 +508,7 @@ $("key-form").addEventListener("submit", async (e) => {
   const scopes = [...$("key-scopes").selectedOptions].map((o) => o.value);
   showSecret(await governed(() => change("POST", "/v1/governance/keys", { source: $("key-source").value.trim(), scopes })));
 });
+$("reject-form").addEventListener("submit", (e) => { e.preventDefault(); loadRejected(); });
 $("secret-done").addEventListener("click", () => {
   // Shown once: gone from the page as soon as the user has it.
   $("secret").textContent = "";

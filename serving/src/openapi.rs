@@ -22,6 +22,7 @@ pub const SECURITY_SCHEME: &str = "api_key";
         crate::governance::overview,
         crate::governance::suggest,
         crate::governance::rejected,
+        crate::governance::rejected_counts,
         crate::governance::put_tag,
         crate::governance::delete_tag,
         crate::governance::put_event_type,

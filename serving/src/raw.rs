@@ -5,7 +5,7 @@
 // wrapping (docs/hardening.md).
 #![deny(clippy::arithmetic_side_effects)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -21,6 +21,37 @@ use thiserror::Error;
 
 /// Records read from a log partition at a time.
 const READ_BATCH: usize = 10_000;
+/// The most records of the rejected stream one request reads.
+pub const MAX_REJECTS_SCANNED: usize = 100_000;
+
+/// What a walk through the rejected stream does after a record.
+enum Walk {
+    /// Goes on to the record before it.
+    Continue,
+    /// Leaves this partition for the next.
+    NextPartition,
+}
+
+/// Which rejected events to list: all, or those of one reason code or one source.
+#[derive(Debug, Clone, Default)]
+pub struct RejectFilter {
+    /// One of the event's reasons has this code.
+    pub code: Option<String>,
+    /// The event came from this source.
+    pub source: Option<String>,
+}
+
+impl RejectFilter {
+    fn admits(&self, rejected: &RejectedEvent) -> bool {
+        self.code
+            .as_ref()
+            .is_none_or(|code| rejected.codes.contains(code))
+            && self
+                .source
+                .as_ref()
+                .is_none_or(|source| &rejected.source == source)
+    }
+}
 
 /// Why raw events could not be read.
 #[derive(Debug, Error)]
@@ -87,46 +118,113 @@ impl RawEvents {
         }
     }
 
-    /// Up to `limit` of the tenant's most recently received rejected events, newest first,
-    /// from the end of the rejected stream.
+    /// Up to `limit` of the tenant's most recently received rejected events that `wanted`
+    /// admits, newest first, from the end of the rejected stream.
     pub async fn recent_rejected(
         &self,
         tenant: &str,
+        wanted: RejectFilter,
         limit: usize,
     ) -> Result<Vec<RejectedEvent>, RawError> {
+        // Up to `limit` from each partition, newest first in each: the newest `limit` overall
+        // are among them.
+        let found = (Vec::new(), None, 0_usize);
+        let ((mut found, _, _), _) = self
+            .walk_rejected(
+                tenant,
+                found,
+                move |(found, partition, taken), at, rejected| {
+                    if *partition != Some(at) {
+                        (*partition, *taken) = (Some(at), 0);
+                    }
+                    if *taken >= limit {
+                        return Walk::NextPartition;
+                    }
+                    if wanted.admits(&rejected) {
+                        *taken = taken.saturating_add(1);
+                        found.push(rejected);
+                    }
+                    Walk::Continue
+                },
+            )
+            .await?;
+        found.sort_by_key(|r: &RejectedEvent| std::cmp::Reverse(r.received_at));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// The tenant's rejected events received at or after `since`, counted by hour, first
+    /// reason's code and source; and whether every one was counted (the walk stops after
+    /// [`MAX_REJECTS_SCANNED`] records).
+    pub async fn rejected_counts(
+        &self,
+        tenant: &str,
+        since: Millis,
+    ) -> Result<(BTreeMap<(Millis, String, String), u64>, bool), RawError> {
+        self.walk_rejected(tenant, BTreeMap::new(), move |counts, _, rejected| {
+            if rejected.received_at < since {
+                return Walk::NextPartition;
+            }
+            let hour = rejected
+                .received_at
+                .div_euclid(HOUR_MS)
+                .saturating_mul(HOUR_MS);
+            let code = rejected.codes.first().cloned().unwrap_or_default();
+            let count: &mut u64 = counts.entry((hour, code, rejected.source)).or_default();
+            *count = count.saturating_add(1);
+            Walk::Continue
+        })
+        .await
+    }
+
+    /// Walks back from the end of each partition of the rejected stream over the tenant's
+    /// records, handing each to `visit` with its partition, until `visit` moves on or the
+    /// partition's start; at most [`MAX_REJECTS_SCANNED`] records in all, so that no request
+    /// reads the whole stream. Returns what `visit` gathered, and whether the walk ended
+    /// by `visit`'s choice or the streams' starts rather than the bound.
+    async fn walk_rejected<A: Send + 'static>(
+        &self,
+        tenant: &str,
+        gathered: A,
+        mut visit: impl FnMut(&mut A, u32, RejectedEvent) -> Walk + Send + 'static,
+    ) -> Result<(A, bool), RawError> {
         let Some(log) = self.rejected.clone() else {
-            return Ok(Vec::new());
+            return Ok((gathered, true));
         };
         let tenant = tenant.to_owned();
         tokio::task::spawn_blocking(move || {
-            let mut found = Vec::new();
+            let mut gathered = gathered;
+            let mut budget = MAX_REJECTS_SCANNED;
             for partition in log.stats()?.partitions {
-                // Walk back from the end of each partition until `limit` of the tenant's
-                // are found or the partition is exhausted.
                 let mut end = partition.next_offset;
-                let mut kept = 0;
-                while end > partition.first_offset && kept < limit {
+                'partition: while end > partition.first_offset {
+                    if budget == 0 {
+                        return Ok((gathered, false));
+                    }
                     let start = end
-                        .saturating_sub(READ_BATCH as u64)
+                        .saturating_sub(READ_BATCH.min(budget) as u64)
                         .max(partition.first_offset);
                     let count = usize::try_from(end.saturating_sub(start)).unwrap_or(usize::MAX);
+                    budget = budget.saturating_sub(count);
                     let entries = log.read(partition.partition, start, count)?;
-                    for entry in entries.iter().rev() {
+                    for entry in entries.into_iter().rev() {
                         let Ok(rejected) = serde_json::from_slice::<RejectedEvent>(&entry.payload)
                         else {
                             continue;
                         };
-                        if rejected.tenant == tenant && kept < limit {
-                            kept = kept.saturating_add(1);
-                            found.push(rejected);
+                        if rejected.tenant != tenant {
+                            continue;
+                        }
+                        if let Walk::NextPartition =
+                            visit(&mut gathered, partition.partition, rejected)
+                        {
+                            break 'partition;
                         }
                     }
                     end = start;
                 }
             }
-            found.sort_by_key(|r| std::cmp::Reverse(r.received_at));
-            found.truncate(limit);
-            Ok(found)
+            Ok((gathered, true))
         })
         .await
         .expect("reading the rejected stream does not panic")
@@ -219,4 +317,86 @@ fn unarchived_tail(log: &dyn EventLog) -> Result<Vec<Event>, LogError> {
         }
     }
     Ok(events)
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use tally_connectors::log::{AppendRecord, Spool, SpoolOptions};
+
+    use super::*;
+
+    fn reject(tenant: &str, source: &str, received_at: Millis, codes: &[&str]) -> AppendRecord {
+        let record = RejectedEvent {
+            tenant: tenant.to_owned(),
+            source: source.to_owned(),
+            received_at,
+            index: 0,
+            reasons: codes.iter().map(|code| format!("{code}: why")).collect(),
+            codes: codes.iter().map(|code| (*code).to_owned()).collect(),
+            payload: "{}".to_owned(),
+        };
+        AppendRecord {
+            partition: 0,
+            payload: serde_json::to_vec(&record).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rejects_are_listed_by_code_and_source_and_counted_by_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("rejected"), SpoolOptions::default()).unwrap();
+        const HOUR: Millis = 1_795_881_600_000;
+        spool
+            .append(vec![
+                reject("demo", "web", HOUR - HOUR_MS, &["unknown_tag"]),
+                reject("demo", "web", HOUR + 1, &["unknown_tag", "missing_tag"]),
+                reject("demo", "app", HOUR + 2, &["wrong_tag_type"]),
+                reject("other", "web", HOUR + 3, &["unknown_tag"]),
+                reject("demo", "web", HOUR + HOUR_MS, &["missing_tag"]),
+            ])
+            .await
+            .unwrap();
+        let objects = tally_connectors::object_store::open_local(&dir.path().join("o")).unwrap();
+        let raw = RawEvents::new(objects, None, Some(Arc::new(spool)));
+        let listed = |code: Option<&str>, source: Option<&str>, limit| {
+            let wanted = RejectFilter {
+                code: code.map(str::to_owned),
+                source: source.map(str::to_owned),
+            };
+            let raw = &raw;
+            async move {
+                let found = raw.recent_rejected("demo", wanted, limit).await.unwrap();
+                found.iter().map(|r| r.received_at).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            listed(None, None, 10).await,
+            [HOUR + HOUR_MS, HOUR + 2, HOUR + 1, HOUR - HOUR_MS],
+            "newest first, the tenant's only"
+        );
+        assert_eq!(listed(None, None, 2).await, [HOUR + HOUR_MS, HOUR + 2]);
+        assert_eq!(
+            listed(Some("missing_tag"), None, 10).await,
+            [HOUR + HOUR_MS, HOUR + 1],
+            "any of the reasons"
+        );
+        assert_eq!(listed(None, Some("app"), 10).await, [HOUR + 2]);
+        assert_eq!(
+            listed(Some("missing_tag"), Some("app"), 10).await,
+            [] as [Millis; 0]
+        );
+
+        let (counts, complete) = raw.rejected_counts("demo", HOUR).await.unwrap();
+        assert!(complete);
+        let expected = BTreeMap::from([
+            ((HOUR, "unknown_tag".to_owned(), "web".to_owned()), 1),
+            ((HOUR, "wrong_tag_type".to_owned(), "app".to_owned()), 1),
+            (
+                (HOUR + HOUR_MS, "missing_tag".to_owned(), "web".to_owned()),
+                1,
+            ),
+        ]);
+        assert_eq!(counts, expected, "by first code, from `since` on");
+    }
 }

@@ -204,6 +204,7 @@ impl Rig {
                     received_at: BASE,
                     index: 0,
                     reasons: vec![format!("a reject of {tenant}")],
+                    codes: vec!["unknown_tag".to_owned()],
                     payload: "{}".to_owned(),
                 })
                 .unwrap(),
@@ -341,8 +342,15 @@ async fn governance_shows_and_changes_only_the_keys_tenant() {
         assert_eq!(
             rejected,
             serde_json::json!([{"tenant": tenant, "source": "web", "received_at": BASE,
-                "index": 0, "reasons": [format!("a reject of {tenant}")], "payload": "{}"}])
+                "index": 0, "reasons": [format!("a reject of {tenant}")], "codes": ["unknown_tag"],
+                "payload": "{}"}])
         );
+        let (_, by_code) = get(&app, "/v1/governance/rejected?code=unknown_tag", Some(key)).await;
+        assert_eq!(by_code, rejected);
+        let (_, none) = get(&app, "/v1/governance/rejected?source=app", Some(key)).await;
+        assert_eq!(none, serde_json::json!([]));
+        let (status, _) = get(&app, "/v1/governance/rejected?colour=red", Some(key)).await;
+        assert_eq!(status, 400, "an unknown parameter is refused");
         // The other tenant's key is not this admin's to delete, and stays valid.
         let (status, body) = send(
             &app,

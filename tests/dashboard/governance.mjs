@@ -7,7 +7,8 @@
 //    the API's reason: "REFUSED <reason>";
 // 3. the demo write key rotated: the new secret shown once, "SECRET <secret>", then gone
 //    from the page once the user says it is stored: "STORED";
-// 4. with a read key: the page is read-only, its forms hidden: "READONLY".
+// 4. the rejected events: counted per hour by reason code, and listed by code: "REJECTS";
+// 5. with a read key: the page is read-only, its forms hidden: "READONLY".
 // Each step saves a screenshot, governance-<step>.png, in the folder given.
 // Usage: node governance.mjs <dashboard url with the admin key> <read key> <screenshot folder>
 import { createInterface } from "node:readline";
@@ -71,7 +72,20 @@ try {
   if ((await page.content()).includes(secret)) fail("the secret stayed in the page");
   console.log("STORED");
 
-  // 4. A read key sees the registry, and no form to change it.
+  // 4. The test sent a misspelt tag: counted under its code, and listed when asked for it.
+  await page.click("nav button[data-tab=analytics]");
+  await page.click("nav button[data-tab=governance]");
+  await page.waitForFunction(() => document.getElementById("reject-counts").textContent.includes("unknown_tag"), null, { timeout: 15000 });
+  await page.fill("#reject-code", "unknown_tag");
+  await page.click("#reject-form button[type=submit]");
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll("#rejected tbody tr")];
+    return rows.length > 0 && rows.every((row) => row.textContent.includes("plan_nmae"));
+  }, null, { timeout: 15000 });
+  await shot("rejects");
+  console.log("REJECTS");
+
+  // 5. A read key sees the registry, and no form to change it.
   await page.fill("#key", readKey);
   await page.dispatchEvent("#key", "change");
   await page.waitForFunction(() => !document.getElementById("read-only").hidden, null, { timeout: 15000 });
