@@ -2,7 +2,8 @@
 // `tally up`, printing one line per step for tests/dashboard.rs, and waiting for a line on
 // stdin where the test checks the API in between:
 // 1. with the admin key: a tag `plan` with the alias `plan_name`, and an event type `signup`
-//    that may carry it, saved through the forms: "TAGGED";
+//    that may carry it (with an alias that is markup, shown as text), saved through the
+//    forms: "TAGGED";
 // 2. a tag `tier` claiming the same alias: the live check warns, and saving is refused with
 //    the API's reason: "REFUSED <reason>";
 // 3. the demo write key rotated: the new secret shown once, "SECRET <secret>", then gone
@@ -40,11 +41,17 @@ try {
   await page.click("#tag-form button[type=submit]");
   await saved("tag 'plan' saved");
   await page.fill("#event-type-name", "signup");
+  // Event-type aliases are free text: one that is markup must show as text, never run.
+  const markup = "<img src=x onerror=\"window.injected=1\">";
+  await page.fill("#event-type-aliases", markup);
   await page.fill("#event-type-optional", "plan");
   await page.click("#event-type-form button[type=submit]");
   await saved("event type 'signup' saved");
   const tags = await page.textContent("#tags");
   if (!tags.includes("plan_name")) fail("the new alias is not listed");
+  if (!(await page.textContent("#event-types")).includes(markup)) fail("the markup alias is not shown as text");
+  if (await page.locator("#event-types img").count()) fail("an alias became markup");
+  if (await page.evaluate(() => window.injected)) fail("an alias ran as script");
   await shot("tag");
   console.log("TAGGED");
   await input.next();
