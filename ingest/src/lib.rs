@@ -204,9 +204,7 @@ impl Collector {
         }
         Ok(())
     }
-}
 
-impl Collector {
     /// A judge of events against the key's tenant's registry, keeping the details of as many
     /// rejects as a reply lists or the rejected stream keeps. `tag_values_as_text` accepts
     /// numbers and bools sent as text, as query strings and Snowplow send them.

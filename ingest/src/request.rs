@@ -70,10 +70,6 @@ impl Refusal {
             message: &self.message,
         })
     }
-
-    fn unauthorized(message: String) -> Self {
-        Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-    }
 }
 
 impl From<LogError> for Refusal {
@@ -100,19 +96,7 @@ pub(crate) fn authorize(
     let catalog = collector.catalog.current();
     match catalog.authorize(header, Scope::Write, now_millis()) {
         Ok(key) => Ok((key.clone(), catalog.clone())),
-        Err(refused) => Err(Refusal::new(
-            StatusCode::from_u16(refused.status()).expect("401 and 403 are statuses"),
-            match refused {
-                AuthError::Lacks { .. } => "forbidden",
-                _ => "unauthorized",
-            },
-            match refused {
-                AuthError::Lacks { key, .. } => {
-                    format!("API key '{key}' may not send events: it lacks the write scope")
-                }
-                other => other.to_string(),
-            },
-        )),
+        Err(refused) => Err(Refusal::from(refused)),
     }
 }
 
@@ -124,22 +108,29 @@ pub(crate) fn write_key(
     collector: &Collector,
 ) -> Result<(ApiKey, Arc<Catalog>), Refusal> {
     let catalog = collector.catalog.current();
-    let Some(key) = catalog.key(secret, now_millis()) else {
-        return Err(Refusal::unauthorized(format!(
-            "{what} is not a known write key; use a key with the write scope"
-        )));
-    };
-    if !key.allows(Scope::Write) {
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "API key '{}' may not send events: it lacks the write scope",
-                key.source
-            ),
-        ));
+    match catalog.authorize_secret(secret, Scope::Write, now_millis()) {
+        Ok(key) => Ok((key.clone(), catalog.clone())),
+        Err(AuthError::Unknown) => Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("{what} is not a known write key; use a key with the write scope"),
+        )),
+        Err(refused) => Err(Refusal::from(refused)),
     }
-    Ok((key.clone(), catalog.clone()))
+}
+
+impl From<AuthError> for Refusal {
+    fn from(refused: AuthError) -> Self {
+        let status = StatusCode::from_u16(refused.status()).expect("401 and 403 are statuses");
+        match refused {
+            AuthError::Lacks { key, .. } => Refusal::new(
+                status,
+                "forbidden",
+                format!("API key '{key}' may not send events: it lacks the write scope"),
+            ),
+            other => Refusal::new(status, "unauthorized", other.to_string()),
+        }
+    }
 }
 
 /// The user name of an HTTP Basic `Authorization` header (RFC 7617), which is where

@@ -152,9 +152,8 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         .map(|(_, value)| value.as_str())
         .unwrap_or_default();
     let catalog = collector.catalog.current();
-    let Some(key) = catalog
-        .key(key_secret, now_millis())
-        .filter(|key| key.allows(Scope::Write))
+    let Ok(key) = catalog
+        .authorize_secret(key_secret, Scope::Write, now_millis())
         .cloned()
     else {
         collector.metrics.unauthorized_pixel();

@@ -102,6 +102,17 @@ impl Catalog {
         let secret = header
             .and_then(bearer_secret)
             .ok_or(AuthError::Missing(scope))?;
+        self.authorize_secret(secret, scope, now)
+    }
+
+    /// The key whose secret is `secret`, if it works at `now` and carries `scope`: for
+    /// senders that carry the key elsewhere than a bearer header (a tracker's body or path).
+    pub fn authorize_secret(
+        &self,
+        secret: &str,
+        scope: Scope,
+        now: Millis,
+    ) -> Result<&ApiKey, AuthError> {
         let key = self.key(secret, now).ok_or(AuthError::Unknown)?;
         if !key.allows(scope) {
             return Err(AuthError::Lacks {

@@ -44,6 +44,12 @@ impl From<UnreadableBody> for Refusal {
     }
 }
 
+/// The answer to a tracker's request refused whole, `{"code", "message"}`, counted by reason.
+fn refused(collector: &Collector, refusal: Refusal) -> HttpResponse {
+    collector.metrics.request_refused(refusal.reason);
+    refusal.into_tracker_response()
+}
+
 /// Adds `value` to `out` under `name`, and each field of an object under `name.field`, at
 /// any depth: `{"a":{"b":1}}` under `p` is `p.a.b`. Arrays and other leaves stay whole.
 fn flatten_into(name: String, value: Value, out: &mut Map<String, Value>) {

@@ -21,7 +21,9 @@ use serde_json::{Map, Value};
 use tally_model::time::{now_millis, parse_timestamp};
 use tally_model::{Millis, RejectReason};
 
-use super::{UnreadableBody, corrected_time, flatten, flatten_into, store_and_answer, submission};
+use super::{
+    UnreadableBody, corrected_time, flatten, flatten_into, refused, store_and_answer, submission,
+};
 use crate::Collector;
 use crate::intake::{Judge, Submission, invalid_json};
 use crate::request::{Refusal, authorize, basic_user, read_body, write_key};
@@ -79,9 +81,8 @@ impl Call {
     /// The field whose object becomes the event's tags.
     fn tag_field(self) -> &'static str {
         match self {
-            Call::Track | Call::Page | Call::Screen => "properties",
             Call::Identify | Call::Group => "traits",
-            Call::Alias => "properties",
+            Call::Track | Call::Page | Call::Screen | Call::Alias => "properties",
         }
     }
 
@@ -263,10 +264,7 @@ async fn respond(
     let started = Instant::now();
     let response = receive(&request, body, &collector, call)
         .await
-        .unwrap_or_else(|refusal| {
-            collector.metrics.request_refused(refusal.reason);
-            refusal.into_tracker_response()
-        });
+        .unwrap_or_else(|refusal| refused(&collector, refusal));
     collector
         .metrics
         .request("segment", response.status().as_u16(), started);

@@ -16,6 +16,7 @@
 // wrapping (docs/hardening.md).
 #![deny(clippy::arithmetic_side_effects)]
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -27,9 +28,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tally_model::registry::json_type;
 use tally_model::time::now_millis;
-use tally_model::{Millis, RejectReason};
+use tally_model::{ApiKey, Catalog, Millis, RejectReason};
 
-use super::{UnreadableBody, corrected_time, flatten_into, store_and_answer, submission};
+use super::{UnreadableBody, corrected_time, flatten_into, refused, store_and_answer, submission};
 use crate::Collector;
 use crate::intake::{Judge, Submission, invalid_json, query_is_utf8};
 use crate::request::{Refusal, read_body, write_key};
@@ -124,10 +125,9 @@ pub async fn get_event(
     key: Option<&str>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let response = match receive_get(&request, collector, key).await {
-        Ok(response) => response,
-        Err(refusal) => refused(collector, refusal),
-    };
+    let response = receive_get(&request, collector, key)
+        .await
+        .unwrap_or_else(|refusal| refused(collector, refusal));
     finish(&request, collector, "snowplow_get", started, response)
 }
 
@@ -178,11 +178,6 @@ fn allow_origin(request: &HttpRequest, response: &mut HttpResponse) {
     );
 }
 
-fn refused(collector: &Collector, refusal: Refusal) -> HttpResponse {
-    collector.metrics.request_refused(refusal.reason);
-    refusal.into_tracker_response()
-}
-
 fn finish(
     request: &HttpRequest,
     collector: &Collector,
@@ -206,18 +201,7 @@ async fn receive_post(
     let bytes = read_body(request, body, collector).await?;
     let received_at = now_millis();
     let body = SnowplowBody::parse(&bytes)?;
-    let (secret, what) = match (path_key, body.app_key()) {
-        (Some(secret), _) => (secret, "the path's key"),
-        (None, Some(aid)) => (aid, "the app id (aid)"),
-        (None, None) => {
-            return Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "no write key: set the tracker's app id (aid) to a write key, or post to /sp/<write key>/com.snowplowanalytics.snowplow/tp2".to_owned(),
-            ));
-        }
-    };
-    let (key, catalog) = write_key(secret, what, collector)?;
+    let (key, catalog) = tracker_key(path_key, body.app_key(), collector)?;
     let mut judge = collector.judge(&key, &catalog, received_at, true);
     body.judge(&mut judge, path_key.is_none());
     let verdict = judge.finish();
@@ -225,6 +209,23 @@ async fn receive_post(
         HttpResponse::Ok().content_type("text/plain").body("ok")
     })
     .await
+}
+
+/// The write key of a Snowplow request: the path's, else the app id's.
+fn tracker_key(
+    path_key: Option<&str>,
+    app_key: Option<&str>,
+    collector: &Collector,
+) -> Result<(ApiKey, Arc<Catalog>), Refusal> {
+    match (path_key, app_key) {
+        (Some(secret), _) => write_key(secret, "the path's key", collector),
+        (None, Some(aid)) => write_key(aid, "the app id (aid)", collector),
+        (None, None) => Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "no write key: set the tracker's app id (aid) to a write key, or send to /sp/<write key>/com.snowplowanalytics.snowplow/tp2 (POST) or /sp/<write key>/i (GET)".to_owned(),
+        )),
+    }
 }
 
 async fn receive_get(
@@ -235,23 +236,8 @@ async fn receive_get(
     let query = request.query_string();
     let received_at = now_millis();
     let fields = query_fields(query)?;
-    let secret = match (path_key, fields.get("aid")) {
-        (Some(secret), _) => secret.to_owned(),
-        (None, Some(aid)) => aid.clone(),
-        (None, None) => {
-            return Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "no write key: set the tracker's app id (aid) to a write key, or use /sp/<write key>/i".to_owned(),
-            ));
-        }
-    };
-    let what = if path_key.is_some() {
-        "the path's key"
-    } else {
-        "the app id (aid)"
-    };
-    let (key, catalog) = write_key(&secret, what, collector)?;
+    let app_key = fields.get("aid").map(String::as_str);
+    let (key, catalog) = tracker_key(path_key, app_key, collector)?;
     let mut judge = collector.judge(&key, &catalog, received_at, true);
     judge.event(0, query, |_| read_event(&fields, received_at));
     let verdict = judge.finish();
