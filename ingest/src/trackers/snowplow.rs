@@ -447,11 +447,11 @@ pub fn read_event(fields: &Fields, received_at: Millis) -> Result<Submission, Ve
         Ok(None) => {}
         Err(reason) => reasons.push(reason),
     }
-    for contexts in ["co", "cx"]
-        .iter()
-        .filter_map(|field| fields.get(*field).map(|v| (*field, v)))
+    for (field, value) in ["co", "cx"]
+        .into_iter()
+        .filter_map(|field| Some((field, fields.get(field)?)))
     {
-        match contexts_of(contexts.0, contexts.1) {
+        match contexts_of(field, value) {
             Ok(entities) => {
                 for (name, data) in entities {
                     flatten_into(format!("context.{name}"), Value::Object(data), &mut offered);

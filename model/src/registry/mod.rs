@@ -98,6 +98,16 @@ pub struct EventTypeSpec {
     pub retention_days: u32,
 }
 
+impl EventTypeSpec {
+    /// Whether an event of this type may carry `tag`, required or optional.
+    pub fn declares(&self, tag: &str) -> bool {
+        self.required
+            .iter()
+            .chain(&self.optional)
+            .any(|declared| declared == tag)
+    }
+}
+
 /// How long raw events of a type are kept when its spec does not say.
 pub const DEFAULT_RETENTION_DAYS: u32 = 395;
 

@@ -113,7 +113,7 @@ impl TagRegistry {
                 }
             }
             for tag in tags.keys() {
-                if !spec.required.contains(tag) && !spec.optional.contains(tag) {
+                if !spec.declares(tag) {
                     reasons.push(RejectReason::new(
                         "undeclared_tag",
                         format!("tag '{tag}' is not declared for event type '{event_type}'"),
@@ -245,8 +245,7 @@ impl TagRegistry {
             let Some(canonical) = self.canonical_tag(name) else {
                 continue;
             };
-            let declared = spec.required.iter().chain(&spec.optional);
-            if tags.contains_key(canonical) || !declared.into_iter().any(|tag| tag == canonical) {
+            if tags.contains_key(canonical) || !spec.declares(canonical) {
                 continue;
             }
             match typed_value(name, value, self.tags[canonical].kind, context) {
