@@ -126,18 +126,16 @@ pub(crate) async fn suggest(request: HttpRequest, serving: web::Data<Serving>) -
             })?;
         let catalog = serving.catalog.current();
         let registry = &catalog.tenants[&key.tenant].registry;
-        let (what, name, declared, canonical, suggested) = match (&params.tag, &params.event_type) {
+        let (what, name, canonical, suggested) = match (&params.tag, &params.event_type) {
             (Some(tag), None) => (
                 "tag",
                 tag,
-                registry.tags.contains_key(tag),
                 registry.canonical_tag(tag),
                 registry.suggest_tag(tag),
             ),
             (None, Some(event_type)) => (
                 "event_type",
                 event_type,
-                registry.event_types.contains_key(event_type),
                 registry.canonical_event_type(event_type),
                 registry.suggest_event_type(event_type),
             ),
@@ -147,11 +145,12 @@ pub(crate) async fn suggest(request: HttpRequest, serving: web::Data<Serving>) -
                 ));
             }
         };
-        let how = match (declared, canonical) {
-            (true, _) => "canonical",
-            (false, Some(_)) => "alias",
-            (false, None) if suggested.is_some() => "similar",
-            _ => "unknown",
+        // A declared name is its own canonical name; an alias stands for another.
+        let how = match canonical {
+            Some(canonical) if canonical == name => "canonical",
+            Some(_) => "alias",
+            None if suggested.is_some() => "similar",
+            None => "unknown",
         };
         Ok(json!({what: name, "canonical": suggested, "match": how}))
     })
