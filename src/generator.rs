@@ -421,7 +421,7 @@ struct EventFactory {
     late_share: f64,
     invalid_share: f64,
     format: WireFormat,
-    last_timestamp: Option<(i64, std::rc::Rc<str>)>,
+    last_timestamp: Option<(i64, String)>,
 }
 
 impl EventFactory {
@@ -473,7 +473,6 @@ impl EventFactory {
         let user = self.user();
         let event_type = self.event_type();
         let mut json = String::with_capacity(256);
-        let timestamp = self.rfc3339(ts);
         let _ = match (self.format, event_type) {
             (WireFormat::Tally, _) => write!(
                 json,
@@ -481,11 +480,13 @@ impl EventFactory {
             ),
             (WireFormat::Segment, "page_view") => write!(
                 json,
-                r#"{{"type":"page","messageId":"{id}","userId":"user-{user}","timestamp":"{timestamp}","properties":{{"#
+                r#"{{"type":"page","messageId":"{id}","userId":"user-{user}","timestamp":"{}","properties":{{"#,
+                self.rfc3339(ts)
             ),
             (WireFormat::Segment, _) => write!(
                 json,
-                r#"{{"type":"track","event":"{event_type}","messageId":"{id}","userId":"user-{user}","timestamp":"{timestamp}","properties":{{"#
+                r#"{{"type":"track","event":"{event_type}","messageId":"{id}","userId":"user-{user}","timestamp":"{}","properties":{{"#,
+                self.rfc3339(ts)
             ),
         };
         let os = OPERATING_SYSTEMS[self.rng.random_range(0..OPERATING_SYSTEMS.len())];
@@ -524,18 +525,15 @@ impl EventFactory {
     /// `ts` in RFC 3339, as Segment's SDKs send times; a batch's events share one `now`, so
     /// it is formatted once per batch, not per event (the sender shares the collector's
     /// cores in the benchmarks).
-    fn rfc3339(&mut self, ts: i64) -> std::rc::Rc<str> {
-        if self.format == WireFormat::Tally {
-            return std::rc::Rc::from("");
+    fn rfc3339(&mut self, ts: i64) -> &str {
+        if self
+            .last_timestamp
+            .as_ref()
+            .is_none_or(|(last, _)| *last != ts)
+        {
+            self.last_timestamp = Some((ts, tally_model::time::format_rfc3339(ts)));
         }
-        match &self.last_timestamp {
-            Some((last, text)) if *last == ts => text.clone(),
-            _ => {
-                let text: std::rc::Rc<str> = tally_model::time::format_rfc3339(ts).into();
-                self.last_timestamp = Some((ts, text.clone()));
-                text
-            }
-        }
+        self.last_timestamp.as_ref().map_or("", |(_, text)| text)
     }
 
     /// Breaks one registry rule: a misspelt tag, a wrong type, an unknown event type or a

@@ -312,3 +312,34 @@ fn the_tracking_plan_registry_in_the_docs_is_valid_and_maps_as_it_says() {
     );
     assert_eq!(registry.canonical_tag("context.os.name"), Some("os_type"));
 }
+
+/// `tally gen --format segment` sends what Segment's SDKs send, to `/v1/batch`: every valid
+/// event is accepted, and the invalid share is rejected (the benchmark of docs/performance.md
+/// drives the same load).
+#[test]
+fn the_generator_speaks_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Tally::up(dir.path());
+    let output = crate::support::run(up.generator().args([
+        "--events",
+        "1000",
+        "--format",
+        "segment",
+        "--invalid",
+        "0.1",
+        "--seed",
+        "3",
+        "--json",
+    ]));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (accepted, rejected) = (
+        report["accepted"].as_u64().unwrap(),
+        report["rejected"].as_u64().unwrap(),
+    );
+    assert_eq!(accepted + rejected, 1000, "{report}");
+    assert!(
+        (50..150).contains(&rejected),
+        "about a tenth rejected: {report}"
+    );
+    assert_eq!(up.accepted(), accepted, "as the collector counts them");
+}
