@@ -143,7 +143,12 @@ fn views_count_each_event_once_after_kill_9_on(views_url: &str) {
 
     let restarted = Tally::up_with(&data_dir, tally_on(views_url));
     let expected = expected_counts(&data_dir);
-    assert!(expected.values().sum::<u64>() >= 10_000);
+    // The speed layer had read 10,000 records, resends (5 %) included: the log holds them all,
+    // though fewer distinct events.
+    let logged = crate::support::log_stats(&data_dir)["events"]["records"]
+        .as_u64()
+        .unwrap();
+    assert!(logged >= 10_000, "{logged} records in the log");
     let started = Instant::now();
     loop {
         let stored = stored_counts(&data_dir, views_url);
