@@ -212,14 +212,16 @@ impl AggregateState {
                         MeasureState::Max(value)
                     }
                 }
-                4 => MeasureState::Uniq(
-                    HllSketch::deserialize(input.sized()?)
-                        .map_err(|e| StateDecodeError::Sketch(e.to_string()))?,
-                ),
-                5 => MeasureState::Quantiles(
-                    KllSketch::deserialize(input.sized()?)
-                        .map_err(|e| StateDecodeError::Sketch(e.to_string()))?,
-                ),
+                4 => MeasureState::Uniq(decode_sketch(
+                    input.sized()?,
+                    HllSketch::deserialize,
+                    HllSketch::serialize,
+                )?),
+                5 => MeasureState::Quantiles(decode_sketch(
+                    input.sized()?,
+                    KllSketch::deserialize,
+                    KllSketch::serialize,
+                )?),
                 tag => return Err(StateDecodeError::MeasureTag(tag)),
             };
             measures.push(measure);
@@ -546,6 +548,28 @@ pub enum MeasureSummary {
     },
 }
 
+/// Decodes one sketch, and refuses it unless what it encodes to decodes again.
+///
+/// The sketch library accepts some inconsistent images (a LIST-mode HLL whose coupon
+/// count disagrees with its filled slots) that it then encodes into bytes it refuses;
+/// such a state would be stored and become unreadable on the next fold. Images Tally
+/// wrote encode to themselves, so the second decode runs only for foreign bytes.
+fn decode_sketch<S, E: std::fmt::Display>(
+    bytes: &[u8],
+    deserialize: impl Fn(&[u8]) -> Result<S, E>,
+    serialize: impl Fn(&S) -> Vec<u8>,
+) -> Result<S, StateDecodeError> {
+    let corrupt = |e: E| StateDecodeError::Sketch(e.to_string());
+    let sketch = deserialize(bytes).map_err(corrupt)?;
+    let again = serialize(&sketch);
+    if again != bytes {
+        deserialize(&again).map_err(|e| {
+            StateDecodeError::Sketch(format!("it is inconsistent and would not encode: {e}"))
+        })?;
+    }
+    Ok(sketch)
+}
+
 fn new_hll() -> HllSketch {
     HllSketch::new(HLL_LG_K, HllType::Hll8).expect("HLL_LG_K is within 4..=21")
 }
@@ -851,5 +875,42 @@ mod tests {
             AggregateState::decode(&[9]),
             Err(StateDecodeError::Version(9))
         );
+    }
+
+    /// Found by the `aggregate_state` fuzz target: a LIST-mode HLL image whose coupon
+    /// count exceeds its filled slots decoded, then encoded into bytes that did not.
+    #[test]
+    fn an_inconsistent_sketch_is_refused_rather_than_stored_unreadable() {
+        let crash = [
+            0x01, 0x03, 0x01, 0x04, 0x6e, 0x02, 0x01, 0x07, 0x09, 0x03, 0x40, 0x07, 0x00,
+            0x00, 0xd4, 0x01, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xcc, 0xcc,
+            0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0x24, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0x01, 0x05, 0x03, 0x05, 0xcc,
+            0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
+            0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
+            0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0x26, 0xcc, 0x3f, 0xcc, 0xcc, 0xcc, 0xcc, 0x01,
+            0x55, 0x55, 0x55, 0x55, 0x55, 0x55, 0x55, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
+            0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0x06,
+        ];
+        match AggregateState::decode(&crash) {
+            Err(StateDecodeError::Sketch(reason)) => {
+                assert!(reason.contains("inconsistent"), "{reason}")
+            }
+            other => panic!("expected a refused sketch, got {other:?}"),
+        }
+        // Every state Tally writes still decodes, sketches included.
+        let mut state = AggregateState::for_measures(&[
+            Measure::Uniq("user_id".into()),
+            Measure::Quantiles("latency_ms".into()),
+        ]);
+        for (filled, n) in [(0, 0), (1, 3), (2, 5_000)] {
+            for i in 0..n {
+                state.measures[0].add(FieldValue::Str(&format!("user-{i}")));
+                state.measures[1].add(FieldValue::Number(f64::from(i)));
+            }
+            let bytes = state.encode();
+            let decoded = AggregateState::decode(&bytes).expect("a written state decodes");
+            assert_eq!(decoded.encode(), bytes, "round {filled}");
+        }
     }
 }
