@@ -31,8 +31,11 @@ pub enum BatchCommand {
     /// a manifest with the new horizon.
     Run(RunArgs),
     /// Recompute a range with the current view specs under a new logic version, beside the old
-    /// one, then swap the manifest for that range in one step.
+    /// one, then swap the manifest for that range in one step (or, with --review, stage it
+    /// for review with `GET /v1/query?logic_version=N` until `tally batch promote`).
     Reprocess(ReprocessArgs),
+    /// Make the hours a `reprocess --review` staged live, in one manifest swap.
+    Promote(PromoteArgs),
     /// Run recompute every --every, never two at once, until Ctrl-C; each run is followed by
     /// a retention sweep and raw retention.
     Schedule(ScheduleArgs),
@@ -69,6 +72,28 @@ pub struct ReprocessArgs {
     #[command(flatten)]
     range: RangeArgs,
     /// The logic version to compute the range under (one more than the view's last, usually).
+    #[arg(long)]
+    logic_version: LogicVersion,
+    /// Stage the recomputed hours for review instead of making them live.
+    #[arg(long)]
+    review: bool,
+    /// Only the views of this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+}
+
+/// Options of `tally batch promote`.
+#[derive(Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The tenant owning the view.
+    #[arg(long, default_value = tally_model::tenant::DEMO_TENANT)]
+    tenant: String,
+    /// The view.
+    #[arg(long)]
+    view: String,
+    /// The reviewed logic version.
     #[arg(long)]
     logic_version: LogicVersion,
 }
@@ -130,9 +155,24 @@ pub fn run(command: BatchCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             BatchCommand::Reprocess(args) => {
-                let request = args.range.request(Some(args.logic_version))?;
+                let request = RunRequest {
+                    tenant: args.tenant,
+                    stage: args.review,
+                    ..args.range.request(Some(args.logic_version))?
+                };
                 let summary = recompute_once(&args.config, &request).await?;
                 print_summary(&summary);
+                Ok(())
+            }
+            BatchCommand::Promote(args) => {
+                let recompute = recompute_for(&args.config).await?;
+                let hours = (recompute)
+                    .promote(&args.tenant, &args.view, args.logic_version)
+                    .await?;
+                println!(
+                    "logic version {} of {}/{} is live for {hours} more hour(s)",
+                    args.logic_version, args.tenant, args.view
+                );
                 Ok(())
             }
             BatchCommand::Schedule(args) => schedule(&args).await,
@@ -331,16 +371,21 @@ impl Archivers {
     }
 }
 
-async fn recompute_once(args: &ConfigArgs, request: &RunRequest) -> anyhow::Result<RunSummary> {
+/// A recompute over the configured stores and catalog.
+async fn recompute_for(args: &ConfigArgs) -> anyhow::Result<Recompute> {
     let config = settings::load(args)?;
     let (catalog, _, _) = crate::catalog::load_async(&config).await?;
     let metrics = BatchMetrics::register(&mut Default::default());
-    let recompute = Recompute::new(
+    Ok(Recompute::new(
         settings::objects(&config)?,
         catalog,
         lateness_ms(&config),
         metrics,
-    );
+    ))
+}
+
+async fn recompute_once(args: &ConfigArgs, request: &RunRequest) -> anyhow::Result<RunSummary> {
+    let recompute = recompute_for(args).await?;
     let progress = std::sync::Mutex::new(Progress::default());
     let summary = recompute
         .run(request, &|update| {
@@ -472,6 +517,7 @@ impl RangeArgs {
             hours: Some(from..to),
             view: self.view.clone(),
             reprocess_as,
+            ..RunRequest::default()
         })
     }
 }

@@ -6,7 +6,8 @@
 //! - [`recompute`]: [`Recompute`] reads closed raw hours, dedupes, builds every view spec's
 //!   aggregate states with a Polars plan ([`plan`]) and publishes a manifest with the horizon.
 //!   Reprocessing is the same job under a new logic version over a chosen range.
-//! - [`scheduler`]: runs recompute every few minutes, never two at once.
+//! - [`scheduler`]: runs recompute every few minutes, never two at once, and the batch jobs
+//!   governance asks for ([`jobs`]): a reprocess staged for review, a promotion.
 //!
 //! ```no_run
 //! # async fn demo(store: std::sync::Arc<dyn object_store::ObjectStore>, catalog: std::sync::Arc<tally_model::Catalog>) -> Result<(), tally_batch_layer::BatchError> {
@@ -20,6 +21,7 @@
 //! ```
 
 pub mod archiver;
+pub mod jobs;
 pub mod plan;
 pub mod recompute;
 pub mod retention;
@@ -84,6 +86,16 @@ pub enum BatchError {
     /// Polars failed outside a view's plan.
     #[error("polars: {0}")]
     Polars(#[from] PolarsError),
+    /// A promotion named a version with no staged hour.
+    #[error(
+        "logic version {version} of {view} has no staged hour to promote; reprocess a range under it for review first"
+    )]
+    NothingStaged {
+        /// The view (`tenant/view`).
+        view: String,
+        /// The version asked for.
+        version: LogicVersion,
+    },
     /// A reprocess asked for a logic version already computed from another spec.
     #[error(
         "logic version {version} of {view} was computed from a different spec; reprocess with --logic-version {next}"

@@ -36,9 +36,14 @@ pub struct RunRequest {
     pub hours: Option<Range<Millis>>,
     /// Only this view (of every tenant that has it).
     pub view: Option<String>,
+    /// Only the views of this tenant.
+    pub tenant: Option<String>,
     /// Recompute every hour in range with the current specs under this logic version, then
     /// make it the views' current version.
     pub reprocess_as: Option<LogicVersion>,
+    /// With `reprocess_as`: stage the recomputed hours for review instead of making them
+    /// live ([`ViewManifest::staged`]); [`Recompute::promote`] makes them live later.
+    pub stage: bool,
 }
 
 /// Progress of a run, for a progress bar.
@@ -159,13 +164,15 @@ impl Recompute {
         // One catalog for the whole run, however governance changes it meanwhile.
         let catalog = self.catalog.current();
         let mut work: BTreeMap<Millis, Vec<Job>> = BTreeMap::new();
-        for (tenant, spec) in catalog_views(&catalog, request.view.as_deref()) {
+        let views = catalog_views(&catalog, request.view.as_deref())
+            .filter(|(tenant, _)| request.tenant.as_deref().is_none_or(|only| only == *tenant));
+        for (tenant, spec) in views {
             let id = view_id(tenant, &spec.name);
             let entry = manifest
                 .views
                 .entry(id.clone())
                 .or_insert_with(|| ViewManifest::new(tenant, spec));
-            let version = choose_version(entry, spec, request.reprocess_as)?;
+            let version = choose_version(entry, spec, request.reprocess_as, request.stage)?;
             let frozen_end = frozen_before(&catalog, tenant, spec, started_at);
             let mut frozen = 0;
             for (&hour, raw) in raw_hours.range(wanted.clone()) {
@@ -212,7 +219,14 @@ impl Recompute {
         for (hour, jobs) in work {
             let raw = &raw_hours[&hour];
             let raw_rows = self
-                .compute_hour(hour, raw, jobs, stamp, &mut manifest, &mut summary)
+                .compute_hour(
+                    hour,
+                    raw,
+                    jobs,
+                    (stamp, request.stage),
+                    &mut manifest,
+                    &mut summary,
+                )
                 .await?;
             summary.raw_rows += raw_rows;
             progress(RunProgress::HourDone { raw_rows });
@@ -238,14 +252,36 @@ impl Recompute {
         Ok(summary)
     }
 
+    /// Makes the staged hours of `version` of a tenant's view live, in one manifest swap;
+    /// returns how many hours went live.
+    pub async fn promote(
+        &self,
+        tenant: &str,
+        view: &str,
+        version: LogicVersion,
+    ) -> Result<usize, BatchError> {
+        let mut manifest = self.views.manifest().await?.unwrap_or_default();
+        let id = view_id(tenant, view);
+        let entry = manifest.views.get_mut(&id);
+        let promoted = entry.map_or(0, |entry| entry.promote(version));
+        if promoted == 0 {
+            return Err(BatchError::NothingStaged { view: id, version });
+        }
+        manifest.generation += 1;
+        manifest.published_at = now_millis();
+        self.views.publish(&manifest).await?;
+        tracing::info!(view = %id, version, hours = promoted, "promoted a reviewed logic version");
+        Ok(promoted)
+    }
+
     /// Reads, dedupes and aggregates one hour for its jobs, writing their states as objects
-    /// named by `stamp`; returns the raw rows read.
+    /// named by `stamp`, live or `staged`; returns the raw rows read.
     async fn compute_hour(
         &self,
         hour: Millis,
         raw: &RawHour,
         jobs: Vec<Job>,
-        stamp: RunStamp,
+        (stamp, staged): (RunStamp, bool),
         manifest: &mut Manifest,
         summary: &mut RunSummary,
     ) -> Result<u64, BatchError> {
@@ -290,7 +326,12 @@ impl Recompute {
                 .views
                 .get_mut(&job.view_id)
                 .expect("every job's view is in the manifest");
-            entry.hours.insert(
+            let hours = if staged {
+                &mut entry.staged
+            } else {
+                &mut entry.hours
+            };
+            hours.insert(
                 hour,
                 HourEntry {
                     logic_version: job.version,
@@ -437,11 +478,13 @@ fn build_hour(
     Ok((raw_rows, built))
 }
 
-/// The logic version a view computes with in this run.
+/// The logic version a view computes with in this run. A reprocess registers its version's
+/// spec, and makes it current unless it is `staged` for review.
 fn choose_version(
     entry: &mut ViewManifest,
     spec: &ViewSpec,
     reprocess_as: Option<LogicVersion>,
+    staged: bool,
 ) -> Result<LogicVersion, BatchError> {
     let Some(version) = reprocess_as else {
         let (version, new) = entry.version_for(spec);
@@ -463,7 +506,9 @@ fn choose_version(
         }),
         _ => {
             entry.versions.insert(version, spec.clone());
-            entry.current_version = version;
+            if !staged {
+                entry.current_version = version;
+            }
             Ok(version)
         }
     }

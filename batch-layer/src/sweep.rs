@@ -55,7 +55,8 @@ pub async fn sweep(
         }
         if path == published || meta.last_modified >= cutoff {
             let manifest = views.manifest_at(&path).await?;
-            let objects = manifest.views.values().flat_map(|view| view.hours.values());
+            let objects = (manifest.views.values())
+                .flat_map(|view| view.hours.values().chain(view.staged.values()));
             named.extend(objects.filter_map(|hour| hour.object.clone()));
         } else {
             expired.push(meta.location);

@@ -11,7 +11,7 @@
 //! `dim_<dimension>` (string) in the view's order, `count` (u64) and `state` (the
 //! [`AggregateState`] encoding).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Cursor;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use polars::prelude::*;
-use tally_model::manifest::{LogicVersion, Manifest};
+use tally_model::manifest::{HourEntry, LogicVersion, Manifest};
 use tally_model::time::HOUR_MS;
 use tally_model::{AggregateState, Millis, StateDecodeError};
 use thiserror::Error;
@@ -107,6 +107,11 @@ impl BatchViews {
             store,
             cache: Some(Arc::new(Mutex::new(cache))),
         }
+    }
+
+    /// The object store the views are kept in.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
     }
 
     /// The published manifest, if any run has published one.
@@ -197,19 +202,37 @@ impl BatchViews {
     /// first, each with its logic version and every row of its object (shared, from the cache
     /// when there is one). Stored buckets never straddle an hour, so an hour's rows are the
     /// whole truth for its buckets; callers keep the rows whose bucket is in range.
+    ///
+    /// The live hours, or with `as_version` the hours as that logic version has them, staged
+    /// for review or live ([`ViewManifest::hour_as`](tally_model::ViewManifest::hour_as));
+    /// hours it lacks are left out.
     pub async fn read_hours(
         &self,
         manifest: &Manifest,
         tenant: &str,
         view: &str,
         buckets: Range<Millis>,
+        as_version: Option<LogicVersion>,
     ) -> Result<Vec<BatchHour>, BatchViewsError> {
         let Some(entry) = manifest.view(tenant, view) else {
             return Ok(Vec::new());
         };
         let first_hour = buckets.start.div_euclid(HOUR_MS).saturating_mul(HOUR_MS);
+        let in_range = first_hour..buckets.end.max(first_hour);
+        let chosen: Vec<(Millis, &HourEntry)> = match as_version {
+            None => entry.hours.range(in_range).map(|(h, e)| (*h, e)).collect(),
+            Some(version) => {
+                let hours: BTreeSet<Millis> = (entry.hours.range(in_range.clone()))
+                    .chain(entry.staged.range(in_range))
+                    .map(|(hour, _)| *hour)
+                    .collect();
+                (hours.into_iter())
+                    .filter_map(|hour| Some((hour, entry.hour_as(hour, version)?)))
+                    .collect()
+            }
+        };
         let mut hours = Vec::new();
-        for (&hour, computed) in entry.hours.range(first_hour..buckets.end.max(first_hour)) {
+        for (hour, computed) in chosen {
             let Some(object) = computed.object.as_deref() else {
                 continue;
             };
@@ -234,7 +257,7 @@ impl BatchViews {
         buckets: Range<Millis>,
     ) -> Result<Vec<(ViewKey, AggregateState)>, BatchViewsError> {
         let hours = self
-            .read_hours(manifest, tenant, view, buckets.clone())
+            .read_hours(manifest, tenant, view, buckets.clone(), None)
             .await?;
         let mut states = Vec::new();
         for hour in hours {

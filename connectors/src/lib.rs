@@ -10,6 +10,7 @@
 //!   recompute, search and notebooks.
 //! - [`batch_views`]: batch view states and the manifest that publishes them atomically.
 //! - [`catalog`]: the tenants, registries, views and keys every service reads, swappable.
+//! - [`jobs`]: the batch jobs governance asks for and the batch scheduler runs.
 //! - [`rate_limit`]: how often one caller (an API key, a client address) may call.
 //!
 //! ```no_run
@@ -26,6 +27,7 @@
 pub mod archive;
 pub mod batch_views;
 pub mod catalog;
+pub mod jobs;
 pub mod log;
 pub mod object_store;
 pub mod rate_limit;

@@ -8,7 +8,8 @@
 //! - [`view`], [`measure`] and [`state`]: view specs, declared once and compiled by both the speed and the
 //!   batch layer, and the mergeable [`AggregateState`] they both produce.
 //! - [`time`] and [`layout`]: UTC time buckets and the raw partition layout in object storage.
-//! - [`manifest`]: the batch manifest (views, logic versions, hours, horizon).
+//! - [`manifest`]: the batch manifest (views, logic versions, hours, horizon); [`job`]: the
+//!   batch jobs the governance API asks for (reprocess for review, promote).
 //! - [`name`]: the one rule for the names a tenant declares; [`problem`]: why a catalog is
 //!   inconsistent; [`token`]: numbers that tell concurrent writers apart.
 //! - [`config`]: the one TOML file, overridable by `TALLY_*` environment variables.
@@ -30,6 +31,7 @@
 
 pub mod config;
 pub mod event;
+pub mod job;
 pub mod key;
 pub mod layout;
 pub mod manifest;

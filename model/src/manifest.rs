@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Millis;
+use crate::time::HOUR_MS;
 use crate::view::ViewSpec;
 
 /// A logic version of a view: a number that changes whenever its spec does.
@@ -48,6 +49,10 @@ pub struct ViewManifest {
     pub horizon: Millis,
     /// Computed hours, by the hour's start (ms, UTC).
     pub hours: BTreeMap<Millis, HourEntry>,
+    /// Hours a reviewed reprocess computed under a logic version, not yet live: queries read
+    /// them only when they ask for that version, until a promotion moves them into `hours`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub staged: BTreeMap<Millis, HourEntry>,
 }
 
 /// One computed hour of one view.
@@ -99,7 +104,49 @@ impl ViewManifest {
             current_version: 1,
             horizon: Millis::MIN,
             hours: BTreeMap::new(),
+            staged: BTreeMap::new(),
         }
+    }
+
+    /// The hour as logic version `version` has it: staged for that version if a reviewed
+    /// reprocess computed it, else live if live is that version.
+    pub fn hour_as(&self, hour: Millis, version: LogicVersion) -> Option<&HourEntry> {
+        let of_version = |entry: &&HourEntry| entry.logic_version == version;
+        (self.staged.get(&hour).filter(of_version)).or(self.hours.get(&hour).filter(of_version))
+    }
+
+    /// Makes the staged hours of `version` live and `version` the current one when it is
+    /// newer; returns how many hours went live. Staged hours of other versions stay staged.
+    pub fn promote(&mut self, version: LogicVersion) -> usize {
+        let promoted: Vec<Millis> = (self.staged.iter())
+            .filter(|(_, entry)| entry.logic_version == version)
+            .map(|(hour, _)| *hour)
+            .collect();
+        for hour in &promoted {
+            let entry = self.staged.remove(hour).expect("listed just above");
+            self.hours.insert(*hour, entry);
+        }
+        if !promoted.is_empty() {
+            self.current_version = self.current_version.max(version);
+        }
+        promoted.len()
+    }
+
+    /// How many live hours starting in `range` have no state of `version`, staged or live.
+    pub fn hours_lacking(&self, version: LogicVersion, range: std::ops::Range<Millis>) -> usize {
+        let first_hour = range.start.div_euclid(HOUR_MS).saturating_mul(HOUR_MS);
+        (self.hours.range(first_hour..range.end.max(first_hour)))
+            .filter(|(hour, _)| self.hour_as(**hour, version).is_none())
+            .count()
+    }
+
+    /// The staged logic versions, each with its count of staged hours.
+    pub fn staged_versions(&self) -> BTreeMap<LogicVersion, usize> {
+        let mut versions = BTreeMap::new();
+        for entry in self.staged.values() {
+            *versions.entry(entry.logic_version).or_default() += 1;
+        }
+        versions
     }
 
     /// The logic version whose spec equals `spec`, registering a new one (and making it
@@ -107,6 +154,12 @@ impl ViewManifest {
     pub fn version_for(&mut self, spec: &ViewSpec) -> (LogicVersion, bool) {
         if self.versions.get(&self.current_version) == Some(spec) {
             return (self.current_version, false);
+        }
+        // A version staged for review with this very spec becomes current, not a twin of it.
+        let newer = self.current_version.saturating_add(1);
+        if let Some((&staged, _)) = (self.versions.range(newer..)).find(|(_, s)| *s == spec) {
+            self.current_version = staged;
+            return (staged, true);
         }
         let next = self.versions.keys().next_back().map_or(1, |last| last + 1);
         self.versions.insert(next, spec.clone());
@@ -136,6 +189,60 @@ mod tests {
         assert_eq!(view.version_for(&spec(&["os_type"])), (2, true));
         assert_eq!(view.version_for(&spec(&["os_type"])), (2, false));
         assert_eq!(view.current_version, 2);
+    }
+
+    #[test]
+    fn a_spec_staged_for_review_is_not_registered_twice() {
+        let mut view = ViewManifest::new("t", &spec(&[]));
+        view.versions.insert(2, spec(&["os_type"]));
+        assert_eq!(view.version_for(&spec(&["os_type"])), (2, true));
+        assert_eq!(view.versions.len(), 2);
+    }
+
+    fn entry(logic_version: LogicVersion, object: &str) -> HourEntry {
+        HourEntry {
+            logic_version,
+            object: Some(object.into()),
+            rows: 1,
+            events: 1,
+            inputs: RawInputs::default(),
+        }
+    }
+
+    #[test]
+    fn staged_hours_are_read_only_as_their_version_until_promoted() {
+        let mut view = ViewManifest::new("t", &spec(&[]));
+        view.hours.insert(0, entry(1, "live-0"));
+        view.hours.insert(HOUR_MS, entry(1, "live-1"));
+        view.staged.insert(HOUR_MS, entry(2, "staged-1"));
+        view.staged.insert(2 * HOUR_MS, entry(3, "other"));
+        let object =
+            |hour, version| (view.hour_as(hour, version)).and_then(|entry| entry.object.clone());
+        assert_eq!(object(HOUR_MS, 2).as_deref(), Some("staged-1"));
+        assert_eq!(object(HOUR_MS, 1).as_deref(), Some("live-1"));
+        assert_eq!(
+            object(0, 2),
+            None,
+            "live hours of another version are not version 2"
+        );
+        assert_eq!(view.hours_lacking(2, 0..2 * HOUR_MS), 1);
+        assert_eq!(view.hours_lacking(1, 0..2 * HOUR_MS), 0);
+        assert_eq!(view.staged_versions(), BTreeMap::from([(2, 1), (3, 1)]));
+
+        assert_eq!(view.promote(2), 1);
+        assert_eq!(view.hours[&HOUR_MS].object.as_deref(), Some("staged-1"));
+        assert_eq!(view.current_version, 2);
+        assert_eq!(view.staged_versions(), BTreeMap::from([(3, 1)]));
+        assert_eq!(view.promote(2), 0, "nothing is left to promote twice");
+    }
+
+    #[test]
+    fn a_manifest_written_before_staging_still_reads() {
+        let old =
+            r#"{"tenant":"t","view":"v","versions":{},"current_version":1,"horizon":0,"hours":{}}"#;
+        let view: ViewManifest = serde_json::from_str(old).unwrap();
+        assert!(view.staged.is_empty());
+        assert!(!serde_json::to_string(&view).unwrap().contains("staged"));
     }
 
     #[test]

@@ -345,7 +345,7 @@ pub(crate) async fn put_view(
             Some(existing) => {
                 *existing = spec;
                 format!(
-                    "view '{name}' changed: the batch layer computes new hours under a new logic version; recompute history with `tally batch reprocess --from <T> --to <T> --logic-version <N>` (the next `tally batch run` names N). Restart the speed layer so it compiles the new spec: its states of the old spec are never counted under the new one, so until then the view has no real-time part"
+                    "view '{name}' changed: the batch layer computes new hours under a new logic version; to recompute history with it, POST /v1/governance/views/{name}/reprocess a range, review it with logic_version=N, then promote it (GET /v1/governance/views/{name}/versions names N). Restart the speed layer so it compiles the new spec: its states of the old spec are never counted under the new one, so until then the view has no real-time part"
                 )
             }
             None => {
@@ -634,21 +634,7 @@ async fn change_catalog(
     answer(serving, route, Instant::now(), async {
         let key = serving.authorize(request, Scope::Admin)?;
         let body = match body {
-            Some(body) => actix_web::rt::time::timeout(BODY_TIMEOUT, body.to_bytes_limited(MAX_BODY_BYTES))
-                .await
-                .map_err(|_| {
-                    (
-                        StatusCode::REQUEST_TIMEOUT,
-                        format!("the body took over {} s to arrive", BODY_TIMEOUT.as_secs()),
-                    )
-                })?
-                .map_err(|_| {
-                    (
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("a governance change is at most {MAX_BODY_BYTES} bytes"),
-                    )
-                })?
-                .map_err(|err| bad(format!("could not read the request body: {err}")))?,
+            Some(body) => read_body(body).await?,
             None => Default::default(),
         };
         let Some(store) = &serving.governance else {
@@ -677,8 +663,30 @@ async fn change_catalog(
     .await
 }
 
+/// A governance change's body, within [`MAX_BODY_BYTES`] and [`BODY_TIMEOUT`].
+pub(crate) async fn read_body(body: web::Payload) -> Result<actix_web::web::Bytes, Refusal> {
+    actix_web::rt::time::timeout(BODY_TIMEOUT, body.to_bytes_limited(MAX_BODY_BYTES))
+        .await
+        .map_err(|_| {
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body took over {} s to arrive", BODY_TIMEOUT.as_secs()),
+            )
+        })?
+        .map_err(|_| {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a governance change is at most {MAX_BODY_BYTES} bytes"),
+            )
+        })?
+        .map_err(|err| bad(format!("could not read the request body: {err}")))
+}
+
 /// A request body as a `T`; a mistake is a 400 that says what was expected.
-fn parsed<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, Refusal> {
+pub(crate) fn parsed<T: serde::de::DeserializeOwned>(
+    what: &str,
+    body: &[u8],
+) -> Result<T, Refusal> {
     serde_json::from_slice(body)
         .map_err(|err| bad(format!("the body is not a valid {what} (JSON): {err}")))
 }
@@ -710,7 +718,7 @@ fn removed<T>(found: Option<T>, what: &str, name: &str) -> Result<String, Refusa
     }
 }
 
-async fn answer(
+pub(crate) async fn answer(
     serving: &Serving,
     route: &'static str,
     started: Instant,

@@ -4,7 +4,8 @@
 //!   horizon and real-time views after it, rolled up, grouped, filtered and measured.
 //! - [`seed`]: the seed dashboards' API, `GET /v1/events/count` and `GET /v1/events/search`.
 //! - [`governance`]: the tag registry, views and keys of a tenant (admin key), suggestions,
-//!   recent rejected events.
+//!   recent rejected events; [`review`]: a view's logic versions, a reprocess staged for
+//!   review and its promotion, as batch jobs the batch scheduler runs.
 //! - [`raw`]: raw events for search, from the archive and the log tail.
 //! - `cache`: what serving keeps between queries, under one typed key.
 //! - the dashboard at `/`: analytics, governance and search pages over the same API.
@@ -19,6 +20,7 @@ pub mod governance;
 pub mod openapi;
 pub mod query;
 pub mod raw;
+pub mod review;
 mod seed;
 mod telemetry;
 #[cfg(test)]
@@ -129,9 +131,21 @@ pub struct QueryAnswer {
     pub horizon: Option<String>,
     /// Which layer answered which part of the range.
     pub sources: Sources,
+    /// With `logic_version=N`: the version read, and how many live hours of the range it
+    /// lacks (those hours are left out of the answer).
+    pub review: Option<Review>,
     /// One object per bucket and group values: `bucket`, the group-by dimensions, the measures.
     #[schema(value_type = Vec<Object>, example = json!([{"bucket": "2026-11-22T10:00:00Z", "country": "FR", "count": 42, "sum(revenue)": 310.5}]))]
     pub rows: AnswerRows,
+}
+
+/// What a review of a logic version read ([`QueryAnswer::review`]).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Review {
+    /// The logic version read.
+    pub logic_version: tally_model::LogicVersion,
+    /// Live hours in the range with no state of that version, staged or live.
+    pub hours_without_it: usize,
 }
 
 /// An answer's rows as the text of a JSON array: written once, mostly from cached rendered
@@ -155,12 +169,15 @@ impl QueryAnswer {
             granularity: &'a str,
             horizon: &'a Option<String>,
             sources: &'a Sources,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            review: &'a Option<Review>,
         }
         let head = Head {
             view: &self.view,
             granularity: &self.granularity,
             horizon: &self.horizon,
             sources: &self.sources,
+            review: &self.review,
         };
         let mut out = serde_json::to_string(&head).expect("strings serialize");
         out.pop(); // The closing brace: the rows go last.
@@ -212,6 +229,7 @@ impl Serving {
                 .route("/v1/events/count", web::get().to(seed::count))
                 .route("/v1/events/search", web::get().to(seed::search))
                 .configure(governance::routes)
+                .configure(review::routes)
                 .configure(dashboard::routes);
         }
     }
@@ -231,23 +249,44 @@ impl Serving {
         let query = Query::parse(params, tenant_spec, now_millis())?;
         let view = &query.view;
         let range = query.from..query.to;
-        // Real-time states first, then the manifest: see the module doc of `query`.
-        let realtime = {
-            let (serving, tenant, query) = (self.clone(), tenant.to_owned(), query.clone());
-            tokio::task::spawn_blocking(move || serving.realtime(&tenant, &query))
-                .await
-                .expect("reading the real-time views does not panic")?
+        // Real-time states first, then the manifest: see the module doc of `query`. A review
+        // of a logic version reads that version's batch states alone, over the whole range.
+        let realtime = match query.logic_version {
+            Some(_) => None,
+            None => {
+                let (serving, tenant, query) = (self.clone(), tenant.to_owned(), query.clone());
+                let read = tokio::task::spawn_blocking(move || serving.realtime(&tenant, &query));
+                Some(
+                    read.await
+                        .expect("reading the real-time views does not panic")?,
+                )
+            }
         };
         let manifest = self.batch_views.manifest().await?;
         let horizon = manifest.as_ref().map(|m| m.horizon);
-        let seam = horizon.unwrap_or(Millis::MIN).clamp(range.start, range.end);
+        let seam = match query.logic_version {
+            Some(_) => range.end,
+            None => horizon.unwrap_or(Millis::MIN).clamp(range.start, range.end),
+        };
+        let review = query.logic_version.map(|version| Review {
+            logic_version: version,
+            hours_without_it: (manifest.as_ref())
+                .and_then(|manifest| manifest.view(tenant, &view.name))
+                .map_or(0, |entry| entry.hours_lacking(version, range.clone())),
+        });
 
         let mut rollup = Rollup::new(&query);
         if let Some(manifest) = &manifest {
             let batch_range = range.start..seam;
             let hours = self
                 .batch_views
-                .read_hours(manifest, tenant, &view.name, batch_range.clone())
+                .read_hours(
+                    manifest,
+                    tenant,
+                    &view.name,
+                    batch_range.clone(),
+                    query.logic_version,
+                )
                 .await?;
             let entry = manifest.view(tenant, &view.name);
             for hour in hours {
@@ -314,7 +353,8 @@ impl Serving {
             }
         }
         match realtime {
-            Realtime::States(states) => {
+            None => {}
+            Some(Realtime::States(states)) => {
                 let projection = Projection::new(view, &query)
                     .expect("a query is checked against the view's current spec");
                 for (key, state) in &states {
@@ -323,13 +363,16 @@ impl Serving {
                     }
                 }
             }
-            Realtime::Rendered(rows) => rollup.add_rendered(seam, Arc::new(rows.from_bucket(seam))),
+            Some(Realtime::Rendered(rows)) => {
+                rollup.add_rendered(seam, Arc::new(rows.from_bucket(seam)))
+            }
         }
         Ok(QueryAnswer {
             view: view.name.clone(),
             granularity: query.granularity.to_string(),
             horizon: horizon.map(tally_model::time::format_rfc3339),
             sources: Sources::split(&range, seam),
+            review,
             rows: AnswerRows(rollup.into_json(self.limits.max_answer_bytes)?),
         })
     }

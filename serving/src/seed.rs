@@ -203,7 +203,7 @@ async fn count_events(
             .into_iter()
             .collect(),
         measures: Some("count".to_owned()),
-        group_by: None,
+        ..QueryParams::default()
     };
     let answer = serving
         .query(&key.tenant, &params)

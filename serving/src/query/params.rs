@@ -27,6 +27,9 @@ pub struct QueryParams {
     /// Measures, comma-separated: `count`, `sum(t)`, `avg(t)`, `min(t)`, `max(t)`, `uniq(f)`,
     /// `pNN(t)` such as `p99(latency_ms)` [default: every measure of the view].
     pub measures: Option<String>,
+    /// Read only the batch states of this logic version, staged for review or live, for the
+    /// hours that have it: how a view's fix is reviewed before it is promoted.
+    pub logic_version: Option<String>,
 }
 
 impl QueryParams {
@@ -49,9 +52,10 @@ impl QueryParams {
                 "granularity" => &mut params.granularity,
                 "group_by" => &mut params.group_by,
                 "measures" => &mut params.measures,
+                "logic_version" => &mut params.logic_version,
                 other => {
                     return Err(format!(
-                        "unknown parameter `{other}`; the parameters are view, from, to, granularity, group_by, filter and measures"
+                        "unknown parameter `{other}`; the parameters are view, from, to, granularity, group_by, filter, measures and logic_version"
                     ));
                 }
             };

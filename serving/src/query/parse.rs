@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tally_model::measure::function_call;
 use tally_model::state::MeasureSummary;
 use tally_model::time::{DAY_MS, checked_range, parse_timestamp};
-use tally_model::{AggregateState, Granularity, Measure, Millis, Tenant, ViewSpec};
+use tally_model::{AggregateState, Granularity, LogicVersion, Measure, Millis, Tenant, ViewSpec};
 
 use super::params::{Condition, QueryParams};
 use super::rollup::Lacking;
@@ -276,6 +276,16 @@ pub enum QueryError {
         /// `serving.max_answer_bytes`.
         max_bytes: usize,
     },
+    /// `logic_version=` that is not a version number.
+    #[error(
+        "logic_version '{given}' is not a version number; GET /v1/governance/views/{view}/versions lists the view's versions"
+    )]
+    LogicVersion {
+        /// The view.
+        view: String,
+        /// What was sent.
+        given: String,
+    },
     /// Batch hours of an older logic version that lacks what the query asks for.
     #[error(
         "the batch views of '{view}' from {hour} were computed by logic version {version}, which has no {lacking}; reprocess them with the current spec (tally batch reprocess) or query a later range"
@@ -311,6 +321,8 @@ pub struct Query {
     pub measures: Vec<QueryMeasure>,
     /// The view measures those need, in the order of the merged states' measures.
     pub(super) sources: Vec<Measure>,
+    /// Only the batch states of this logic version ([`QueryParams::logic_version`]).
+    pub logic_version: Option<LogicVersion>,
 }
 
 impl Query {
@@ -418,6 +430,13 @@ impl Query {
                 sources.push(source);
             }
         }
+        let logic_version = match params.logic_version.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(text.parse().map_err(|_| QueryError::LogicVersion {
+                view: view.name.clone(),
+                given: text.to_owned(),
+            })?),
+        };
         Ok(Query {
             view: view.clone(),
             from,
@@ -427,6 +446,7 @@ impl Query {
             filter,
             measures,
             sources,
+            logic_version,
         })
     }
 

@@ -1,5 +1,8 @@
 //! Archive and recompute against a plain fold over the same events, on a real spool and a
-//! local object store; crash redo, dirty hours, reprocessing and the horizon.
+//! local object store; crash redo, dirty hours, reprocessing and the horizon; [`review`]:
+//! a reprocess staged for review and its promotion, run as batch jobs.
+
+mod review;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -482,6 +485,7 @@ fn reprocessing_swaps_a_range_to_the_new_logic_version() {
             hours: Some(range.clone()),
             view: Some(name.clone()),
             reprocess_as: Some(2),
+            ..RunRequest::default()
         },
     );
     let after = rig.manifest();
@@ -577,6 +581,7 @@ fn the_sweep_deletes_only_what_no_reader_can_reach() {
             hours: None,
             view: Some(name.clone()),
             reprocess_as: Some(2),
+            ..RunRequest::default()
         },
     );
     let after = rig.manifest();

@@ -1,0 +1,161 @@
+//! Runs the batch jobs the governance API records ([`tally_connectors::jobs`]): a reprocess
+//! staged for review, or the promotion of a reviewed version. The scheduler runs them one at
+//! a time, never beside a recompute, and records each job's progress as it goes, so a console
+//! in another process can draw it.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tally_connectors::jobs::{JobError, JobStore};
+use tally_model::job::{BatchJob, JobStatus, JobWork};
+use tally_model::time::{format_rfc3339, now_millis};
+
+use crate::recompute::{Recompute, RunProgress, RunRequest};
+
+/// How often a running job's progress is written.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Finds queued jobs and runs them.
+pub struct JobRunner {
+    recompute: Arc<Recompute>,
+    jobs: JobStore,
+    /// Jobs seen finished, so a poll reads only the others.
+    finished: Mutex<HashSet<String>>,
+}
+
+impl JobRunner {
+    /// Runs the jobs kept beside `recompute`'s object store.
+    pub fn new(recompute: Arc<Recompute>) -> Self {
+        JobRunner {
+            jobs: JobStore::new(recompute.store()),
+            recompute,
+            finished: Mutex::default(),
+        }
+    }
+
+    /// The oldest queued job, if any.
+    pub async fn next_queued(&self) -> Result<Option<BatchJob>, JobError> {
+        let mut ids = self.jobs.ids().await?;
+        ids.sort();
+        for id in ids {
+            if self.finished.lock().expect("finished lock").contains(&id) {
+                continue;
+            }
+            let Some(job) = self.jobs.get(&id).await? else {
+                continue;
+            };
+            match job.status {
+                JobStatus::Queued => return Ok(Some(job)),
+                status if status.is_finished() => {
+                    self.finished.lock().expect("finished lock").insert(id);
+                }
+                // Running: a scheduler that stopped mid-job left it so. Nothing it did is
+                // live (a reprocess stages, a promotion is one swap), so it runs again.
+                _ => return Ok(Some(job)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs `job` to its end, recording its progress and outcome; then prunes old jobs.
+    pub async fn run(&self, mut job: BatchJob) {
+        tracing::info!(job = %job.id, view = %job.view, work = ?job.work, "running a batch job");
+        job.status = JobStatus::Running {
+            hours_planned: None,
+            hours_done: 0,
+            raw_rows: 0,
+        };
+        self.record(&job).await;
+        let outcome = match job.work.clone() {
+            JobWork::Reprocess {
+                from,
+                to,
+                logic_version,
+            } => self.reprocess(&mut job, from..to, logic_version).await,
+            JobWork::Promote { logic_version } => self
+                .recompute
+                .promote(&job.tenant, &job.view, logic_version)
+                .await
+                .map(|hours| {
+                    format!(
+                        "logic version {logic_version} is live for {hours} more hour(s); the old version's objects are swept after the grace period"
+                    )
+                })
+                .map_err(|error| error.to_string()),
+        };
+        let finished_at = now_millis();
+        job.status = match outcome {
+            Ok(summary) => JobStatus::Done {
+                summary,
+                finished_at,
+            },
+            Err(error) => {
+                tracing::warn!(job = %job.id, %error, "a batch job failed");
+                JobStatus::Failed { error, finished_at }
+            }
+        };
+        self.record(&job).await;
+        self.finished.lock().expect("finished lock").insert(job.id);
+        if let Err(error) = self.jobs.prune().await {
+            tracing::warn!(%error, "pruning old batch jobs failed; the next job retries");
+        }
+    }
+
+    /// A staged reprocess, writing its progress every [`PROGRESS_EVERY`] while it runs.
+    async fn reprocess(
+        &self,
+        job: &mut BatchJob,
+        hours: std::ops::Range<i64>,
+        version: u32,
+    ) -> Result<String, String> {
+        let request = RunRequest {
+            hours: Some(hours),
+            view: Some(job.view.clone()),
+            tenant: Some(job.tenant.clone()),
+            reprocess_as: Some(version),
+            stage: true,
+        };
+        let progress = Mutex::new((None, 0, 0));
+        let on_progress = |update| {
+            let mut progress = progress.lock().expect("progress lock");
+            match update {
+                RunProgress::Planned { hours } => progress.0 = Some(hours as u64),
+                RunProgress::HourDone { raw_rows } => {
+                    progress.1 += 1;
+                    progress.2 += raw_rows;
+                }
+            }
+        };
+        let run = self.recompute.run(&request, &on_progress);
+        tokio::pin!(run);
+        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        let result = loop {
+            tokio::select! {
+                result = &mut run => break result,
+                _ = ticks.tick() => {
+                    let (hours_planned, hours_done, raw_rows) = *progress.lock().expect("progress lock");
+                    let status = JobStatus::Running { hours_planned, hours_done, raw_rows };
+                    if job.status != status {
+                        job.status = status;
+                        self.record(job).await;
+                    }
+                }
+            }
+        };
+        let summary = result.map_err(|error| error.to_string())?;
+        Ok(format!(
+            "staged {} hour(s) of logic version {version} ({} rows from {} raw events); review them with logic_version={version}, then promote; the published horizon is {}",
+            summary.hours,
+            summary.rows,
+            summary.raw_rows,
+            format_rfc3339(summary.horizon)
+        ))
+    }
+
+    async fn record(&self, job: &BatchJob) {
+        if let Err(error) = self.jobs.update(job).await {
+            tracing::warn!(job = %job.id, %error, "could not record a batch job's progress");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The batch jobs the governance API asks for, kept in the object store as
+//! `jobs/<id>.json`: serving creates a job (create-only), the batch scheduler claims it and
+//! records its progress, and the console reads it back from any serving replica.
+//!
+//! Ids start with the request time, so listing the folder yields jobs oldest first. Finished
+//! jobs beyond the newest [`KEEP_FINISHED`] are deleted by the scheduler; unfinished jobs are
+//! bounded by [`MAX_UNFINISHED`] per tenant at submission.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tally_model::Millis;
+use tally_model::job::{BatchJob, JobStatus, JobWork};
+use thiserror::Error;
+
+use crate::object_store::get_optional;
+
+/// Where jobs are kept.
+const PREFIX: &str = "jobs";
+/// Finished jobs kept for the console's history.
+pub const KEEP_FINISHED: usize = 100;
+/// Jobs of one tenant that may wait or run at once; more are refused.
+pub const MAX_UNFINISHED: usize = 8;
+
+/// Why a job could not be kept or read.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The object store failed.
+    #[error("object store, at {path}: {source}")]
+    Store {
+        /// The object.
+        path: String,
+        /// The cause.
+        source: object_store::Error,
+    },
+    /// A stored job does not parse.
+    #[error("job {path} is corrupt: {source}")]
+    Corrupt {
+        /// The object.
+        path: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// The tenant has too many jobs waiting or running.
+    #[error(
+        "{0} jobs of this tenant are waiting or running, the most allowed; wait for one to finish (is a batch scheduler running?)"
+    )]
+    TooMany(usize),
+}
+
+/// The jobs in an object store.
+#[derive(Clone)]
+pub struct JobStore {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl JobStore {
+    /// The jobs kept in `store`.
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        JobStore { store }
+    }
+
+    /// Records a new queued job, unless the tenant has [`MAX_UNFINISHED`] already.
+    pub async fn submit(
+        &self,
+        tenant: &str,
+        view: &str,
+        work: JobWork,
+        now: Millis,
+    ) -> Result<BatchJob, JobError> {
+        let unfinished = (self.list().await?.iter())
+            .filter(|job| job.tenant == tenant && !job.status.is_finished())
+            .count();
+        if unfinished >= MAX_UNFINISHED {
+            return Err(JobError::TooMany(unfinished));
+        }
+        let job = BatchJob {
+            id: format!(
+                "{:013}-{:016x}",
+                now.max(0),
+                tally_model::token::fresh_token()
+            ),
+            tenant: tenant.to_owned(),
+            view: view.to_owned(),
+            work,
+            requested_at: now,
+            status: JobStatus::Queued,
+        };
+        let path = path_of(&job.id);
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        (self.store)
+            .put_opts(&ObjectPath::from(path.as_str()), to_payload(&job), create)
+            .await
+            .map_err(|source| JobError::Store { path, source })?;
+        Ok(job)
+    }
+
+    /// The job `id`, if there is one.
+    pub async fn get(&self, id: &str) -> Result<Option<BatchJob>, JobError> {
+        // Ids are ours: anything else names no job (and no other object).
+        if !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Ok(None);
+        }
+        let path = path_of(id);
+        let bytes = get_optional(self.store.as_ref(), &path)
+            .await
+            .map_err(|source| JobError::Store {
+                path: path.clone(),
+                source,
+            })?;
+        bytes
+            .map(|bytes| serde_json::from_slice(&bytes))
+            .transpose()
+            .map_err(|source| JobError::Corrupt { path, source })
+    }
+
+    /// Every job, oldest first.
+    pub async fn list(&self) -> Result<Vec<BatchJob>, JobError> {
+        let mut ids = self.ids().await?;
+        ids.sort();
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            // Pruned meanwhile: gone is gone.
+            if let Some(job) = self.get(&id).await? {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The ids of every job, in no order.
+    pub async fn ids(&self) -> Result<Vec<String>, JobError> {
+        let listed: Vec<_> = (self.store.list(Some(&ObjectPath::from(PREFIX))))
+            .try_collect()
+            .await
+            .map_err(|source| JobError::Store {
+                path: PREFIX.to_owned(),
+                source,
+            })?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?.strip_suffix(".json")?.to_owned();
+                Some(name)
+            })
+            .collect())
+    }
+
+    /// Records `job` as it now stands.
+    pub async fn update(&self, job: &BatchJob) -> Result<(), JobError> {
+        let path = path_of(&job.id);
+        (self.store)
+            .put(&ObjectPath::from(path.as_str()), to_payload(job))
+            .await
+            .map(drop)
+            .map_err(|source| JobError::Store { path, source })
+    }
+
+    /// Deletes the finished jobs older than the newest [`KEEP_FINISHED`]; returns how many.
+    pub async fn prune(&self) -> Result<usize, JobError> {
+        let finished: Vec<BatchJob> = (self.list().await?.into_iter())
+            .filter(|job| job.status.is_finished())
+            .collect();
+        let excess = finished.len().saturating_sub(KEEP_FINISHED);
+        for job in &finished[..excess] {
+            let path = path_of(&job.id);
+            match self.store.delete(&ObjectPath::from(path.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => return Err(JobError::Store { path, source }),
+            }
+        }
+        Ok(excess)
+    }
+}
+
+fn path_of(id: &str) -> String {
+    format!("{PREFIX}/{id}.json")
+}
+
+fn to_payload(job: &BatchJob) -> PutPayload {
+    PutPayload::from(serde_json::to_vec_pretty(job).expect("a job serializes to JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, JobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::object_store::open_local(dir.path()).unwrap();
+        (dir, JobStore::new(store))
+    }
+
+    fn promote() -> JobWork {
+        JobWork::Promote { logic_version: 2 }
+    }
+
+    #[tokio::test]
+    async fn jobs_list_oldest_first_and_read_back_as_updated() {
+        let (_dir, jobs) = store();
+        let first = jobs.submit("t", "v", promote(), 1_000).await.unwrap();
+        let second = jobs.submit("t", "v", promote(), 2_000).await.unwrap();
+        let listed = jobs.list().await.unwrap();
+        assert_eq!(listed, vec![first.clone(), second]);
+
+        let mut running = first.clone();
+        running.status = JobStatus::Running {
+            hours_planned: Some(2),
+            hours_done: 1,
+            raw_rows: 7,
+        };
+        jobs.update(&running).await.unwrap();
+        assert_eq!(jobs.get(&first.id).await.unwrap(), Some(running));
+        assert_eq!(jobs.get("../governance/CURRENT").await.unwrap(), None);
+        assert_eq!(jobs.get("0-0").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_cannot_queue_jobs_without_bound() {
+        let (_dir, jobs) = store();
+        for i in 0..MAX_UNFINISHED {
+            jobs.submit("t", "v", promote(), i as Millis).await.unwrap();
+        }
+        let refused = jobs.submit("t", "v", promote(), 99).await.unwrap_err();
+        assert!(matches!(refused, JobError::TooMany(n) if n == MAX_UNFINISHED));
+        // Another tenant is not held up by this one.
+        jobs.submit("u", "v", promote(), 100).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_newest_finished_jobs_and_every_unfinished_one() {
+        let (_dir, jobs) = store();
+        let queued = jobs.submit("t", "v", promote(), 0).await.unwrap();
+        for i in 0..KEEP_FINISHED + 3 {
+            let mut job = jobs
+                .submit("t", "v", promote(), 10 + i as Millis)
+                .await
+                .unwrap();
+            job.status = JobStatus::Done {
+                summary: String::new(),
+                finished_at: 0,
+            };
+            jobs.update(&job).await.unwrap();
+        }
+        assert_eq!(jobs.prune().await.unwrap(), 3);
+        let left = jobs.list().await.unwrap();
+        assert_eq!(left.len(), KEEP_FINISHED + 1);
+        assert_eq!(left[0], queued);
+        assert_eq!(left[1].requested_at, 13, "the oldest finished ones went");
+    }
+}
