@@ -6,7 +6,8 @@
 //! sum of buckets; a failed query leaves nothing stale on screen; the link to the query
 //! holds no key. The governance console (tests/dashboard/governance.mjs) saves a tag with an
 //! alias, refuses an alias another tag owns, rotates a key, counts and lists rejected events
-//! by reason code, and is read-only with a read key.
+//! by reason code, and is read-only with a read key. A view changed in the console
+//! (tests/dashboard/views.mjs) is reprocessed for review, compared with live and promoted.
 //! Each step's screenshot is kept in `test-artifacts/`. The chart library the binary embeds
 //! is checked against its pinned npm package.
 
@@ -207,6 +208,81 @@ fn the_governance_console_changes_tags_and_keys_through_the_api() {
     browser.next("STORED");
     browser.next("REJECTS");
     browser.next("READONLY");
+    browser.finish(&shots);
+}
+
+/// Events over the last hours, archived and computed by the batch layer, in `data_dir`.
+fn computed_hours(data_dir: &Path) {
+    let up = Tally::up(data_dir);
+    run(up
+        .generator()
+        .args(["--events", "3000", "--late", "0.6", "--seed", "11"]));
+    up.kill9();
+    for args in [&["archive", "--once"][..], &["batch", "run"]] {
+        run(crate::support::tally()
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir));
+    }
+}
+
+/// A view changed in the console, a range reprocessed for review with its progress drawn,
+/// compared with the live batch hours hour by hour, then promoted: before the promotion the
+/// live hours (`logic_version=live`) are the old logic's, the reviewed ones equal
+/// `logic_version=N` of the API; after it, the live hours are the new logic's.
+#[test]
+fn a_view_change_is_reprocessed_reviewed_and_promoted_from_the_console() {
+    let shots = screenshots("views", &["changed", "reprocessed", "compared", "promoted"]);
+    let dir = tempfile::tempdir().unwrap();
+    computed_hours(dir.path());
+    let server = Tally::up(dir.path());
+    let url = format!("http://{}/?key={ADMIN_KEY}", server.address);
+    let mut browser = BrowserFlow::start("views.mjs", &[&url], &shots);
+    let authorization = format!("Bearer {READ_KEY}");
+    let query = |params: &str| -> (u16, serde_json::Value) {
+        let path = format!("/v1/query?view=latency_by_type&{params}");
+        let (status, body) = server.http("GET", &path, &[("Authorization", &authorization)], "");
+        (status, serde_json::from_str(&body).unwrap())
+    };
+
+    let version = browser.next("CHANGED ");
+    assert_eq!(
+        version, "2",
+        "the changed spec is the view's second logic version"
+    );
+    let summary = browser.next("REPROCESSED ");
+    assert!(
+        summary.contains("staged") && summary.contains("logic version 2"),
+        "{summary}"
+    );
+
+    let compared = browser.next("COMPARED ");
+    let numbers: Vec<i64> = compared.split(' ').map(|n| n.parse().unwrap()).collect();
+    let [from, to, live, reviewed, differing] = numbers[..] else {
+        panic!("{compared}");
+    };
+    assert!(reviewed > 0, "the reviewed hours hold events: {compared}");
+    // One more dimension splits rows; it adds or drops no event.
+    assert_eq!((live, differing), (reviewed, 0), "{compared}");
+    let range = format!("from={from}&to={to}&granularity=all&measures=count");
+    let (status, answer) = query(&format!("{range}&logic_version=2"));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["rows"][0]["count"], reviewed,
+        "the page shows the API's review"
+    );
+    let (status, refused) = query(&format!("{range}&group_by=os_type&logic_version=live"));
+    assert_eq!(status, 400, "live is still the old logic: {refused}");
+    browser.go_on();
+
+    let live_hours: u64 = browser.next("PROMOTED ").parse().unwrap();
+    assert!(live_hours > 0);
+    let (status, answer) = query(&format!("{range}&group_by=os_type&logic_version=live"));
+    assert_eq!(status, 200, "live is the new logic: {answer}");
+    let by_os: i64 = (answer["rows"].as_array().unwrap().iter())
+        .map(|row| row["count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(by_os, reviewed, "the promoted hours answer as reviewed");
     browser.finish(&shots);
 }
 

@@ -69,7 +69,8 @@ fn every_documented_route_is_served_and_keyed_routes_name_the_key() {
             "granularity",
             "group_by",
             "filter",
-            "measures"
+            "measures",
+            "logic_version"
         ]
     );
     for schema in [

@@ -45,8 +45,8 @@ pub use telemetry::ServingMetrics;
 
 use crate::cache::{RowsCache, RowsKey, RowsSource, cached};
 use crate::query::{
-    Projection, Query, QueryError, QueryGranularity, QueryParams, RenderedHour, RenderedRows,
-    RolledHour, Rollup, Sources,
+    BatchReading, Projection, Query, QueryError, QueryGranularity, QueryParams, RenderedHour,
+    RenderedRows, RolledHour, Rollup, Sources,
 };
 use crate::raw::{RawError, RawEvents};
 
@@ -131,7 +131,7 @@ pub struct QueryAnswer {
     pub horizon: Option<String>,
     /// Which layer answered which part of the range.
     pub sources: Sources,
-    /// With `logic_version=N`: the version read, and how many live hours of the range it
+    /// With `logic_version=`: what was read, and how many live hours of the range the version
     /// lacks (those hours are left out of the answer).
     pub review: Option<Review>,
     /// One object per bucket and group values: `bucket`, the group-by dimensions, the measures.
@@ -142,8 +142,8 @@ pub struct QueryAnswer {
 /// What a review of a logic version read ([`QueryAnswer::review`]).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Review {
-    /// The logic version read.
-    pub logic_version: tally_model::LogicVersion,
+    /// The logic version read; none for the live hours.
+    pub logic_version: Option<tally_model::LogicVersion>,
     /// Live hours in the range with no state of that version, staged or live.
     pub hours_without_it: usize,
 }
@@ -251,7 +251,7 @@ impl Serving {
         let range = query.from..query.to;
         // Real-time states first, then the manifest: see the module doc of `query`. A review
         // of a logic version reads that version's batch states alone, over the whole range.
-        let realtime = match query.logic_version {
+        let realtime = match query.batch_only {
             Some(_) => None,
             None => {
                 let (serving, tenant, query) = (self.clone(), tenant.to_owned(), query.clone());
@@ -264,15 +264,18 @@ impl Serving {
         };
         let manifest = self.batch_views.manifest().await?;
         let horizon = manifest.as_ref().map(|m| m.horizon);
-        let seam = match query.logic_version {
+        let seam = match query.batch_only {
             Some(_) => range.end,
             None => horizon.unwrap_or(Millis::MIN).clamp(range.start, range.end),
         };
-        let review = query.logic_version.map(|version| Review {
-            logic_version: version,
+        let review = query.batch_only.map(|reading| Review {
+            logic_version: reading.version(),
             hours_without_it: (manifest.as_ref())
                 .and_then(|manifest| manifest.view(tenant, &view.name))
-                .map_or(0, |entry| entry.hours_lacking(version, range.clone())),
+                .zip(reading.version())
+                .map_or(0, |(entry, version)| {
+                    entry.hours_lacking(version, range.clone())
+                }),
         });
 
         let mut rollup = Rollup::new(&query);
@@ -285,7 +288,7 @@ impl Serving {
                     tenant,
                     &view.name,
                     batch_range.clone(),
-                    query.logic_version,
+                    query.batch_only.and_then(BatchReading::version),
                 )
                 .await?;
             let entry = manifest.view(tenant, &view.name);

@@ -107,11 +107,32 @@ pub(crate) async fn versions(
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReprocessRequest {
     /// First hour: RFC 3339 or epoch ms.
-    from: String,
+    from: TimeValue,
     /// End, exclusive: RFC 3339 or epoch ms.
-    to: String,
+    to: TimeValue,
     /// The version to compute under [default: the version of the view's spec now].
     logic_version: Option<LogicVersion>,
+}
+
+/// An instant as JSON: epoch ms as a number, or text (RFC 3339 or epoch ms).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum TimeValue {
+    /// Epoch ms.
+    Millis(i64),
+    /// RFC 3339 or epoch ms.
+    Text(String),
+}
+
+impl TimeValue {
+    fn millis(&self, what: &str) -> Result<i64, Refusal> {
+        match self {
+            TimeValue::Millis(ms) => Ok(*ms),
+            TimeValue::Text(text) => {
+                parse_timestamp(text).map_err(|reason| bad(format!("{what}: {reason}")))
+            }
+        }
+    }
 }
 
 /// `POST /v1/governance/views/{name}/reprocess {"from": T, "to": T}`: asks the batch layer to
@@ -131,10 +152,7 @@ pub(crate) async fn reprocess(
         let key = serving.authorize(&request, Scope::Admin)?;
         let asked: ReprocessRequest = parsed("reprocess request", &read_body(body).await?)?;
         let spec = view_spec(&serving, &key.tenant, &name)?;
-        let time = |text: &str, what: &str| {
-            parse_timestamp(text).map_err(|reason| bad(format!("{what}: {reason}")))
-        };
-        let (from, to) = (time(&asked.from, "from")?, time(&asked.to, "to")?);
+        let (from, to) = (asked.from.millis("from")?, asked.to.millis("to")?);
         checked_range(from, to, MAX_REPROCESS_MS)
             .map_err(|reason| bad(format!("from and to: {reason}")))?;
         let manifest = manifest(&serving).await?;

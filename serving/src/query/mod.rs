@@ -5,7 +5,8 @@
 //! horizon (see [`ViewSpec::stored_granularity`]) and because the real-time store is read
 //! *before* the manifest: the speed layer only drops buckets below a horizon that has been
 //! published, so the horizon read afterwards is at or above the one the store reflected,
-//! and the store still held every bucket from it on.
+//! and the store still held every bucket from it on. A query with `logic_version=` reads
+//! batch states alone ([`BatchReading`]): how a staged fix is put beside the live hours.
 //!
 //! - [`params`]: the query string as sent ([`QueryParams`]), and its filter conditions.
 //! - [`parse`]: the parameters checked against the tenant's view ([`Query::parse`]).
@@ -20,6 +21,6 @@ mod rollup;
 mod tests;
 
 pub use params::{Condition, QueryParams};
-pub use parse::{MAX_MEASURES, Query, QueryError, QueryGranularity, QueryMeasure};
+pub use parse::{BatchReading, MAX_MEASURES, Query, QueryError, QueryGranularity, QueryMeasure};
 pub use render::{RenderedHour, RenderedRows, Sources};
 pub use rollup::{Lacking, Projection, RolledHour, Rollup, RowKey};

@@ -27,8 +27,9 @@ pub struct QueryParams {
     /// Measures, comma-separated: `count`, `sum(t)`, `avg(t)`, `min(t)`, `max(t)`, `uniq(f)`,
     /// `pNN(t)` such as `p99(latency_ms)` [default: every measure of the view].
     pub measures: Option<String>,
-    /// Read only the batch states of this logic version, staged for review or live, for the
-    /// hours that have it: how a view's fix is reviewed before it is promoted.
+    /// Read batch states alone, over the whole range: `live` for the hours as they are live,
+    /// or a logic version N for the hours as N has them, staged for review or live (hours
+    /// without N are left out): how a view's fix is reviewed before it is promoted.
     pub logic_version: Option<String>,
 }
 

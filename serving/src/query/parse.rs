@@ -276,9 +276,9 @@ pub enum QueryError {
         /// `serving.max_answer_bytes`.
         max_bytes: usize,
     },
-    /// `logic_version=` that is not a version number.
+    /// `logic_version=` that is neither `live` nor a version number.
     #[error(
-        "logic_version '{given}' is not a version number; GET /v1/governance/views/{view}/versions lists the view's versions"
+        "logic_version '{given}' is neither 'live' nor a version number; GET /v1/governance/views/{view}/versions lists the view's versions"
     )]
     LogicVersion {
         /// The view.
@@ -321,8 +321,28 @@ pub struct Query {
     pub measures: Vec<QueryMeasure>,
     /// The view measures those need, in the order of the merged states' measures.
     pub(super) sources: Vec<Measure>,
-    /// Only the batch states of this logic version ([`QueryParams::logic_version`]).
-    pub logic_version: Option<LogicVersion>,
+    /// Batch states alone, as live or as one logic version has them
+    /// ([`QueryParams::logic_version`]); none for batch before the horizon and real-time after.
+    pub batch_only: Option<BatchReading>,
+}
+
+/// Which batch states a batch-only query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchReading {
+    /// The hours as they are live, whatever their versions.
+    Live,
+    /// The hours as this logic version has them, staged or live.
+    Version(LogicVersion),
+}
+
+impl BatchReading {
+    /// The version to read the hours as; none for live.
+    pub fn version(self) -> Option<LogicVersion> {
+        match self {
+            BatchReading::Live => None,
+            BatchReading::Version(version) => Some(version),
+        }
+    }
 }
 
 impl Query {
@@ -430,12 +450,15 @@ impl Query {
                 sources.push(source);
             }
         }
-        let logic_version = match params.logic_version.as_deref() {
+        let batch_only = match params.logic_version.as_deref() {
             None | Some("") => None,
-            Some(text) => Some(text.parse().map_err(|_| QueryError::LogicVersion {
-                view: view.name.clone(),
-                given: text.to_owned(),
-            })?),
+            Some("live") => Some(BatchReading::Live),
+            Some(text) => Some(BatchReading::Version(text.parse().map_err(|_| {
+                QueryError::LogicVersion {
+                    view: view.name.clone(),
+                    given: text.to_owned(),
+                }
+            })?)),
         };
         Ok(Query {
             view: view.clone(),
@@ -446,7 +469,7 @@ impl Query {
             filter,
             measures,
             sources,
-            logic_version,
+            batch_only,
         })
     }
 

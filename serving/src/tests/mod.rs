@@ -1,5 +1,7 @@
 //! Serving over real embedded stores: roll-ups against the direct computation, tenant
-//! isolation, scopes, and the seed API's shapes.
+//! isolation, scopes, and the seed API's shapes; [`review`]: reviewing a view's fix.
+
+mod review;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
