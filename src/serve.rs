@@ -19,6 +19,8 @@ use tally_ingest::forwarder::{Forwarder, ForwarderMetrics};
 use tally_ingest::{Collector, IngestMetrics};
 use tally_model::{Config, LogKind};
 use tally_serving::raw::RawEvents;
+use tally_serving::search::SearchIndex;
+use tally_serving::search::indexer::SearchIndexer;
 use tally_serving::{Serving, ServingMetrics};
 use tally_speed_layer::{SpeedHandle, SpeedLayer, SpeedMetrics};
 
@@ -124,15 +126,18 @@ pub fn serve(
         )?),
         Mode::Ingest => None,
     };
-    let serving = match (mode.runs_serving(), &speed_views) {
-        (true, Some(speed_views)) => Some(start_serving(
-            &config,
-            (&catalog_handle, &catalog_store),
-            speed_views.clone(),
-            &logs,
-            &mut registry,
-        )?),
-        _ => None,
+    let (serving, search_indexer) = match (mode.runs_serving(), &speed_views) {
+        (true, Some(speed_views)) => {
+            let (serving, indexer) = start_serving(
+                &config,
+                (&catalog_handle, &catalog_store),
+                speed_views.clone(),
+                &logs,
+                &mut registry,
+            )?;
+            (Some(serving), indexer)
+        }
+        _ => (None, None),
     };
     // The speed layer, and the batch views whose published horizons it follows.
     let (speed, horizon_views) = match (mode.runs_speed_layer(), speed_views) {
@@ -274,6 +279,9 @@ pub fn serve(
         std::mem::forget(speed);
         anyhow::bail!(reason);
     }
+    if let Some(indexer) = search_indexer {
+        indexer.stop();
+    }
     if let Some(batch) = batch {
         batch.stop().context("stopping the batch services")?;
     }
@@ -395,28 +403,51 @@ impl LayerLogs<'_> {
     }
 }
 
-/// Serving over the view store, the batch views and the raw events.
+/// Serving over the view store, the batch views and the raw events, and the indexer of its
+/// full-text search index (in `<data_dir>/search`) unless `serving.search_days` is 0.
 fn start_serving(
     config: &Config,
     (catalog, governance): (&CatalogHandle, &CatalogStore),
     speed_views: Arc<dyn ViewStore>,
     logs: &LayerLogs<'_>,
     registry: &mut Registry,
-) -> anyhow::Result<web::Data<Serving>> {
+) -> anyhow::Result<(web::Data<Serving>, Option<SearchIndexer>)> {
     let objects = settings::objects(config)?;
-    Ok(web::Data::new(Serving::new(
+    let events = logs.open(Stream::Events)?;
+    let raw = RawEvents::new(
+        objects.clone(),
+        events.clone(),
+        logs.open(Stream::Rejected)?,
+    );
+    let serving = Serving::new(
         catalog.clone(),
         Some(governance.clone()),
         speed_views,
-        BatchViews::with_cache(objects.clone(), SERVING_CACHE_BYTES),
-        RawEvents::new(
-            objects,
-            logs.open(Stream::Events)?,
-            logs.open(Stream::Rejected)?,
-        ),
+        BatchViews::with_cache(objects, SERVING_CACHE_BYTES),
+        raw.clone(),
         ServingMetrics::register(registry),
         config.serving.clone(),
-    )))
+    );
+    let (serving, indexer) = match (config.serving.search_days, events) {
+        (0, _) | (_, None) => (serving, None),
+        (days, Some(events)) => {
+            let dir = config.data_dir.join("search");
+            let window = i64::from(days).saturating_mul(tally_model::time::DAY_MS);
+            let (index, positions) = SearchIndex::open(&dir, window).with_context(|| {
+                format!("opening the search index in {} (is another tally serve or tally up using this data directory?)", dir.display())
+            })?;
+            let index = Arc::new(index);
+            registry.register(
+                "tally_search_indexed_events",
+                "Events the full-text search index took in since start",
+                index.indexed(),
+            );
+            let indexer = SearchIndexer::start(index.clone(), positions, events, raw)
+                .context("starting the search indexer")?;
+            (serving.with_search(index), Some(indexer))
+        }
+    };
+    Ok((web::Data::new(serving), indexer))
 }
 
 /// The speed layer, from the published batch horizon if there is one, and the batch views it

@@ -8,6 +8,7 @@
 //! alias, refuses an alias another tag owns, rotates a key, counts and lists rejected events
 //! by reason code, and is read-only with a read key. A view changed in the console
 //! (tests/dashboard/views.mjs) is reprocessed for review, compared with live and promoted.
+//! Full-text search (tests/dashboard/search.mjs) finds an event sent seconds earlier.
 //! Each step's screenshot is kept in `test-artifacts/`. The chart library the binary embeds
 //! is checked against its pinned npm package.
 
@@ -208,6 +209,37 @@ fn the_governance_console_changes_tags_and_keys_through_the_api() {
     browser.next("STORED");
     browser.next("REJECTS");
     browser.next("READONLY");
+    browser.finish(&shots);
+}
+
+/// Full-text search in the console finds an event sent seconds earlier by a prefix of one
+/// tag and the value of another, with the matched part marked; a query that is not one is
+/// refused with the API's reason and clears the rows.
+#[test]
+fn the_search_page_finds_an_event_sent_seconds_earlier() {
+    let shots = screenshots("search", &["found", "refused"]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Tally::up(dir.path());
+    run(server.generator().args(["--events", "500", "--seed", "5"]));
+    let body = r#"[{"event_id":"needle-1","event_type":"page_view","user_id":"u-needle","tags":{"url":"/checkout/pay","os_type":"ios"}}]"#;
+    let (status, reply) = crate::support::post_events(&server, body);
+    assert_eq!(status, 202, "{reply}");
+    let url = format!("http://{}/?key={READ_KEY}", server.address);
+    let query = "url:/checkout/p* AND os:ios";
+    let mut browser = BrowserFlow::start("search.mjs", &[&url, query, "needle-1"], &shots);
+    let found = browser.next("FOUND ");
+    let parts: Vec<&str> = found.split(' ').collect();
+    assert_eq!(parts[0], "needle-1", "{found}");
+    assert_eq!(parts[1], "1", "one event matches: {found}");
+    let mut marks: Vec<&str> = parts[2].split('|').collect();
+    marks.sort_unstable();
+    assert_eq!(
+        marks,
+        ["/checkout/p", "ios"],
+        "the prefix and the alias's value are marked"
+    );
+    let refused = browser.next("REFUSED ");
+    assert!(refused.contains("ranges are not supported"), "{refused}");
     browser.finish(&shots);
 }
 

@@ -15,6 +15,7 @@ mod notebooks;
 mod objects;
 mod openapi;
 mod raw_readers;
+mod search;
 mod serving;
 mod speed;
 mod support;

@@ -221,6 +221,7 @@ fn queries_count_each_event_once_while_the_horizon_moves() {
         .block_on(serving.raw().scan(&RawFilter {
             tenant: "demo",
             event_type: None,
+            user_id: None,
             range: base..now + HOUR_MS,
         }))
         .unwrap();

@@ -301,6 +301,10 @@ pub struct ServingConfig {
     /// 400 that says how to narrow it.
     #[serde(default = "default_max_answer_bytes")]
     pub max_answer_bytes: usize,
+    /// Days of raw events the full-text search index keeps (`q=` on `/v1/events/search`); 0
+    /// keeps no index.
+    #[serde(default = "default_search_days")]
+    pub search_days: u32,
 }
 
 /// How often one caller may call: per API key (a write key is shared by every browser of a
@@ -356,6 +360,9 @@ const fn default_auth_failures_per_minute() -> u32 {
 /// 32 MiB: a day by minute of a dozen groups is under 2 MB.
 const fn default_max_answer_bytes() -> usize {
     32 << 20
+}
+const fn default_search_days() -> u32 {
+    7
 }
 const fn default_body_timeout_secs() -> u64 {
     10

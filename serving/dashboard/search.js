@@ -1,5 +1,24 @@
-// The search tab: raw events of a time range, newest first, page by page.
+// The search tab. With a query (q=), the recent events the full-text index keeps that match
+// it, newest first, each with the parts of its fields that matched, marked; without one,
+// every raw event of the range, oldest first, as the seed API gives them. Page by page.
 "use strict";
+
+/** `value` as text, with its `ranges` ([start, end) in UTF-8 bytes) inside <mark>. */
+function marked(value, ranges) {
+  const bytes = new TextEncoder().encode(value);
+  const decode = (from, to) => new TextDecoder().decode(bytes.slice(from, to));
+  const span = document.createElement("span");
+  let at = 0;
+  for (const [start, end] of ranges) {
+    span.append(decode(at, start));
+    const mark = document.createElement("mark");
+    mark.textContent = decode(start, end);
+    span.append(mark);
+    at = end;
+  }
+  span.append(decode(at, bytes.length));
+  return span;
+}
 
 async function search(cursor) {
   const params = new URLSearchParams({
@@ -7,7 +26,10 @@ async function search(cursor) {
     end_time: String(Math.ceil(new Date($("search-to").value).getTime() / 1000) + 60),
     limit: "100",
   });
+  const q = $("search-q").value.trim();
+  if (q) params.set("q", q);
   if ($("search-type").value.trim()) params.set("event_type", $("search-type").value.trim());
+  if ($("search-user").value.trim()) params.set("user_id", $("search-user").value.trim());
   if (cursor) params.set("cursor", cursor);
   try {
     const answer = await api(`/v1/events/search?${params}`);
@@ -18,11 +40,26 @@ async function search(cursor) {
       { value: (e) => e.source },
       { value: (e) => JSON.stringify(e.tags), className: "payload" },
       { value: (e) => e.event_id },
+      { value: () => "" },
     ]);
+    const rows = $("events").tBodies[0].rows;
+    answer.result.forEach((event, i) => {
+      const td = rows[i].cells[6];
+      for (const highlight of event.highlights || []) {
+        const line = document.createElement("div");
+        line.append(`${highlight.field}: `, marked(highlight.value, highlight.ranges));
+        td.append(line);
+      }
+    });
+    $("search-summary").textContent = q
+      ? `${answer.total} matching event(s)${answer.nextCursor ? `, showing ${answer.result.length} per page` : ""}`
+      : `${answer.result.length} event(s) on this page`;
     state.searchCursor = answer.nextCursor;
     $("search-next").disabled = !answer.nextCursor;
     showError("");
   } catch (err) {
+    $("events").tBodies[0].replaceChildren();
+    $("search-summary").textContent = "";
     showError(err.message);
   }
 }

@@ -6,7 +6,8 @@
 //! - [`governance`]: the tag registry, views and keys of a tenant (admin key), suggestions,
 //!   recent rejected events; [`review`]: a view's logic versions, a reprocess staged for
 //!   review and its promotion, as batch jobs the batch scheduler runs.
-//! - [`raw`]: raw events for search, from the archive and the log tail.
+//! - [`raw`]: raw events for search, from the archive and the log tail; [`search`]: the
+//!   full-text index of recent raw events behind `q=`, fed from the log.
 //! - `cache`: what serving keeps between queries, under one typed key.
 //! - the dashboard at `/`: analytics, governance and search pages over the same API.
 //! - [`openapi`]: the OpenAPI document of these routes.
@@ -21,6 +22,7 @@ pub mod openapi;
 pub mod query;
 pub mod raw;
 pub mod review;
+pub mod search;
 mod seed;
 mod telemetry;
 #[cfg(test)]
@@ -49,6 +51,7 @@ use crate::query::{
     RenderedRows, RolledHour, Rollup, Sources,
 };
 use crate::raw::{RawError, RawEvents};
+use crate::search::SearchIndex;
 
 /// Serving's shared state.
 pub struct Serving {
@@ -57,6 +60,7 @@ pub struct Serving {
     speed_views: Arc<dyn ViewStore>,
     batch_views: BatchViews,
     raw: RawEvents,
+    search: Option<Arc<SearchIndex>>,
     metrics: Arc<ServingMetrics>,
     limits: ServingConfig,
     /// Whole batch hours rolled up per query shape, for answers by day or the whole range,
@@ -206,6 +210,7 @@ impl Serving {
             speed_views,
             batch_views,
             raw,
+            search: None,
             metrics,
             limits,
             rolled_hours: Mutex::new(FifoCache::new(ROLLED_HOURS_CACHE_BYTES)),
@@ -218,6 +223,14 @@ impl Serving {
     /// The raw events search reads.
     pub fn raw(&self) -> &RawEvents {
         &self.raw
+    }
+
+    /// The same serving, answering `q=` searches from `index`.
+    pub fn with_search(self, index: Arc<SearchIndex>) -> Serving {
+        Serving {
+            search: Some(index),
+            ..self
+        }
     }
 
     /// Mounts the read routes.

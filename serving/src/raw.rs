@@ -83,6 +83,8 @@ pub struct RawFilter<'a> {
     pub tenant: &'a str,
     /// Only this event type, if given.
     pub event_type: Option<&'a str>,
+    /// Only this user's events, if given.
+    pub user_id: Option<&'a str>,
     /// Event times in this range.
     pub range: Range<Millis>,
 }
@@ -92,6 +94,7 @@ impl RawFilter<'_> {
         event.tenant == self.tenant
             && self.range.contains(&event.ts)
             && self.event_type.is_none_or(|t| t == event.event_type)
+            && self.user_id.is_none_or(|u| u == event.user_id)
     }
 }
 
@@ -262,35 +265,43 @@ impl RawEvents {
         let mut events = Vec::new();
         let mut hour = first_hour;
         while hour < filter.range.end {
-            let prefix = ObjectPath::from(hour_partition(RawStream::Events, hour));
-            let listed: Vec<_> = self
-                .objects
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|source| RawError::Store {
-                    path: prefix.to_string(),
-                    source,
-                })?;
-            for object in listed {
-                let path = object.location.to_string();
-                let store_error = |source| RawError::Store {
-                    path: path.clone(),
-                    source,
-                };
-                let bytes = match self.objects.get(&object.location).await {
-                    Ok(found) => found.bytes().await.map_err(store_error)?,
-                    // Replaced by a redo of its roll between listing and reading.
-                    Err(object_store::Error::NotFound { .. }) => continue,
-                    Err(source) => return Err(store_error(source)),
-                };
-                let decoded = tokio::task::spawn_blocking(move || events_from_parquet(&bytes))
-                    .await
-                    .expect("decoding Parquet does not panic")
-                    .map_err(|source| RawError::Parquet { path, source })?;
-                events.extend(decoded.into_iter().map(|logged| logged.record));
-            }
+            events.extend(self.archived_hour(hour).await?);
             hour = hour.saturating_add(HOUR_MS);
+        }
+        Ok(events)
+    }
+
+    /// Every archived event of the hour starting at `hour`, of every tenant, as archived
+    /// (a resent event may be there twice).
+    pub async fn archived_hour(&self, hour: Millis) -> Result<Vec<Event>, RawError> {
+        let prefix = ObjectPath::from(hour_partition(RawStream::Events, hour));
+        let listed: Vec<_> = self
+            .objects
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|source| RawError::Store {
+                path: prefix.to_string(),
+                source,
+            })?;
+        let mut events = Vec::new();
+        for object in listed {
+            let path = object.location.to_string();
+            let store_error = |source| RawError::Store {
+                path: path.clone(),
+                source,
+            };
+            let bytes = match self.objects.get(&object.location).await {
+                Ok(found) => found.bytes().await.map_err(store_error)?,
+                // Replaced by a redo of its roll between listing and reading.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(source) => return Err(store_error(source)),
+            };
+            let decoded = tokio::task::spawn_blocking(move || events_from_parquet(&bytes))
+                .await
+                .expect("decoding Parquet does not panic")
+                .map_err(|source| RawError::Parquet { path, source })?;
+            events.extend(decoded.into_iter().map(|logged| logged.record));
         }
         Ok(events)
     }

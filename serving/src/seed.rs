@@ -21,6 +21,7 @@ use tally_model::{ApiKey, Event, Measure, Millis, Scope};
 
 use crate::query::QueryParams;
 use crate::raw::RawFilter;
+use crate::search::{MAX_RESULT_WINDOW, SearchError, SearchRequest};
 use crate::{Refusal, Serving, bad};
 
 /// Most events one search page holds.
@@ -43,6 +44,11 @@ pub(crate) struct SeedParams {
     limit: Option<usize>,
     /// `nextCursor` of the previous page (search only).
     cursor: Option<String>,
+    /// Full-text query over the recent events the search index keeps (search only): Lucene
+    /// syntax, e.g. `url:/checkout* AND os_type:ios`; hits come newest first, with highlights.
+    q: Option<String>,
+    /// Only this user's events (search only).
+    user_id: Option<String>,
 }
 
 /// A seed API answer.
@@ -59,6 +65,9 @@ pub(crate) struct SeedAnswer<T> {
     /// Search only: the cursor of the next page, null on the last one.
     #[serde(rename = "nextCursor", skip_serializing_if = "Option::is_none")]
     next_cursor: Option<Option<String>>,
+    /// Search with `q` only: how many events match, on every page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<usize>,
 }
 
 /// A seed API error.
@@ -87,11 +96,12 @@ pub(crate) async fn count(request: HttpRequest, serving: web::Data<Serving>) -> 
         count_events(&serving, &key, params.event_type.as_deref(), start, end).await
     }
     .await;
-    respond(&serving, "events_count", started, result, None)
+    respond(&serving, "events_count", started, result, (None, None))
 }
 
 /// `GET /v1/events/search?event_type=E&start_time=S&end_time=E&limit=L&cursor=C`: raw events
-/// in the range, ordered by time and id, a page at a time.
+/// in the range, ordered by time and id, a page at a time. With `q=`, the events of the
+/// search index that the query admits, newest first, each with its `highlights`.
 #[utoipa::path(get, path = "/v1/events/search", tag = "seed", params(SeedParams),
     responses((status = 200, description = "A page of events", body = SeedAnswer<Vec<Event>>),
         (status = 400, description = "A parameter is missing or wrong", body = SeedError),
@@ -101,6 +111,7 @@ pub(crate) async fn count(request: HttpRequest, serving: web::Data<Serving>) -> 
 pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     let started = Instant::now();
     let mut next_cursor = None;
+    let mut total = None;
     let result = async {
         let (key, params) = checked(&request, &serving)?;
         let (start, end) = range(&params)?;
@@ -108,10 +119,18 @@ pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) ->
         if limit == 0 || limit > MAX_LIMIT {
             return Err(bad(format!("limit must be 1 to {MAX_LIMIT}")));
         }
+        if let Some(q) = params.q.as_deref() {
+            let serving = serving.clone().into_inner();
+            let page = full_text(&serving, &key, &params, q, start..end, limit).await?;
+            next_cursor = page.next_cursor;
+            total = Some(page.total);
+            return Ok(serde_json::to_value(page.hits).expect("hits serialize"));
+        }
         let after = params.cursor.as_deref().map(parse_cursor).transpose()?;
         let filter = RawFilter {
             tenant: &key.tenant,
             event_type: params.event_type.as_deref(),
+            user_id: params.user_id.as_deref(),
             range: start..end,
         };
         let events = serving.raw.scan(&filter).await.map_err(server_error)?;
@@ -129,7 +148,8 @@ pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) ->
             next_cursor = Some(format!("{}:{}", last.ts, last.event_id));
         }
         page.truncate(limit);
-        Ok(page.into_iter().cloned().collect::<Vec<Event>>())
+        let page: Vec<Event> = page.into_iter().cloned().collect();
+        Ok(serde_json::to_value(page).expect("events serialize"))
     }
     .await;
     respond(
@@ -137,8 +157,73 @@ pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) ->
         "events_search",
         started,
         result,
-        Some(next_cursor),
+        (Some(next_cursor), total),
     )
+}
+
+/// A page of full-text hits.
+struct FullTextPage {
+    hits: Vec<crate::search::Hit>,
+    total: usize,
+    next_cursor: Option<String>,
+}
+
+/// A `q=` search of the index; its cursor is `o:<hits to skip>`.
+async fn full_text(
+    serving: &Arc<Serving>,
+    key: &ApiKey,
+    params: &SeedParams,
+    q: &str,
+    range: std::ops::Range<Millis>,
+    limit: usize,
+) -> Result<FullTextPage, Refusal> {
+    let Some(index) = serving.search.clone() else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "full-text search is off in this process (serving.search_days = 0); search without q, or enable it".to_owned(),
+        ));
+    };
+    let offset = match params.cursor.as_deref() {
+        None => 0,
+        Some(cursor) => cursor
+            .strip_prefix("o:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| bad(format!("cursor '{cursor}' is not one this API returned")))?,
+    };
+    if offset.saturating_add(limit) > MAX_RESULT_WINDOW {
+        return Err(bad(format!(
+            "a search pages through at most {MAX_RESULT_WINDOW} hits; narrow q or the time range"
+        )));
+    }
+    let catalog = serving.catalog.current();
+    let (tenant, q) = (key.tenant.clone(), q.to_owned());
+    let (event_type, user_id) = (params.event_type.clone(), params.user_id.clone());
+    let page = tokio::task::spawn_blocking(move || {
+        let registry = &catalog.tenants[&tenant].registry;
+        let canonical = |name: &str| registry.canonical_tag(name).unwrap_or(name).to_owned();
+        let request = SearchRequest {
+            tenant: &tenant,
+            q: &q,
+            event_type: event_type.as_deref(),
+            user_id: user_id.as_deref(),
+            range,
+            offset,
+            limit,
+        };
+        index.search(&request, &canonical)
+    })
+    .await
+    .expect("searching does not panic")
+    .map_err(|error| match error {
+        SearchError::Query(error) => bad(error.to_string()),
+        error => server_error(error),
+    })?;
+    let shown = offset.saturating_add(page.hits.len());
+    Ok(FullTextPage {
+        next_cursor: (shown < page.total).then(|| format!("o:{shown}")),
+        total: page.total,
+        hits: page.hits,
+    })
 }
 
 fn checked(request: &HttpRequest, serving: &Serving) -> Result<(ApiKey, SeedParams), Refusal> {
@@ -188,6 +273,7 @@ async fn count_events(
         let filter = RawFilter {
             tenant: &key.tenant,
             event_type,
+            user_id: None,
             range: start..end,
         };
         let events = serving.raw.scan(&filter).await.map_err(server_error)?;
@@ -228,7 +314,7 @@ fn respond(
     route: &'static str,
     started: Instant,
     result: Result<impl Serialize, Refusal>,
-    next_cursor: Option<Option<String>>,
+    (next_cursor, total): (Option<Option<String>>, Option<usize>),
 ) -> HttpResponse {
     let response = match result {
         Ok(result) => HttpResponse::Ok().json(SeedAnswer {
@@ -236,6 +322,7 @@ fn respond(
             status: "SUCCESS",
             time_stamp: now_millis(),
             next_cursor,
+            total,
         }),
         Err((status, error)) => HttpResponse::build(status).json(SeedError {
             status: "ERROR",

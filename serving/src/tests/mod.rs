@@ -663,6 +663,7 @@ async fn the_seed_api_keeps_its_shapes_and_pages_through_every_event_once() {
 async fn an_answer_over_the_configured_size_is_refused_with_how_to_narrow_it() {
     let rig = Rig::with_limits(ServingConfig {
         max_answer_bytes: 2_000,
+        ..ServingConfig::default()
     })
     .await;
     let app =

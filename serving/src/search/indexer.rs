@@ -1,0 +1,198 @@
+//! Feeds the search index from the event log, on a thread of its own: every partition from
+//! the positions of the index's last commit, committing about once a second (a search finds
+//! an event about a second after it was acknowledged), and dropping events older than the
+//! window once a minute.
+//!
+//! An index with no positions (new, or moved aside as unreadable), or one behind what the log
+//! still holds, is rebuilt first: the archiver's committed log positions are read, then the
+//! archived hours of the window are indexed, then the log from those positions on. Whatever
+//! the archive and the log both hold is indexed twice and replaces itself; nothing between
+//! them is missed, because the archiver commits a position only once its objects are durable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tally_connectors::log::EventLog;
+use tally_model::layout::ARCHIVER_CONSUMER;
+use tally_model::time::{HOUR_MS, now_millis};
+use tally_model::{Event, Granularity};
+
+use super::{Positions, SearchIndex};
+use crate::raw::RawEvents;
+
+/// Records read from a partition at a time.
+const READ_BATCH: usize = 5_000;
+/// How often what was indexed is committed, at most.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// How often events past the window are dropped.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+/// How long the indexer waits when the log has nothing new.
+const IDLE: Duration = Duration::from_millis(100);
+/// How long it waits after a failure before it tries again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The indexer's thread.
+pub struct SearchIndexer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SearchIndexer {
+    /// Starts indexing `log` into `index`, from `positions` (the index's last commit; none to
+    /// rebuild), rebuilding from `raw`'s archive when needed.
+    pub fn start(
+        index: Arc<SearchIndex>,
+        positions: Option<Positions>,
+        log: Arc<dyn EventLog>,
+        raw: RawEvents,
+    ) -> std::io::Result<SearchIndexer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tally-search-index".into())
+            .spawn(move || {
+                let indexer = Indexer { index, log, raw };
+                indexer.run(positions, &stopping);
+            })?;
+        Ok(SearchIndexer { stop, thread })
+    }
+
+    /// Commits what was indexed and stops.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        if self.thread.join().is_err() {
+            tracing::error!("the search indexer panicked");
+        }
+    }
+}
+
+struct Indexer {
+    index: Arc<SearchIndex>,
+    log: Arc<dyn EventLog>,
+    raw: RawEvents,
+}
+
+impl Indexer {
+    fn run(&self, positions: Option<Positions>, stop: &AtomicBool) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime starts");
+        let mut positions = loop {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            let result = match positions.as_ref().filter(|p| !self.behind(p)) {
+                Some(positions) => Ok(positions.clone()),
+                None => self.rebuild(&runtime),
+            };
+            match result {
+                Ok(positions) => break positions,
+                Err(error) => {
+                    tracing::warn!(%error, "rebuilding the search index failed; retrying");
+                    std::thread::sleep(RETRY);
+                }
+            }
+        };
+        let (mut last_commit, mut last_expire) = (Instant::now(), Instant::now());
+        let mut dirty = false;
+        while !stop.load(Ordering::Acquire) {
+            let read = match self.pass(&mut positions) {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::warn!(%error, "indexing the event log failed; retrying");
+                    std::thread::sleep(RETRY);
+                    continue;
+                }
+            };
+            dirty |= read > 0;
+            if last_expire.elapsed() >= EXPIRE_EVERY {
+                last_expire = Instant::now();
+                dirty |= self.index.expire(now_millis()).is_ok();
+            }
+            if dirty && (read == 0 || last_commit.elapsed() >= COMMIT_EVERY) {
+                match self.index.commit(&positions) {
+                    Ok(()) => dirty = false,
+                    Err(error) => tracing::warn!(%error, "committing the search index failed"),
+                }
+                last_commit = Instant::now();
+            }
+            if read == 0 {
+                std::thread::sleep(IDLE);
+            }
+        }
+        if dirty && let Err(error) = self.index.commit(&positions) {
+            tracing::warn!(%error, "the last commit of the search index failed");
+        }
+    }
+
+    /// Indexes one batch of every partition; returns the records read.
+    fn pass(&self, positions: &mut Positions) -> Result<usize, Box<dyn std::error::Error>> {
+        let mut read = 0;
+        for partition in 0..self.log.partitions() {
+            let from = positions.get(&partition).copied().unwrap_or(0);
+            let entries = self.log.read(partition, from, READ_BATCH)?;
+            let Some(last) = entries.last() else {
+                continue;
+            };
+            let next = last.offset.saturating_add(1);
+            let events: Vec<Event> = (entries.iter())
+                .filter_map(|entry| serde_json::from_slice(&entry.payload).ok())
+                .collect();
+            self.index.add(&events, now_millis())?;
+            read += entries.len();
+            positions.insert(partition, next);
+        }
+        Ok(read)
+    }
+
+    /// Whether the log no longer holds records the index has not read.
+    fn behind(&self, positions: &Positions) -> bool {
+        let Ok(stats) = self.log.stats() else {
+            return false;
+        };
+        let behind = (stats.partitions.iter()).any(|partition| {
+            positions.get(&partition.partition).copied().unwrap_or(0) < partition.first_offset
+        });
+        if behind {
+            tracing::warn!(
+                "the event log dropped records the search index had not read; rebuilding it from the archive"
+            );
+        }
+        behind
+    }
+
+    /// Indexes the archived hours of the window afresh; returns the log positions to go on
+    /// from: where the archiver had committed before the archive was read.
+    fn rebuild(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<Positions, Box<dyn std::error::Error>> {
+        let started = Instant::now();
+        let stats = self.log.stats()?;
+        let mut positions = Positions::new();
+        for partition in &stats.partitions {
+            let committed = self.log.committed(ARCHIVER_CONSUMER, partition.partition)?;
+            let from = committed.map_or(partition.first_offset, |c| c.max(partition.first_offset));
+            positions.insert(partition.partition, from);
+        }
+        self.index.clear()?;
+        let now = now_millis();
+        let mut hour = Granularity::Hour.bucket_start(now.saturating_sub(self.index.window_ms()));
+        let mut events = 0;
+        while hour <= now {
+            let archived = runtime.block_on(self.raw.archived_hour(hour))?;
+            events += archived.len();
+            self.index.add(&archived, now)?;
+            hour = hour.saturating_add(HOUR_MS);
+        }
+        self.index.commit(&positions)?;
+        tracing::info!(
+            events,
+            seconds = started.elapsed().as_secs_f64(),
+            "rebuilt the search index from the archive"
+        );
+        Ok(positions)
+    }
+}

@@ -1,0 +1,415 @@
+//! Full-text search over recent raw events (`q=` on `GET /v1/events/search`), for validating
+//! instrumentation: a tantivy index of the last `serving.search_days` of events, on local disk
+//! beside each serving process, fed from the event log by [`indexer`].
+//!
+//! Every event is one document:
+//! - `fields`: one untokenized term per field, `name=value`, for `event_type`, `user_id`,
+//!   `source` and every tag, so `os_type:ios` is an exact term and `url:/checkout*` a range of
+//!   terms ([`query`]);
+//! - `text`: the same words tokenized and lower-cased, for free text (`checkout`);
+//! - `tenant`, `ts` (sorted on, newest first) and `key` (tenant, event id and event hour: an
+//!   event indexed twice, resent or read from both the archive and the log, replaces itself);
+//! - `event`: the event as JSON, what a hit returns.
+//!
+//! The log positions indexed so far are the payload of each commit, so a restart resumes
+//! where the last commit ended; an index that is missing, unreadable or behind the log is
+//! rebuilt from the archive and the log ([`indexer`]).
+
+pub mod indexer;
+pub mod query;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use prometheus_client::metrics::counter::Counter;
+
+use serde::{Deserialize, Serialize};
+use tally_model::time::HOUR_MS;
+use tally_model::{Event, Millis};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
+    TextOptions, Value,
+};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{Index, IndexReader, IndexWriter, Order, TantivyDocument, Term};
+use thiserror::Error;
+
+pub use query::{Highlight, SearchQueryError};
+
+/// The memory tantivy's writer may buffer before it flushes a segment.
+const WRITER_MEMORY_BYTES: usize = 64 << 20;
+/// The furthest a search may page: hits beyond it need a narrower query (Elasticsearch's
+/// `max_result_window` is the same).
+pub const MAX_RESULT_WINDOW: usize = 10_000;
+
+/// Why the index failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SearchError {
+    /// tantivy failed.
+    #[error("search index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    /// The folder could not be made.
+    #[error("search index folder {path}: {source}")]
+    Folder {
+        /// The folder.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A query the index cannot answer: the caller's to fix.
+    #[error(transparent)]
+    Query(#[from] SearchQueryError),
+}
+
+/// How far the index has read each partition of the event log: the next offset to read.
+pub type Positions = BTreeMap<u32, u64>;
+
+/// What each commit records beside the documents.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CommitPayload {
+    positions: Positions,
+}
+
+/// The fields of the schema.
+#[derive(Clone, Copy)]
+struct Fields {
+    tenant: Field,
+    key: Field,
+    fields: Field,
+    text: Field,
+    ts: Field,
+    event: Field,
+}
+
+impl Fields {
+    fn schema() -> (Schema, Fields) {
+        let mut schema = Schema::builder();
+        let exact = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("raw")
+                .set_index_option(IndexRecordOption::Basic),
+        );
+        let words = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("default")
+                .set_index_option(IndexRecordOption::Basic),
+        );
+        let fields = Fields {
+            tenant: schema.add_text_field("tenant", STRING),
+            key: schema.add_text_field("key", STRING),
+            fields: schema.add_text_field("fields", exact),
+            text: schema.add_text_field("text", words),
+            ts: schema.add_i64_field("ts", INDEXED | FAST),
+            event: schema.add_bytes_field("event", STORED),
+        };
+        (schema.build(), fields)
+    }
+}
+
+/// One search: a tenant's events in a time range that a query admits.
+#[derive(Debug, Clone)]
+pub struct SearchRequest<'a> {
+    /// The key's tenant: no other tenant's event is ever a hit.
+    pub tenant: &'a str,
+    /// Lucene-style query text ([`query`]).
+    pub q: &'a str,
+    /// Only this event type.
+    pub event_type: Option<&'a str>,
+    /// Only this user.
+    pub user_id: Option<&'a str>,
+    /// Event times in this range.
+    pub range: std::ops::Range<Millis>,
+    /// Hits to skip, newest first.
+    pub offset: usize,
+    /// Hits to return.
+    pub limit: usize,
+}
+
+/// A hit: the event, and why it matched.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    /// The event as ingest kept it.
+    #[serde(flatten)]
+    pub event: Event,
+    /// The parts of its fields the query matched.
+    pub highlights: Vec<Highlight>,
+}
+
+/// A page of hits, newest first.
+#[derive(Debug, Clone)]
+pub struct SearchPage {
+    /// The hits.
+    pub hits: Vec<Hit>,
+    /// Every hit of the query, on this page or not.
+    pub total: usize,
+}
+
+/// The index, shared by the indexer and the search route.
+pub struct SearchIndex {
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: Fields,
+    window_ms: Millis,
+    indexed: Counter,
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir`, or makes a new one; also the log positions of its last
+    /// commit, none for an index that must be rebuilt. An index that cannot be opened (of
+    /// another schema, or damaged) is moved aside and rebuilt.
+    pub fn open(
+        dir: &Path,
+        window_ms: Millis,
+    ) -> Result<(SearchIndex, Option<Positions>), SearchError> {
+        let folder_error = |source| SearchError::Folder {
+            path: dir.display().to_string(),
+            source,
+        };
+        let (schema, fields) = Fields::schema();
+        let opened = match Index::open_in_dir(dir) {
+            Ok(index) if index.schema() == schema => Some(index),
+            Ok(_) | Err(_) if dir.join("meta.json").exists() => {
+                tracing::warn!(dir = %dir.display(), "the search index is of another schema or damaged; rebuilding it");
+                std::fs::remove_dir_all(dir).map_err(folder_error)?;
+                None
+            }
+            _ => None,
+        };
+        let index = match opened {
+            Some(index) => index,
+            None => {
+                std::fs::create_dir_all(dir).map_err(folder_error)?;
+                Index::create_in_dir(dir, schema)?
+            }
+        };
+        let payload = index.load_metas()?.payload;
+        let positions = payload
+            .and_then(|text| serde_json::from_str::<CommitPayload>(&text).ok())
+            .map(|payload| payload.positions);
+        let reader = index.reader()?;
+        let writer = index.writer(WRITER_MEMORY_BYTES)?;
+        let search = SearchIndex {
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+            window_ms,
+            indexed: Counter::default(),
+        };
+        Ok((search, positions))
+    }
+
+    /// Days of events kept, in ms.
+    pub fn window_ms(&self) -> Millis {
+        self.window_ms
+    }
+
+    /// Events indexed by this process since it started, as a counter to export.
+    pub fn indexed(&self) -> Counter {
+        self.indexed.clone()
+    }
+
+    /// Indexes `events` received by `now`, replacing any earlier copy of each; events older
+    /// than the window are left out.
+    pub fn add<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a Event>,
+        now: Millis,
+    ) -> Result<(), SearchError> {
+        let oldest = now.saturating_sub(self.window_ms);
+        let writer = self.writer.lock().expect("writer lock");
+        let mut added = 0;
+        for event in events.into_iter().filter(|event| event.ts >= oldest) {
+            let key = Term::from_field_text(self.fields.key, &event_key(event));
+            writer.delete_term(key);
+            writer.add_document(self.document(event))?;
+            added += 1;
+        }
+        self.indexed.inc_by(added);
+        Ok(())
+    }
+
+    /// Makes what was added searchable and durable, with the log positions it reached.
+    pub fn commit(&self, positions: &Positions) -> Result<(), SearchError> {
+        let payload = serde_json::to_string(&CommitPayload {
+            positions: positions.clone(),
+        })
+        .expect("positions serialize");
+        let mut writer = self.writer.lock().expect("writer lock");
+        let mut commit = writer.prepare_commit()?;
+        commit.set_payload(&payload);
+        commit.commit()?;
+        drop(writer);
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Deletes every document, for a rebuild.
+    pub fn clear(&self) -> Result<(), SearchError> {
+        self.writer
+            .lock()
+            .expect("writer lock")
+            .delete_all_documents()?;
+        Ok(())
+    }
+
+    /// Deletes the events older than the window at `now` (at the next commit).
+    pub fn expire(&self, now: Millis) -> Result<(), SearchError> {
+        let oldest = now.saturating_sub(self.window_ms);
+        let older = RangeQuery::new(
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Excluded(Term::from_field_i64(self.fields.ts, oldest)),
+        );
+        self.writer
+            .lock()
+            .expect("writer lock")
+            .delete_query(Box::new(older))?;
+        Ok(())
+    }
+
+    /// The page of hits `request` asks for, newest first, with their highlights.
+    pub fn search(
+        &self,
+        request: &SearchRequest<'_>,
+        canonical: &dyn Fn(&str) -> String,
+    ) -> Result<SearchPage, SearchError> {
+        let parsed = query::parse(request.q, self.fields.fields, self.fields.text, canonical)?;
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
+            (Occur::Must, parsed.query.box_clone()),
+            (Occur::Must, term(self.fields.tenant, request.tenant)),
+            (
+                Occur::Must,
+                Box::new(RangeQuery::new(
+                    std::ops::Bound::Included(Term::from_field_i64(
+                        self.fields.ts,
+                        request.range.start,
+                    )),
+                    std::ops::Bound::Excluded(Term::from_field_i64(
+                        self.fields.ts,
+                        request.range.end,
+                    )),
+                )),
+            ),
+        ];
+        for (name, value) in [
+            ("event_type", request.event_type),
+            ("user_id", request.user_id),
+        ] {
+            if let Some(value) = value {
+                clauses.push((
+                    Occur::Must,
+                    term(self.fields.fields, &field_term(name, value)),
+                ));
+            }
+        }
+        let whole = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let top = TopDocs::with_limit(request.limit.max(1))
+            .and_offset(request.offset)
+            .order_by_fast_field::<i64>("ts", Order::Desc);
+        let (total, found) = searcher.search(&whole, &(Count, top))?;
+        let snippets = SnippetGenerator::create(&searcher, &*parsed.query, self.fields.text)?;
+        let mut hits = Vec::with_capacity(found.len());
+        for (_, address) in found {
+            let document: TantivyDocument = searcher.doc(address)?;
+            let Some(bytes) = document
+                .get_first(self.fields.event)
+                .and_then(|v| v.as_bytes())
+            else {
+                continue;
+            };
+            let Ok(event) = serde_json::from_slice::<Event>(bytes) else {
+                continue;
+            };
+            let mut highlights = parsed.highlights(&event);
+            let snippet = snippets.snippet(&event_text(&event));
+            if !snippet.highlighted().is_empty() {
+                let start = snippet.fragment_range().start;
+                highlights.push(Highlight {
+                    field: "text".to_owned(),
+                    value: snippet.fragment().to_owned(),
+                    ranges: (snippet.highlighted().iter())
+                        .map(|range| {
+                            [
+                                range.start.saturating_sub(start),
+                                range.end.saturating_sub(start),
+                            ]
+                        })
+                        .collect(),
+                });
+            }
+            hits.push(Hit { event, highlights });
+        }
+        Ok(SearchPage { hits, total })
+    }
+
+    fn document(&self, event: &Event) -> TantivyDocument {
+        let mut document = TantivyDocument::default();
+        document.add_text(self.fields.tenant, &event.tenant);
+        document.add_text(self.fields.key, event_key(event));
+        for (name, value) in event_fields(event) {
+            document.add_text(self.fields.fields, field_term(name, &value));
+        }
+        document.add_text(self.fields.text, event_text(event));
+        document.add_i64(self.fields.ts, event.ts);
+        let json = serde_json::to_vec(event).expect("an event serializes");
+        document.add_bytes(self.fields.event, &json);
+        document
+    }
+}
+
+/// What makes an event the same event: its tenant, id and hour, as both layers dedupe.
+fn event_key(event: &Event) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{}",
+        event.tenant,
+        event.event_id,
+        event.ts.div_euclid(HOUR_MS)
+    )
+}
+
+/// Every searchable field of an event with its value as text.
+fn event_fields(event: &Event) -> impl Iterator<Item = (&str, String)> + '_ {
+    [
+        ("event_type", event.event_type.clone()),
+        ("user_id", event.user_id.clone()),
+        ("source", event.source.clone()),
+    ]
+    .into_iter()
+    .chain(
+        event
+            .tags
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_string())),
+    )
+}
+
+/// The term of `name=value` in the `fields` field.
+fn field_term(name: &str, value: &str) -> String {
+    format!("{name}={value}")
+}
+
+/// The words of an event free text searches: each field as `name=value`, space-separated.
+fn event_text(event: &Event) -> String {
+    let mut text = String::new();
+    for (name, value) in event_fields(event) {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(&field_term(name, &value));
+    }
+    text
+}
+
+fn term(field: Field, text: &str) -> Box<dyn Query> {
+    Box::new(TermQuery::new(
+        Term::from_field_text(field, text),
+        IndexRecordOption::Basic,
+    ))
+}
+
+#[cfg(test)]
+mod tests;
