@@ -1,11 +1,12 @@
 //! `tally-bench`: the benchmarks behind every figure in docs/performance.md, each a
-//! subcommand: `ingest`, `speed`, `batch`, `query`, `kafka`.
+//! subcommand: `ingest`, `speed`, `batch`, `query`, `kafka`, `trackers`, `search`.
 
 mod batch;
 mod common;
 mod ingest;
 mod kafka;
 mod query;
+mod search;
 mod speed;
 mod trackers;
 
@@ -40,6 +41,8 @@ enum BenchCommand {
     Kafka(kafka::KafkaBenchArgs),
     /// Segment's /v1/batch beside Tally's /v1/events, on one collector in one run.
     Trackers(trackers::TrackersBenchArgs),
+    /// The full-text search index: its rate beside ingest, its size, and query latency.
+    Search(search::SearchBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         BenchCommand::Query(args) => query::run(args),
         BenchCommand::Kafka(args) => kafka::run(args),
         BenchCommand::Trackers(args) => trackers::run(args),
+        BenchCommand::Search(args) => search::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,12 @@ const NOW: Millis = 1_795_305_600_000;
 fn event(id: usize, tenant: &str, url: &str, os: &str) -> Event {
     Event {
         event_id: format!("e{id}"),
-        event_type: if id.is_multiple_of(2) { "page_view" } else { "click" }.to_owned(),
+        event_type: if id.is_multiple_of(2) {
+            "page_view"
+        } else {
+            "click"
+        }
+        .to_owned(),
         ts: NOW - (id as Millis) * 60_000,
         tenant: tenant.to_owned(),
         user_id: format!("u{}", id % 3),
