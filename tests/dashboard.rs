@@ -150,12 +150,20 @@ fn the_dashboard_shows_new_events_filters_them_and_never_shows_stale_numbers() {
 /// The governance console, changing the registry and the keys through the governance API:
 /// a tag with an alias saved in the page makes an event that uses the alias accepted; an
 /// alias another tag owns is refused with the API's reason; a rotated key's new secret is
-/// shown once and works at once, the old one through its grace; a read key sees no form.
+/// shown once and works at once, the old one through its grace; the tag's publishers are
+/// counted from the events sent; a read key sees no form.
 #[test]
 fn the_governance_console_changes_tags_and_keys_through_the_api() {
     let shots = screenshots(
         "governance",
-        &["tag", "refused", "rotated", "rejects", "read-only"],
+        &[
+            "tag",
+            "refused",
+            "rotated",
+            "rejects",
+            "publishers",
+            "read-only",
+        ],
     );
     let dir = tempfile::tempdir().unwrap();
     let server = Tally::up(dir.path());
@@ -208,6 +216,8 @@ fn the_governance_console_changes_tags_and_keys_through_the_api() {
     browser.go_on();
     browser.next("STORED");
     browser.next("REJECTS");
+    // console-1 to -3 carried the tag by its alias, all from the demo write key's source.
+    assert_eq!(browser.next("PUBLISHERS "), "demo-web 3");
     browser.next("READONLY");
     browser.finish(&shots);
 }

@@ -648,11 +648,11 @@ fn seed_cases() -> Vec<Case> {
             400,
             "is not a query",
         ),
-        seed("search", "start_time=0&end_time=3600&q=latency_ms:[0%20TO%209]").expect(
-            "a range in q",
-            400,
-            "ranges are not supported",
-        ),
+        seed(
+            "search",
+            "start_time=0&end_time=3600&q=latency_ms:[0%20TO%209]",
+        )
+        .expect("a range in q", 400, "ranges are not supported"),
         seed("search", "start_time=0&end_time=3600&q=url:/a.*b/").expect(
             "a regular expression in q",
             400,
@@ -667,25 +667,28 @@ fn seed_cases() -> Vec<Case> {
             "search",
             &format!(
                 "start_time=0&end_time=3600&q={}",
-                (0..65).map(|i| format!("w{i}")).collect::<Vec<_>>().join("%20OR%20")
+                (0..65)
+                    .map(|i| format!("w{i}"))
+                    .collect::<Vec<_>>()
+                    .join("%20OR%20")
             ),
         )
         .expect("65 terms", 400, "q is too large"),
-        seed("search", "start_time=0&end_time=3600&q=*&cursor=o:9990&limit=100").expect(
-            "paging past 10,000 hits",
-            400,
-            "at most 10000 hits",
-        ),
+        seed(
+            "search",
+            "start_time=0&end_time=3600&q=*&cursor=o:9990&limit=100",
+        )
+        .expect("paging past 10,000 hits", 400, "at most 10000 hits"),
         seed("search", "start_time=0&end_time=3600&q=*&cursor=o:-1").expect(
             "a forged search cursor",
             400,
             "cursor 'o:-1'",
         ),
-        seed("search", "start_time=0&end_time=3600&q=os:ios%20AND%20url:/a*").expect(
-            "a full-text search",
-            200,
-            "\"total\":0",
-        ),
+        seed(
+            "search",
+            "start_time=0&end_time=3600&q=os:ios%20AND%20url:/a*",
+        )
+        .expect("a full-text search", 200, "\"total\":0"),
         seed("count", "start_time=0&end_time=3600").expect("a count", 200, "SUCCESS"),
     ]
 }

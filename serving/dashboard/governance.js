@@ -51,6 +51,11 @@ async function loadGovernance() {
       [name, spec.type, spec.aliases.join(", ")],
       [["Edit", () => editTag(name, spec)], ["Delete", () => governed(() => change("DELETE", `/v1/governance/tags/${encodeURIComponent(name)}`))]],
     ]));
+    // Who publishes a tag is for every key to see.
+    for (const row of $("tags").tBodies[0].rows) {
+      const tag = row.cells[0].textContent;
+      addButtons(row.cells[row.cells.length - 1], [["Publishers", () => showPublishers(tag)]]);
+    }
     fillWithActions("event-types", Object.entries(registry.event_types).map(([name, spec]) => [
       [name, (spec.aliases || []).join(", "), spec.required.join(", "), spec.optional.join(", "), spec.retention_days],
       [["Edit", () => editEventType(name, spec)], ["Delete", () => governed(() => change("DELETE", `/v1/governance/event-types/${encodeURIComponent(name)}`))]],
@@ -92,6 +97,23 @@ async function loadRejected() {
       { value: (r) => r.reasons.join("; ") },
       { value: (r) => r.payload, className: "payload" },
     ]);
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
+/** Which sources published `tag` in the last 24 hours, and how often. */
+async function showPublishers(tag) {
+  try {
+    const answer = await api(`/v1/governance/tags/${encodeURIComponent(tag)}/publishers?hours=24`);
+    $("publishers").hidden = false;
+    $("publishers-tag").textContent = answer.tag;
+    fill("publishers-table", answer.sources, [
+      { value: (s) => s.source },
+      { value: (s) => s.events },
+      { value: (s) => s.last_seen || "—" },
+    ]);
+    showError("");
   } catch (err) {
     showError(err.message);
   }

@@ -5,7 +5,8 @@
 //! - [`seed`]: the seed dashboards' API, `GET /v1/events/count` and `GET /v1/events/search`.
 //! - [`governance`]: the tag registry, views and keys of a tenant (admin key), suggestions,
 //!   recent rejected events; [`review`]: a view's logic versions, a reprocess staged for
-//!   review and its promotion, as batch jobs the batch scheduler runs.
+//!   review and its promotion, as batch jobs the batch scheduler runs; `publishers`: which
+//!   sources publish a tag, from the search index.
 //! - [`raw`]: raw events for search, from the archive and the log tail; [`search`]: the
 //!   full-text index of recent raw events behind `q=`, fed from the log.
 //! - `cache`: what serving keeps between queries, under one typed key.
@@ -19,6 +20,7 @@ mod cache;
 mod dashboard;
 pub mod governance;
 pub mod openapi;
+mod publishers;
 pub mod query;
 pub mod raw;
 pub mod review;
@@ -243,6 +245,10 @@ impl Serving {
                 .route("/v1/events/search", web::get().to(seed::search))
                 .configure(governance::routes)
                 .configure(review::routes)
+                .route(
+                    "/v1/governance/tags/{name}/publishers",
+                    web::get().to(publishers::publishers),
+                )
                 .configure(dashboard::routes);
         }
     }

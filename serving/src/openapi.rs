@@ -34,6 +34,7 @@ pub const SECURITY_SCHEME: &str = "api_key";
         crate::governance::post_key,
         crate::governance::delete_key,
         crate::governance::rotate_key,
+        crate::publishers::publishers,
         crate::review::versions,
         crate::review::reprocess,
         crate::review::promote,

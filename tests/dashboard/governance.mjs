@@ -9,7 +9,8 @@
 // 3. the demo write key rotated: the new secret shown once, "SECRET <secret>", then gone
 //    from the page once the user says it is stored: "STORED";
 // 4. the rejected events: counted per hour by reason code, and listed by code: "REJECTS";
-// 5. with a read key: the page is read-only, its forms hidden: "READONLY".
+// 5. who publishes `plan`, from the last hours' events: "PUBLISHERS <source> <events>";
+// 6. with a read key: the page is read-only, its forms hidden: "READONLY".
 // Each step saves a screenshot, governance-<step>.png, in the folder given.
 // Usage: node governance.mjs <dashboard url with the admin key> <read key> <screenshot folder>
 import { createInterface } from "node:readline";
@@ -92,12 +93,29 @@ try {
   await shot("rejects");
   console.log("REJECTS");
 
-  // 5. A read key sees the registry, and no form to change it.
+  // 5. Who publishes the tag: the events sent with its alias, once the index has them.
+  const plan = page.locator("#tags tbody tr", { hasText: "plan_name" });
+  const deadline = Date.now() + 15000;
+  let publisher = null;
+  while (!publisher) {
+    await plan.getByRole("button", { name: "Publishers" }).click();
+    await page.waitForFunction(() => document.getElementById("publishers-tag").textContent === "plan");
+    publisher = await page.$$eval("#publishers-table tbody tr", (rows) => rows
+      .map((row) => [...row.cells].map((c) => c.textContent))
+      .find((cells) => Number(cells[1]) >= 3));
+    if (!publisher && Date.now() > deadline) fail("no source publishes plan");
+    if (!publisher) await page.waitForTimeout(250);
+  }
+  await shot("publishers");
+  console.log(`PUBLISHERS ${publisher[0]} ${publisher[1]}`);
+
+  // 6. A read key sees the registry, and no form to change it.
   await page.fill("#key", readKey);
   await page.dispatchEvent("#key", "change");
   await page.waitForFunction(() => !document.getElementById("read-only").hidden, null, { timeout: 15000 });
   if (await page.isVisible("#tag-form")) fail("a read key sees the forms");
   if (await page.locator("#keys tbody button").count()) fail("a read key sees key buttons");
+  if (!(await page.locator("#tags tbody button", { hasText: "Publishers" }).count())) fail("a read key cannot see publishers");
   await shot("read-only");
   console.log("READONLY");
 } finally {

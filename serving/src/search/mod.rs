@@ -139,6 +139,17 @@ pub struct Hit {
     pub highlights: Vec<Highlight>,
 }
 
+/// How often one source published a field.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Publisher {
+    /// The source (API key name).
+    pub source: String,
+    /// Its events in the range that carry the field.
+    pub events: usize,
+    /// The event time of the newest of them (ms, UTC).
+    pub last_seen: Option<Millis>,
+}
+
 /// A page of hits, newest first.
 #[derive(Debug, Clone)]
 pub struct SearchPage {
@@ -280,19 +291,7 @@ impl SearchIndex {
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
             (Occur::Must, parsed.query.box_clone()),
             (Occur::Must, term(self.fields.tenant, request.tenant)),
-            (
-                Occur::Must,
-                Box::new(RangeQuery::new(
-                    std::ops::Bound::Included(Term::from_field_i64(
-                        self.fields.ts,
-                        request.range.start,
-                    )),
-                    std::ops::Bound::Excluded(Term::from_field_i64(
-                        self.fields.ts,
-                        request.range.end,
-                    )),
-                )),
-            ),
+            (Occur::Must, self.time_range(&request.range)),
         ];
         for (name, value) in [
             ("event_type", request.event_type),
@@ -344,6 +343,49 @@ impl SearchIndex {
             hits.push(Hit { event, highlights });
         }
         Ok(SearchPage { hits, total })
+    }
+
+    /// For each of `sources`, how many of the tenant's events in `range` it published with
+    /// the field `field`, and when the newest was: one count and one top-1 per source.
+    pub fn publishers(
+        &self,
+        tenant: &str,
+        field: &str,
+        sources: &[String],
+        range: std::ops::Range<Millis>,
+    ) -> Result<Vec<Publisher>, SearchError> {
+        let searcher = self.reader.searcher();
+        let mut publishers = Vec::new();
+        for source in sources {
+            let query = BooleanQuery::new(vec![
+                (
+                    Occur::Must,
+                    prefix_query(self.fields.fields, &field_term(field, "")),
+                ),
+                (Occur::Must, term(self.fields.tenant, tenant)),
+                (
+                    Occur::Must,
+                    term(self.fields.fields, &field_term("source", source)),
+                ),
+                (Occur::Must, self.time_range(&range)),
+            ]);
+            let newest = TopDocs::with_limit(1).order_by_fast_field::<i64>("ts", Order::Desc);
+            let (events, newest) = searcher.search(&query, &(Count, newest))?;
+            publishers.push(Publisher {
+                source: source.clone(),
+                events,
+                last_seen: newest.first().and_then(|(ts, _)| *ts),
+            });
+        }
+        Ok(publishers)
+    }
+
+    /// Events whose time is in `range`.
+    fn time_range(&self, range: &std::ops::Range<Millis>) -> Box<dyn Query> {
+        Box::new(RangeQuery::new(
+            std::ops::Bound::Included(Term::from_field_i64(self.fields.ts, range.start)),
+            std::ops::Bound::Excluded(Term::from_field_i64(self.fields.ts, range.end)),
+        ))
     }
 
     fn document(&self, event: &Event) -> TantivyDocument {
@@ -402,6 +444,16 @@ fn event_text(event: &Event) -> String {
         text.push_str(&field_term(name, &value));
     }
     text
+}
+
+/// Every term of `field` that starts with `prefix`: a range of the term dictionary.
+fn prefix_query(field: Field, prefix: &str) -> Box<dyn Query> {
+    let mut upper = prefix.to_owned();
+    upper.push(char::MAX);
+    Box::new(RangeQuery::new(
+        std::ops::Bound::Included(Term::from_field_text(field, prefix)),
+        std::ops::Bound::Excluded(Term::from_field_text(field, &upper)),
+    ))
 }
 
 fn term(field: Field, text: &str) -> Box<dyn Query> {

@@ -15,14 +15,14 @@
 use serde::Serialize;
 use tally_model::Event;
 use tantivy::Term;
-use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, TermQuery};
 use tantivy::query_grammar::{
     Delimiter, UserInputAst, UserInputLeaf, UserInputLiteral, parse_query,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use thiserror::Error;
 
-use super::{event_fields, field_term};
+use super::{event_fields, field_term, prefix_query};
 
 /// The longest query text.
 pub const MAX_QUERY_BYTES: usize = 2_000;
@@ -164,7 +164,7 @@ impl Translator<'_> {
                 let field = (self.canonical)(&field);
                 self.matches
                     .push(FieldMatch::Prefix(field.clone(), String::new()));
-                Ok(self.prefix(self.fields, &field_term(&field, "")))
+                Ok(prefix_query(self.fields, &field_term(&field, "")))
             }
             UserInputLeaf::Set { field, elements } => {
                 let Some(field) = field else {
@@ -214,7 +214,7 @@ impl Translator<'_> {
             Some(field) => {
                 let field = (self.canonical)(&field);
                 if literal.prefix {
-                    let query = self.prefix(self.fields, &field_term(&field, &literal.phrase));
+                    let query = prefix_query(self.fields, &field_term(&field, &literal.phrase));
                     self.matches.push(FieldMatch::Prefix(field, literal.phrase));
                     return Ok(query);
                 }
@@ -232,7 +232,7 @@ impl Translator<'_> {
                 let all: Vec<(Occur, Box<dyn Query>)> = (words.iter().enumerate())
                     .map(|(i, word)| {
                         let query: Box<dyn Query> = if literal.prefix && i == last {
-                            self.prefix(self.text, word)
+                            prefix_query(self.text, word)
                         } else {
                             Box::new(TermQuery::new(
                                 Term::from_field_text(self.text, word),
@@ -258,15 +258,5 @@ impl Translator<'_> {
         self.matches
             .push(FieldMatch::Exact(field.to_owned(), value));
         query
-    }
-
-    /// Every term of `field` that starts with `prefix`.
-    fn prefix(&self, field: Field, prefix: &str) -> Box<dyn Query> {
-        let mut upper = prefix.to_owned();
-        upper.push(char::MAX);
-        Box::new(RangeQuery::new(
-            std::ops::Bound::Included(Term::from_field_text(field, prefix)),
-            std::ops::Bound::Excluded(Term::from_field_text(field, &upper)),
-        ))
     }
 }

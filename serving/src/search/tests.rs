@@ -266,3 +266,32 @@ fn mistakes_and_costly_queries_are_refused_with_what_to_write() {
         "{error}"
     );
 }
+
+#[test]
+fn publishers_count_each_sources_events_that_carry_a_tag() {
+    let (_dir, index) = opened();
+    let mut app = event(100, "t", "/app", "ios");
+    app.source = "app".into();
+    app.tags.remove("url");
+    let mut newest = event(101, "t", "/app/home", "ios");
+    newest.source = "app".into();
+    newest.ts = NOW;
+    index.add([&app, &newest], NOW).unwrap();
+    index.commit(&Positions::new()).unwrap();
+    let sources = ["app".to_owned(), "web".to_owned(), "none".to_owned()];
+    let found = index
+        .publishers("t", "url", &sources, NOW - 24 * HOUR_MS..NOW + 1)
+        .unwrap();
+    let web = expected(|_| true).len();
+    let counts: Vec<(&str, usize, Option<Millis>)> = (found.iter())
+        .map(|p| (p.source.as_str(), p.events, p.last_seen))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("app", 1, Some(NOW)),
+            ("web", web, Some(NOW)),
+            ("none", 0, None)
+        ]
+    );
+}
