@@ -7,18 +7,13 @@
 // 4. a filter the view cannot answer: the error shows and nothing stale stays, "CLEARED".
 // Each step saves a screenshot, dashboard-<step>.png, in the folder given.
 // Usage: node check.mjs <dashboard url> <screenshot folder>
-import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { fail, launch, openPage, testLines } from "./browser.mjs";
 
 const [url, folder] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.TALLY_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
-});
-const fail = (message) => { throw new Error(message); };
+const browser = await launch();
+const lines = testLines();
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on("pageerror", (err) => console.error(`page error: ${err.message}`));
+  const page = await openPage(browser, 900);
   await page.goto(url);
   const total = async () => Number(await page.getAttribute("#total", "data-value"));
   const shot = (step) => page.screenshot({ path: `${folder}/dashboard-${step}.png`, fullPage: true });
@@ -31,7 +26,7 @@ try {
   await shot("empty");
   const before = await total();
   console.log(`READY ${before}`);
-  await new Promise((resolve) => createInterface({ input: process.stdin }).once("line", resolve));
+  await lines.next();
 
   // 2. Events arrive.
   await page.waitForFunction((seen) => Number(document.getElementById("total").dataset.value) > seen, before, { timeout: 30000 });
@@ -74,5 +69,6 @@ try {
   await shot("error");
   console.log("CLEARED");
 } finally {
+  lines.close();
   await browser.close();
 }

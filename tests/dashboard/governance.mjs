@@ -13,21 +13,13 @@
 // 6. with a read key: the page is read-only, its forms hidden: "READONLY".
 // Each step saves a screenshot, governance-<step>.png, in the folder given.
 // Usage: node governance.mjs <dashboard url with the admin key> <read key> <screenshot folder>
-import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { fail, launch, openPage, testLines } from "./browser.mjs";
 
 const [url, readKey, folder] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.TALLY_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
-});
-const fail = (message) => { throw new Error(message); };
-const lines = createInterface({ input: process.stdin });
-const input = lines[Symbol.asyncIterator]();
+const browser = await launch();
+const input = testLines();
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1100 } });
-  page.on("pageerror", (err) => console.error(`page error: ${err.message}`));
-  page.on("dialog", (dialog) => dialog.accept());
+  const page = await openPage(browser, 1100);
   const shot = (step) => page.screenshot({ path: `${folder}/governance-${step}.png`, fullPage: true });
   const saved = (text) => page.waitForFunction(
     (expected) => document.getElementById("governance-message").textContent.includes(expected), text, { timeout: 15000 });
@@ -119,6 +111,6 @@ try {
   await shot("read-only");
   console.log("READONLY");
 } finally {
-  lines.close();
+  input.close();
   await browser.close();
 }

@@ -5,17 +5,12 @@
 // shows the API's reason and no stale rows: "REFUSED <reason>". Screenshots search-found.png
 // and search-refused.png go in the folder given.
 // Usage: node search.mjs <dashboard url with a read key> <query> <event id> <screenshot folder>
-import { chromium } from "playwright-core";
+import { fail, launch, openPage } from "./browser.mjs";
 
 const [url, query, eventId, folder] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.TALLY_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
-});
-const fail = (message) => { throw new Error(message); };
+const browser = await launch();
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on("pageerror", (err) => console.error(`page error: ${err.message}`));
+  const page = await openPage(browser, 900);
   await page.goto(url);
   await page.click("nav button[data-tab=search]");
   await page.fill("#search-q", query);

@@ -10,21 +10,13 @@
 // 4. promoted: the new version's hours are live: "PROMOTED <live hours of the version>".
 // Each step saves a screenshot, views-<step>.png, in the folder given.
 // Usage: node views.mjs <dashboard url with the admin key> <screenshot folder>
-import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { fail, launch, openPage, testLines } from "./browser.mjs";
 
 const [url, folder] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.TALLY_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
-});
-const fail = (message) => { throw new Error(message); };
-const lines = createInterface({ input: process.stdin });
-const input = lines[Symbol.asyncIterator]();
+const browser = await launch();
+const input = testLines();
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 1400 } });
-  page.on("pageerror", (err) => console.error(`page error: ${err.message}`));
-  page.on("dialog", (dialog) => dialog.accept());
+  const page = await openPage(browser, 1400);
   const shot = (step) => page.screenshot({ path: `${folder}/views-${step}.png`, fullPage: true });
   const jobEnded = async () => {
     await page.waitForSelector("#job-line[data-state=done], #job-line[data-state=failed]", { timeout: 120000 });
@@ -80,5 +72,5 @@ try {
   console.log(`PROMOTED ${liveHours}`);
 } finally {
   await browser.close();
-  lines.close();
+  input.close();
 }
