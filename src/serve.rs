@@ -442,8 +442,9 @@ fn start_serving(
                 "Events the full-text search index took in since start",
                 index.indexed(),
             );
-            let indexer = SearchIndexer::start(index.clone(), positions, events, raw)
-                .context("starting the search indexer")?;
+            let indexer =
+                SearchIndexer::start(index.clone(), positions, (events, raw), catalog.clone())
+                    .context("starting the search indexer")?;
             (serving.with_search(index), Some(indexer))
         }
     };

@@ -1,7 +1,7 @@
 //! Feeds the search index from the event log, on a thread of its own: every partition from
 //! the positions of the index's last commit, committing about once a second (a search finds
-//! an event about a second after it was acknowledged), and dropping events older than the
-//! window once a minute.
+//! an event about a second after it was acknowledged), and dropping events past the window or
+//! their event type's retention at start and once a minute.
 //!
 //! An index with no positions (new, or moved aside as unreadable), or one behind what the log
 //! still holds, is rebuilt first: the archiver's committed log positions are read, then the
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::EventLog;
 use tally_model::layout::ARCHIVER_CONSUMER;
 use tally_model::time::{HOUR_MS, now_millis};
@@ -44,15 +45,20 @@ impl SearchIndexer {
     pub fn start(
         index: Arc<SearchIndex>,
         positions: Option<Positions>,
-        log: Arc<dyn EventLog>,
-        raw: RawEvents,
+        (log, raw): (Arc<dyn EventLog>, RawEvents),
+        catalog: CatalogHandle,
     ) -> std::io::Result<SearchIndexer> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
             .name("tally-search-index".into())
             .spawn(move || {
-                let indexer = Indexer { index, log, raw };
+                let indexer = Indexer {
+                    index,
+                    log,
+                    raw,
+                    catalog,
+                };
                 indexer.run(positions, &stopping);
             })?;
         Ok(SearchIndexer { stop, thread })
@@ -71,6 +77,7 @@ struct Indexer {
     index: Arc<SearchIndex>,
     log: Arc<dyn EventLog>,
     raw: RawEvents,
+    catalog: CatalogHandle,
 }
 
 impl Indexer {
@@ -95,7 +102,9 @@ impl Indexer {
                 }
             }
         };
-        let (mut last_commit, mut last_expire) = (Instant::now(), Instant::now());
+        let mut last_commit = Instant::now();
+        // Expired at once: the window or a retention may have passed while it was down.
+        let mut last_expire: Option<Instant> = None;
         let mut dirty = false;
         while !stop.load(Ordering::Acquire) {
             let read = match self.pass(&mut positions) {
@@ -107,9 +116,14 @@ impl Indexer {
                 }
             };
             dirty |= read > 0;
-            if last_expire.elapsed() >= EXPIRE_EVERY {
-                last_expire = Instant::now();
-                dirty |= self.index.expire(now_millis()).is_ok();
+            if last_expire.is_none_or(|at| at.elapsed() >= EXPIRE_EVERY) {
+                last_expire = Some(Instant::now());
+                match self.index.expire(now_millis(), &self.catalog.current()) {
+                    Ok(()) => dirty = true,
+                    Err(error) => {
+                        tracing::warn!(%error, "expiring old events from the search index failed")
+                    }
+                }
             }
             if dirty && (read == 0 || last_commit.elapsed() >= COMMIT_EVERY) {
                 match self.index.commit(&positions) {

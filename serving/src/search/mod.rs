@@ -11,6 +11,8 @@
 //!   event indexed twice, resent or read from both the archive and the log, replaces itself);
 //! - `event`: the event as JSON, what a hit returns.
 //!
+//! Events leave with the window, or sooner with their event type's raw retention.
+//!
 //! The log positions indexed so far are the payload of each commit, so a restart resumes
 //! where the last commit ended; an index that is missing, unreadable or behind the log is
 //! rebuilt from the archive and the log ([`indexer`]).
@@ -25,8 +27,8 @@ use std::sync::Mutex;
 use prometheus_client::metrics::counter::Counter;
 
 use serde::{Deserialize, Serialize};
-use tally_model::time::HOUR_MS;
-use tally_model::{Event, Millis};
+use tally_model::time::{DAY_MS, HOUR_MS};
+use tally_model::{Catalog, Event, Millis};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
@@ -267,17 +269,34 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// Deletes the events older than the window at `now` (at the next commit).
-    pub fn expire(&self, now: Millis) -> Result<(), SearchError> {
-        let oldest = now.saturating_sub(self.window_ms);
-        let older = RangeQuery::new(
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Excluded(Term::from_field_i64(self.fields.ts, oldest)),
-        );
-        self.writer
-            .lock()
-            .expect("writer lock")
-            .delete_query(Box::new(older))?;
+    /// Deletes (at the next commit) the events older than the window at `now`, and those
+    /// whose event type keeps its raw events for less (`retention_days` in the `catalog`):
+    /// the index never holds an event the archive has let go.
+    pub fn expire(&self, now: Millis, catalog: &Catalog) -> Result<(), SearchError> {
+        let writer = self.writer.lock().expect("writer lock");
+        let before = |oldest: Millis| -> Box<dyn Query> {
+            Box::new(RangeQuery::new(
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Excluded(Term::from_field_i64(self.fields.ts, oldest)),
+            ))
+        };
+        writer.delete_query(before(now.saturating_sub(self.window_ms)))?;
+        for (name, tenant) in &catalog.tenants {
+            for (event_type, spec) in &tenant.registry.event_types {
+                let kept = i64::from(spec.retention_days).saturating_mul(DAY_MS);
+                if kept >= self.window_ms {
+                    continue;
+                }
+                writer.delete_query(Box::new(BooleanQuery::new(vec![
+                    (Occur::Must, term(self.fields.tenant, name)),
+                    (
+                        Occur::Must,
+                        term(self.fields.fields, &field_term("event_type", event_type)),
+                    ),
+                    (Occur::Must, before(now.saturating_sub(kept))),
+                ])))?;
+            }
+        }
         Ok(())
     }
 

@@ -223,7 +223,10 @@ fn a_resent_event_is_one_hit_and_old_events_leave_with_the_window() {
     assert_eq!(index.search(&request("*"), &canonical).unwrap().total, 36);
 
     // The window passes the oldest events: they go at the next commit.
-    index.expire(NOW + 7 * 24 * HOUR_MS - 10 * 60_000).unwrap();
+    let catalog = Catalog::default();
+    index
+        .expire(NOW + 7 * 24 * HOUR_MS - 10 * 60_000, &catalog)
+        .unwrap();
     index.commit(&Positions::from([(0, 41)])).unwrap();
     let wide = SearchRequest {
         range: NOW - 48 * HOUR_MS..NOW + 1,
@@ -294,4 +297,32 @@ fn publishers_count_each_sources_events_that_carry_a_tag() {
             ("none", 0, None)
         ]
     );
+}
+
+#[test]
+fn an_event_type_kept_for_less_than_the_window_leaves_the_index_with_its_retention() {
+    let (_dir, index) = opened();
+    let mut catalog = Catalog::demo("w", "r");
+    catalog
+        .tenants
+        .insert("t".to_owned(), tally_model::Tenant::demo());
+    let clicks = catalog.tenants.get_mut("t").unwrap();
+    clicks
+        .registry
+        .event_types
+        .get_mut("click")
+        .unwrap()
+        .retention_days = 1;
+    // A day and 15 minutes on: clicks older than a day go, page views stay for the window.
+    let later = NOW + 24 * HOUR_MS + 15 * 60_000;
+    index.expire(later, &catalog).unwrap();
+    index.commit(&Positions::new()).unwrap();
+    let wide = SearchRequest {
+        range: NOW - 48 * HOUR_MS..later,
+        ..request("*")
+    };
+    let left = ids(&index, &wide);
+    let kept = expected(|e| e.event_type != "click" || e.ts >= later - 24 * HOUR_MS);
+    assert_eq!(left, kept);
+    assert!(kept.len() < expected(|_| true).len(), "some clicks went");
 }
