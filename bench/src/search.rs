@@ -73,8 +73,11 @@ struct SearchBenchReport {
     queries: Vec<QueryFigures>,
 }
 
+/// Which events a query admits, as a plain predicate.
+type Admits = fn(&Event) -> bool;
+
 /// The queries measured, each with the same condition as a plain predicate for the scan.
-const QUERIES: [(&str, fn(&Event) -> bool); 5] = [
+const QUERIES: [(&str, Admits); 5] = [
     ("user_id:user-4242", |e| e.user_id == "user-4242"),
     ("os_type:ios", |e| tag(e, "os_type") == "ios"),
     ("url:/page/1*", |e| tag(e, "url").starts_with("/page/1")),
