@@ -512,6 +512,13 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
         println!(
             "  query       GET  http://{address}/v1/query?view=events_by_type&granularity=minute&group_by=event_type   (read key)"
         );
+        if config.serving.search_days > 0 {
+            println!(
+                "  search      GET  http://{address}/v1/events/search?q=os_type:ios&start_time=<unix s>&end_time=<unix s>   (read key; the last {} days, index in {})",
+                config.serving.search_days,
+                config.data_dir.join("search").display()
+            );
+        }
     }
     if mode == Mode::Up {
         println!(
