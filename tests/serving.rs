@@ -217,14 +217,18 @@ fn queries_count_each_event_once_while_the_horizon_moves() {
     );
 
     // Search: the archive and the log tail, each event once.
-    let found = runtime
-        .block_on(serving.raw().scan(&RawFilter {
-            tenant: "demo",
-            event_type: None,
-            user_id: None,
-            range: base..now + HOUR_MS,
-        }))
-        .unwrap();
+    let mut found = Vec::new();
+    let filter = RawFilter {
+        tenant: "demo",
+        event_type: None,
+        user_id: None,
+        range: base..now + HOUR_MS,
+    };
+    let scanning = serving.raw().scan_hours(&filter, |events| {
+        found.extend(events);
+        std::ops::ControlFlow::Continue(())
+    });
+    runtime.block_on(scanning).unwrap();
     let mut unique: Vec<String> = deduplicated(logged)
         .into_iter()
         .map(|e| e.event_id)

@@ -6,6 +6,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -233,42 +234,45 @@ impl RawEvents {
         .expect("reading the rejected stream does not panic")
     }
 
-    /// Every event matching `filter`, each once, ordered by event time, then event id.
-    pub async fn scan(&self, filter: &RawFilter<'_>) -> Result<Vec<Event>, RawError> {
-        let mut seen = HashSet::new();
-        let mut events = Vec::new();
-        let mut keep = |event: Event| {
-            if filter.matches(&event)
-                && seen.insert((event.event_id.clone(), event.ts.div_euclid(HOUR_MS)))
-            {
-                events.push(event);
-            }
-        };
-        for event in self.archived(filter).await? {
-            keep(event);
-        }
+    /// Every event matching `filter`, each once, an hour at a time from the range's first
+    /// hour, each hour's events ordered by event time, then event id; `visit` gets each
+    /// hour's and says whether to go on. Only one hour of the archive (and the log tail the
+    /// archiver has not committed) is held at once, so a page of a month-long range costs
+    /// the hours it reads, not the month. Returns how many hours were read.
+    pub async fn scan_hours(
+        &self,
+        filter: &RawFilter<'_>,
+        mut visit: impl FnMut(Vec<Event>) -> ControlFlow<()>,
+    ) -> Result<usize, RawError> {
+        let mut tail: BTreeMap<Millis, Vec<Event>> = BTreeMap::new();
         if let Some(log) = &self.log {
             let log = log.clone();
-            let tail = tokio::task::spawn_blocking(move || unarchived_tail(log.as_ref()))
+            let unarchived = tokio::task::spawn_blocking(move || unarchived_tail(log.as_ref()))
                 .await
                 .expect("reading the log tail does not panic")?;
-            for event in tail {
-                keep(event);
+            for event in unarchived.into_iter().filter(|event| filter.matches(event)) {
+                let hour = Granularity::Hour.bucket_start(event.ts);
+                tail.entry(hour).or_default().push(event);
             }
         }
-        events.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
-        Ok(events)
-    }
-
-    async fn archived(&self, filter: &RawFilter<'_>) -> Result<Vec<Event>, RawError> {
-        let first_hour = Granularity::Hour.bucket_start(filter.range.start);
-        let mut events = Vec::new();
-        let mut hour = first_hour;
+        let mut hour = Granularity::Hour.bucket_start(filter.range.start);
+        let mut read: usize = 0;
         while hour < filter.range.end {
-            events.extend(self.archived_hour(hour).await?);
+            let archived = self.archived_hour(hour).await?;
+            read = read.saturating_add(1);
+            let mut seen = HashSet::new();
+            let mut events: Vec<Event> = (archived.into_iter())
+                .filter(|event| filter.matches(event))
+                .chain(tail.remove(&hour).unwrap_or_default())
+                .filter(|event| seen.insert(event.event_id.clone()))
+                .collect();
+            events.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
+            if visit(events).is_break() {
+                break;
+            }
             hour = hour.saturating_add(HOUR_MS);
         }
-        Ok(events)
+        Ok(read)
     }
 
     /// Every archived event of the hour starting at `hour`, of every tenant, as archived

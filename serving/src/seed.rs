@@ -10,6 +10,7 @@
 // wrapping (docs/hardening.md).
 #![deny(clippy::arithmetic_side_effects)]
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +21,7 @@ use tally_model::time::{DAY_MS, checked_range, now_millis, parse_unix_seconds};
 use tally_model::{ApiKey, Event, Measure, Millis, Scope};
 
 use crate::query::QueryParams;
-use crate::raw::RawFilter;
+use crate::raw::{RawEvents, RawFilter};
 use crate::search::{MAX_RESULT_WINDOW, SearchError, SearchRequest};
 use crate::{Refusal, Serving, bad};
 
@@ -133,22 +134,9 @@ pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) ->
             user_id: params.user_id.as_deref(),
             range: start..end,
         };
-        let events = serving.raw.scan(&filter).await.map_err(server_error)?;
-        let mut page: Vec<_> = events
-            .iter()
-            .filter(|e| {
-                after
-                    .as_ref()
-                    .is_none_or(|(ts, id)| (e.ts, &e.event_id) > (*ts, id))
-            })
-            .take(limit.saturating_add(1))
-            .collect();
-        if page.len() > limit {
-            let last = page[limit.saturating_sub(1)];
-            next_cursor = Some(format!("{}:{}", last.ts, last.event_id));
-        }
-        page.truncate(limit);
-        let page: Vec<Event> = page.into_iter().cloned().collect();
+        let (page, next, hours) = raw_page(&serving.raw, filter, after, limit).await?;
+        tracing::debug!(hours, events = page.len(), "a raw search page");
+        next_cursor = next;
         Ok(serde_json::to_value(page).expect("events serialize"))
     }
     .await;
@@ -159,6 +147,40 @@ pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) ->
         result,
         (Some(next_cursor), total),
     )
+}
+
+/// A page of the raw events `filter` admits after the cursor `after`, in time and id order,
+/// the cursor of the next page, and the hours read: from the cursor's hour on, an hour at a
+/// time, until the page is full.
+pub(crate) async fn raw_page(
+    raw: &RawEvents,
+    mut filter: RawFilter<'_>,
+    after: Option<(Millis, String)>,
+    limit: usize,
+) -> Result<(Vec<Event>, Option<String>, usize), Refusal> {
+    if let Some((ts, _)) = &after {
+        filter.range.start = filter.range.start.max(*ts);
+    }
+    let mut page: Vec<Event> = Vec::new();
+    let read = raw
+        .scan_hours(&filter, |events| {
+            let later = events.into_iter().filter(|e| {
+                (after.as_ref()).is_none_or(|(ts, id)| (e.ts, &e.event_id) > (*ts, id))
+            });
+            page.extend(later.take(limit.saturating_add(1).saturating_sub(page.len())));
+            match page.len() > limit {
+                true => ControlFlow::Break(()),
+                false => ControlFlow::Continue(()),
+            }
+        })
+        .await
+        .map_err(server_error)?;
+    let next = (page.len() > limit).then(|| {
+        let last = &page[limit.saturating_sub(1)];
+        format!("{}:{}", last.ts, last.event_id)
+    });
+    page.truncate(limit);
+    Ok((page, next, read))
 }
 
 /// A page of full-text hits.
@@ -276,8 +298,13 @@ async fn count_events(
             user_id: None,
             range: start..end,
         };
-        let events = serving.raw.scan(&filter).await.map_err(server_error)?;
-        return Ok(events.len() as u64);
+        let mut counted: u64 = 0;
+        let counting = serving.raw.scan_hours(&filter, |events| {
+            counted = counted.saturating_add(events.len() as u64);
+            ControlFlow::Continue(())
+        });
+        counting.await.map_err(server_error)?;
+        return Ok(counted);
     };
     let params = QueryParams {
         view: Some(view.name.clone()),

@@ -910,3 +910,47 @@ async fn a_horizon_move_between_the_reads_of_a_query_loses_nothing() {
         deduplicated(logged(&events)).len()
     );
 }
+
+/// A raw search page reads from the cursor's hour until the page is full, not the whole
+/// range: a month-long range costs the hours a page spans.
+#[actix_web::test]
+async fn a_raw_search_page_reads_only_the_hours_it_needs() {
+    let rig = Rig::new().await;
+    let unique = rig.unique(DEMO_TENANT);
+    let first_hour = Granularity::Hour.bucket_start(unique[0].ts);
+    let last_hour = Granularity::Hour.bucket_start(unique.last().unwrap().ts);
+    assert!(last_hour > first_hour, "the sample spans hours");
+    let filter = |start| crate::raw::RawFilter {
+        tenant: DEMO_TENANT,
+        event_type: None,
+        user_id: None,
+        range: start..BASE + 30 * DAY_MS,
+    };
+    let raw = rig.serving.raw();
+    let (page, next, hours) = crate::seed::raw_page(raw, filter(BASE), None, 1)
+        .await
+        .unwrap();
+    assert_eq!(page[0].event_id, unique[0].event_id);
+    assert!(next.is_some());
+    let before_first = usize::try_from((first_hour - BASE) / HOUR_MS).unwrap();
+    assert_eq!(
+        hours,
+        before_first + 1,
+        "the empty hours before it, then its own"
+    );
+
+    // From a cursor in the last hour, the page starts there.
+    let last = &unique[unique.len() - 2];
+    let after = Some((last.ts, last.event_id.clone()));
+    let (page, next, hours) = crate::seed::raw_page(raw, filter(BASE), after, 5)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].event_id, unique.last().unwrap().event_id);
+    assert_eq!(next, None);
+    // The rest of the 30 days are read to find there is nothing more.
+    let to_the_end =
+        usize::try_from((BASE + 30 * DAY_MS - Granularity::Hour.bucket_start(last.ts)) / HOUR_MS)
+            .unwrap();
+    assert_eq!(hours, to_the_end);
+}
