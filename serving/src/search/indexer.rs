@@ -193,13 +193,23 @@ impl Indexer {
         }
         self.index.clear()?;
         let now = now_millis();
-        let mut hour = Granularity::Hour.bucket_start(now.saturating_sub(self.index.window_ms()));
+        let first = Granularity::Hour.bucket_start(now.saturating_sub(self.index.window_ms()));
+        let hours = (now - first) / HOUR_MS + 1;
+        tracing::info!(
+            hours,
+            "rebuilding the search index from the archived hours of its window, then the log"
+        );
+        let mut hour = first;
         let mut events = 0;
         while hour <= now {
             let archived = runtime.block_on(self.raw.archived_hour(hour))?;
             events += archived.len();
             self.index.add(&archived, now)?;
             hour = hour.saturating_add(HOUR_MS);
+            let done = (hour - first) / HOUR_MS;
+            if done % 24 == 0 {
+                tracing::info!(done, hours, events, "rebuilding the search index");
+            }
         }
         self.index.commit(&positions)?;
         tracing::info!(
