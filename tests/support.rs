@@ -213,7 +213,11 @@ pub fn http(
     request.push_str("\r\n");
     request.push_str(body);
     let reply = send_raw(address, request.as_bytes());
-    assert_ne!(reply.status, 0, "an HTTP status line from {method} {path}");
+    assert_ne!(
+        reply.status, 0,
+        "an HTTP status line from {method} {path} at {address}, none after {:?} (a timeout at 30 s, else the connection closed)",
+        reply.elapsed
+    );
     (reply.status, reply.body)
 }
 
