@@ -502,7 +502,7 @@ fn choose_version(
         Some(existing) if existing != spec => Err(BatchError::VersionTaken {
             view: view_id(&entry.tenant, &entry.view),
             version,
-            next: entry.versions.keys().next_back().map_or(1, |last| last + 1),
+            next: entry.next_version(),
         }),
         _ => {
             entry.versions.insert(version, spec.clone());

@@ -142,11 +142,17 @@ impl ViewManifest {
 
     /// The staged logic versions, each with its count of staged hours.
     pub fn staged_versions(&self) -> BTreeMap<LogicVersion, usize> {
-        let mut versions = BTreeMap::new();
-        for entry in self.staged.values() {
-            *versions.entry(entry.logic_version).or_default() += 1;
-        }
-        versions
+        count_versions(&self.staged)
+    }
+
+    /// The logic versions of the live hours, each with its count of hours.
+    pub fn live_versions(&self) -> BTreeMap<LogicVersion, usize> {
+        count_versions(&self.hours)
+    }
+
+    /// The version after the newest one registered: what a changed spec gets.
+    pub fn next_version(&self) -> LogicVersion {
+        self.versions.keys().next_back().map_or(1, |last| last + 1)
     }
 
     /// The logic version whose spec equals `spec`, registering a new one (and making it
@@ -161,11 +167,20 @@ impl ViewManifest {
             self.current_version = staged;
             return (staged, true);
         }
-        let next = self.versions.keys().next_back().map_or(1, |last| last + 1);
+        let next = self.next_version();
         self.versions.insert(next, spec.clone());
         self.current_version = next;
         (next, true)
     }
+}
+
+/// How many of `hours` each logic version computed.
+fn count_versions(hours: &BTreeMap<Millis, HourEntry>) -> BTreeMap<LogicVersion, usize> {
+    let mut versions = BTreeMap::new();
+    for entry in hours.values() {
+        *versions.entry(entry.logic_version).or_default() += 1;
+    }
+    versions
 }
 
 #[cfg(test)]

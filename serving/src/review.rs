@@ -63,21 +63,16 @@ pub(crate) async fn versions(
         let entry = manifest.view(&key.tenant, &name);
         let versions: Vec<Value> = entry
             .iter()
-            .flat_map(|entry| entry.versions.iter().map(move |(v, s)| (entry, *v, s)))
-            .map(|(entry, version, spec)| {
-                let count =
-                    |hours: &std::collections::BTreeMap<i64, tally_model::manifest::HourEntry>| {
-                        hours
-                            .values()
-                            .filter(|h| h.logic_version == version)
-                            .count()
-                    };
-                json!({
-                    "logic_version": version,
-                    "spec": spec,
-                    "current": version == entry.current_version,
-                    "live_hours": count(&entry.hours),
-                    "staged_hours": count(&entry.staged),
+            .flat_map(|entry| {
+                let (live, staged) = (entry.live_versions(), entry.staged_versions());
+                entry.versions.iter().map(move |(version, spec)| {
+                    json!({
+                        "logic_version": version,
+                        "spec": spec,
+                        "current": *version == entry.current_version,
+                        "live_hours": live.get(version).copied().unwrap_or(0),
+                        "staged_hours": staged.get(version).copied().unwrap_or(0),
+                    })
                 })
             })
             .collect();
@@ -296,10 +291,7 @@ fn spec_version(entry: Option<&ViewManifest>, spec: &ViewSpec) -> (LogicVersion,
     };
     match entry.versions.iter().rev().find(|(_, s)| *s == spec) {
         Some((version, _)) => (*version, true),
-        None => (
-            entry.versions.keys().next_back().map_or(1, |v| v + 1),
-            false,
-        ),
+        None => (entry.next_version(), false),
     }
 }
 
