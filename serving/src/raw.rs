@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tally_connectors::archive::{ArchiveError, events_from_parquet};
-use tally_connectors::log::{EventLog, LogError};
+use tally_connectors::log::{EventLog, LogError, Offset, PartitionStats};
 use tally_model::layout::{ARCHIVER_CONSUMER, RawStream, hour_partition};
 use tally_model::time::HOUR_MS;
 use tally_model::{Event, Granularity, Millis, RejectedEvent};
@@ -311,13 +311,22 @@ impl RawEvents {
     }
 }
 
+/// The first offset of `partition` the archiver has not committed: where the archive ends
+/// in the log (its first kept offset when the archiver has committed nothing there yet).
+pub(crate) fn unarchived_from(
+    log: &dyn EventLog,
+    partition: &PartitionStats,
+) -> Result<Offset, LogError> {
+    let committed = log.committed(ARCHIVER_CONSUMER, partition.partition)?;
+    Ok(committed.map_or(partition.first_offset, |c| c.max(partition.first_offset)))
+}
+
 /// The events the archiver has not committed, per partition from its position on.
 fn unarchived_tail(log: &dyn EventLog) -> Result<Vec<Event>, LogError> {
     let stats = log.stats()?;
     let mut events = Vec::new();
     for partition in stats.partitions {
-        let committed = log.committed(ARCHIVER_CONSUMER, partition.partition)?;
-        let mut next = committed.map_or(partition.first_offset, |c| c.max(partition.first_offset));
+        let mut next = unarchived_from(log, &partition)?;
         loop {
             let entries = log.read(partition.partition, next, READ_BATCH)?;
             let Some(last) = entries.last() else {

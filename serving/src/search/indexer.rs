@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 
 use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::EventLog;
-use tally_model::layout::ARCHIVER_CONSUMER;
 use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{Event, Granularity};
 
 use super::{Positions, SearchIndex};
-use crate::raw::RawEvents;
+use crate::raw::{RawEvents, unarchived_from};
 
 /// Records read from a partition at a time.
 const READ_BATCH: usize = 5_000;
@@ -187,8 +186,7 @@ impl Indexer {
         let stats = self.log.stats()?;
         let mut positions = Positions::new();
         for partition in &stats.partitions {
-            let committed = self.log.committed(ARCHIVER_CONSUMER, partition.partition)?;
-            let from = committed.map_or(partition.first_offset, |c| c.max(partition.first_offset));
+            let from = unarchived_from(self.log.as_ref(), partition)?;
             positions.insert(partition.partition, from);
         }
         self.index.clear()?;

@@ -173,7 +173,7 @@ pub struct SearchIndex {
 impl SearchIndex {
     /// Opens the index in `dir`, or makes a new one; also the log positions of its last
     /// commit, none for an index that must be rebuilt. An index that cannot be opened (of
-    /// another schema, or damaged) is moved aside and rebuilt.
+    /// another schema, or damaged) is deleted and made anew, to be rebuilt.
     pub fn open(
         dir: &Path,
         window_ms: Millis,
@@ -274,12 +274,7 @@ impl SearchIndex {
     /// the index never holds an event the archive has let go.
     pub fn expire(&self, now: Millis, catalog: &Catalog) -> Result<(), SearchError> {
         let writer = self.writer.lock().expect("writer lock");
-        let before = |oldest: Millis| -> Box<dyn Query> {
-            Box::new(RangeQuery::new(
-                std::ops::Bound::Unbounded,
-                std::ops::Bound::Excluded(Term::from_field_i64(self.fields.ts, oldest)),
-            ))
-        };
+        let before = |oldest: Millis| self.time_range(&(Millis::MIN..oldest));
         writer.delete_query(before(now.saturating_sub(self.window_ms)))?;
         for (name, tenant) in &catalog.tenants {
             for (event_type, spec) in &tenant.registry.event_types {
@@ -343,7 +338,7 @@ impl SearchIndex {
                 continue;
             };
             let mut highlights = parsed.highlights(&event);
-            let snippet = snippets.snippet(&event_text(&event));
+            let snippet = snippets.snippet(&event_terms(&event).join(" "));
             if !snippet.highlighted().is_empty() {
                 let start = snippet.fragment_range().start;
                 highlights.push(Highlight {
@@ -411,10 +406,12 @@ impl SearchIndex {
         let mut document = TantivyDocument::default();
         document.add_text(self.fields.tenant, &event.tenant);
         document.add_text(self.fields.key, event_key(event));
-        for (name, value) in event_fields(event) {
-            document.add_text(self.fields.fields, field_term(name, &value));
+        // The exact terms, and the same joined as the words free text searches.
+        let terms = event_terms(event);
+        for term in &terms {
+            document.add_text(self.fields.fields, term);
         }
-        document.add_text(self.fields.text, event_text(event));
+        document.add_text(self.fields.text, terms.join(" "));
         document.add_i64(self.fields.ts, event.ts);
         let json = serde_json::to_vec(event).expect("an event serializes");
         document.add_bytes(self.fields.event, &json);
@@ -453,16 +450,12 @@ fn field_term(name: &str, value: &str) -> String {
     format!("{name}={value}")
 }
 
-/// The words of an event free text searches: each field as `name=value`, space-separated.
-fn event_text(event: &Event) -> String {
-    let mut text = String::new();
-    for (name, value) in event_fields(event) {
-        if !text.is_empty() {
-            text.push(' ');
-        }
-        text.push_str(&field_term(name, &value));
-    }
-    text
+/// Each field of an event as its `name=value` term; space-separated, they are the words
+/// free text searches.
+fn event_terms(event: &Event) -> Vec<String> {
+    (event_fields(event))
+        .map(|(name, value)| field_term(name, &value))
+        .collect()
 }
 
 /// Every term of `field` that starts with `prefix`: a range of the term dictionary.
