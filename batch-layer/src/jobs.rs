@@ -10,6 +10,7 @@ use std::time::Duration;
 use tally_connectors::jobs::{JobError, JobStore};
 use tally_model::job::{BatchJob, JobStatus, JobWork};
 use tally_model::time::{format_rfc3339, now_millis};
+use tally_model::{LogicVersion, Millis};
 
 use crate::recompute::{Recompute, RunProgress, RunRequest};
 
@@ -106,8 +107,8 @@ impl JobRunner {
     async fn reprocess(
         &self,
         job: &mut BatchJob,
-        hours: std::ops::Range<i64>,
-        version: u32,
+        hours: std::ops::Range<Millis>,
+        version: LogicVersion,
     ) -> Result<String, String> {
         let request = RunRequest {
             hours: Some(hours),
