@@ -81,10 +81,17 @@ struct Indexer {
 
 impl Indexer {
     fn run(&self, positions: Option<Positions>, stop: &AtomicBool) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // The rebuild's reads of the archive open connections that the process's object
+        // store client pools and serving reuses. A connection's IO runs on the runtime that
+        // opened it: a current-thread runtime would drive it only inside this thread's
+        // `block_on`, so a query handed such a connection afterwards would wait on it. One
+        // worker thread keeps this runtime's connections served for the indexer's life.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tally-search-io")
             .enable_all()
             .build()
-            .expect("a current-thread runtime starts");
+            .expect("the search indexer's runtime starts");
         let mut positions = loop {
             if stop.load(Ordering::Acquire) {
                 return;
