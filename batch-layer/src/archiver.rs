@@ -38,10 +38,13 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 pub trait Archivable: DeserializeOwned + Send + Sync + 'static {
     /// The raw stream it belongs to.
     const STREAM: RawStream;
-    /// The time that picks its hour partition.
-    fn partition_time(&self) -> Millis;
     /// When ingest received it.
     fn received_at(&self) -> Millis;
+    /// The time that picks its hour partition: when it was received, unless it says
+    /// otherwise.
+    fn partition_time(&self) -> Millis {
+        self.received_at()
+    }
     /// Rows of it as one Parquet object.
     fn to_parquet(rows: &[Logged<Self>]) -> Result<Vec<u8>, ArchiveError>;
 }
@@ -61,9 +64,6 @@ impl Archivable for Event {
 
 impl Archivable for RejectedEvent {
     const STREAM: RawStream = RawStream::Rejected;
-    fn partition_time(&self) -> Millis {
-        self.received_at
-    }
     fn received_at(&self) -> Millis {
         self.received_at
     }
@@ -339,13 +339,8 @@ impl<T: Archivable> Archiver<T> {
         };
         let roll = std::mem::take(&mut part.roll);
         part.progress.pending = Some((first, last));
-        write_progress(
-            self.store.as_ref(),
-            T::STREAM,
-            part.partition,
-            &part.progress,
-        )
-        .await?;
+        self.write_progress(index).await?;
+        let part = &mut self.partitions[index];
 
         let mut by_hour: BTreeMap<Millis, Vec<Logged<T>>> = BTreeMap::new();
         for logged in roll {
@@ -389,18 +384,8 @@ impl<T: Archivable> Archiver<T> {
         } else {
             latest_received
         };
-        part.progress.archived_through = part
-            .progress
-            .archived_through
-            .max(through.saturating_sub(self.policy.clock_slack_ms));
-        write_progress(
-            self.store.as_ref(),
-            T::STREAM,
-            part.partition,
-            &part.progress,
-        )
-        .await?;
-        part.last_progress_write = Some(Instant::now());
+        self.advance_progress(index, through).await?;
+        let part = &mut self.partitions[index];
         part.roll_bytes = 0;
         part.roll_opened = None;
         part.redo_until = None;
@@ -417,19 +402,32 @@ impl<T: Archivable> Archiver<T> {
         {
             return Ok(());
         }
+        self.advance_progress(index, now_millis()).await
+    }
+
+    /// Records that what was received until `through`, less the clock slack, is archived,
+    /// and writes the partition's progress.
+    async fn advance_progress(&mut self, index: usize, through: Millis) -> Result<(), BatchError> {
+        let part = &mut self.partitions[index];
         part.progress.archived_through = part
             .progress
             .archived_through
-            .max(now_millis() - self.policy.clock_slack_ms);
-        write_progress(
-            self.store.as_ref(),
-            T::STREAM,
-            part.partition,
-            &part.progress,
-        )
-        .await?;
-        part.last_progress_write = Some(Instant::now());
+            .max(through.saturating_sub(self.policy.clock_slack_ms));
+        self.write_progress(index).await?;
+        self.partitions[index].last_progress_write = Some(Instant::now());
         Ok(())
+    }
+
+    /// Writes a partition's progress object.
+    async fn write_progress(&self, index: usize) -> Result<(), BatchError> {
+        let part = &self.partitions[index];
+        let path = archive_progress_path(T::STREAM, part.partition);
+        let body = serde_json::to_vec(&part.progress).expect("progress serializes");
+        self.store
+            .put(&ObjectPath::from(path.as_str()), PutPayload::from(body))
+            .await
+            .map(drop)
+            .map_err(|source| BatchError::store(&path, source))
     }
 
     /// The archiver as [`Archiver::open`] makes it, once the log and the store answer again;
@@ -501,19 +499,4 @@ impl<T: Archivable> Archiver<T> {
             }
         }
     }
-}
-
-async fn write_progress(
-    store: &dyn ObjectStore,
-    stream: RawStream,
-    partition: u32,
-    progress: &PartitionProgress,
-) -> Result<(), BatchError> {
-    let path = archive_progress_path(stream, partition);
-    let body = serde_json::to_vec(progress).expect("progress serializes");
-    store
-        .put(&ObjectPath::from(path.as_str()), PutPayload::from(body))
-        .await
-        .map(drop)
-        .map_err(|source| BatchError::store(&path, source))
 }

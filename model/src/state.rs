@@ -126,28 +126,8 @@ impl AggregateState {
 
     /// Merges `other` into `self`.
     pub fn merge(&mut self, other: &AggregateState) -> Result<(), MergeError> {
-        merge_picked(
-            &mut self.count,
-            &mut self.measures,
-            other,
-            0..other.measures.len(),
-        )
-    }
-
-    /// Merges the count and the measures `picked` of `other` into `self`, whose measures are
-    /// those picked, in that order: how a query folds a view's states into the few measures
-    /// it asks for without copying the rest.
-    pub fn merge_projected(
-        &mut self,
-        other: &AggregateState,
-        picked: &[usize],
-    ) -> Result<(), MergeError> {
-        merge_picked(
-            &mut self.count,
-            &mut self.measures,
-            other,
-            picked.iter().copied(),
-        )
+        let every = 0..other.measures.len();
+        merge_picked(&mut self.count, &mut self.measures, other, every)
     }
 
     /// The stable binary encoding: a version byte, the count, then each measure as a tag
@@ -470,16 +450,13 @@ impl StateMerger {
 
     /// Merges `other` in; see [`AggregateState::merge`].
     pub fn merge(&mut self, other: &AggregateState) -> Result<(), MergeError> {
-        merge_picked(
-            &mut self.count,
-            &mut self.measures,
-            other,
-            0..other.measures.len(),
-        )
+        let every = 0..other.measures.len();
+        merge_picked(&mut self.count, &mut self.measures, other, every)
     }
 
-    /// Merges the count and the measures `picked` of `other` in; see
-    /// [`AggregateState::merge_projected`].
+    /// Merges the count and the measures `picked` of `other` in, this merger's measures
+    /// being those picked, in that order: how a query folds a view's states into the few
+    /// measures it asks for without copying the rest.
     pub fn merge_projected(
         &mut self,
         other: &AggregateState,
