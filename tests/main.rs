@@ -11,6 +11,7 @@ mod infra;
 mod kafka;
 mod kill;
 mod lambda;
+mod layout;
 mod notebooks;
 mod objects;
 mod openapi;

@@ -16,14 +16,7 @@ use tally_model::time::now_millis;
 
 use crate::Collector;
 use crate::intake::{BodyFormat, Intake, query_is_utf8};
-use crate::request::{IngestError, Refusal, authorize, read_body};
-
-/// A transparent 1×1 GIF.
-pub(crate) const PIXEL_GIF: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
-    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
-    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
-];
+use crate::request::{IngestError, Refusal, authorize, pixel_gif, read_body};
 
 /// The answer to a batch: how many events were kept, and why the others were not.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -136,10 +129,7 @@ pub async fn pixel(request: HttpRequest, collector: web::Data<Collector>) -> Htt
         tracing::debug!(error = %err, "pixel not recorded");
     }
     collector.metrics.request("pixel", 200, started);
-    HttpResponse::Ok()
-        .content_type("image/gif")
-        .insert_header((header::CACHE_CONTROL, "no-store, max-age=0"))
-        .body(PIXEL_GIF)
+    pixel_gif()
 }
 
 async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<(), String> {

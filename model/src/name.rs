@@ -2,10 +2,37 @@
 //! views, sources and tenants. Names travel into URLs, object paths, metrics labels and the
 //! console, so they are kept to characters that mean nothing in any of them.
 
-use crate::problem::{CatalogProblem, NameError};
+use thiserror::Error;
+
+/// The event type that stands for every type, in a view's events and a source's policy.
+pub const ANY_EVENT_TYPE: &str = "*";
 
 /// The longest name.
 pub const MAX_NAME_LEN: usize = 64;
+
+/// A name that is not plain (see [`check_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "{what} name {shown:?} is not allowed: use 1 to {max} letters, digits, '_', '-' or '.', starting with a letter, a digit or '_'",
+    max = MAX_NAME_LEN
+)]
+pub struct NameError {
+    /// What the name names: "tag", "alias", "view", ...
+    pub what: &'static str,
+    /// The name, cut to the longest allowed.
+    pub shown: String,
+}
+
+/// An event type alias that is empty, too long, padded, `*` or holds control characters
+/// (see [`check_event_type_alias`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "event type alias {shown:?} is not allowed: use 1 to 128 bytes of text without control characters or surrounding spaces, other than '*'"
+)]
+pub struct EventTypeAliasError {
+    /// The alias, cut to the longest allowed.
+    pub shown: String,
+}
 
 /// Checks `name`, a `what` (e.g. "tag"): 1 to 64 ASCII letters, digits, `_`, `-` or `.`,
 /// starting with a letter, a digit or `_`. Dots let aliases name the trackers' fields
@@ -29,16 +56,16 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), NameError> {
 /// Checks an event type's alias: the name a tracking plan gives it (`Order Completed`).
 /// Aliases are only looked up, never used in paths or labels, so they may hold spaces and
 /// any letters: 1 to 128 bytes, no control characters, no surrounding spaces, not `*`.
-pub fn check_event_type_alias(alias: &str) -> Result<(), CatalogProblem> {
+pub fn check_event_type_alias(alias: &str) -> Result<(), EventTypeAliasError> {
     let plain = !alias.is_empty()
         && alias.len() <= 2 * MAX_NAME_LEN
         && alias.trim() == alias
-        && alias != crate::registry::ANY_EVENT_TYPE
+        && alias != ANY_EVENT_TYPE
         && !alias.chars().any(char::is_control);
     if plain {
         Ok(())
     } else {
-        Err(CatalogProblem::EventTypeAlias {
+        Err(EventTypeAliasError {
             shown: alias.chars().take(2 * MAX_NAME_LEN).collect(),
         })
     }

@@ -7,19 +7,7 @@ use std::fmt;
 use thiserror::Error;
 
 use crate::measure::Measure;
-
-/// A name that is not plain (see [`check_name`](crate::name::check_name)).
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error(
-    "{what} name {shown:?} is not allowed: use 1 to {max} letters, digits, '_', '-' or '.', starting with a letter, a digit or '_'",
-    max = crate::name::MAX_NAME_LEN
-)]
-pub struct NameError {
-    /// What the name names: "tag", "alias", "view", ...
-    pub what: &'static str,
-    /// The name, cut to the longest allowed.
-    pub shown: String,
-}
+use crate::name::{EventTypeAliasError, NameError};
 
 /// One way a catalog is inconsistent.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -29,13 +17,8 @@ pub enum CatalogProblem {
     #[error(transparent)]
     Name(#[from] NameError),
     /// An event type alias that is empty, too long, padded, `*` or holds control characters.
-    #[error(
-        "event type alias {shown:?} is not allowed: use 1 to 128 bytes of text without control characters or surrounding spaces, other than '*'"
-    )]
-    EventTypeAlias {
-        /// The alias, cut to the longest allowed.
-        shown: String,
-    },
+    #[error(transparent)]
+    EventTypeAlias(#[from] EventTypeAliasError),
     /// An alias that is another tag's (or event type's) name.
     #[error("alias '{alias}' of {what} '{owner}' is the name of {what} '{alias}'")]
     AliasIsAName {

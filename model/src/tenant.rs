@@ -8,9 +8,9 @@ pub use crate::key::{ApiKey, AuthError, Scope};
 
 use crate::event::Millis;
 use crate::key::{bearer_secret, secret_sha256};
-use crate::name::check_name;
+use crate::name::{ANY_EVENT_TYPE, check_name};
 use crate::problem::{CatalogProblem, CatalogProblems};
-use crate::registry::{ANY_EVENT_TYPE, EventTypeSpec, SourcePolicy, TagKind, TagRegistry, TagSpec};
+use crate::registry::{EventTypeSpec, SourcePolicy, TagKind, TagRegistry, TagSpec};
 use crate::view::ViewSpec;
 
 /// The name of the tenant `tally up` creates when the config declares none.

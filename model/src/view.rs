@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{EventFields, FieldValue, Millis};
 use crate::measure::Measure;
+use crate::name::ANY_EVENT_TYPE;
 use crate::problem::{CatalogProblem, CatalogProblems};
-use crate::registry::{ANY_EVENT_TYPE, TagKind, TagRegistry};
+use crate::registry::{TagKind, TagRegistry};
 use crate::state::AggregateState;
 use crate::time::Granularity;
 

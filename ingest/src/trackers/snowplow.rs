@@ -33,8 +33,7 @@ use tally_model::{ApiKey, Catalog, Millis, RejectReason};
 use super::{UnreadableBody, corrected_time, flatten_into, refused, store_and_answer, submission};
 use crate::Collector;
 use crate::intake::{Judge, Submission, invalid_json, query_is_utf8};
-use crate::request::{Refusal, read_body, write_key};
-use crate::routes::PIXEL_GIF;
+use crate::request::{Refusal, pixel_gif, read_body, write_key};
 use crate::strict_json;
 
 /// The schema every `POST` body declares, at any 1-0-x revision.
@@ -241,13 +240,7 @@ async fn receive_get(
     let mut judge = collector.judge(&key, &catalog, received_at, true);
     judge.event(0, query, |_| read_event(&fields, received_at));
     let verdict = judge.finish();
-    store_and_answer(collector, &key, received_at, &verdict, |_| {
-        HttpResponse::Ok()
-            .content_type("image/gif")
-            .insert_header((header::CACHE_CONTROL, "no-cache, no-store"))
-            .body(PIXEL_GIF)
-    })
-    .await
+    store_and_answer(collector, &key, received_at, &verdict, |_| pixel_gif()).await
 }
 
 /// A `POST` body, read but not yet judged: its events, each as sent and as fields.

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Millis, TagValue};
-use crate::name::{check_event_type_alias, check_name};
+use crate::name::{ANY_EVENT_TYPE, check_event_type_alias, check_name};
 use crate::problem::{CatalogProblem, CatalogProblems};
 use crate::time::parse_timestamp;
 
@@ -27,8 +27,6 @@ pub const MAX_TAG_NUMBER: f64 = 1e15;
 pub const MAX_EVENT_ID_LEN: usize = 128;
 /// Longest accepted `user_id`.
 pub const MAX_USER_ID_LEN: usize = 256;
-/// The event type that stands for every type, in a view's events and a source's policy.
-pub const ANY_EVENT_TYPE: &str = "*";
 
 /// A tenant's governance rules.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
