@@ -12,6 +12,7 @@ use tally_batch_layer::telemetry::BatchMetrics;
 use tally_ingest::Collector;
 use tally_ingest::forwarder::ForwarderStatus;
 use tally_model::time::format_rfc3339;
+use tally_serving::search::indexer::IndexerStatus;
 use tally_speed_layer::SpeedHandle;
 
 /// What the HTTP handlers of health and metrics look at.
@@ -26,6 +27,8 @@ pub struct Services {
     pub speed: Option<Arc<SpeedHandle>>,
     /// The batch jobs' health, when this process runs them.
     pub batch: Option<Arc<BatchMetrics>>,
+    /// The full-text search indexer's state, when this process runs it.
+    pub search: Option<Arc<IndexerStatus>>,
     /// `/openapi.json`, rendered once.
     pub openapi: String,
 }
@@ -52,6 +55,7 @@ pub fn operations_server(
         forwarders: Vec::new(),
         speed: None,
         batch: Some(batch),
+        search: None,
         openapi: openapi_document(false, false),
     });
     let server = HttpServer::new(move || {
@@ -128,7 +132,7 @@ async fn healthz() -> HttpResponse {
 
 /// `GET /readyz`: every layer in this process can do its work.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready, or degraded (Kafka or the object store unreachable: events are kept in the log and forwarded or archived when it returns; or a gap at the seam between the layers)", body = Object),
+    responses((status = 200, description = "Ready, or degraded (Kafka or the object store unreachable: events are kept in the log and forwarded or archived when it returns; or a gap at the seam between the layers; or the search index rebuilding or failing: searches with q= miss events meanwhile)", body = Object),
         (status = 503, description = "A layer failed; `error` says which and why", body = Object)))]
 async fn readyz(services: web::Data<Services>) -> HttpResponse {
     let collector = services
@@ -174,7 +178,8 @@ async fn readyz(services: web::Data<Services>) -> HttpResponse {
         .as_ref()
         .and_then(|s| s.retrying())
         .map(|error| format!("the speed layer waits for the view store: {error}"));
-    match forwarding.or(batch).or(views).or(seam) {
+    let search = services.search.as_ref().and_then(|s| s.degraded());
+    match forwarding.or(batch).or(views).or(seam).or(search) {
         None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Some(error) => HttpResponse::Ok().json(serde_json::json!({
             "status": "degraded",

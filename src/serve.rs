@@ -183,6 +183,7 @@ pub fn serve(
         forwarders: forwarders.iter().map(Forwarder::status).collect(),
         speed: speed.clone(),
         batch: batch_metrics,
+        search: search_indexer.as_ref().map(SearchIndexer::status),
         openapi: openapi_document(mode.runs_collector(), mode.runs_serving()),
     });
     let listen = match mode {

@@ -3,7 +3,7 @@
 //! after the index is lost (its folder deleted while tally is down, the log archived), the
 //! next start rebuilds it from the archive and the log, and it finds the same events again.
 //! Once on a local folder, once on the test bed's S3 server, where the rebuild's reads of the
-//! archive and serving's share one connection pool.
+//! archive and serving's share one connection pool. And `/readyz` while a rebuild fails.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tally_connectors::testing::S3Bucket;
+use tally_model::layout::{RawStream, raw_object_path};
 use tally_model::time::now_millis;
 
 use crate::support::{READ_KEY, Tally, keep_objects_at, run, tally};
@@ -100,5 +101,32 @@ fn the_search_index_is_rebuilt_from_an_archive_on_s3_and_serving_goes_on_answeri
         let mut command = tally();
         keep_objects_at(&mut command, url, options);
         command
+    });
+}
+
+/// `/readyz` says when searches miss events: an archived hour the rebuild cannot read keeps
+/// the new index failing (degraded, retried every second); once the hour reads, ready again.
+#[test]
+fn readiness_says_while_the_search_index_cannot_be_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let damaged =
+        dir.path()
+            .join("objects")
+            .join(raw_object_path(RawStream::Events, now_millis(), 99, 0, 0));
+    std::fs::create_dir_all(damaged.parent().unwrap()).unwrap();
+    std::fs::write(&damaged, "not Parquet").unwrap();
+    let up = Tally::up_with(dir.path(), tally());
+    up.wait_for(
+        "readiness to name the failing rebuild",
+        Duration::from_secs(60),
+        |up| {
+            let readiness = up.readiness();
+            readiness.contains("\"degraded\"")
+                && readiness.contains("rebuilding its index from the archive failed")
+        },
+    );
+    std::fs::remove_file(&damaged).unwrap();
+    up.wait_for("readiness", Duration::from_secs(60), |up| {
+        up.readiness().contains("\"ready\"")
     });
 }

@@ -9,8 +9,8 @@
 //! the archive and the log both hold is indexed twice and replaces itself; nothing between
 //! them is missed, because the archiver commits a position only once its objects are durable.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tally_connectors::catalog::CatalogHandle;
@@ -36,6 +36,60 @@ const RETRY: Duration = Duration::from_secs(1);
 pub struct SearchIndexer {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
+    status: Arc<IndexerStatus>,
+}
+
+/// What the indexer is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexerState {
+    /// Reading the log as it grows: a search finds an event about a second after its ack.
+    Following,
+    /// Indexing the archived hours of its window afresh; searches miss what it has not read.
+    Rebuilding {
+        /// Archived hours indexed so far.
+        hours_read: i64,
+        /// Hours in the window.
+        hours: i64,
+        /// Events indexed so far.
+        events: usize,
+    },
+    /// Its last attempt failed, for this reason; it tries again every second.
+    Failing(String),
+}
+
+/// The indexer's state, shared with whoever reports on it (`/readyz`).
+#[derive(Debug)]
+pub struct IndexerStatus(Mutex<IndexerState>);
+
+impl IndexerStatus {
+    /// What the indexer is doing now.
+    pub fn state(&self) -> IndexerState {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Why searches may miss events now, for `/readyz`; none while the indexer follows the log.
+    pub fn degraded(&self) -> Option<String> {
+        match self.state() {
+            IndexerState::Following => None,
+            IndexerState::Rebuilding {
+                hours_read,
+                hours,
+                events,
+            } => Some(format!(
+                "full-text search is rebuilding its index from the archive ({hours_read} of {hours} hours read, {events} events): searches with q= miss older events until it finishes"
+            )),
+            IndexerState::Failing(reason) => Some(format!(
+                "full-text search: {reason}; the indexer tries again every second, and searches with q= miss what it has not indexed"
+            )),
+        }
+    }
+
+    fn set(&self, state: IndexerState) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = state;
+    }
 }
 
 impl SearchIndexer {
@@ -49,6 +103,8 @@ impl SearchIndexer {
     ) -> std::io::Result<SearchIndexer> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let status = Arc::new(IndexerStatus(Mutex::new(IndexerState::Following)));
+        let reporting = status.clone();
         let thread = std::thread::Builder::new()
             .name("tally-search-index".into())
             .spawn(move || {
@@ -57,10 +113,20 @@ impl SearchIndexer {
                     log,
                     raw,
                     catalog,
+                    status: reporting,
                 };
                 indexer.run(positions, &stopping);
             })?;
-        Ok(SearchIndexer { stop, thread })
+        Ok(SearchIndexer {
+            stop,
+            thread,
+            status,
+        })
+    }
+
+    /// The indexer's state, to report on.
+    pub fn status(&self) -> Arc<IndexerStatus> {
+        self.status.clone()
     }
 
     /// Commits what was indexed and stops.
@@ -77,6 +143,7 @@ struct Indexer {
     log: Arc<dyn EventLog>,
     raw: RawEvents,
     catalog: CatalogHandle,
+    status: Arc<IndexerStatus>,
 }
 
 impl Indexer {
@@ -104,10 +171,14 @@ impl Indexer {
                 Ok(positions) => break positions,
                 Err(error) => {
                     tracing::warn!(%error, "rebuilding the search index failed; retrying");
+                    let reason = format!("rebuilding its index from the archive failed: {error}");
+                    self.status.set(IndexerState::Failing(reason));
                     std::thread::sleep(RETRY);
                 }
             }
         };
+        self.status.set(IndexerState::Following);
+        let mut failing = false;
         let mut last_commit = Instant::now();
         // Expired at once: the window or a retention may have passed while it was down.
         let mut last_expire: Option<Instant> = None;
@@ -117,10 +188,16 @@ impl Indexer {
                 Ok(read) => read,
                 Err(error) => {
                     tracing::warn!(%error, "indexing the event log failed; retrying");
+                    let reason = format!("indexing the event log failed: {error}");
+                    self.status.set(IndexerState::Failing(reason));
+                    failing = true;
                     std::thread::sleep(RETRY);
                     continue;
                 }
             };
+            if std::mem::take(&mut failing) {
+                self.status.set(IndexerState::Following);
+            }
             dirty |= read > 0;
             if last_expire.is_none_or(|at| at.elapsed() >= EXPIRE_EVERY) {
                 last_expire = Some(Instant::now());
@@ -207,14 +284,19 @@ impl Indexer {
         let mut hour = first;
         let mut events = 0;
         while hour <= now {
+            let hours_read = (hour - first) / HOUR_MS;
+            self.status.set(IndexerState::Rebuilding {
+                hours_read,
+                hours,
+                events,
+            });
+            if hours_read % 24 == 0 && hours_read > 0 {
+                tracing::info!(hours_read, hours, events, "rebuilding the search index");
+            }
             let archived = runtime.block_on(self.raw.archived_hour(hour))?;
             events += archived.len();
             self.index.add(&archived, now)?;
             hour = hour.saturating_add(HOUR_MS);
-            let done = (hour - first) / HOUR_MS;
-            if done % 24 == 0 {
-                tracing::info!(done, hours, events, "rebuilding the search index");
-            }
         }
         self.index.commit(&positions)?;
         tracing::info!(
@@ -225,3 +307,6 @@ impl Indexer {
         Ok(positions)
     }
 }
+
+#[cfg(test)]
+mod tests;
