@@ -19,6 +19,7 @@
 
 pub mod indexer;
 pub mod query;
+mod seen;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +41,7 @@ use tantivy::{Index, IndexReader, IndexWriter, Order, TantivyDocument, Term};
 use thiserror::Error;
 
 pub use query::{Highlight, SearchQueryError};
+use seen::SeenKeys;
 
 /// The memory tantivy's writer may buffer before it flushes a segment.
 const WRITER_MEMORY_BYTES: usize = 64 << 20;
@@ -164,7 +166,8 @@ pub struct SearchPage {
 /// The index, shared by the indexer and the search route.
 pub struct SearchIndex {
     reader: IndexReader,
-    writer: Mutex<IndexWriter>,
+    /// The writer, and the keys it may hold (only those are deleted before an add).
+    writer: Mutex<(IndexWriter, SeenKeys)>,
     fields: Fields,
     window_ms: Millis,
     indexed: Counter,
@@ -205,9 +208,10 @@ impl SearchIndex {
             .map(|payload| payload.positions);
         let reader = index.reader()?;
         let writer = index.writer(WRITER_MEMORY_BYTES)?;
+        let seen = seen_keys(&reader, fields.key)?;
         let search = SearchIndex {
             reader,
-            writer: Mutex::new(writer),
+            writer: Mutex::new((writer, seen)),
             fields,
             window_ms,
             indexed: Counter::default(),
@@ -233,11 +237,14 @@ impl SearchIndex {
         now: Millis,
     ) -> Result<(), SearchError> {
         let oldest = now.saturating_sub(self.window_ms);
-        let writer = self.writer.lock().expect("writer lock");
+        let mut guard = self.writer.lock().expect("writer lock");
+        let (writer, seen) = &mut *guard;
         let mut added = 0;
         for event in events.into_iter().filter(|event| event.ts >= oldest) {
-            let key = Term::from_field_text(self.fields.key, &event_key(event));
-            writer.delete_term(key);
+            let key = event_key(event);
+            if seen.insert(event.ts.div_euclid(HOUR_MS), &key) {
+                writer.delete_term(Term::from_field_text(self.fields.key, &key));
+            }
             writer.add_document(self.document(event))?;
             added += 1;
         }
@@ -252,7 +259,7 @@ impl SearchIndex {
         })
         .expect("positions serialize");
         let mut writer = self.writer.lock().expect("writer lock");
-        let mut commit = writer.prepare_commit()?;
+        let mut commit = writer.0.prepare_commit()?;
         commit.set_payload(&payload);
         commit.commit()?;
         drop(writer);
@@ -262,10 +269,9 @@ impl SearchIndex {
 
     /// Deletes every document, for a rebuild.
     pub fn clear(&self) -> Result<(), SearchError> {
-        self.writer
-            .lock()
-            .expect("writer lock")
-            .delete_all_documents()?;
+        let mut writer = self.writer.lock().expect("writer lock");
+        writer.0.delete_all_documents()?;
+        writer.1.clear();
         Ok(())
     }
 
@@ -273,9 +279,12 @@ impl SearchIndex {
     /// whose event type keeps its raw events for less (`retention_days` in the `catalog`):
     /// the index never holds an event the archive has let go.
     pub fn expire(&self, now: Millis, catalog: &Catalog) -> Result<(), SearchError> {
-        let writer = self.writer.lock().expect("writer lock");
+        let mut guard = self.writer.lock().expect("writer lock");
+        let (writer, seen) = &mut *guard;
+        let oldest = now.saturating_sub(self.window_ms);
+        seen.forget_before(oldest.div_euclid(HOUR_MS));
         let before = |oldest: Millis| self.time_range(&(Millis::MIN..oldest));
-        writer.delete_query(before(now.saturating_sub(self.window_ms)))?;
+        writer.delete_query(before(oldest))?;
         for (name, tenant) in &catalog.tenants {
             for (event_type, spec) in &tenant.registry.event_types {
                 let kept = i64::from(spec.retention_days).saturating_mul(DAY_MS);
@@ -427,6 +436,25 @@ fn event_key(event: &Event) -> String {
         event.event_id,
         event.ts.div_euclid(HOUR_MS)
     )
+}
+
+/// The keys of every document in the index's segments (deleted ones too: they only cost a
+/// needless delete), by the hour each names.
+fn seen_keys(reader: &IndexReader, key: Field) -> Result<SeenKeys, SearchError> {
+    let mut seen = SeenKeys::default();
+    for segment in reader.searcher().segment_readers() {
+        let keys = segment.inverted_index(key)?;
+        let mut stream = (keys.terms().stream()).map_err(tantivy::TantivyError::from)?;
+        while stream.advance() {
+            let text = String::from_utf8_lossy(stream.key());
+            let hour = text
+                .rsplit('\u{1f}')
+                .next()
+                .and_then(|hour| hour.parse().ok());
+            seen.insert(hour.unwrap_or_default(), &text);
+        }
+    }
+    Ok(seen)
 }
 
 /// Every searchable field of an event with its value as text.

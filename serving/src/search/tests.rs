@@ -248,6 +248,21 @@ fn a_resent_event_is_one_hit_and_old_events_leave_with_the_window() {
         reopened.search(&wide, &canonical).unwrap().total,
         left.total
     );
+
+    // A reopened index still knows what it holds: a resend replaces the earlier copy, as do
+    // two copies of a new event in one batch.
+    let mut again = events()[0].clone();
+    again.received_at += 2;
+    let mut new = events()[0].clone();
+    new.event_id = "e-new".to_owned();
+    let mut new_again = new.clone();
+    new_again.received_at += 1;
+    reopened.add([&again, &new, &new_again], NOW).unwrap();
+    reopened.commit(&Positions::from([(0, 44)])).unwrap();
+    assert_eq!(
+        reopened.search(&wide, &canonical).unwrap().total,
+        left.total + 1
+    );
 }
 
 #[test]
