@@ -2,6 +2,12 @@
 //! staged for review, or the promotion of a reviewed version. The scheduler runs them one at
 //! a time, never beside a recompute, and records each job's progress as it goes, so a console
 //! in another process can draw it.
+//!
+//! A runner claims each run of a job before it starts it (create-only, so two schedulers
+//! started by mistake never run one job twice), and says it is alive every second while it
+//! runs. A job whose runner has been silent for [`ABANDONED_AFTER`] (its scheduler stopped
+//! mid-job) is run again, as the next attempt: nothing a stopped run did is live (a
+//! reprocess stages, a promotion is one swap).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -14,8 +20,10 @@ use tally_model::{LogicVersion, Millis};
 
 use crate::recompute::{Recompute, RunProgress, RunRequest};
 
-/// How often a running job's progress is written.
+/// How often a running job's progress (and that its runner is alive) is written.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How long a running job's runner may be silent before another scheduler takes the job over.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 
 /// Finds queued jobs and runs them.
 pub struct JobRunner {
@@ -35,10 +43,23 @@ impl JobRunner {
         }
     }
 
-    /// The oldest queued job, if any.
-    pub async fn next_queued(&self) -> Result<Option<BatchJob>, JobError> {
+    /// The oldest job to run (queued, or abandoned by its runner), claimed for this runner
+    /// and recorded as running; none when no job waits, or every waiting one is claimed.
+    pub async fn claim_next(&self) -> Result<Option<BatchJob>, JobError> {
+        for (job, attempt) in self.waiting().await? {
+            if let Some(job) = self.claim(job, attempt).await? {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The jobs no runner is at, oldest first, each with the attempt its next run would be.
+    pub(crate) async fn waiting(&self) -> Result<Vec<(BatchJob, u32)>, JobError> {
         let mut ids = self.jobs.ids().await?;
         ids.sort();
+        let abandoned_before = now_millis().saturating_sub(ABANDONED_AFTER.as_millis() as Millis);
+        let mut waiting = Vec::new();
         for id in ids {
             if self.finished.lock().expect("finished lock").contains(&id) {
                 continue;
@@ -46,28 +67,46 @@ impl JobRunner {
             let Some(job) = self.jobs.get(&id).await? else {
                 continue;
             };
-            match job.status {
-                JobStatus::Queued => return Ok(Some(job)),
-                status if status.is_finished() => {
+            // When the job was last heard of: its runner's last word, or else its last claim
+            // (a runner that stopped between claiming and recording leaves only that).
+            let last_claim = self.jobs.last_claim(&id).await?;
+            let heard_at = match job.status {
+                JobStatus::Queued => last_claim.map(|(_, claimed_at)| claimed_at),
+                JobStatus::Running { alive_at, .. } => Some(alive_at),
+                _ => {
                     self.finished.lock().expect("finished lock").insert(id);
+                    continue;
                 }
-                // Running: a scheduler that stopped mid-job left it so. Nothing it did is
-                // live (a reprocess stages, a promotion is one swap), so it runs again.
-                _ => return Ok(Some(job)),
+            };
+            if heard_at.is_none_or(|at| at < abandoned_before) {
+                let attempt = last_claim.map_or(1, |(attempt, _)| attempt.saturating_add(1));
+                waiting.push((job, attempt));
             }
         }
-        Ok(None)
+        Ok(waiting)
     }
 
-    /// Runs `job` to its end, recording its progress and outcome; then prunes old jobs.
-    pub async fn run(&self, mut job: BatchJob) {
-        tracing::info!(job = %job.id, view = %job.view, work = ?job.work, "running a batch job");
+    /// Claims run `attempt` of `job` and records it running; none when another runner
+    /// claimed that run first.
+    pub(crate) async fn claim(&self, mut job: BatchJob, attempt: u32) -> Result<Option<BatchJob>, JobError> {
+        if !self.jobs.claim(&job.id, attempt).await? {
+            return Ok(None);
+        }
         job.status = JobStatus::Running {
             hours_planned: None,
             hours_done: 0,
             raw_rows: 0,
+            attempt,
+            alive_at: now_millis(),
         };
-        self.record(&job).await;
+        self.jobs.update(&job).await?;
+        Ok(Some(job))
+    }
+
+    /// Runs `job`, claimed by [`claim_next`](Self::claim_next), to its end, recording its
+    /// progress and outcome; then prunes old jobs.
+    pub async fn run(&self, mut job: BatchJob) {
+        tracing::info!(job = %job.id, view = %job.view, work = ?job.work, status = ?job.status, "running a batch job");
         let outcome = match job.work.clone() {
             JobWork::Reprocess {
                 from,
@@ -130,17 +169,18 @@ impl JobRunner {
         };
         let run = self.recompute.run(&request, &on_progress);
         tokio::pin!(run);
+        let attempt = match job.status {
+            JobStatus::Running { attempt, .. } => attempt,
+            _ => 1,
+        };
         let mut ticks = tokio::time::interval(PROGRESS_EVERY);
         let result = loop {
             tokio::select! {
                 result = &mut run => break result,
                 _ = ticks.tick() => {
                     let (hours_planned, hours_done, raw_rows) = *progress.lock().expect("progress lock");
-                    let status = JobStatus::Running { hours_planned, hours_done, raw_rows };
-                    if job.status != status {
-                        job.status = status;
-                        self.record(job).await;
-                    }
+                    job.status = JobStatus::Running { hours_planned, hours_done, raw_rows, attempt, alive_at: now_millis() };
+                    self.record(job).await;
                 }
             }
         };

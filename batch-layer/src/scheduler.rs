@@ -115,7 +115,7 @@ impl Scheduler {
         }
         let jobs = self.jobs.clone();
         tokio::spawn(async move {
-            match jobs.next_queued().await {
+            match jobs.claim_next().await {
                 Ok(Some(job)) => jobs.run(job).await,
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "could not read the batch jobs; retrying"),

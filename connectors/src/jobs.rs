@@ -1,6 +1,8 @@
 //! The batch jobs the governance API asks for, kept in the object store as
-//! `jobs/<id>.json`: serving creates a job (create-only), the batch scheduler claims it and
-//! records its progress, and the console reads it back from any serving replica.
+//! `jobs/<id>.json`: serving creates a job (create-only), a batch scheduler claims it and
+//! records its progress, and the console reads it back from any serving replica. A claim is
+//! an object of its own, `job-claims/<id>/<attempt>`, written create-only, so of two
+//! schedulers that want the same run of a job exactly one gets it.
 //!
 //! Ids start with the request time, so listing the folder yields jobs oldest first. Finished
 //! jobs beyond the newest [`KEEP_FINISHED`] are deleted by the scheduler; unfinished jobs are
@@ -19,6 +21,8 @@ use crate::object_store::get_optional;
 
 /// Where jobs are kept.
 const PREFIX: &str = "jobs";
+/// Where the claims on their runs are kept.
+const CLAIMS: &str = "job-claims";
 /// Finished jobs kept for the console's history.
 pub const KEEP_FINISHED: usize = 100;
 /// Jobs of one tenant that may wait or run at once; more are refused.
@@ -152,6 +156,43 @@ impl JobStore {
             .collect())
     }
 
+    /// Claims run `attempt` of job `id` for the caller: false when another claimed it first.
+    pub async fn claim(&self, id: &str, attempt: u32) -> Result<bool, JobError> {
+        let path = format!("{CLAIMS}/{id}/{attempt}");
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        let claimed = (self.store)
+            .put_opts(&ObjectPath::from(path.as_str()), PutPayload::new(), create)
+            .await;
+        match claimed {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(source) => Err(JobError::Store { path, source }),
+        }
+    }
+
+    /// The latest claim on job `id`: its attempt, and when it was made (ms, UTC, by the
+    /// store's clock).
+    pub async fn last_claim(&self, id: &str) -> Result<Option<(u32, Millis)>, JobError> {
+        let prefix = ObjectPath::from(format!("{CLAIMS}/{id}"));
+        let claims: Vec<_> = (self.store.list(Some(&prefix)))
+            .try_collect()
+            .await
+            .map_err(|source| JobError::Store {
+                path: prefix.to_string(),
+                source,
+            })?;
+        Ok(claims
+            .into_iter()
+            .filter_map(|meta| {
+                let attempt = meta.location.filename()?.parse::<u32>().ok()?;
+                Some((attempt, meta.last_modified.timestamp_millis()))
+            })
+            .max())
+    }
+
     /// Records `job` as it now stands.
     pub async fn update(&self, job: &BatchJob) -> Result<(), JobError> {
         let path = path_of(&job.id);
@@ -169,10 +210,20 @@ impl JobStore {
             .collect();
         let excess = finished.len().saturating_sub(KEEP_FINISHED);
         for job in &finished[..excess] {
-            let path = path_of(&job.id);
-            match self.store.delete(&ObjectPath::from(path.as_str())).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(source) => return Err(JobError::Store { path, source }),
+            let claims = ObjectPath::from(format!("{CLAIMS}/{}", job.id));
+            let claims: Vec<_> = (self.store.list(Some(&claims)))
+                .try_collect()
+                .await
+                .map_err(|source| JobError::Store {
+                    path: claims.to_string(),
+                    source,
+                })?;
+            let paths = claims.into_iter().map(|meta| meta.location.to_string());
+            for path in paths.chain([path_of(&job.id)]) {
+                match self.store.delete(&ObjectPath::from(path.as_str())).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(source) => return Err(JobError::Store { path, source }),
+                }
             }
         }
         Ok(excess)
@@ -214,11 +265,29 @@ mod tests {
             hours_planned: Some(2),
             hours_done: 1,
             raw_rows: 7,
+            attempt: 1,
+            alive_at: 1_500,
         };
         jobs.update(&running).await.unwrap();
         assert_eq!(jobs.get(&first.id).await.unwrap(), Some(running));
         assert_eq!(jobs.get("../governance/CURRENT").await.unwrap(), None);
         assert_eq!(jobs.get("0-0").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn each_run_of_a_job_is_claimed_once() {
+        let (_dir, jobs) = store();
+        let job = jobs.submit("t", "v", promote(), 1_000).await.unwrap();
+        assert!(jobs.claim(&job.id, 1).await.unwrap());
+        assert!(!jobs.claim(&job.id, 1).await.unwrap(), "claimed twice");
+        assert!(
+            jobs.claim(&job.id, 2).await.unwrap(),
+            "a later run is its own"
+        );
+        let (attempt, claimed_at) = jobs.last_claim(&job.id).await.unwrap().unwrap();
+        assert_eq!(attempt, 2);
+        assert!((claimed_at - tally_model::time::now_millis()).abs() < 60_000);
+        assert_eq!(jobs.ids().await.unwrap(), [job.id], "claims are no jobs");
     }
 
     #[tokio::test]
@@ -248,7 +317,13 @@ mod tests {
             };
             jobs.update(&job).await.unwrap();
         }
+        let oldest_finished = jobs.list().await.unwrap()[1].id.clone();
+        assert!(jobs.claim(&oldest_finished, 1).await.unwrap());
         assert_eq!(jobs.prune().await.unwrap(), 3);
+        assert!(
+            jobs.claim(&oldest_finished, 1).await.unwrap(),
+            "a pruned job's claims went with it"
+        );
         let left = jobs.list().await.unwrap();
         assert_eq!(left.len(), KEEP_FINISHED + 1);
         assert_eq!(left[0], queued);

@@ -61,6 +61,14 @@ pub enum JobStatus {
         hours_done: u64,
         /// Raw events read.
         raw_rows: u64,
+        /// Which run of the job this is: 1, and one more each time a scheduler takes over a
+        /// job whose runner stopped.
+        #[serde(default = "first_attempt")]
+        attempt: u32,
+        /// When its runner last said it was at work (ms, UTC); a job silent for long is taken
+        /// over.
+        #[serde(default)]
+        alive_at: Millis,
     },
     /// Finished.
     Done {
@@ -76,6 +84,10 @@ pub enum JobStatus {
         /// When it failed (ms, UTC).
         finished_at: Millis,
     },
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 impl JobStatus {
@@ -105,6 +117,8 @@ mod tests {
                 hours_planned: Some(3),
                 hours_done: 1,
                 raw_rows: 10,
+                attempt: 2,
+                alive_at: 7,
             },
         };
         let json = serde_json::to_string(&job).unwrap();
@@ -112,5 +126,17 @@ mod tests {
         assert!(json.contains(r#""state":"running""#), "{json}");
         assert_eq!(serde_json::from_str::<BatchJob>(&json).unwrap(), job);
         assert!(!job.status.is_finished());
+        // Kept before runs were claimed: the first attempt, never heard from.
+        let older = r#"{"state":"running","hours_planned":null,"hours_done":0,"raw_rows":0}"#;
+        assert_eq!(
+            serde_json::from_str::<JobStatus>(older).unwrap(),
+            JobStatus::Running {
+                hours_planned: None,
+                hours_done: 0,
+                raw_rows: 0,
+                attempt: 1,
+                alive_at: 0
+            }
+        );
     }
 }

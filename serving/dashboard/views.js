@@ -105,9 +105,10 @@ async function followJob(id) {
       const planned = status.hours_planned;
       progress.max = planned || 1;
       progress.value = planned ? status.hours_done : 0;
-      $("job-status").textContent = planned === null
+      const again = status.attempt > 1 ? ` (attempt ${status.attempt}: its first scheduler stopped)` : "";
+      $("job-status").textContent = (planned === null
         ? "running: listing the archive"
-        : `running: ${status.hours_done} of ${planned} hours, ${exact.format(status.raw_rows)} raw events read`;
+        : `running: ${status.hours_done} of ${planned} hours, ${exact.format(status.raw_rows)} raw events read`) + again;
     } else {
       progress.max = 1;
       progress.value = 1;

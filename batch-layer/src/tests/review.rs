@@ -38,14 +38,14 @@ fn run_job(
     runtime.block_on(async {
         let job = jobs.submit("demo", name, work, now_millis()).await.unwrap();
         let next = runner
-            .next_queued()
+            .claim_next()
             .await
             .unwrap()
             .expect("the job is queued");
         assert_eq!(next.id, job.id);
         runner.run(next).await;
         assert!(
-            runner.next_queued().await.unwrap().is_none(),
+            runner.claim_next().await.unwrap().is_none(),
             "nothing else queued"
         );
         jobs.get(&job.id).await.unwrap().unwrap()
@@ -180,4 +180,113 @@ fn a_staged_reprocess_goes_live_only_when_promoted() {
         panic!("a second promotion succeeded: {again:?}");
     };
     assert!(error.contains("no staged hour"), "{error}");
+}
+
+/// Two schedulers over one store (one started by mistake): each run of a job goes to one of
+/// them, a job whose runner is alive is left to it, and one whose runner went silent is
+/// taken over as the next attempt.
+#[test]
+fn a_job_is_run_by_one_scheduler_and_taken_over_only_once_abandoned() {
+    let rig = rig();
+    let runner = || {
+        let metrics = BatchMetrics::register(&mut Default::default());
+        JobRunner::new(Arc::new(Recompute::new(
+            rig.store.clone(),
+            Arc::new(demo()),
+            0,
+            metrics,
+        )))
+    };
+    let (first, second) = (runner(), runner());
+    let jobs = JobStore::new(rig.store.clone());
+    let attempt = |job: &BatchJob| match job.status {
+        JobStatus::Running { attempt, .. } => attempt,
+        ref other => panic!("not running: {other:?}"),
+    };
+    rig.runtime.block_on(async {
+        let work = JobWork::Promote { logic_version: 2 };
+        let job = jobs.submit("demo", "v", work, now_millis()).await.unwrap();
+        let claimed = first.claim_next().await.unwrap().expect("a queued job");
+        assert_eq!(
+            (claimed.id.as_str(), attempt(&claimed)),
+            (job.id.as_str(), 1)
+        );
+        assert_eq!(
+            second.claim_next().await.unwrap(),
+            None,
+            "its runner is alive"
+        );
+
+        // Both read it queued at once: the first claim wins. If the winner stops before it
+        // records the run, its claim ages, and the job is run after the grace.
+        let racing = jobs
+            .submit("demo", "v", work_again(), now_millis())
+            .await
+            .unwrap();
+        assert!(jobs.claim(&racing.id, 1).await.unwrap());
+        assert_eq!(
+            second.claim_next().await.unwrap(),
+            None,
+            "claimed elsewhere"
+        );
+        let claim = rig
+            ._dir
+            .path()
+            .join(format!("objects/job-claims/{}/1", racing.id));
+        let long_ago = std::time::SystemTime::now() - crate::jobs::ABANDONED_AFTER * 2;
+        let file = std::fs::File::options().write(true).open(claim).unwrap();
+        file.set_modified(long_ago).unwrap();
+        let retaken = second
+            .claim_next()
+            .await
+            .unwrap()
+            .expect("a job claimed long ago");
+        assert_eq!(
+            (retaken.id.as_str(), attempt(&retaken)),
+            (racing.id.as_str(), 2)
+        );
+
+        // The first runner goes silent: after the grace its job is the second's, once.
+        let mut silent = jobs.get(&job.id).await.unwrap().unwrap();
+        silent.status = JobStatus::Running {
+            hours_planned: None,
+            hours_done: 0,
+            raw_rows: 0,
+            attempt: 1,
+            alive_at: now_millis() - crate::jobs::ABANDONED_AFTER.as_millis() as i64 - 1,
+        };
+        jobs.update(&silent).await.unwrap();
+        let taken = second
+            .claim_next()
+            .await
+            .unwrap()
+            .expect("an abandoned job");
+        assert_eq!((taken.id.as_str(), attempt(&taken)), (job.id.as_str(), 2));
+        assert_eq!(first.claim_next().await.unwrap(), None);
+
+        // Both find a job waiting at the same moment: one runs it, the other's claim fails.
+        let third = jobs
+            .submit("demo", "v", work_again(), now_millis())
+            .await
+            .unwrap();
+        let (mut seen_by_first, mut seen_by_second) = (
+            first.waiting().await.unwrap(),
+            second.waiting().await.unwrap(),
+        );
+        assert_eq!(seen_by_first.len(), 1);
+        assert_eq!(seen_by_second.len(), 1);
+        let (job, attempt) = seen_by_first.remove(0);
+        assert_eq!((job.id.as_str(), attempt), (third.id.as_str(), 1));
+        assert!(first.claim(job, attempt).await.unwrap().is_some());
+        let (job, attempt) = seen_by_second.remove(0);
+        assert_eq!(
+            second.claim(job, attempt).await.unwrap(),
+            None,
+            "claimed twice"
+        );
+    });
+}
+
+fn work_again() -> JobWork {
+    JobWork::Promote { logic_version: 3 }
 }
