@@ -88,7 +88,11 @@ impl JobRunner {
 
     /// Claims run `attempt` of `job` and records it running; none when another runner
     /// claimed that run first.
-    pub(crate) async fn claim(&self, mut job: BatchJob, attempt: u32) -> Result<Option<BatchJob>, JobError> {
+    pub(crate) async fn claim(
+        &self,
+        mut job: BatchJob,
+        attempt: u32,
+    ) -> Result<Option<BatchJob>, JobError> {
         if !self.jobs.claim(&job.id, attempt).await? {
             return Ok(None);
         }

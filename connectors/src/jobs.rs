@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use tally_model::Millis;
 use tally_model::job::{BatchJob, JobStatus, JobWork};
 use thiserror::Error;
@@ -94,12 +94,12 @@ impl JobStore {
             status: JobStatus::Queued,
         };
         let path = path_of(&job.id);
-        let create = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
         (self.store)
-            .put_opts(&ObjectPath::from(path.as_str()), to_payload(&job), create)
+            .put_opts(
+                &ObjectPath::from(path.as_str()),
+                to_payload(&job),
+                PutMode::Create.into(),
+            )
             .await
             .map_err(|source| JobError::Store { path, source })?;
         Ok(job)
@@ -140,13 +140,7 @@ impl JobStore {
 
     /// The ids of every job, in no order.
     pub async fn ids(&self) -> Result<Vec<String>, JobError> {
-        let listed: Vec<_> = (self.store.list(Some(&ObjectPath::from(PREFIX))))
-            .try_collect()
-            .await
-            .map_err(|source| JobError::Store {
-                path: PREFIX.to_owned(),
-                source,
-            })?;
+        let listed = self.listed(PREFIX).await?;
         Ok(listed
             .into_iter()
             .filter_map(|meta| {
@@ -159,12 +153,12 @@ impl JobStore {
     /// Claims run `attempt` of job `id` for the caller: false when another claimed it first.
     pub async fn claim(&self, id: &str, attempt: u32) -> Result<bool, JobError> {
         let path = format!("{CLAIMS}/{id}/{attempt}");
-        let create = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
         let claimed = (self.store)
-            .put_opts(&ObjectPath::from(path.as_str()), PutPayload::new(), create)
+            .put_opts(
+                &ObjectPath::from(path.as_str()),
+                PutPayload::new(),
+                PutMode::Create.into(),
+            )
             .await;
         match claimed {
             Ok(_) => Ok(true),
@@ -176,14 +170,7 @@ impl JobStore {
     /// The latest claim on job `id`: its attempt, and when it was made (ms, UTC, by the
     /// store's clock).
     pub async fn last_claim(&self, id: &str) -> Result<Option<(u32, Millis)>, JobError> {
-        let prefix = ObjectPath::from(format!("{CLAIMS}/{id}"));
-        let claims: Vec<_> = (self.store.list(Some(&prefix)))
-            .try_collect()
-            .await
-            .map_err(|source| JobError::Store {
-                path: prefix.to_string(),
-                source,
-            })?;
+        let claims = self.listed(&format!("{CLAIMS}/{id}")).await?;
         Ok(claims
             .into_iter()
             .filter_map(|meta| {
@@ -210,14 +197,7 @@ impl JobStore {
             .collect();
         let excess = finished.len().saturating_sub(KEEP_FINISHED);
         for job in &finished[..excess] {
-            let claims = ObjectPath::from(format!("{CLAIMS}/{}", job.id));
-            let claims: Vec<_> = (self.store.list(Some(&claims)))
-                .try_collect()
-                .await
-                .map_err(|source| JobError::Store {
-                    path: claims.to_string(),
-                    source,
-                })?;
+            let claims = self.listed(&format!("{CLAIMS}/{}", job.id)).await?;
             let paths = claims.into_iter().map(|meta| meta.location.to_string());
             for path in paths.chain([path_of(&job.id)]) {
                 match self.store.delete(&ObjectPath::from(path.as_str())).await {
@@ -227,6 +207,17 @@ impl JobStore {
             }
         }
         Ok(excess)
+    }
+
+    /// The objects under `prefix`.
+    async fn listed(&self, prefix: &str) -> Result<Vec<ObjectMeta>, JobError> {
+        (self.store.list(Some(&ObjectPath::from(prefix))))
+            .try_collect()
+            .await
+            .map_err(|source| JobError::Store {
+                path: prefix.to_owned(),
+                source,
+            })
     }
 }
 
