@@ -8,20 +8,26 @@
 
 function isAdmin() { return state.overview?.you?.scopes.includes("admin") ?? false; }
 
-/** Runs a change, shows what the API answered, and reloads what it changed. */
+/** Runs a change, redraws what it changed, then shows what the API answered. */
 async function governed(run) {
+  let answer;
   try {
-    const answer = await run();
-    $("governance-message").textContent = answer.message || "";
-    showError("");
-    state.overview = await api("/v1/governance");
-    await loadGovernance();
-    return answer;
+    answer = await run();
   } catch (err) {
     $("governance-message").textContent = "";
     showError(err.message);
     return null;
   }
+  showError("");
+  try {
+    state.overview = await api("/v1/governance");
+    await loadGovernance();
+  } catch (err) {
+    showError(`saved, but the page could not be redrawn: ${err.message}`);
+  }
+  // Last: whoever reads the message finds the tables already showing the change.
+  $("governance-message").textContent = answer.message || "";
+  return answer;
 }
 
 function actions(row, buttons) {

@@ -20,6 +20,12 @@ const browser = await launch();
 const input = testLines();
 try {
   const page = await openPage(browser, 1100);
+  // The overview a change reloads arrives late: a saved message must not show before the
+  // tables it speaks of are redrawn.
+  await page.route("**/v1/governance", async (route) => {
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await route.continue();
+  });
   const shot = (step) => page.screenshot({ path: `${folder}/governance-${step}.png`, fullPage: true });
   const saved = (text) => page.waitForFunction(
     (expected) => document.getElementById("governance-message").textContent.includes(expected), text, { timeout: 15000 });
