@@ -67,12 +67,14 @@ impl JobRunner {
             let Some(job) = self.jobs.get(&id).await? else {
                 continue;
             };
-            // When the job was last heard of: its runner's last word, or else its last claim
-            // (a runner that stopped between claiming and recording leaves only that).
+            // When the job was last heard of: its last claim, or its runner's last word if
+            // later (a runner that stopped between claiming and recording leaves only the
+            // claim, and a new claim comes before the running job says so).
             let last_claim = self.jobs.last_claim(&id).await?;
+            let claimed_at = last_claim.map(|(_, claimed_at)| claimed_at);
             let heard_at = match job.status {
-                JobStatus::Queued => last_claim.map(|(_, claimed_at)| claimed_at),
-                JobStatus::Running { alive_at, .. } => Some(alive_at),
+                JobStatus::Queued => claimed_at,
+                JobStatus::Running { alive_at, .. } => claimed_at.max(Some(alive_at)),
                 _ => {
                     self.finished.lock().expect("finished lock").insert(id);
                     continue;

@@ -199,6 +199,13 @@ fn a_job_is_run_by_one_scheduler_and_taken_over_only_once_abandoned() {
     };
     let (first, second) = (runner(), runner());
     let jobs = JobStore::new(rig.store.clone());
+    // A job's first claim, made as long ago as its runner may be silent, twice.
+    let age_claim = |id: &str| {
+        let claim = rig._dir.path().join(format!("objects/job-claims/{id}/1"));
+        let long_ago = std::time::SystemTime::now() - crate::jobs::ABANDONED_AFTER * 2;
+        let file = std::fs::File::options().write(true).open(claim).unwrap();
+        file.set_modified(long_ago).unwrap();
+    };
     let attempt = |job: &BatchJob| match job.status {
         JobStatus::Running { attempt, .. } => attempt,
         ref other => panic!("not running: {other:?}"),
@@ -229,13 +236,7 @@ fn a_job_is_run_by_one_scheduler_and_taken_over_only_once_abandoned() {
             None,
             "claimed elsewhere"
         );
-        let claim = rig
-            ._dir
-            .path()
-            .join(format!("objects/job-claims/{}/1", racing.id));
-        let long_ago = std::time::SystemTime::now() - crate::jobs::ABANDONED_AFTER * 2;
-        let file = std::fs::File::options().write(true).open(claim).unwrap();
-        file.set_modified(long_ago).unwrap();
+        age_claim(&racing.id);
         let retaken = second
             .claim_next()
             .await
@@ -256,6 +257,12 @@ fn a_job_is_run_by_one_scheduler_and_taken_over_only_once_abandoned() {
             alive_at: now_millis() - crate::jobs::ABANDONED_AFTER.as_millis() as i64 - 1,
         };
         jobs.update(&silent).await.unwrap();
+        assert_eq!(
+            second.claim_next().await.unwrap(),
+            None,
+            "a claim as fresh as its run's start"
+        );
+        age_claim(&job.id);
         let taken = second
             .claim_next()
             .await
