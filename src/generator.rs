@@ -22,7 +22,7 @@ pub struct GenArgs {
     /// Base URL of the collector.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// Write key to send with (printed by `tally up`, saved in <data-dir>/demo-keys.txt).
+    /// Write key to send with (printed by `tally up`, saved in `<data-dir>/demo-keys.txt`).
     #[arg(long)]
     pub key: String,
     /// Events to send.

@@ -2,7 +2,7 @@
 //!
 //! - [`query`]: `GET /v1/query`, one view over a range, batch views before the published
 //!   horizon and real-time views after it, rolled up, grouped, filtered and measured.
-//! - [`seed`]: the seed dashboards' API, `GET /v1/events/count` and `GET /v1/events/search`.
+//! - `seed`: the seed dashboards' API, `GET /v1/events/count` and `GET /v1/events/search`.
 //! - [`governance`]: the tag registry, views and keys of a tenant (admin key), suggestions,
 //!   recent rejected events; [`review`]: a view's logic versions, a reprocess staged for
 //!   review and its promotion, as batch jobs the batch scheduler runs; `publishers`: which

@@ -269,7 +269,7 @@ impl LoggedEvent {
         }
     }
 
-    /// The value of a field [`find`](Self::find) found on this event.
+    /// The value of a field `find` found on this event.
     pub fn value_at(&self, at: FieldAt) -> FieldValue<'_> {
         match at {
             FieldAt::EventType => FieldValue::Str(self.str(self.event_type)),

@@ -12,7 +12,7 @@
 //! - `view_generations ((tenant, view_name))`: a number drawn anew after each write to a
 //!   view's states, so serving keeps what it derived from them until the next write.
 //!
-//! Upserts go out as unlogged batches of one partition each (at most [`BATCH_BYTES`]): ScyllaDB
+//! Upserts go out as unlogged batches of one partition each (at most `BATCH_BYTES`): ScyllaDB
 //! applies a single-partition batch as one mutation, so a reader never sees half of one.
 //! Every statement is idempotent (absolute states), so the driver may retry any of them.
 //!

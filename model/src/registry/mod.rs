@@ -2,7 +2,7 @@
 //! and of what type, known misspellings, which sources may publish what, and retention.
 //!
 //! [`TagRegistry::validate`] turns one submitted JSON object into an [`Event`] or into every
-//! reason it is not one ([`validate`](mod@validate)); trackers' context fields come along as
+//! reason it is not one (`validate`); trackers' context fields come along as
 //! offered tags, kept only where the registry declares them.
 
 mod validate;

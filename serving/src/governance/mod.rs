@@ -3,12 +3,12 @@
 //! publish what), view specs, and API keys; tag suggestions; recent rejected events.
 //!
 //! Every change is checked as a whole catalog ([`Catalog::new`]), saved through the
-//! [`CatalogStore`] as a new generation and swapped into the shared [`CatalogHandle`], so a
+//! [`CatalogStore`] as a new generation and swapped into the shared [`CatalogHandle`](tally_connectors::catalog::CatalogHandle), so a
 //! collector in this process validates against it from the next request on, and collectors
 //! elsewhere once they poll the store.
 //!
-//! Its parts: [`registry`] (tags, event types, sources and views), [`keys`] (create, rotate,
-//! delete) and [`rejected`] (recent rejected events and their counts); this module mounts
+//! Its parts: `registry` (tags, event types, sources and views), `keys` (create, rotate,
+//! delete) and `rejected` (recent rejected events and their counts); this module mounts
 //! them, answers the overview and suggestions, and applies every change.
 
 pub(crate) mod keys;

@@ -48,7 +48,7 @@ impl RenderedRows {
 }
 
 impl Query {
-    /// Appends rows, in the order given, to a JSON array being written; see [`RowWriter`].
+    /// Appends rows, in the order given, to a JSON array being written; see `RowWriter`.
     pub fn render_rows(&self, rows: &[(&RowKey, &AggregateState)], out: &mut String) {
         if rows.is_empty() {
             return;

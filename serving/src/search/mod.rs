@@ -2,13 +2,14 @@
 //! instrumentation: a tantivy index of the last `serving.search_days` of events, on local disk
 //! beside each serving process, fed from the event log by [`indexer`].
 //!
-//! Every event is one document:
+//! Every event is one document (`document`):
 //! - `fields`: one untokenized term per field, `name=value`, for `event_type`, `user_id`,
 //!   `source` and every tag, so `os_type:ios` is an exact term and `url:/checkout*` a range of
 //!   terms ([`query`]);
 //! - `text`: the same words tokenized and lower-cased, for free text (`checkout`);
 //! - `tenant`, `ts` (sorted on, newest first) and `key` (tenant, event id and event hour: an
-//!   event indexed twice, resent or read from both the archive and the log, replaces itself);
+//!   event indexed twice, resent or read from both the archive and the log, replaces itself,
+//!   through a delete of its key issued only where `seen`'s filters may hold it);
 //! - `event`: the event as JSON, what a hit returns.
 //!
 //! Events leave with the window, or sooner with their event type's raw retention.
@@ -17,6 +18,7 @@
 //! where the last commit ended; an index that is missing, unreadable or behind the log is
 //! rebuilt from the archive and the log ([`indexer`]).
 
+mod document;
 pub mod indexer;
 pub mod query;
 mod seen;
@@ -32,14 +34,12 @@ use tally_model::time::{DAY_MS, HOUR_MS};
 use tally_model::{Catalog, Event, Millis};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
-use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
-    TextOptions, Value,
-};
+use tantivy::schema::{Field, IndexRecordOption, Value};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{Index, IndexReader, IndexWriter, Order, TantivyDocument, Term};
 use thiserror::Error;
 
+use document::{Fields, event_key, event_terms, field_term};
 pub use query::{Highlight, SearchQueryError};
 use seen::SeenKeys;
 
@@ -76,42 +76,6 @@ pub type Positions = BTreeMap<u32, u64>;
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct CommitPayload {
     positions: Positions,
-}
-
-/// The fields of the schema.
-#[derive(Clone, Copy)]
-struct Fields {
-    tenant: Field,
-    key: Field,
-    fields: Field,
-    text: Field,
-    ts: Field,
-    event: Field,
-}
-
-impl Fields {
-    fn schema() -> (Schema, Fields) {
-        let mut schema = Schema::builder();
-        let exact = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer("raw")
-                .set_index_option(IndexRecordOption::Basic),
-        );
-        let words = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer("default")
-                .set_index_option(IndexRecordOption::Basic),
-        );
-        let fields = Fields {
-            tenant: schema.add_text_field("tenant", STRING),
-            key: schema.add_text_field("key", STRING),
-            fields: schema.add_text_field("fields", exact),
-            text: schema.add_text_field("text", words),
-            ts: schema.add_i64_field("ts", INDEXED | FAST),
-            event: schema.add_bytes_field("event", STORED),
-        };
-        (schema.build(), fields)
-    }
 }
 
 /// One search: a tenant's events in a time range that a query admits.
@@ -208,7 +172,7 @@ impl SearchIndex {
             .map(|payload| payload.positions);
         let reader = index.reader()?;
         let writer = index.writer(WRITER_MEMORY_BYTES)?;
-        let seen = seen_keys(&reader, fields.key)?;
+        let seen = SeenKeys::load(&reader, fields.key)?;
         let search = SearchIndex {
             reader,
             writer: Mutex::new((writer, seen)),
@@ -245,7 +209,7 @@ impl SearchIndex {
             if seen.insert(event.ts.div_euclid(HOUR_MS), &key) {
                 writer.delete_term(Term::from_field_text(self.fields.key, &key));
             }
-            writer.add_document(self.document(event))?;
+            writer.add_document(self.fields.document(event, &key))?;
             added += 1;
         }
         self.indexed.inc_by(added);
@@ -410,80 +374,6 @@ impl SearchIndex {
             std::ops::Bound::Excluded(Term::from_field_i64(self.fields.ts, range.end)),
         ))
     }
-
-    fn document(&self, event: &Event) -> TantivyDocument {
-        let mut document = TantivyDocument::default();
-        document.add_text(self.fields.tenant, &event.tenant);
-        document.add_text(self.fields.key, event_key(event));
-        // The exact terms, and the same joined as the words free text searches.
-        let terms = event_terms(event);
-        for term in &terms {
-            document.add_text(self.fields.fields, term);
-        }
-        document.add_text(self.fields.text, terms.join(" "));
-        document.add_i64(self.fields.ts, event.ts);
-        let json = serde_json::to_vec(event).expect("an event serializes");
-        document.add_bytes(self.fields.event, &json);
-        document
-    }
-}
-
-/// What makes an event the same event: its tenant, id and hour, as both layers dedupe.
-fn event_key(event: &Event) -> String {
-    format!(
-        "{}\u{1f}{}\u{1f}{}",
-        event.tenant,
-        event.event_id,
-        event.ts.div_euclid(HOUR_MS)
-    )
-}
-
-/// The keys of every document in the index's segments (deleted ones too: they only cost a
-/// needless delete), by the hour each names.
-fn seen_keys(reader: &IndexReader, key: Field) -> Result<SeenKeys, SearchError> {
-    let mut seen = SeenKeys::default();
-    for segment in reader.searcher().segment_readers() {
-        let keys = segment.inverted_index(key)?;
-        let mut stream = (keys.terms().stream()).map_err(tantivy::TantivyError::from)?;
-        while stream.advance() {
-            let text = String::from_utf8_lossy(stream.key());
-            let hour = text
-                .rsplit('\u{1f}')
-                .next()
-                .and_then(|hour| hour.parse().ok());
-            seen.insert(hour.unwrap_or_default(), &text);
-        }
-    }
-    Ok(seen)
-}
-
-/// Every searchable field of an event with its value as text.
-fn event_fields(event: &Event) -> impl Iterator<Item = (&str, String)> + '_ {
-    [
-        ("event_type", event.event_type.clone()),
-        ("user_id", event.user_id.clone()),
-        ("source", event.source.clone()),
-    ]
-    .into_iter()
-    .chain(
-        event
-            .tags
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.to_string())),
-    )
-}
-
-/// The term of `name=value` in the `fields` field.
-fn field_term(name: &str, value: &str) -> String {
-    format!("{name}={value}")
-}
-
-/// Each field of an event as its `name=value` term; space-separated, they are the words
-/// free text searches.
-fn event_terms(event: &Event) -> Vec<String> {
-    (event_fields(event))
-        .map(|(name, value)| field_term(name, &value))
-        .collect()
 }
 
 /// Every term of `field` that starts with `prefix`: a range of the term dictionary.

@@ -22,7 +22,8 @@ use tantivy::query_grammar::{
 use tantivy::schema::{Field, IndexRecordOption};
 use thiserror::Error;
 
-use super::{event_fields, field_term, prefix_query};
+use super::document::{event_fields, field_term};
+use super::prefix_query;
 
 /// The longest query text.
 pub const MAX_QUERY_BYTES: usize = 2_000;

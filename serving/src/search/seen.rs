@@ -12,6 +12,9 @@
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
+use tantivy::IndexReader;
+use tantivy::schema::Field;
+
 /// Bits per key an hour's first filter gives, and bits set per key: about 0.8 % false
 /// positives when full. Each next filter gives 2 bits and 1 hash more.
 const FIRST_BITS_PER_KEY: usize = 10;
@@ -30,6 +33,25 @@ pub(super) struct SeenKeys {
 }
 
 impl SeenKeys {
+    /// The keys of every document in `reader`'s segments (deleted ones too: they only cost a
+    /// needless delete), by the hour each names.
+    pub(super) fn load(reader: &IndexReader, key: Field) -> tantivy::Result<SeenKeys> {
+        let mut seen = SeenKeys::default();
+        for segment in reader.searcher().segment_readers() {
+            let keys = segment.inverted_index(key)?;
+            let mut stream = keys.terms().stream()?;
+            while stream.advance() {
+                let text = String::from_utf8_lossy(stream.key());
+                let hour = text
+                    .rsplit('\u{1f}')
+                    .next()
+                    .and_then(|hour| hour.parse().ok());
+                seen.insert(hour.unwrap_or_default(), &text);
+            }
+        }
+        Ok(seen)
+    }
+
     /// Records `key`, of an event in `hour` (hours since the epoch); whether it may have been
     /// recorded before.
     pub(super) fn insert(&mut self, hour: i64, key: &str) -> bool {
