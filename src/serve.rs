@@ -446,6 +446,11 @@ fn start_serving(
             let indexer =
                 SearchIndexer::start(index.clone(), positions, (events, raw), catalog.clone())
                     .context("starting the search indexer")?;
+            registry.register(
+                "tally_search_lag_records",
+                "Log records the full-text search index has not taken in yet",
+                indexer.status().lag(),
+            );
             (serving.with_search(index), Some(indexer))
         }
     };

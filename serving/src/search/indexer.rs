@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tally_connectors::catalog::CatalogHandle;
-use tally_connectors::log::EventLog;
+use tally_connectors::log::{EventLog, LogStats};
 use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{Event, Granularity};
 
@@ -57,14 +58,24 @@ pub enum IndexerState {
     Failing(String),
 }
 
-/// The indexer's state, shared with whoever reports on it (`/readyz`).
+/// The indexer's state and how far it trails the log, shared with whoever reports on them
+/// (`/readyz`, `/metrics`).
 #[derive(Debug)]
-pub struct IndexerStatus(Mutex<IndexerState>);
+pub struct IndexerStatus {
+    state: Mutex<IndexerState>,
+    lag: Gauge,
+}
 
 impl IndexerStatus {
+    /// Log records not yet indexed, across partitions, as a gauge to export; measured after
+    /// each commit.
+    pub fn lag(&self) -> Gauge {
+        self.lag.clone()
+    }
+
     /// What the indexer is doing now.
     pub fn state(&self) -> IndexerState {
-        self.0
+        self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -88,7 +99,7 @@ impl IndexerStatus {
     }
 
     fn set(&self, state: IndexerState) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = state;
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
     }
 }
 
@@ -103,7 +114,10 @@ impl SearchIndexer {
     ) -> std::io::Result<SearchIndexer> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
-        let status = Arc::new(IndexerStatus(Mutex::new(IndexerState::Following)));
+        let status = Arc::new(IndexerStatus {
+            state: Mutex::new(IndexerState::Following),
+            lag: Gauge::default(),
+        });
         let reporting = status.clone();
         let thread = std::thread::Builder::new()
             .name("tally-search-index".into())
@@ -214,6 +228,9 @@ impl Indexer {
                     Err(error) => tracing::warn!(%error, "committing the search index failed"),
                 }
                 last_commit = Instant::now();
+                if let Ok(stats) = self.log.stats() {
+                    self.status.lag.set(lag(&stats, &positions));
+                }
             }
             if read == 0 {
                 std::thread::sleep(IDLE);
@@ -273,6 +290,7 @@ impl Indexer {
             let from = unarchived_from(self.log.as_ref(), partition)?;
             positions.insert(partition.partition, from);
         }
+        self.status.lag.set(lag(&stats, &positions));
         self.index.clear()?;
         let now = now_millis();
         let first = Granularity::Hour.bucket_start(now.saturating_sub(self.index.window_ms()));
@@ -306,6 +324,17 @@ impl Indexer {
         );
         Ok(positions)
     }
+}
+
+/// Records of `stats`' partitions past `positions`, the next offsets indexed.
+fn lag(stats: &LogStats, positions: &Positions) -> i64 {
+    let behind = (stats.partitions.iter()).map(|partition| {
+        let indexed = positions.get(&partition.partition).copied().unwrap_or(0);
+        partition
+            .next_offset
+            .saturating_sub(indexed.max(partition.first_offset))
+    });
+    i64::try_from(behind.fold(0u64, u64::saturating_add)).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

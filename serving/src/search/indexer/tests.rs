@@ -1,6 +1,7 @@
 //! The indexer over a real spool and a local archive: an archived hour it cannot read fails
-//! the rebuild, which it says (for `/readyz`) and retries, and once the archive reads again it
-//! rebuilds, follows the log and finds every event.
+//! the rebuild, which it says (for `/readyz`) and retries, with the whole log to index (its
+//! lag, for `/metrics`); once the archive reads again it rebuilds, follows the log, finds
+//! every event and lags no more.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -70,6 +71,8 @@ fn a_rebuild_that_cannot_read_the_archive_says_so_and_recovers_once_it_can() {
     wait_for("the rebuild to fail", || {
         matches!(status.state(), IndexerState::Failing(_))
     });
+    // Nothing is archived: the whole log is still to index.
+    assert_eq!(status.lag().get(), events.len() as i64);
     let shown = status.degraded().unwrap();
     assert!(
         shown.contains("rebuilding its index from the archive failed") && shown.contains(&damaged),
@@ -85,5 +88,6 @@ fn a_rebuild_that_cannot_read_the_archive_says_so_and_recovers_once_it_can() {
     wait_for("every event to be found once", || {
         found(&index, now) == distinct.len()
     });
+    wait_for("no lag", || status.lag().get() == 0);
     indexer.stop();
 }
