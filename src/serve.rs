@@ -451,7 +451,7 @@ fn start_serving(
                 "Log records the full-text search index has not taken in yet",
                 indexer.status().lag(),
             );
-            (serving.with_search(index), Some(indexer))
+            (serving.with_search(index, indexer.status()), Some(indexer))
         }
     };
     Ok((web::Data::new(serving), indexer))

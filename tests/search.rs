@@ -104,8 +104,9 @@ fn the_search_index_is_rebuilt_from_an_archive_on_s3_and_serving_goes_on_answeri
     });
 }
 
-/// `/readyz` says when searches miss events: an archived hour the rebuild cannot read keeps
-/// the new index failing (degraded, retried every second); once the hour reads, ready again.
+/// `/readyz`, and each `q=` answer, say when searches miss events: an archived hour the rebuild
+/// cannot read keeps the new index failing (degraded, retried every second); once the hour
+/// reads, ready again, and answers are whole.
 #[test]
 fn readiness_says_while_the_search_index_cannot_be_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,8 +126,28 @@ fn readiness_says_while_the_search_index_cannot_be_rebuilt() {
                 && readiness.contains("rebuilding its index from the archive failed")
         },
     );
+    // A search answers meanwhile, and says its hits may be incomplete, and why.
+    let authorization = format!("Bearer {READ_KEY}");
+    let now = now_millis() / 1000;
+    let search = format!(
+        "/v1/events/search?q=*&start_time={}&end_time={}",
+        now - 3600,
+        now + 3600
+    );
+    let incomplete = |up: &Tally| -> Option<String> {
+        let (status, body) = up.http("GET", &search, &[("Authorization", &authorization)], "");
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        answer["incomplete"].as_str().map(str::to_owned)
+    };
+    let why = incomplete(&up).expect("an answer that says it is incomplete");
+    assert!(
+        why.contains("rebuilding its index from the archive failed"),
+        "{why}"
+    );
     std::fs::remove_file(&damaged).unwrap();
     up.wait_for("readiness", Duration::from_secs(60), |up| {
         up.readiness().contains("\"ready\"")
     });
+    assert_eq!(incomplete(&up), None);
 }

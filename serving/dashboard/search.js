@@ -52,7 +52,8 @@ async function search(cursor) {
       }
     });
     $("search-summary").textContent = q
-      ? `${answer.total} matching event(s)${answer.nextCursor ? `, showing ${answer.result.length} per page` : ""}`
+      ? `${answer.total} matching event(s)${answer.nextCursor ? `, showing ${answer.result.length} per page` : ""}` +
+        (answer.incomplete ? `; some may be missing: ${answer.incomplete}` : "")
       : `${answer.result.length} event(s) on this page`;
     state.searchCursor = answer.nextCursor;
     $("search-next").disabled = !answer.nextCursor;

@@ -54,6 +54,7 @@ use crate::query::{
 };
 use crate::raw::{RawError, RawEvents};
 use crate::search::SearchIndex;
+use crate::search::indexer::IndexerStatus;
 
 /// Serving's shared state.
 pub struct Serving {
@@ -63,6 +64,8 @@ pub struct Serving {
     batch_views: BatchViews,
     raw: RawEvents,
     search: Option<Arc<SearchIndex>>,
+    /// What the search index's indexer is doing: a `q=` answer says when hits may be missing.
+    search_status: Option<Arc<IndexerStatus>>,
     metrics: Arc<ServingMetrics>,
     limits: ServingConfig,
     /// Whole batch hours rolled up per query shape, for answers by day or the whole range,
@@ -213,6 +216,7 @@ impl Serving {
             batch_views,
             raw,
             search: None,
+            search_status: None,
             metrics,
             limits,
             rolled_hours: Mutex::new(FifoCache::new(ROLLED_HOURS_CACHE_BYTES)),
@@ -227,10 +231,12 @@ impl Serving {
         &self.raw
     }
 
-    /// The same serving, answering `q=` searches from `index`.
-    pub fn with_search(self, index: Arc<SearchIndex>) -> Serving {
+    /// The same serving, answering `q=` searches from `index`, which the indexer of `status`
+    /// feeds.
+    pub fn with_search(self, index: Arc<SearchIndex>, status: Arc<IndexerStatus>) -> Serving {
         Serving {
             search: Some(index),
+            search_status: Some(status),
             ..self
         }
     }

@@ -69,6 +69,18 @@ pub(crate) struct SeedAnswer<T> {
     /// Search with `q` only: how many events match, on every page.
     #[serde(skip_serializing_if = "Option::is_none")]
     total: Option<usize>,
+    /// Search with `q` only, and only while the index misses events (it is rebuilding from
+    /// the archive, or failing): why hits may be missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incomplete: Option<String>,
+}
+
+/// What a search answer tells beside its events.
+#[derive(Default)]
+struct PageNotes {
+    next_cursor: Option<Option<String>>,
+    total: Option<usize>,
+    incomplete: Option<String>,
 }
 
 /// A seed API error.
@@ -97,7 +109,13 @@ pub(crate) async fn count(request: HttpRequest, serving: web::Data<Serving>) -> 
         count_events(&serving, &key, params.event_type.as_deref(), start, end).await
     }
     .await;
-    respond(&serving, "events_count", started, result, (None, None))
+    respond(
+        &serving,
+        "events_count",
+        started,
+        result,
+        PageNotes::default(),
+    )
 }
 
 /// `GET /v1/events/search?event_type=E&start_time=S&end_time=E&limit=L&cursor=C`: raw events
@@ -111,8 +129,7 @@ pub(crate) async fn count(request: HttpRequest, serving: web::Data<Serving>) -> 
         (status = 500, description = "A store failed", body = SeedError)))]
 pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) -> HttpResponse {
     let started = Instant::now();
-    let mut next_cursor = None;
-    let mut total = None;
+    let mut notes = PageNotes::default();
     let result = async {
         let (key, params) = checked(&request, &serving)?;
         let (start, end) = range(&params)?;
@@ -123,8 +140,9 @@ pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) ->
         if let Some(q) = params.q.as_deref() {
             let serving = serving.clone().into_inner();
             let page = full_text(&serving, &key, &params, q, start..end, limit).await?;
-            next_cursor = page.next_cursor;
-            total = Some(page.total);
+            notes.next_cursor = Some(page.next_cursor);
+            notes.total = Some(page.total);
+            notes.incomplete = (serving.search_status.as_ref()).and_then(|s| s.degraded());
             return Ok(serde_json::to_value(page.hits).expect("hits serialize"));
         }
         let after = params.cursor.as_deref().map(parse_cursor).transpose()?;
@@ -136,17 +154,11 @@ pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) ->
         };
         let (page, next, hours) = raw_page(&serving.raw, filter, after, limit).await?;
         tracing::debug!(hours, events = page.len(), "a raw search page");
-        next_cursor = next;
+        notes.next_cursor = Some(next);
         Ok(serde_json::to_value(page).expect("events serialize"))
     }
     .await;
-    respond(
-        &serving,
-        "events_search",
-        started,
-        result,
-        (Some(next_cursor), total),
-    )
+    respond(&serving, "events_search", started, result, notes)
 }
 
 /// A page of the raw events `filter` admits after the cursor `after`, in time and id order,
@@ -341,15 +353,16 @@ fn respond(
     route: &'static str,
     started: Instant,
     result: Result<impl Serialize, Refusal>,
-    (next_cursor, total): (Option<Option<String>>, Option<usize>),
+    notes: PageNotes,
 ) -> HttpResponse {
     let response = match result {
         Ok(result) => HttpResponse::Ok().json(SeedAnswer {
             result,
             status: "SUCCESS",
             time_stamp: now_millis(),
-            next_cursor,
-            total,
+            next_cursor: notes.next_cursor,
+            total: notes.total,
+            incomplete: notes.incomplete,
         }),
         Err((status, error)) => HttpResponse::build(status).json(SeedError {
             status: "ERROR",
