@@ -191,8 +191,6 @@ impl Indexer {
                 }
             }
         };
-        self.status.set(IndexerState::Following);
-        let mut failing = false;
         let mut last_commit = Instant::now();
         // Expired at once: the window or a retention may have passed while it was down.
         let mut last_expire: Option<Instant> = None;
@@ -204,14 +202,11 @@ impl Indexer {
                     tracing::warn!(%error, "indexing the event log failed; retrying");
                     let reason = format!("indexing the event log failed: {error}");
                     self.status.set(IndexerState::Failing(reason));
-                    failing = true;
                     std::thread::sleep(RETRY);
                     continue;
                 }
             };
-            if std::mem::take(&mut failing) {
-                self.status.set(IndexerState::Following);
-            }
+            self.status.set(IndexerState::Following);
             dirty |= read > 0;
             if last_expire.is_none_or(|at| at.elapsed() >= EXPIRE_EVERY) {
                 last_expire = Some(Instant::now());

@@ -127,11 +127,17 @@ pub struct SearchPage {
     pub total: usize,
 }
 
+/// tantivy's writer, and the keys of the documents it may hold: only those are deleted
+/// before an add.
+struct Writer {
+    documents: IndexWriter,
+    seen: SeenKeys,
+}
+
 /// The index, shared by the indexer and the search route.
 pub struct SearchIndex {
     reader: IndexReader,
-    /// The writer, and the keys it may hold (only those are deleted before an add).
-    writer: Mutex<(IndexWriter, SeenKeys)>,
+    writer: Mutex<Writer>,
     fields: Fields,
     window_ms: Millis,
     indexed: Counter,
@@ -175,7 +181,10 @@ impl SearchIndex {
         let seen = SeenKeys::load(&reader, fields.key)?;
         let search = SearchIndex {
             reader,
-            writer: Mutex::new((writer, seen)),
+            writer: Mutex::new(Writer {
+                documents: writer,
+                seen,
+            }),
             fields,
             window_ms,
             indexed: Counter::default(),
@@ -201,15 +210,15 @@ impl SearchIndex {
         now: Millis,
     ) -> Result<(), SearchError> {
         let oldest = now.saturating_sub(self.window_ms);
-        let mut guard = self.writer.lock().expect("writer lock");
-        let (writer, seen) = &mut *guard;
+        let mut writer = self.writer.lock().expect("writer lock");
+        let Writer { documents, seen } = &mut *writer;
         let mut added = 0;
         for event in events.into_iter().filter(|event| event.ts >= oldest) {
             let key = event_key(event);
             if seen.insert(event.ts.div_euclid(HOUR_MS), &key) {
-                writer.delete_term(Term::from_field_text(self.fields.key, &key));
+                documents.delete_term(Term::from_field_text(self.fields.key, &key));
             }
-            writer.add_document(self.fields.document(event, &key))?;
+            documents.add_document(self.fields.document(event, &key))?;
             added += 1;
         }
         self.indexed.inc_by(added);
@@ -223,7 +232,7 @@ impl SearchIndex {
         })
         .expect("positions serialize");
         let mut writer = self.writer.lock().expect("writer lock");
-        let mut commit = writer.0.prepare_commit()?;
+        let mut commit = writer.documents.prepare_commit()?;
         commit.set_payload(&payload);
         commit.commit()?;
         drop(writer);
@@ -234,8 +243,8 @@ impl SearchIndex {
     /// Deletes every document, for a rebuild.
     pub fn clear(&self) -> Result<(), SearchError> {
         let mut writer = self.writer.lock().expect("writer lock");
-        writer.0.delete_all_documents()?;
-        writer.1.clear();
+        writer.documents.delete_all_documents()?;
+        writer.seen.clear();
         Ok(())
     }
 
@@ -243,26 +252,24 @@ impl SearchIndex {
     /// whose event type keeps its raw events for less (`retention_days` in the `catalog`):
     /// the index never holds an event the archive has let go.
     pub fn expire(&self, now: Millis, catalog: &Catalog) -> Result<(), SearchError> {
-        let mut guard = self.writer.lock().expect("writer lock");
-        let (writer, seen) = &mut *guard;
+        let mut writer = self.writer.lock().expect("writer lock");
         let oldest = now.saturating_sub(self.window_ms);
-        seen.forget_before(oldest.div_euclid(HOUR_MS));
+        writer.seen.forget_before(oldest.div_euclid(HOUR_MS));
         let before = |oldest: Millis| self.time_range(&(Millis::MIN..oldest));
-        writer.delete_query(before(oldest))?;
+        writer.documents.delete_query(before(oldest))?;
         for (name, tenant) in &catalog.tenants {
             for (event_type, spec) in &tenant.registry.event_types {
                 let kept = i64::from(spec.retention_days).saturating_mul(DAY_MS);
                 if kept >= self.window_ms {
                     continue;
                 }
-                writer.delete_query(Box::new(BooleanQuery::new(vec![
-                    (Occur::Must, term(self.fields.tenant, name)),
-                    (
-                        Occur::Must,
-                        term(self.fields.fields, &field_term("event_type", event_type)),
-                    ),
-                    (Occur::Must, before(now.saturating_sub(kept))),
-                ])))?;
+                writer
+                    .documents
+                    .delete_query(Box::new(BooleanQuery::new(vec![
+                        (Occur::Must, term(self.fields.tenant, name)),
+                        (Occur::Must, self.field_is("event_type", event_type)),
+                        (Occur::Must, before(now.saturating_sub(kept))),
+                    ])))?;
             }
         }
         Ok(())
@@ -285,10 +292,7 @@ impl SearchIndex {
             ("user_id", request.user_id),
         ] {
             if let Some(value) = value {
-                clauses.push((
-                    Occur::Must,
-                    term(self.fields.fields, &field_term(name, value)),
-                ));
+                clauses.push((Occur::Must, self.field_is(name, value)));
             }
         }
         let whole = BooleanQuery::new(clauses);
@@ -350,10 +354,7 @@ impl SearchIndex {
                     prefix_query(self.fields.fields, &field_term(field, "")),
                 ),
                 (Occur::Must, term(self.fields.tenant, tenant)),
-                (
-                    Occur::Must,
-                    term(self.fields.fields, &field_term("source", source)),
-                ),
+                (Occur::Must, self.field_is("source", source)),
                 (Occur::Must, self.time_range(&range)),
             ]);
             let newest = TopDocs::with_limit(1).order_by_fast_field::<i64>("ts", Order::Desc);
@@ -365,6 +366,11 @@ impl SearchIndex {
             });
         }
         Ok(publishers)
+    }
+
+    /// Events whose field `name` is `value`.
+    fn field_is(&self, name: &str, value: &str) -> Box<dyn Query> {
+        term(self.fields.fields, &field_term(name, value))
     }
 
     /// Events whose time is in `range`.
