@@ -142,7 +142,7 @@ impl Recompute {
         request: &RunRequest,
         progress: &(dyn Fn(RunProgress) + Sync),
     ) -> Result<RunSummary, BatchError> {
-        let published = self.views.manifest().await?;
+        let published = self.views.manifest_to_build_on().await?;
         let mut manifest = published.clone().unwrap_or_default();
         let generation = manifest.generation + 1;
         // Another run may race for the same generation: this run's objects are named apart.
@@ -260,7 +260,7 @@ impl Recompute {
         view: &str,
         version: LogicVersion,
     ) -> Result<usize, BatchError> {
-        let mut manifest = self.views.manifest().await?.unwrap_or_default();
+        let mut manifest = self.views.manifest_to_build_on().await?.unwrap_or_default();
         let id = view_id(tenant, view);
         let entry = manifest.views.get_mut(&id);
         let promoted = entry.map_or(0, |entry| entry.promote(version));

@@ -25,12 +25,17 @@ use tally_model::{AggregateState, Millis, StateDecodeError};
 use thiserror::Error;
 
 use crate::archive::{ArchiveError, write_parquet};
-use crate::object_store::{get_optional, publish_generation};
+use crate::object_store::{get_optional, publish_generation, rolled_forward};
 use crate::view_store::ViewKey;
 
 const CURRENT: &str = "manifests/CURRENT";
 /// Every manifest generation is an object named `<this><generation>.json`.
 pub const MANIFEST_PREFIX: &str = "manifests/manifest-";
+
+/// The object of manifest generation `generation`.
+fn manifest_path(generation: u64) -> String {
+    format!("{MANIFEST_PREFIX}{generation:010}.json")
+}
 
 /// One row of a batch view: a bucket, its dimension values, its state.
 pub type StateRow = (Millis, Vec<String>, AggregateState);
@@ -122,6 +127,19 @@ impl BatchViews {
         }
     }
 
+    /// The manifest a run builds on: the published one, or a later one whose run stopped
+    /// between writing it and swapping `CURRENT` (it is published now, so that the generation
+    /// it took does not refuse every later run).
+    pub async fn manifest_to_build_on(&self) -> Result<Option<Manifest>, BatchViewsError> {
+        let newest = rolled_forward(self.store.as_ref(), CURRENT, manifest_path)
+            .await
+            .map_err(|err| store_error(&err.path, err.source))?;
+        match newest {
+            Some(path) => self.manifest_at(&path).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The object of the published manifest, if any run has published one.
     pub async fn current_manifest_path(&self) -> Result<Option<String>, BatchViewsError> {
         let pointer = self.get_optional(CURRENT).await?;
@@ -139,7 +157,7 @@ impl BatchViews {
 
     /// Publishes `manifest` (whose generation must be new) atomically.
     pub async fn publish(&self, manifest: &Manifest) -> Result<(), BatchViewsError> {
-        let path = format!("{MANIFEST_PREFIX}{:010}.json", manifest.generation);
+        let path = manifest_path(manifest.generation);
         let body = serde_json::to_vec_pretty(manifest).expect("a manifest serializes to JSON");
         match publish_generation(self.store.as_ref(), &path, body, CURRENT).await {
             Ok(true) => Ok(()),

@@ -17,11 +17,16 @@ use serde::{Deserialize, Serialize};
 use tally_model::Catalog;
 use thiserror::Error;
 
-use crate::object_store::{get_optional, publish_generation};
+use crate::object_store::{get_optional, publish_generation, rolled_forward};
 
 const CURRENT: &str = "governance/CURRENT";
 /// Where the generations are: `governance/catalog-<generation>.json`.
 const GENERATIONS: &str = "governance";
+
+/// The object of catalog generation `generation`.
+fn generation_path(generation: u64) -> String {
+    format!("{GENERATIONS}/catalog-{generation:010}.json")
+}
 
 /// A catalog as saved, with the generation that orders saves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,12 +94,19 @@ impl CatalogStore {
         }
     }
 
-    /// The saved catalog, if one was ever saved.
+    /// The saved catalog, if one was ever saved: the newest generation, a save that stopped
+    /// before it swapped `CURRENT` included (it is published now, so that its generation does
+    /// not refuse every later save).
     pub async fn load(&self) -> Result<Option<StoredCatalog>, CatalogError> {
-        let Some(pointer) = self.get_optional(CURRENT).await? else {
+        let newest = rolled_forward(self.store.as_ref(), CURRENT, generation_path)
+            .await
+            .map_err(|err| CatalogError::Store {
+                path: err.path,
+                source: err.source,
+            })?;
+        let Some(path) = newest else {
             return Ok(None);
         };
-        let path = String::from_utf8_lossy(&pointer).trim().to_owned();
         let bytes = self
             .get_optional(&path)
             .await?
@@ -120,7 +132,7 @@ impl CatalogStore {
             generation: previous + 1,
             catalog: catalog.clone(),
         };
-        let path = format!("{GENERATIONS}/catalog-{:010}.json", stored.generation);
+        let path = generation_path(stored.generation);
         let body = serde_json::to_vec_pretty(&stored).expect("a catalog serializes to JSON");
         match publish_generation(self.store.as_ref(), &path, body, CURRENT).await {
             Ok(true) => {}
@@ -229,6 +241,38 @@ impl From<Arc<Catalog>> for CatalogHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A save stopped after writing its generation and before swapping `CURRENT` (or, for the
+    /// first save, before writing `CURRENT` at all): the next load hands out that generation
+    /// and points to it, so later saves are not refused its number for good.
+    #[tokio::test]
+    async fn a_save_that_stopped_before_its_pointer_swap_is_loaded_and_saved_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = crate::object_store::open_local(dir.path()).unwrap();
+        let store = CatalogStore::new(objects.clone());
+        let unnamed = |generation| {
+            let objects = objects.clone();
+            async move {
+                let stored = StoredCatalog {
+                    generation,
+                    catalog: Catalog::demo(&format!("w{generation}"), "r"),
+                };
+                let body = serde_json::to_vec(&stored).unwrap();
+                let path = generation_path(generation);
+                objects
+                    .put(&path.as_str().into(), body.into())
+                    .await
+                    .unwrap();
+                stored
+            }
+        };
+        let first = unnamed(1).await;
+        assert_eq!(store.load().await.unwrap(), Some(first));
+        let second = unnamed(2).await;
+        assert_eq!(store.load().await.unwrap(), Some(second));
+        let third = store.save(&Catalog::demo("w3", "r"), 2).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), Some(third));
+    }
 
     #[tokio::test]
     async fn saves_generations_once_and_hands_out_the_newest() {

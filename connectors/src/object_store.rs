@@ -196,6 +196,60 @@ pub async fn publish_generation(
     Ok(true)
 }
 
+/// The generation `pointer` names, rolled forward: the path of the newest published
+/// generation, `path_of(n)` being generation `n`'s object. A writer that created the next
+/// generation's object and stopped before it swapped `pointer` leaves a complete object that
+/// nothing names, and every later writer would be refused that generation for good; so the
+/// generations after the named one are followed while they exist, and `pointer` is swapped to
+/// the last, as their writer meant to. None while nothing was ever published. Two callers may
+/// race to swap it; one that looked a moment earlier may point it back a generation, until
+/// the next call rolls it forward again.
+pub async fn rolled_forward(
+    store: &dyn ObjectStore,
+    pointer: &str,
+    path_of: impl Fn(u64) -> String,
+) -> Result<Option<String>, ObjectError> {
+    let named = get_optional(store, pointer)
+        .await
+        .map_err(|source| ObjectError::at(pointer, source))?
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned());
+    let mut generation = named.as_deref().map_or(0, generation_in);
+    let mut newest = named.clone();
+    loop {
+        let next = path_of(generation.saturating_add(1));
+        match store.head(&ObjectPath::from(next.as_str())).await {
+            Ok(_) => {
+                generation = generation.saturating_add(1);
+                newest = Some(next);
+            }
+            Err(object_store::Error::NotFound { .. }) => break,
+            Err(source) => return Err(ObjectError::at(&next, source)),
+        }
+    }
+    if let Some(path) = newest.as_ref().filter(|path| Some(*path) != named.as_ref()) {
+        tracing::warn!(
+            pointer,
+            path = path.as_str(),
+            "a generation was published without its pointer (its writer stopped); pointing to it"
+        );
+        store
+            .put(
+                &ObjectPath::from(pointer),
+                PutPayload::from(path.as_bytes().to_vec()),
+            )
+            .await
+            .map_err(|source| ObjectError::at(pointer, source))?;
+    }
+    Ok(newest)
+}
+
+/// The generation number of a generation's object: the digits before its `.json`.
+fn generation_in(path: &str) -> u64 {
+    let stem = path.strip_suffix(".json").unwrap_or(path);
+    let digits = stem.len() - stem.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    stem[stem.len() - digits..].parse().unwrap_or(0)
+}
+
 /// The bytes of `path`, none when there is no such object.
 pub async fn get_optional(
     store: &dyn ObjectStore,

@@ -7,7 +7,7 @@ mod review;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use proptest::prelude::*;
 use tally_connectors::archive::events_from_parquet;
 use tally_connectors::batch_views::BatchViews;
@@ -440,6 +440,38 @@ fn a_roll_whose_progress_write_fails_after_its_commit_is_counted_once() {
         counted, logged,
         "every logged event counted as archived once\n{text}"
     );
+}
+
+/// A run killed between writing its manifest and swapping `CURRENT` to it leaves a complete
+/// manifest that nothing names, whose generation every later run was refused for good ("is a
+/// second scheduler running?"). The next run builds on it and publishes the one after.
+#[test]
+fn a_run_after_one_stopped_before_its_pointer_swap_builds_on_its_manifest() {
+    let rig = rig();
+    rig.append(&sample_demo_events(base()));
+    rig.archive();
+    rig.recompute(&demo(), 0, RunRequest::default());
+    let mut unnamed = rig.manifest();
+    unnamed.generation += 1;
+    let path = format!(
+        "{}{:010}.json",
+        tally_connectors::batch_views::MANIFEST_PREFIX,
+        unnamed.generation
+    );
+    let body = serde_json::to_vec(&unnamed).unwrap();
+    rig.runtime
+        .block_on(rig.store.put(&path.as_str().into(), body.into()))
+        .unwrap();
+
+    // Nothing new to compute: the unnamed manifest is published as it was written.
+    rig.recompute(&demo(), 0, RunRequest::default());
+    assert_eq!(rig.manifest(), unnamed);
+    // Events of another hour: the next run computes them on top of it.
+    rig.append(&sample_demo_events(base() - 3 * HOUR_MS));
+    rig.archive();
+    rig.recompute(&demo(), 0, RunRequest::default());
+    assert_eq!(rig.manifest().generation, unnamed.generation + 1);
+    assert_states_agree(&rig.batch_states(&demo()), &rig.expected(&demo()));
 }
 
 #[test]
