@@ -3,25 +3,23 @@
 # Every role runs from this one image (`tally up|ingest|speed|serve|archive|batch …`);
 # infra/compose.yaml and infra/k8s/ start each with its own command.
 
-# --- build: the pinned toolchain and librdkafka's build tools. The dashboard's assets are in
-# the sources (its chart library vendored in serving/dashboard/vendor/): no npm needed.
+# --- build: the pinned toolchain, nothing else: librdkafka and OpenSSL build from the crates'
+# bundled sources. The dashboard's assets are in the sources (its chart library vendored in
+# serving/dashboard/vendor/): no npm needed.
 FROM rust:1.95-bookworm AS build
-# Debian stable's packages take security fixes under one version string per release: pinning
-# them would only break the build when a fix lands.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev libssl-dev pkg-config \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin tally \
  && cp target/release/tally /usr/local/bin/tally
 
-# --- runtime: the binary, its shared libraries, and curl for the health check.
+# --- runtime: the binary (librdkafka and OpenSSL linked in), CA certificates for TLS, and
+# curl for the health check.
 FROM debian:bookworm-slim
+# Debian stable's packages take security fixes under one version string per release: pinning
+# them would only break the build when a fix lands.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl libcurl4 libssl3 \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/tally --create-home tally
 COPY --from=build /usr/local/bin/tally /usr/local/bin/tally

@@ -99,7 +99,6 @@ pub fn serve(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let (catalog_handle, catalog_store, demo_keys) = catalog::load(&config)?;
-    let catalog = catalog_handle.current();
     let mut registry = Registry::default();
     let collector = match mode.runs_collector() {
         true => Some(CollectorPart::start(
@@ -142,8 +141,13 @@ pub fn serve(
     // The speed layer, and the batch views whose published horizons it follows.
     let (speed, horizon_views) = match (mode.runs_speed_layer(), speed_views) {
         (true, Some(speed_views)) => {
-            let (speed, views) =
-                start_speed_layer(&config, catalog.clone(), speed_views, &logs, &mut registry)?;
+            let (speed, views) = start_speed_layer(
+                &config,
+                catalog_handle.clone(),
+                speed_views,
+                &logs,
+                &mut registry,
+            )?;
             (Some(speed), Some(views))
         }
         _ => (None, None),
@@ -461,7 +465,7 @@ fn start_serving(
 /// read that horizon from (to follow the next ones).
 fn start_speed_layer(
     config: &Config,
-    catalog: Arc<tally_model::Catalog>,
+    catalog: CatalogHandle,
     speed_views: Arc<dyn ViewStore>,
     logs: &LayerLogs<'_>,
     registry: &mut Registry,

@@ -325,7 +325,7 @@ pub fn speed_caught_up(
     let speed = SpeedLayer {
         log: log.clone(),
         store,
-        catalog,
+        catalog: catalog.into(),
         config: SpeedConfig {
             workers: 2,
             epoch_ms: 10,

@@ -239,7 +239,7 @@ impl SpeedCluster {
                 let layer = SpeedLayer {
                     log: source.reader()?,
                     store: store.clone(),
-                    catalog: catalog.clone(),
+                    catalog: catalog.clone().into(),
                     config: SpeedConfig {
                         peers: peers.join(","),
                         process_index: index,

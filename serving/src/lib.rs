@@ -19,11 +19,12 @@
 mod cache;
 mod dashboard;
 pub mod governance;
+mod live;
 pub mod openapi;
 mod publishers;
 pub mod query;
 pub mod raw;
-pub mod review;
+mod review;
 pub mod search;
 mod seed;
 mod telemetry;
@@ -48,6 +49,7 @@ use thiserror::Error;
 pub use telemetry::ServingMetrics;
 
 use crate::cache::{RowsCache, RowsKey, RowsSource, cached};
+use crate::live::LiveSpecs;
 use crate::query::{
     BatchReading, Projection, Query, QueryError, QueryGranularity, QueryParams, RenderedHour,
     RenderedRows, RolledHour, Rollup, Sources,
@@ -78,6 +80,8 @@ pub struct Serving {
     realtime_rows: RowsCache<RenderedRows>,
     /// Real-time rows being built, by their cache key.
     realtime_builds: Mutex<HashMap<RowsKey, Arc<RealtimeBuild>>>,
+    /// Which spec's real-time states answer each view.
+    live_specs: LiveSpecs,
 }
 
 /// One build of real-time rows that the queries missing its key share: `None` once it
@@ -87,8 +91,8 @@ type RealtimeBuild = OnceLock<Option<Arc<RenderedRows>>>;
 /// The real-time part of an answer.
 enum Realtime {
     /// States to merge with the batch rows of their buckets (answers by day or over the
-    /// whole range).
-    States(Vec<(ViewKey, AggregateState)>),
+    /// whole range), and how they map onto the query.
+    States(Vec<(ViewKey, AggregateState)>, Projection),
     /// Rows that no batch row merges into (answers by minute or hour), rendered.
     Rendered(Arc<RenderedRows>),
 }
@@ -118,12 +122,16 @@ pub enum ServingError {
     /// Two states of one row could not merge: a store holds a state of another view version.
     #[error("merging states: {0}")]
     Merge(#[from] tally_model::state::MergeError),
+    /// The view changed, and the real-time states that answer the query are still being built.
+    #[error("{0}")]
+    Building(String),
 }
 
 impl ServingError {
     fn status(&self) -> StatusCode {
         match self {
             ServingError::Query(_) => StatusCode::BAD_REQUEST,
+            ServingError::Building(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -223,6 +231,7 @@ impl Serving {
             rendered_hours: Mutex::new(FifoCache::new(RENDERED_HOURS_CACHE_BYTES)),
             realtime_rows: Mutex::new(FifoCache::new(REALTIME_ROWS_CACHE_BYTES)),
             realtime_builds: Mutex::default(),
+            live_specs: LiveSpecs::default(),
         }
     }
 
@@ -382,9 +391,7 @@ impl Serving {
         }
         match realtime {
             None => {}
-            Some(Realtime::States(states)) => {
-                let projection = Projection::new(view, &query)
-                    .expect("a query is checked against the view's current spec");
+            Some(Realtime::States(states, projection)) => {
                 for (key, state) in &states {
                     if key.bucket >= seam {
                         rollup.add(&projection, key.bucket, &key.dimensions, state)?;
@@ -409,8 +416,16 @@ impl Serving {
     /// is at or after the seam. Answers by minute or hour take their real-time rows alone,
     /// so those are rendered and kept while the store's generation for the view stays.
     fn realtime(&self, tenant: &str, query: &Query) -> Result<Realtime, ServingError> {
-        // The states of the current spec only: see `ViewSpec::stored_name`.
-        let view = &query.view.stored_name();
+        // The states of the spec the speed layer has complete: the current one, or while a
+        // change is being built, the one before it.
+        let spec = (self.live_specs).spec_for(self.speed_views.as_ref(), tenant, &query.view)?;
+        let projection = Projection::new(&spec, query).map_err(|lacking| {
+            ServingError::Building(format!(
+                "view '{}' changed: the speed layer is building the new spec's real-time states from the events since the horizon, and the spec it answers with until then has no {lacking}; retry in a few seconds",
+                spec.name
+            ))
+        })?;
+        let view = &spec.stored_name();
         let range = query.from..query.to;
         if !matches!(
             query.granularity,
@@ -418,11 +433,10 @@ impl Serving {
         ) {
             return Ok(Realtime::States(
                 self.speed_views.scan(tenant, view, range)?,
+                projection,
             ));
         }
         let generation = self.speed_views.generation(tenant, view)?;
-        let projection = Projection::new(&query.view, query)
-            .expect("a query is checked against the view's current spec");
         let Some(kept_at) = generation else {
             let rows = self.render_realtime(tenant, view, query, &projection)?;
             return Ok(Realtime::Rendered(rows));

@@ -34,11 +34,10 @@ use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::{Cursor, TraceReader};
 use differential_dataflow::{AsCollection, VecCollection};
 use tally_connectors::log::Offset;
+use tally_connectors::view_store::live::LiveView;
 use tally_connectors::view_store::{ViewKey, ViewStore, ViewStoreError};
 use tally_model::time::HOUR_MS;
-use tally_model::{
-    AggregateState, Catalog, EventFields, Granularity, Millis, ViewSpec, dimension_text,
-};
+use tally_model::{AggregateState, EventFields, Granularity, Millis, ViewSpec, dimension_text};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -89,28 +88,38 @@ struct CompiledView {
 }
 
 impl CompiledViews {
-    /// The views of every tenant in the catalog.
-    pub fn new(catalog: &Catalog) -> Self {
-        let mut views = Vec::new();
-        let mut by_tenant = FastMap::default();
+    /// The views of every tenant in `views`.
+    pub fn new(views: &[LiveView]) -> Self {
+        let mut compiled_views: Vec<(String, ViewSpec, String)> = Vec::new();
+        let mut by_tenant: FastMap<String, Vec<CompiledView>> = FastMap::default();
         let mut slots = FieldSlots::default();
-        for (tenant, config) in &catalog.tenants {
-            let mut compiled = Vec::new();
-            for view in &config.views {
-                compiled.push(CompiledView {
-                    number: views.len(),
-                    dimensions: view.dimensions.iter().map(|d| slots.slot(d)).collect(),
-                    measures: view.measure_fields().map(|m| slots.slot(m)).collect(),
+        for LiveView { tenant, spec } in views {
+            by_tenant
+                .entry(tenant.clone())
+                .or_default()
+                .push(CompiledView {
+                    number: compiled_views.len(),
+                    dimensions: spec.dimensions.iter().map(|d| slots.slot(d)).collect(),
+                    measures: spec.measure_fields().map(|m| slots.slot(m)).collect(),
                 });
-                views.push((tenant.clone(), view.clone(), view.stored_name()));
-            }
-            by_tenant.insert(tenant.clone(), compiled);
+            compiled_views.push((tenant.clone(), spec.clone(), spec.stored_name()));
         }
         CompiledViews {
             by_tenant,
-            views,
+            views: compiled_views,
             slots,
         }
+    }
+
+    /// Every tenant's view specs, as compiled.
+    pub fn live_views(&self) -> Vec<LiveView> {
+        self.views
+            .iter()
+            .map(|(tenant, spec, _)| LiveView {
+                tenant: tenant.clone(),
+                spec: spec.clone(),
+            })
+            .collect()
     }
 
     /// The fields the views read, to parse records with.
@@ -630,7 +639,15 @@ pub struct StateWriter {
     pub retrying: Arc<Mutex<Option<String>>>,
     /// Set when the layer stops: a retry gives up then.
     pub stopping: Arc<AtomicBool>,
+    /// Which states it may write.
+    pub scope: WriteScope,
 }
+
+/// The states a worker's dataflow writes: all of them, or, while it builds a changed
+/// catalog's views beside the running dataflow, only the `(tenant, stored name)`s the running
+/// one does not hold. Its states of the others are partial until the build catches up, and the
+/// running dataflow writes them meanwhile. Shared by the worker and its operators.
+pub type WriteScope = Rc<RefCell<Option<std::collections::HashSet<(String, String)>>>>;
 
 /// The first wait after a transient store error; it doubles up to [`MAX_STORE_RETRY_WAIT`].
 const FIRST_STORE_RETRY_WAIT: Duration = Duration::from_millis(100);
@@ -755,13 +772,20 @@ impl OwnedStates {
         }
         changed.sort_unstable();
         changed.dedup();
+        let scope = self.writer.scope.borrow();
         let rows: Vec<(ViewKey, AggregateState)> = changed
             .into_iter()
+            .filter(|key| {
+                scope
+                    .as_ref()
+                    .is_none_or(|only| only.contains(&(key.tenant.clone(), key.view.clone())))
+            })
             .map(|key| {
                 let state = self.states[&key].clone();
                 (key, state)
             })
             .collect();
+        drop(scope);
         if !rows.is_empty() {
             let what = || format!("writing {} view states", rows.len());
             self.with_retries(what, || self.writer.store.upsert(&rows));

@@ -13,7 +13,7 @@
 //! ```no_run
 //! # fn run(log: std::sync::Arc<dyn tally_connectors::log::EventLog>,
 //! #        store: std::sync::Arc<dyn tally_connectors::view_store::ViewStore>,
-//! #        catalog: std::sync::Arc<tally_model::Catalog>) -> Result<(), tally_speed_layer::SpeedError> {
+//! #        catalog: tally_connectors::catalog::CatalogHandle) -> Result<(), tally_speed_layer::SpeedError> {
 //! use tally_speed_layer::{SpeedLayer, SpeedMetrics};
 //! let metrics = SpeedMetrics::register(&mut Default::default());
 //! let lead = std::time::Duration::from_secs(24 * 3600);
@@ -23,6 +23,7 @@
 //! ```
 
 mod cluster;
+mod control;
 pub mod dataflow;
 pub mod record;
 mod telemetry;
@@ -35,8 +36,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tally_connectors::batch_views::{BatchViews, BatchViewsError};
+use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{EventLog, LogError, Offset};
-use tally_connectors::view_store::ViewStore;
+use tally_connectors::view_store::live::{LiveView, LiveViews};
+use tally_connectors::view_store::{self, ViewStore};
 use tally_model::config::SpeedConfig;
 use tally_model::time::{HOUR_MS, now_millis};
 use tally_model::{Catalog, Granularity, Millis};
@@ -52,8 +55,9 @@ pub struct SpeedLayer {
     pub log: Arc<dyn EventLog>,
     /// Where it writes view states.
     pub store: Arc<dyn ViewStore>,
-    /// Tenants and their view specs.
-    pub catalog: Arc<Catalog>,
+    /// Tenants and their view specs, followed while the layer runs: a changed view's states
+    /// are built beside the running ones and take over once complete.
+    pub catalog: CatalogHandle,
     /// Workers, epoch length, horizon.
     pub config: SpeedConfig,
     /// Its metrics.
@@ -94,6 +98,9 @@ struct Shared {
     layer: SpeedLayer,
     /// Timely workers running.
     workers: usize,
+    /// The catalog generation the layer started with.
+    generation: u64,
+    /// The views the workers start with.
     views: Arc<CompiledViews>,
     horizon: Arc<AtomicI64>,
     /// Until the batch layer publishes a horizon, it trails the clock.
@@ -120,10 +127,15 @@ impl SpeedLayer {
             .published_horizon
             .unwrap_or_else(|| trailing_horizon(&self.config));
         let horizon = Arc::new(AtomicI64::new(start));
-        let views = Arc::new(CompiledViews::new(&self.catalog));
-        retire_earlier_specs(self.store.as_ref(), &views)?;
+        let (generation, catalog) = self.catalog.current_with_generation();
+        let live = LiveViews {
+            generation,
+            views: live_views_of(&catalog),
+        };
+        retire_earlier_specs(self.store.as_ref(), &live)?;
         let shared = Arc::new(Shared {
-            views,
+            generation,
+            views: Arc::new(CompiledViews::new(&live.views)),
             reflected: (0..self.log.partitions())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -165,39 +177,43 @@ impl SpeedLayer {
     }
 }
 
-/// The view store's record of the names the speed layer's states are stored under.
-const STORED_VIEWS_RECORD: &str = "speed-stored-views";
-
 /// Deletes the states of views whose spec changed or that were removed since the speed
-/// layer last started, then records the names it writes now. States of an earlier spec are
-/// never read (serving asks for [`ViewSpec::stored_name`](tally_model::ViewSpec) of the
-/// current one); this frees their room. A crash between the two steps repeats the first.
-fn retire_earlier_specs(store: &dyn ViewStore, views: &CompiledViews) -> Result<(), SpeedError> {
+/// layer last ran, then records `live` as the views the store answers for. A starting layer
+/// replays every view from the horizon, as it always has; states of an earlier spec are never
+/// read again (serving asks for the recorded specs' [`ViewSpec::stored_name`]s), so this frees
+/// their room. A crash between the two steps repeats the first.
+///
+/// [`ViewSpec::stored_name`]: tally_model::ViewSpec::stored_name
+fn retire_earlier_specs(store: &dyn ViewStore, live: &LiveViews) -> Result<(), SpeedError> {
     let store_error = |err: tally_connectors::view_store::ViewStoreError| {
         SpeedError::Store(StoreFailure::new(
             "retiring the states of earlier view specs".to_owned(),
             err,
         ))
     };
-    let current: Vec<(String, String)> = views
-        .stored_names()
-        .map(|(tenant, view)| (tenant.to_owned(), view.to_owned()))
-        .collect();
-    let recorded: Vec<(String, String)> = store
-        .progress(STORED_VIEWS_RECORD)
-        .map_err(store_error)?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
+    let current = live.stored_names();
+    let recorded = view_store::live::recorded_names(store).map_err(store_error)?;
     for (tenant, view) in recorded.iter().filter(|named| !current.contains(named)) {
         let deleted = store
             .delete_before(tenant, view, Millis::MAX)
             .map_err(store_error)?;
         tracing::info!(%tenant, %view, deleted, "retired the real-time states of an earlier view spec");
     }
-    let names = serde_json::to_vec(&current).expect("names serialize");
-    store
-        .record_progress(STORED_VIEWS_RECORD, &names)
-        .map_err(store_error)
+    view_store::live::write(store, live).map_err(store_error)
+}
+
+/// Every tenant's view specs in `catalog`, in the catalog's order.
+pub(crate) fn live_views_of(catalog: &Catalog) -> Vec<LiveView> {
+    catalog
+        .tenants
+        .iter()
+        .flat_map(|(tenant, config)| {
+            config.views.iter().map(|spec| LiveView {
+                tenant: tenant.clone(),
+                spec: spec.clone(),
+            })
+        })
+        .collect()
 }
 
 /// How often a running speed layer looks for a newly published batch horizon.

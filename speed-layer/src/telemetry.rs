@@ -27,6 +27,7 @@ pub struct SpeedMetrics {
     pub(crate) deduplicated_events: Gauge,
     seam_gap_seconds: Gauge,
     freshness_seconds: Histogram,
+    views_building: Gauge,
 }
 
 impl SpeedMetrics {
@@ -45,6 +46,7 @@ impl SpeedMetrics {
             seam_gap_seconds: Gauge::default(),
             // 1 ms to ~65 s.
             freshness_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            views_building: Gauge::default(),
         };
         let speed = registry.sub_registry_with_prefix("tally_speed");
         speed.register(
@@ -98,7 +100,17 @@ impl SpeedMetrics {
             "Received to visible in the view store, for the oldest event of each caught-up epoch",
             metrics.freshness_seconds.clone(),
         );
+        speed.register(
+            "views_building",
+            "Workers building a changed catalog's views beside the running ones",
+            metrics.views_building.clone(),
+        );
         std::sync::Arc::new(metrics)
+    }
+
+    /// A worker started (`true`) or finished a build of changed views.
+    pub(crate) fn building(&self, started: bool) {
+        self.views_building.inc_by(if started { 1 } else { -1 });
     }
 
     pub(crate) fn events_in(&self, events: u64) {

@@ -6,11 +6,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use tally_connectors::catalog::{CatalogHandle, StoredCatalog};
 use tally_connectors::log::{AppendRecord, EventLog, Spool, SpoolOptions};
 use tally_connectors::testing::{
     HookedViewStore, StoreCall, as_named, assert_states_agree, demo_events, reference_states,
     sample_demo_events,
 };
+use tally_connectors::view_store::live;
 use tally_connectors::view_store::{EmbeddedViewStore, ViewKey, ViewStore, ViewStoreError};
 use tally_model::config::SpeedConfig;
 use tally_model::time::{HOUR_MS, MINUTE_MS};
@@ -63,6 +65,16 @@ impl Rig {
 
     /// Starts the speed layer writing to `store` (a wrapper of the rig's, say).
     fn start_on(&self, workers: usize, store: Arc<dyn ViewStore>) -> SpeedHandle {
+        self.start_following(workers, store, self.catalog.clone().into())
+    }
+
+    /// Starts the speed layer following `catalog`'s changes.
+    fn start_following(
+        &self,
+        workers: usize,
+        store: Arc<dyn ViewStore>,
+        catalog: CatalogHandle,
+    ) -> SpeedHandle {
         let config = SpeedConfig {
             workers,
             epoch_ms: 10,
@@ -72,7 +84,7 @@ impl Rig {
         SpeedLayer {
             log: self.log.clone(),
             store,
-            catalog: self.catalog.clone(),
+            catalog,
             config,
             metrics,
             max_event_lead: Duration::from_secs(24 * 3600),
@@ -237,6 +249,63 @@ fn a_changed_view_spec_starts_afresh_and_never_counts_an_event_twice() {
         .unwrap();
     assert!(old.is_empty(), "{} states of the old spec kept", old.len());
     speed.stop().unwrap();
+}
+
+/// A view changed and a view added while the layer runs, with events arriving meanwhile:
+/// the new specs' states are built beside the running ones and named live only once they hold
+/// every event, and the old spec's states stay for queries already reading them.
+#[test]
+fn a_view_changed_or_added_while_running_goes_live_complete_without_a_restart() {
+    for workers in [1, 2] {
+        let mut rig = rig();
+        let events = sample_events();
+        let (early, late) = events.split_at(events.len() / 2);
+        rig.append(early);
+        let catalog = CatalogHandle::from(rig.catalog.clone());
+        let speed = rig.start_following(workers, rig.store.clone(), catalog.clone());
+        rig.wait_caught_up(&speed);
+        let live_before = live::read(rig.store.as_ref()).unwrap().unwrap();
+        let old = rig.catalog.tenants["demo"].views[0].clone();
+        assert_eq!(live_before.view("demo", &old.name), Some(&old));
+
+        let mut changed = (*rig.catalog).clone();
+        let views = &mut changed.tenants.get_mut("demo").unwrap().views;
+        views[0].dimensions.push("country".into());
+        let mut added = views[0].clone();
+        added.name = "by_country".into();
+        added.dimensions = vec!["country".into()];
+        views.push(added);
+        assert!(catalog.offer(StoredCatalog {
+            generation: 1,
+            catalog: changed.clone(),
+        }));
+        rig.append(late);
+        let started = Instant::now();
+        let live_after = loop {
+            let live = live::read(rig.store.as_ref()).unwrap().unwrap();
+            if live.generation == 1 {
+                break live;
+            }
+            assert!(speed.failure().is_none(), "{:?}", speed.failure());
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{workers} workers: the changed views never went live"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        for view in &changed.tenants["demo"].views {
+            assert_eq!(live_after.view("demo", &view.name), Some(view));
+        }
+        rig.wait_caught_up(&speed);
+        rig.catalog = Arc::new(changed);
+        assert_states_agree(&rig.stored(), &rig.expected(speed.horizon()));
+        let kept = rig
+            .store
+            .scan("demo", &old.stored_name(), Millis::MIN..Millis::MAX)
+            .unwrap();
+        assert!(!kept.is_empty(), "the old spec's states went at the switch");
+        speed.stop().unwrap();
+    }
 }
 
 #[test]

@@ -375,10 +375,13 @@ impl PartitionReader {
 }
 
 /// The settings of every Tally Kafka client: the brokers, then the operator's `kafka.client`
-/// properties (security and tuning), passed to librdkafka as they are.
+/// properties (security and tuning), passed to librdkafka as they are. OpenSSL is built into
+/// the binary, so its default certificate folder is not the system's: unless the operator
+/// names one, librdkafka probes the usual places of the system's CA certificates.
 pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.brokers);
+    client.set("ssl.ca.location", "probe");
     for (name, value) in &config.client {
         client.set(name, value);
     }

@@ -5,6 +5,7 @@
 
 mod embedded;
 mod key;
+pub mod live;
 pub mod scylla;
 
 use std::ops::Range;

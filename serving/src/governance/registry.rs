@@ -95,7 +95,7 @@ pub(crate) async fn delete_source(
 
 #[utoipa::path(put, path = "/v1/governance/views/{name}", tag = "governance",
     params(("name" = String, Path, description = "The view")), request_body = ViewSpec,
-    responses((status = 200, description = "Saved; the message says what to reprocess or restart", body = Message)))]
+    responses((status = 200, description = "Saved; the message says what to reprocess", body = Message)))]
 pub(crate) async fn put_view(
     request: HttpRequest,
     name: web::Path<String>,
@@ -116,13 +116,13 @@ pub(crate) async fn put_view(
             Some(existing) => {
                 *existing = spec;
                 format!(
-                    "view '{name}' changed: the batch layer computes new hours under a new logic version; to recompute history with it, POST /v1/governance/views/{name}/reprocess a range, review it with logic_version=N, then promote it (GET /v1/governance/views/{name}/versions names N). Restart the speed layer so it compiles the new spec: its states of the old spec are never counted under the new one, so until then the view has no real-time part"
+                    "view '{name}' changed: the batch layer computes new hours under a new logic version; to recompute history with it, POST /v1/governance/views/{name}/reprocess a range, review it with logic_version=N, then promote it (GET /v1/governance/views/{name}/versions names N). The speed layer builds the new spec's real-time states from the events since the horizon, without a restart; queries answer from the old spec's until they are complete (a query that needs what only the new spec has gets 503 meanwhile)"
                 )
             }
             None => {
                 tenant.views.push(spec);
                 format!(
-                    "view '{name}' added: the batch layer computes it from the next run; restart the speed layer so it compiles the new spec"
+                    "view '{name}' added: the speed layer builds its real-time states from the events since the horizon, without a restart (queries get 503 until they are complete, usually seconds), and the batch layer computes it from its next run"
                 )
             }
         };

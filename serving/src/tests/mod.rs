@@ -954,3 +954,95 @@ async fn a_raw_search_page_reads_only_the_hours_it_needs() {
             .unwrap();
     assert_eq!(hours, to_the_end);
 }
+
+/// While the speed layer builds a changed view's states, queries answer from the spec it
+/// records as live; what only the new spec has gets a 503 that says why, never an empty
+/// answer; once the record names the new spec, its states answer.
+#[actix_web::test]
+async fn a_changed_view_answers_from_the_live_spec_until_the_new_one_is_built() {
+    use tally_connectors::view_store::live::{self, LiveView, LiveViews};
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let live_views = |catalog: &Catalog| {
+        let views = catalog
+            .tenants
+            .iter()
+            .flat_map(|(tenant, config)| {
+                config.views.iter().map(|spec| LiveView {
+                    tenant: tenant.clone(),
+                    spec: spec.clone(),
+                })
+            })
+            .collect();
+        LiveViews {
+            generation: 0,
+            views,
+        }
+    };
+    live::write(rig.store.as_ref(), &live_views(&two_tenant_catalog())).unwrap();
+    let mut changed = Tenant::demo().views[0].clone();
+    changed.dimensions.push("country".into());
+    let mut added = changed.clone();
+    added.name = "clicks_by_country".into();
+    added.dimensions = vec!["country".into()];
+    for spec in [&changed, &added] {
+        let request = http::TestRequest::put()
+            .uri(&format!("/v1/governance/views/{}", spec.name))
+            .set_payload(serde_json::to_vec(spec).unwrap());
+        let (status, body) = send(&app, request, Some("demo-admin")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let range = format!("from={BASE}&to={}&granularity=all", BASE + DAY_MS);
+    let total = |answer: &Value| -> u64 {
+        let rows = answer["rows"].as_array().unwrap();
+        rows.iter().map(|r| r["count"].as_u64().unwrap()).sum()
+    };
+    let events = rig.unique(DEMO_TENANT).len() as u64;
+    let by_type = format!("/v1/query?view=events_by_type&{range}&measures=count");
+    let (status, answer) = get(&app, &by_type, Some("demo-read")).await;
+    assert_eq!((status, total(&answer)), (200, events), "{answer}");
+    let by_country = format!("{by_type}&group_by=country");
+    let new_view = format!("/v1/query?view=clicks_by_country&{range}");
+    for (uri, reason) in [
+        (&by_country, "has no dimension 'country'"),
+        (&new_view, "view 'clicks_by_country' is new"),
+    ] {
+        let (status, answer) = get(&app, uri, Some("demo-read")).await;
+        assert_eq!(status, 503, "{uri}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(reason),
+            "{uri}: {answer}"
+        );
+    }
+
+    // The speed layer has built the new specs: their states, then the record.
+    let catalog = rig.serving.catalog.current();
+    let mut demo_only = (*catalog).clone();
+    demo_only.tenants.retain(|tenant, _| tenant == DEMO_TENANT);
+    let states = as_stored(
+        &demo_only,
+        reference_states(
+            &demo_only,
+            logged(&rig.events[DEMO_TENANT]),
+            Millis::MIN..Millis::MAX,
+        ),
+    );
+    rig.store.upsert(&states).unwrap();
+    live::write(rig.store.as_ref(), &live_views(&catalog)).unwrap();
+    let started = std::time::Instant::now();
+    let answer = loop {
+        let (status, answer) = get(&app, &by_country, Some("demo-read")).await;
+        if status == 200 {
+            break answer;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the new spec never answered: {answer}"
+        );
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(total(&answer), events, "{answer}");
+    let (status, answer) = get(&app, &new_view, Some("demo-read")).await;
+    assert_eq!(status, 200, "{answer}");
+}
