@@ -463,6 +463,10 @@ fn a_loopback_cluster_answers_exactly_and_again_after_kill_9_of_each_kind_of_pro
     topology.topic.append(now_millis() - 5 * HOUR_MS);
     wait_for_exact_answers(&[&serve_0, &serve_1], &topology.topic, true);
 
+    // A view changed and one added through a serve replica, under load: the speed cluster
+    // builds them while it runs, and the replicas answer throughout.
+    crate::view_change::change_views_under_load(&ingest_0, &serve_0.address);
+
     // One `tally up` over the same topic, on its own embedded stores, answers the same
     // queries and counts. (Its archiver shares the archivers' Kafka positions, so it starts
     // once they are gone, and finds the topic archived: its search, which reads its own

@@ -21,3 +21,4 @@ mod serving;
 mod speed;
 mod support;
 mod trackers;
+mod view_change;

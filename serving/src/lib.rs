@@ -607,7 +607,7 @@ async fn answer_query(
     let params = QueryParams::from_query(request.query_string())
         .map_err(|err| bad(format!("query string: {err}")))?;
     serving.query(&key.tenant, &params).await.map_err(|err| {
-        if err.status().is_server_error() {
+        if err.status().is_server_error() && !matches!(err, ServingError::Building(_)) {
             tracing::error!(error = %err, "query failed");
         }
         (err.status(), err.to_string())

@@ -31,9 +31,11 @@ const DEFAULT_LIMIT: usize = 100;
 /// Longest range a raw search or count may span.
 const MAX_RAW_RANGE_MS: Millis = 31 * DAY_MS;
 
-/// The query string of both seed routes.
+/// The query string of both seed routes. An unknown parameter is refused: a misspelled
+/// `evnt_type` ignored would count every event.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct SeedParams {
     /// Only events of this type [default: every type].
     event_type: Option<String>,
@@ -260,11 +262,30 @@ async fn full_text(
     })
 }
 
+/// The key and the parameters, with `event_type` as the registry names it: an alias (such as
+/// a tracker's `Order Completed`) read as its type, an unknown type refused with the closest
+/// one, rather than counted as nothing.
 fn checked(request: &HttpRequest, serving: &Serving) -> Result<(ApiKey, SeedParams), Refusal> {
     let key = serving.authorize(request, Scope::Read)?;
-    let params = web::Query::<SeedParams>::from_query(request.query_string())
+    let mut params = web::Query::<SeedParams>::from_query(request.query_string())
         .map_err(|err| bad(format!("query string: {err}")))?
         .into_inner();
+    if let Some(named) = &params.event_type {
+        let catalog = serving.catalog.current();
+        let registry = &catalog.tenants[&key.tenant].registry;
+        match registry.canonical_event_type(named) {
+            Some(canonical) => params.event_type = Some(canonical.to_owned()),
+            None => {
+                let hint = registry
+                    .suggest_event_type(named)
+                    .map(|likely| format!("; did you mean '{likely}'?"))
+                    .unwrap_or_default();
+                return Err(bad(format!(
+                    "event_type '{named}' is not in the registry{hint} (GET /v1/governance lists the event types)"
+                )));
+            }
+        }
+    }
     Ok((key, params))
 }
 

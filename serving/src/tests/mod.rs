@@ -1046,3 +1046,40 @@ async fn a_changed_view_answers_from_the_live_spec_until_the_new_one_is_built() 
     let (status, answer) = get(&app, &new_view, Some("demo-read")).await;
     assert_eq!(status, 200, "{answer}");
 }
+
+/// The seed API refuses what it cannot answer rightly: a misspelled parameter (ignored, it
+/// counted every event) and an unknown event type (it counted 0) get a 400 that says what
+/// to send; an event type's alias counts the type.
+#[actix_web::test]
+async fn the_seed_api_refuses_unknown_parameters_and_event_types_and_reads_aliases() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let purchases = rig
+        .unique(DEMO_TENANT)
+        .iter()
+        .filter(|e| e.event_type == "purchase")
+        .count();
+    let range = range_query(BASE, BASE + DAY_MS);
+    for route in ["count", "search"] {
+        for (query, reason) in [
+            ("evnt_type=purchase", "unknown field `evnt_type`"),
+            ("event_type=purchse", "did you mean 'purchase'?"),
+        ] {
+            let uri = format!("/v1/events/{route}?{query}&{range}");
+            let (status, body) = get(&app, &uri, Some("demo-read")).await;
+            assert_eq!(status, 400, "{uri}: {body}");
+            assert!(
+                body["error"].as_str().unwrap().contains(reason),
+                "{uri}: {body}"
+            );
+        }
+    }
+    let uri = format!("/v1/events/count?event_type=Order%20Completed&{range}");
+    let (status, body) = get(&app, &uri, Some("demo-read")).await;
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &Value::from(purchases)),
+        "{body}"
+    );
+}
