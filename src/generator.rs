@@ -130,6 +130,21 @@ pub struct GenReport {
     pub accepted_per_second: f64,
     /// Ack latency percentiles, milliseconds (from the scheduled send time when rate-limited).
     pub latency_ms: Percentiles,
+    /// The first refusals, each once: a failed request's status and reason, or a rejected
+    /// event's reasons.
+    pub refusals: Vec<String>,
+}
+
+/// Distinct refusals a report keeps.
+const REFUSALS_KEPT: usize = 5;
+
+impl GenReport {
+    /// Keeps `refusal` if it is new and there is room.
+    fn refused(&mut self, refusal: String) {
+        if self.refusals.len() < REFUSALS_KEPT && !self.refusals.contains(&refusal) {
+            self.refusals.push(refusal);
+        }
+    }
 }
 
 /// Latency percentiles in milliseconds.
@@ -173,9 +188,12 @@ struct IngestReply {
 #[derive(Deserialize)]
 struct RejectedIndex {
     index: usize,
+    #[serde(default)]
+    reasons: Vec<String>,
 }
 
-/// Runs `tally gen` and prints its report.
+/// Runs `tally gen` and prints its report; fails, with the first refusals, when events were
+/// sent and none was accepted.
 pub fn run(args: GenArgs) -> anyhow::Result<()> {
     let report = actix_web::rt::System::new().block_on(send(args.clone()))?;
     if args.json {
@@ -199,6 +217,20 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
             report.latency_ms.p99,
             report.latency_ms.max
         );
+    }
+    let refusals: String = report
+        .refusals
+        .iter()
+        .map(|refusal| format!("\n  {refusal}"))
+        .collect();
+    anyhow::ensure!(
+        report.accepted > 0 || report.sent == 0,
+        "the collector at {} accepted none of the {} events sent; the first refusals:{refusals}",
+        args.url,
+        report.sent,
+    );
+    if !refusals.is_empty() {
+        eprintln!("the first refusals:{refusals}");
     }
     Ok(())
 }
@@ -332,26 +364,33 @@ async fn worker(
         };
         let latency = due.elapsed();
         let reply = match response {
-            Ok(mut response)
-                if response.status().is_success() || response.status().is_client_error() =>
-            {
-                response
-                    .json::<IngestReply>()
-                    .limit(1 << 24)
-                    .await
-                    .ok()
-                    .map(|reply| (response.status().as_u16(), reply))
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let body = response.body().limit(1 << 24).await;
+                match body {
+                    Ok(body) => match serde_json::from_slice::<IngestReply>(&body) {
+                        Ok(reply) if status < 500 => Ok((status, reply)),
+                        _ => Err(format!("HTTP {status}: {}", reason_in(&body))),
+                    },
+                    Err(err) => Err(format!("HTTP {status}, its body unread: {err}")),
+                }
             }
-            _ => None,
+            Err(err) => Err(format!("no answer from {url}: {err}")),
         };
         let mut report = shared.report.borrow_mut();
         report.sent += size as u64;
         report.requests += 1;
         match reply {
-            Some((status, reply)) => {
+            Ok((status, reply)) => {
                 report.accepted += reply.accepted;
                 report.rejected += reply.rejected_count;
                 shared.latencies.borrow_mut().push(latency);
+                for rejected in &reply.rejected {
+                    report.refused(format!(
+                        "HTTP {status}, event rejected: {}",
+                        rejected.reasons.join("; ")
+                    ));
+                }
                 // Past the listed rejects, which of the others were accepted is unknown:
                 // record none of the batch rather than a wrong one.
                 let acknowledged = (200..300).contains(&status);
@@ -359,8 +398,23 @@ async fn worker(
                     record_acked(&shared, ids, &reply.rejected);
                 }
             }
-            None => report.failed_requests += 1,
+            Err(refusal) => {
+                report.failed_requests += 1;
+                report.refused(refusal);
+            }
         }
+    }
+}
+
+/// What a refusal's body says: its `error`, or the start of its text.
+fn reason_in(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Refusal {
+        error: String,
+    }
+    match serde_json::from_slice::<Refusal>(body) {
+        Ok(refusal) => refusal.error,
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
     }
 }
 

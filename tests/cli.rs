@@ -221,3 +221,33 @@ fn output_piped_into_a_reader_that_stops_ends_quietly() {
         output.status
     );
 }
+
+/// `tally gen` says why nothing was accepted, and fails: with no server, with a read key, and
+/// with a key the server does not know. A run with accepted events succeeds.
+#[test]
+fn gen_shows_the_first_refusals_and_fails_when_nothing_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Tally::up(dir.path());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let served = format!("http://{}", server.address);
+    let unknown_key = "tk_not0a0key0this0server0knows00000";
+    for (url, key, reason) in [
+        (nowhere.as_str(), READ_KEY, "no answer from"),
+        (served.as_str(), READ_KEY, "HTTP 403"),
+        (served.as_str(), unknown_key, "HTTP 401"),
+    ] {
+        let output = tally()
+            .args(["gen", "--events", "20", "--url", url, "--key", key])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{url} {key}: {stderr}");
+        assert!(
+            stderr.contains("accepted none of the 20 events sent") && stderr.contains(reason),
+            "{url} {key}: {stderr}"
+        );
+    }
+    run(server.generator().args(["--events", "20"]));
+}
