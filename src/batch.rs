@@ -152,6 +152,8 @@ pub fn run(command: BatchCommand) -> anyhow::Result<()> {
                 let request = args.range.request(None)?;
                 let summary = recompute_once(&args.config, &request).await?;
                 print_summary(&summary);
+                let config = settings::load(&args.config)?;
+                explain_the_horizon(summary.horizon, lateness_ms(&config));
                 Ok(())
             }
             BatchCommand::Reprocess(args) => {
@@ -448,6 +450,21 @@ impl Progress {
             }
         }
     }
+}
+
+/// Why the horizon trails the clock, when it does by more than a few minutes: an hour is
+/// recomputed once no event can arrive late for it any more (`ingest.max_lateness_secs` after
+/// its end), so on fresh data a run finds nothing to do for up to a day, and the speed layer
+/// answers after the horizon meanwhile.
+fn explain_the_horizon(horizon: Millis, lateness: Millis) {
+    let behind = tally_model::time::now_millis().saturating_sub(horizon.max(0));
+    if lateness <= 10 * 60_000 || behind < 10 * 60_000 {
+        return;
+    }
+    println!(
+        "  the batch layer recomputes an hour once ingest.max_lateness_secs ({} s) has passed after it, so the horizon trails the clock by about that much; queries read the speed layer after it. To see batch results on fresh data sooner (a demo, say), run with a shorter lateness: TALLY_INGEST_MAX_LATENESS_SECS=300 (events older than that are then refused)",
+        lateness / 1000
+    );
 }
 
 fn print_summary(summary: &RunSummary) {

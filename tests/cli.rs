@@ -251,3 +251,25 @@ fn gen_shows_the_first_refusals_and_fails_when_nothing_is_accepted() {
     }
     run(server.generator().args(["--events", "20"]));
 }
+
+/// `tally batch run` on fresh data says why the horizon trails the clock and how to see batch
+/// results sooner; with a short lateness there is nothing to explain.
+#[test]
+fn batch_run_says_why_the_horizon_trails_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch_run = |lateness: &str| {
+        let output = run(tally()
+            .args(["batch", "run", "--data-dir"])
+            .arg(dir.path())
+            .env("TALLY_INGEST_MAX_LATENESS_SECS", lateness));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let explained = batch_run("86400");
+    assert!(
+        explained.contains("ingest.max_lateness_secs (86400 s)")
+            && explained.contains("TALLY_INGEST_MAX_LATENESS_SECS=300"),
+        "{explained}"
+    );
+    let short = batch_run("300");
+    assert!(!short.contains("max_lateness_secs"), "{short}");
+}

@@ -201,7 +201,9 @@ $("source-form").addEventListener("submit", (e) => {
 $("key-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const scopes = [...$("key-scopes").selectedOptions].map((o) => o.value);
-  showSecret(await governed(() => change("POST", "/v1/governance/keys", { source: $("key-source").value.trim(), scopes })));
+  // A write key's source needs publishing permissions, or every event it sends is refused.
+  const publishes = scopes.includes("write") ? list($("key-publishes").value) : undefined;
+  showSecret(await governed(() => change("POST", "/v1/governance/keys", { source: $("key-source").value.trim(), scopes, publishes })));
 });
 $("reject-form").addEventListener("submit", (e) => { e.preventDefault(); loadRejected(); });
 $("secret-done").addEventListener("click", () => {

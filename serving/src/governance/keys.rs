@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tally_model::registry::SourcePolicy;
 use tally_model::time::{format_rfc3339, now_millis};
 use tally_model::{ApiKey, Millis, Scope};
 
@@ -23,6 +24,10 @@ pub(crate) struct NewKey {
     source: String,
     /// What the key may do.
     scopes: Vec<Scope>,
+    /// With the write scope: the event types its source may publish (`"*"`: any), set in the
+    /// registry with the key. A source with no permissions is refused every event.
+    #[serde(default)]
+    publishes: Option<Vec<String>>,
 }
 
 /// A created key.
@@ -32,6 +37,10 @@ pub(crate) struct NewKeySecret {
     message: String,
     /// The secret, to send as `Authorization: Bearer <key>`; shown only in this answer.
     key: String,
+    /// With the write scope: the event types its source may publish. Empty: none yet, and
+    /// every event it sends is refused until `PUT /v1/governance/sources/{source}` allows some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publishes: Option<Vec<String>>,
 }
 
 /// `POST /v1/governance/keys {"source": "...", "scopes": ["write"]}`: a new key for the
@@ -52,7 +61,11 @@ pub(crate) async fn post_key(
         "key",
         Some(body),
         move |catalog, tenant, body| {
-            let NewKey { source, scopes } = parsed("key", body)?;
+            let NewKey {
+                source,
+                scopes,
+                publishes,
+            } = parsed("key", body)?;
             if source.trim().is_empty() || scopes.is_empty() {
                 return Err(bad(
                     "a key needs a source name and at least one scope".to_owned()
@@ -70,11 +83,39 @@ pub(crate) async fn post_key(
                     ),
                 ));
             }
+            let writes = scopes.contains(&Scope::Write);
+            let sources = &mut catalog
+                .tenants
+                .get_mut(tenant)
+                .expect("an admin key's tenant is in the catalog")
+                .registry
+                .sources;
+            if let Some(event_types) = publishes.filter(|_| writes) {
+                sources.insert(source.clone(), SourcePolicy { event_types });
+            }
+            let publishes = writes.then(|| {
+                sources
+                    .get(&source)
+                    .map(|policy| policy.event_types.clone())
+                    .unwrap_or_default()
+            });
+            let mut message = format!("key '{source}' created; its secret is shown only now");
+            match &publishes {
+                Some(types) if types.is_empty() => message.push_str(&format!(
+                    ". Source '{source}' may not publish any event type yet, so every event sent with this key is refused: allow some with PUT /v1/governance/sources/{source} {{\"event_types\": [\"*\"]}} (or the types it sends), or create the key with \"publishes\""
+                )),
+                Some(types) => message.push_str(&format!(
+                    "; source '{source}' may publish {}",
+                    types.join(", ")
+                )),
+                None => {}
+            }
             let key = ApiKey::new(&secret, tenant, &source, scopes);
             catalog.keys.insert(key.secret_sha256.clone(), key);
             Ok(json!(NewKeySecret {
-                message: format!("key '{source}' created; its secret is shown only now"),
+                message,
                 key: shown,
+                publishes,
             }))
         },
     )
@@ -136,6 +177,7 @@ pub(crate) async fn rotate_key(
                 "key '{source}' rotated: the new secret is shown only now; the old one works until {expires}"
             ),
             key: shown,
+            publishes: None,
         }))
     })
     .await

@@ -1083,3 +1083,44 @@ async fn the_seed_api_refuses_unknown_parameters_and_event_types_and_reads_alias
         "{body}"
     );
 }
+
+/// A write key whose source may publish nothing is refused every event: its creation says so
+/// and how to allow some, or sets the permissions it is given with it.
+#[actix_web::test]
+async fn a_new_write_key_says_what_its_source_may_publish_or_sets_it() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let create = |body: Value| {
+        http::TestRequest::post()
+            .uri("/v1/governance/keys")
+            .set_payload(body.to_string())
+    };
+    let (status, answer) = send(
+        &app,
+        create(serde_json::json!({"source": "ios-app", "scopes": ["write"]})),
+        Some("demo-admin"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["publishes"], serde_json::json!([]), "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("may not publish any event type yet")
+            && message.contains("PUT /v1/governance/sources/ios-app"),
+        "{message}"
+    );
+    let (status, answer) = send(
+        &app,
+        create(
+            serde_json::json!({"source": "android-app", "scopes": ["write"], "publishes": ["*"]}),
+        ),
+        Some("demo-admin"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["publishes"], serde_json::json!(["*"]), "{answer}");
+    let registry = &rig.serving.catalog.current().tenants[DEMO_TENANT].registry;
+    assert!(registry.may_publish("android-app", "click"));
+    assert!(!registry.may_publish("ios-app", "click"));
+}
