@@ -142,8 +142,28 @@ pub fn parse_unix_seconds(text: &str) -> Result<Millis, String> {
         .parse()
         .map_err(|_| format!("'{text}' is not unix seconds"))?;
     // Seconds whose milliseconds do not fit are as far outside the domain as Millis::MIN.
-    in_domain(seconds.checked_mul(1000).unwrap_or(Millis::MIN))
-        .map_err(|err| format!("'{text}' {err}"))
+    in_domain(seconds.checked_mul(1000).unwrap_or(Millis::MIN)).map_err(|err| {
+        let hint = match near_now(seconds) {
+            true => "; this looks like epoch milliseconds, and the value is unix seconds",
+            false => "",
+        };
+        format!("'{text}' {err}{hint}")
+    })
+}
+
+/// How far from now a time read in the wrong unit still lands near now: a year.
+const NEAR_NOW_MS: Millis = 366 * DAY_MS;
+
+/// Whether `ms` lies within a year of now.
+fn near_now(ms: Millis) -> bool {
+    now_millis().abs_diff(ms) <= NEAR_NOW_MS.unsigned_abs()
+}
+
+/// Whether epoch milliseconds `ms` are more likely unix seconds: read as seconds they lie
+/// within a year of now. A caller names the unit in its error, rather than a lateness or a
+/// range span that a unit mistake only causes.
+pub fn looks_like_seconds(ms: Millis) -> bool {
+    near_now(ms.saturating_mul(1000))
 }
 
 /// `[start, end)` if both lie between [`EARLIEST`] and [`LATEST`], `start` is not after

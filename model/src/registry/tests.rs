@@ -138,6 +138,10 @@ fn every_reject_reason_reads_well() {
             "older than the allowed lateness of 24 h",
         ),
         (
+            json!({"event_type": "click", "user_id": "u", "ts": crate::time::now_millis() / 1000}),
+            "looks like unix seconds; it is in epoch milliseconds",
+        ),
+        (
             json!({"event_type": "click", "user_id": "u", "ts": "soon"}),
             "neither RFC 3339",
         ),

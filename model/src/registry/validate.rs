@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::time::looks_like_seconds;
+
 use super::*;
 
 const EVENT_FIELDS: [&str; 5] = ["event_id", "event_type", "ts", "user_id", "tags"];
@@ -178,6 +180,14 @@ impl TagRegistry {
                 format!(
                     "event time is more than {} in the future",
                     describe_duration(context.max_future_ms)
+                ),
+            ));
+            None
+        } else if looks_like_seconds(ts) {
+            reasons.push(RejectReason::new(
+                "invalid_time",
+                format!(
+                    "\"ts\" {ts} looks like unix seconds; it is in epoch milliseconds (or RFC 3339)"
                 ),
             ));
             None

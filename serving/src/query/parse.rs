@@ -9,7 +9,7 @@ use std::fmt;
 use serde_json::{Value, json};
 use tally_model::measure::function_call;
 use tally_model::state::MeasureSummary;
-use tally_model::time::{DAY_MS, checked_range, parse_timestamp};
+use tally_model::time::{DAY_MS, checked_range, looks_like_seconds, parse_timestamp};
 use tally_model::{AggregateState, Granularity, LogicVersion, Measure, Millis, Tenant, ViewSpec};
 
 use super::params::{Condition, QueryParams};
@@ -363,9 +363,15 @@ impl Query {
         };
         let time = |given: &Option<String>, parameter, default| match given.as_deref() {
             None | Some("") => Ok(default),
-            Some(text) => {
-                parse_timestamp(text).map_err(|reason| QueryError::Time { parameter, reason })
-            }
+            Some(text) => match parse_timestamp(text) {
+                Ok(ms) if looks_like_seconds(ms) => Err(QueryError::Time {
+                    parameter,
+                    reason: format!(
+                        "'{text}' looks like unix seconds; it is in epoch milliseconds (or RFC 3339)"
+                    ),
+                }),
+                read => read.map_err(|reason| QueryError::Time { parameter, reason }),
+            },
         };
         let to = time(&params.to, "to", now)?;
         let from = time(&params.from, "from", to.saturating_sub(DEFAULT_RANGE_MS))?;

@@ -1124,3 +1124,42 @@ async fn a_new_write_key_says_what_its_source_may_publish_or_sets_it() {
     assert!(registry.may_publish("android-app", "click"));
     assert!(!registry.may_publish("ios-app", "click"));
 }
+
+/// A time in the wrong unit is named as such: seconds where the query API reads
+/// milliseconds (it read a range in January 1970, or one of 20,000 days), milliseconds where
+/// the seed API reads seconds.
+#[actix_web::test]
+async fn a_time_in_the_wrong_unit_is_refused_naming_the_unit() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let now = tally_model::time::now_millis();
+    let seconds = now / 1000;
+    for (uri, reason) in [
+        (
+            format!("/v1/query?view=events_by_type&from={seconds}"),
+            "looks like unix seconds; it is in epoch milliseconds",
+        ),
+        (
+            format!(
+                "/v1/query?view=events_by_type&from={}&to={seconds}",
+                seconds - 60
+            ),
+            "looks like unix seconds; it is in epoch milliseconds",
+        ),
+        (
+            format!(
+                "/v1/events/count?start_time={}&end_time={now}",
+                now - 60_000
+            ),
+            "looks like epoch milliseconds, and the value is unix seconds",
+        ),
+    ] {
+        let (status, body) = get(&app, &uri, Some("demo-read")).await;
+        assert_eq!(status, 400, "{uri}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(reason),
+            "{uri}: {body}"
+        );
+    }
+}
