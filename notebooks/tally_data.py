@@ -2,14 +2,14 @@
 views, through their published manifest. A small helper for notebooks, not a client library.
 
     import tally_data
-    tally = tally_data.open()                      # TALLY_DATA, or ./tally-data/objects
+    tally = tally_data.open()                      # TALLY_DATA, or ./tally-data
     tally.hours()                                  # the archived (date, hour) partitions
     events = tally.events("2026-12-05T00:00Z", "2026-12-06T00:00Z").collect()   # Polars
     tally.duckdb("2026-12-05T00:00Z", "2026-12-06T00:00Z").sql("select count(*) from events")
     states = tally.view("events_by_type")          # a view's batch states, decoded
 
-TALLY_DATA is Tally's object store: a local folder (`<data_dir>/objects` of `tally up`) or
-`s3://bucket/prefix`. For S3 the usual variables apply: AWS_ACCESS_KEY_ID,
+TALLY_DATA is Tally's object store: a local folder (the data directory of `tally up`, or its
+`objects/`) or `s3://bucket/prefix`. For S3 the usual variables apply: AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_REGION, and AWS_ENDPOINT_URL for an S3-compatible server.
 """
 
@@ -29,11 +29,44 @@ __all__ = ["open", "Tally", "decode_state"]
 
 RAW = "raw"
 MANIFESTS = "manifests"
+_TIME = pl.Datetime("ms", "UTC")
+# The columns every archived file of a stream has (tags add their own), so that a stream
+# with nothing archived yet reads as an empty frame of them.
+_BASE_SCHEMA = {
+    "events": {
+        "event_id": pl.String, "tenant": pl.String, "event_type": pl.String,
+        "user_id": pl.String, "source": pl.String, "ts": _TIME, "received_at": _TIME,
+        "log_partition": pl.UInt32, "log_offset": pl.UInt64,
+    },
+    "rejected": {
+        "tenant": pl.String, "source": pl.String, "received_at": _TIME,
+        "request_index": pl.UInt64, "reasons": pl.List(pl.String), "codes": pl.List(pl.String),
+        "payload": pl.String, "log_partition": pl.UInt32, "log_offset": pl.UInt64,
+    },
+}
 
 
 def open(location=None):
-    """Tally's data at `location`, or at TALLY_DATA, or at ./tally-data/objects."""
-    return Tally(location or os.environ.get("TALLY_DATA") or "tally-data/objects")
+    """Tally's data at `location`, or at TALLY_DATA, or at ./tally-data: a data directory, its
+    `objects/` folder, or `s3://bucket/prefix`."""
+    location = location or os.environ.get("TALLY_DATA") or "tally-data"
+    if "://" not in location:
+        location = _object_store_in(location)
+    return Tally(location)
+
+
+def _object_store_in(folder):
+    """The object store folder `folder` names: itself, or the `objects/` of a data directory."""
+    holds = lambda path, name: os.path.isdir(os.path.join(path, name))
+    if holds(folder, RAW) or holds(folder, MANIFESTS):
+        return folder
+    if holds(folder, "objects"):
+        return os.path.join(folder, "objects")
+    raise FileNotFoundError(
+        f"no Tally data in {os.path.abspath(folder)}: set TALLY_DATA to the data directory of "
+        "`tally up` (or its objects/ folder), or to s3://bucket/prefix; raw events appear once "
+        "the archiver has written its first file (batch.roll_secs after the first event)"
+    )
 
 
 class Tally:
@@ -91,7 +124,7 @@ class Tally:
         start, end = _instant(start), _instant(end)
         files = self._files(stream, start, end)
         if not files:
-            return pl.LazyFrame()
+            return pl.LazyFrame(schema=_BASE_SCHEMA[stream])
         time = "received_at" if stream == "rejected" else "ts"
         return pl.scan_parquet(
             files,
@@ -146,9 +179,14 @@ class Tally:
 
     def manifest(self, generation=None):
         """The published manifest (what `manifests/CURRENT` points at), or a named
-        generation of it. A manifest is written whole before it is published, so reading it
-        through the pointer never shows a half-written version."""
+        generation of it; None when the batch layer has published none yet (it recomputes an
+        hour once `ingest.max_lateness_secs` has passed after it, a day by default). A
+        manifest is written whole before it is published, so reading it through the pointer
+        never shows a half-written version."""
         if generation is None:
+            current = f"{self.root}/{MANIFESTS}/CURRENT"
+            if self.fs.get_file_info(current).type == pafs.FileType.NotFound:
+                return None
             path = self._read(f"{MANIFESTS}/CURRENT").decode().strip()
         else:
             path = f"{MANIFESTS}/manifest-{generation:010}.json"
@@ -173,6 +211,8 @@ class Tally:
         `logic_version`, from the newest kept manifest whose hours are at that version."""
         view_id = f"{tenant}/{name}"
         manifest = self.manifest()
+        if manifest is None:
+            raise LookupError("no batch views are published yet (see Tally.manifest)")
         if logic_version is not None:
             manifest = next(
                 (

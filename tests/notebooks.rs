@@ -1,7 +1,8 @@
 //! The notebooks of `notebooks/`, run top to bottom as CI runs them, against data that `tally`
 //! makes on embedded defaults, and once against the test bed's S3 server: `tally gen` with
-//! resends, late and invalid events, `tally archive --once`, `tally batch run`, and a
-//! reprocess after a view changed. A failing cell fails the test, and so does an assertion
+//! resends, late and invalid events, `tally archive --once`, `tally batch run`, before and
+//! after a reprocess of a changed view; and on the plainest data, one hour with nothing
+//! rejected and no batch view yet. A failing cell fails the test, and so does an assertion
 //! cell: the views must equal the raw events, within the sketches' stated error.
 
 use std::collections::BTreeMap;
@@ -32,26 +33,33 @@ fn tally_with(objects: Option<(&str, &BTreeMap<String, String>)>) -> Command {
     command
 }
 
-/// What the notebooks read: generated load, archived, recomputed, then `events_by_type`
-/// changed (sessions left out) and reprocessed as logic version 2.
+/// What the notebooks read: generated load with resends, late and invalid events, archived
+/// and recomputed.
 fn make_data(data_dir: &Path, objects: Option<(&str, &BTreeMap<String, String>)>) {
     let up = Tally::up_with(data_dir, tally_with(objects));
     run(up
         .generator()
         .args(["--events", "4000", "--duplicates", "0.1", "--late", "0.5"])
         .args(["--invalid", "0.05", "--seed", "9"]));
-    let changed = r#"{"name":"events_by_type","events":["page_view","click","purchase","link_clicked"],"dimensions":["event_type","os_type"],"measures":["count","uniq(user_id)"],"granularity":"minute"}"#;
-    let authorization = format!("Bearer {ADMIN_KEY}");
     up.kill9();
-    let batch = |args: &[&str]| {
+    archive_and_recompute(data_dir, objects);
+}
+
+/// `tally archive --once`, then `tally batch run`.
+fn archive_and_recompute(data_dir: &Path, objects: Option<(&str, &BTreeMap<String, String>)>) {
+    for args in [&["archive", "--once"][..], &["batch", "run"]] {
         run(tally_with(objects)
             .args(args)
             .arg("--data-dir")
-            .arg(data_dir))
-    };
-    batch(&["archive", "--once"]);
-    batch(&["batch", "run"]);
-    // Governance changes the view on a running process.
+            .arg(data_dir));
+    }
+}
+
+/// `events_by_type` changed (sessions left out) through governance, and reprocessed as logic
+/// version 2.
+fn change_and_reprocess(data_dir: &Path, objects: Option<(&str, &BTreeMap<String, String>)>) {
+    let changed = r#"{"name":"events_by_type","events":["page_view","click","purchase","link_clicked"],"dimensions":["event_type","os_type"],"measures":["count","uniq(user_id)"],"granularity":"minute"}"#;
+    let authorization = format!("Bearer {ADMIN_KEY}");
     let up = Tally::up_with(data_dir, tally_with(objects));
     let (status, body) = up.http(
         "PUT",
@@ -64,14 +72,10 @@ fn make_data(data_dir: &Path, objects: Option<(&str, &BTreeMap<String, String>)>
     );
     assert_eq!(status, 200, "{body}");
     drop(up);
-    batch(&[
-        "batch",
-        "reprocess",
-        "--logic-version",
-        "2",
-        "--view",
-        "events_by_type",
-    ]);
+    run(tally_with(objects)
+        .args(["batch", "reprocess", "--logic-version", "2", "--view"])
+        .args(["events_by_type", "--data-dir"])
+        .arg(data_dir));
 }
 
 /// Runs every notebook with `environment`, top to bottom; returns each one's seconds.
@@ -107,8 +111,26 @@ fn the_notebooks_run_top_to_bottom_on_a_local_folder() {
     let data_dir = dir.path().join("data");
     make_data(&data_dir, None);
     let objects = data_dir.join("objects").display().to_string();
+    // One logic version, before any reprocess.
+    run_notebooks(&[("TALLY_DATA", objects.clone())]);
+    change_and_reprocess(&data_dir, None);
     let timings = run_notebooks(&[("TALLY_DATA", objects)]);
     eprintln!("notebooks on a local folder, seconds each: {timings:?}");
+}
+
+/// The plainest data Tally writes: events of this hour only, none rejected, none resent, so
+/// no batch view yet; the notebooks say so and run on, given the data directory itself.
+#[test]
+fn the_notebooks_run_on_one_hour_with_nothing_rejected_and_no_batch_view_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let up = Tally::up(&data_dir);
+    run(up
+        .generator()
+        .args(["--events", "300", "--late", "0", "--seed", "3"]));
+    drop(up);
+    archive_and_recompute(&data_dir, None);
+    run_notebooks(&[("TALLY_DATA", data_dir.display().to_string())]);
 }
 
 #[test]
@@ -118,10 +140,9 @@ fn the_notebooks_run_top_to_bottom_on_s3() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    make_data(
-        &dir.path().join("data"),
-        Some((&bucket.url, &bucket.options)),
-    );
+    let objects = Some((bucket.url.as_str(), &bucket.options));
+    make_data(&dir.path().join("data"), objects);
+    change_and_reprocess(&dir.path().join("data"), objects);
     let option = |name: &str| bucket.options.get(name).cloned().unwrap_or_default();
     let timings = run_notebooks(&[
         ("TALLY_DATA", bucket.url.clone()),
