@@ -82,10 +82,13 @@ fn run_configured(config: Config, mode: Mode) -> anyhow::Result<()> {
     serve(config.clone(), mode, |address, _, demo_keys| {
         announce(mode, &config, &address.to_string(), demo_keys)
     })?;
-    println!(
-        "tally stopped; every acknowledged event is in {}",
-        config.data_dir.display()
-    );
+    match mode.runs_collector() {
+        true => println!(
+            "tally stopped; every acknowledged event is in {}",
+            config.data_dir.join("log").display()
+        ),
+        false => println!("tally stopped"),
+    }
     Ok(())
 }
 
@@ -559,11 +562,15 @@ fn announce(mode: Mode, config: &Config, address: &str, demo: Option<&DemoKeys>)
     }
     if let (Some(keys), true) = (demo, mode.runs_collector() || mode.runs_serving()) {
         println!(
-            "  demo tenant write key {}   read key {}   (saved in {})",
+            "  demo tenant write key {}   read key {}   admin key {}   (saved in {})",
             keys.write,
             keys.read,
+            keys.admin,
             keys.saved_in.display()
         );
+    }
+    // Only a collector takes events: a serve replica answers POST /v1/events with 404.
+    if let (Some(keys), true) = (demo, mode.runs_collector()) {
         println!(
             "  try         curl -X POST http://{address}/v1/events -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \\\n                -d '[{{\"event_type\":\"page_view\",\"user_id\":\"u1\",\"tags\":{{\"url\":\"/home\",\"os_type\":\"ios\"}}}}]'",
             keys.write

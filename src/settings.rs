@@ -33,7 +33,8 @@ pub struct ConfigArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks a free one.
+    /// Address to listen on [default: ingest.listen, 127.0.0.1:8080; for `tally speed`,
+    /// speed.listen, 127.0.0.1:8081]; port 0 picks a free one.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
 }
@@ -59,6 +60,9 @@ pub fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
             .with_context(|| format!("reading config file {}", path.display()))?,
         None => String::new(),
     };
+    for warning in tally_model::config::unknown_variables(std::env::vars()) {
+        tracing::warn!("{warning}");
+    }
     let mut config =
         Config::parse(&text, std::env::vars()).with_context(|| match &args.config {
             Some(path) => format!("in config file {}", path.display()),

@@ -50,6 +50,13 @@ pub struct GetArgs {
 pub fn run(command: ViewsCommand) -> anyhow::Result<()> {
     let ViewsCommand::Get(args) = command;
     let config = settings::load(&args.config)?;
+    // Reading must not seed a new data directory (with new demo keys) where none runs.
+    if config.views.url.is_empty() && !config.data_dir.exists() {
+        bail!(
+            "no data directory at {}: pass --data-dir (or TALLY_DATA_DIR) where `tally up` or `tally speed` runs",
+            config.data_dir.display()
+        );
+    }
     let catalog = crate::catalog::load(&config)?.0.current();
     let tenants = &catalog.tenants;
     let Some(tenant) = tenants.get(&args.tenant) else {

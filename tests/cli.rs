@@ -45,6 +45,7 @@ fn bad_configuration_names_the_setting_to_fix() {
         !output.status.success() && stderr.contains("lisen") && stderr.contains("tally.toml"),
         "{stderr}"
     );
+    assert_eq!(stderr.matches("lisen").count(), 1, "said once: {stderr}");
 }
 
 #[test]
@@ -272,4 +273,84 @@ fn batch_run_says_why_the_horizon_trails_the_clock() {
     );
     let short = batch_run("300");
     assert!(!short.contains("max_lateness_secs"), "{short}");
+}
+
+/// What `tally up` and `tally serve` print: up names all three demo keys and how to send an
+/// event; a serve replica, which takes no events, does not suggest sending one, and says
+/// nothing of acknowledged events when it stops.
+#[test]
+fn each_banner_offers_only_what_its_process_does() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let banner = |role: &str| {
+        let mut child = tally()
+            .args([role, "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            // The search index has one writer, `tally up`'s here.
+            .env(
+                "TALLY_SERVING_SEARCH_DAYS",
+                if role == "serve" { "0" } else { "7" },
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            banner.push_str(&line);
+            banner.push('\n');
+            // Up's banner ends with how to send an event, serve's with its data directory.
+            let last = if role == "up" { "try" } else { "data" };
+            if line.trim_start().starts_with(last) {
+                break;
+            }
+        }
+        (child, lines, banner)
+    };
+    let (mut up, _, printed) = banner("up");
+    assert!(
+        printed.contains("write key")
+            && printed.contains("read key")
+            && printed.contains("admin key")
+            && printed.contains("curl -X POST"),
+        "{printed}"
+    );
+    let (serve, lines, printed) = banner("serve");
+    assert!(!printed.contains("POST"), "{printed}");
+    let address = printed
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("listening on http://"))
+        .unwrap();
+    // Stopped once it serves, as an operator would stop it.
+    let (status, _) = crate::support::http(address, "GET", "/healthz", &[], "");
+    assert_eq!(status, 200);
+    run(std::process::Command::new("kill").args(["-TERM", &serve.id().to_string()]));
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(
+        rest.iter().any(|line| line == "tally stopped")
+            && !rest.iter().any(|line| line.contains("acknowledged")),
+        "{rest:?}"
+    );
+    up.kill().unwrap();
+    up.wait().unwrap();
+}
+
+/// Reading views where no data directory is makes none (it made ./tally-data with new demo
+/// keys) and says where to point.
+#[test]
+fn views_get_without_a_data_directory_says_where_to_point_and_makes_none() {
+    let cwd = tempfile::tempdir().unwrap();
+    let output = tally()
+        .args(["views", "get", "--view", "events_by_type"])
+        .env_remove("TALLY_DATA_DIR")
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("pass --data-dir"),
+        "{stderr}"
+    );
+    assert!(!cwd.path().join("tally-data").exists());
 }

@@ -470,9 +470,10 @@ impl Default for BatchConfig {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The TOML is malformed or names unknown fields.
+    /// The TOML is malformed or names unknown fields. Not a `source`: the message holds it
+    /// already, and an error chain would print it twice.
     #[error("invalid configuration: {0}")]
-    Toml(#[from] toml::de::Error),
+    Toml(toml::de::Error),
     /// An environment variable does not parse as its field's type.
     #[error("environment variable {var}={value:?} must be {expected}")]
     Env {
@@ -486,6 +487,12 @@ pub enum ConfigError {
     /// A value is out of its allowed range.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+}
+
+impl From<toml::de::Error> for ConfigError {
+    fn from(error: toml::de::Error) -> Self {
+        ConfigError::Toml(error)
+    }
 }
 
 impl Config {
@@ -637,6 +644,13 @@ fn merge_tables(base: &mut toml::Table, overlay: toml::Table) {
 /// files are checked against it, since [`Config::parse`] ignores the `TALLY_*` variables that
 /// name no field.
 pub fn is_setting_variable(var: &str) -> bool {
+    var.starts_with(KAFKA_CLIENT_PREFIX)
+        || var.starts_with(OBJECTS_OPTIONS_PREFIX)
+        || setting_variables().iter().any(|name| name == var)
+}
+
+/// The variable of every scalar setting: its path in capitals after `TALLY`.
+fn setting_variables() -> Vec<String> {
     fn paths(table: &toml::Table, path: &str, out: &mut Vec<String>) {
         for (key, value) in table {
             let var = format!("{path}_{}", key.to_uppercase());
@@ -646,13 +660,55 @@ pub fn is_setting_variable(var: &str) -> bool {
             }
         }
     }
-    if var.starts_with(KAFKA_CLIENT_PREFIX) || var.starts_with(OBJECTS_OPTIONS_PREFIX) {
-        return true;
-    }
     let defaults = toml::Table::try_from(Config::default()).expect("Config serializes to a table");
-    let mut known = Vec::new();
-    paths(&defaults, ENV_PREFIX.trim_end_matches('_'), &mut known);
-    known.iter().any(|name| name == var)
+    let mut variables = Vec::new();
+    paths(&defaults, ENV_PREFIX.trim_end_matches('_'), &mut variables);
+    variables
+}
+
+/// `TALLY_*` variables Tally's commands, tests and test bed read that are not settings.
+const OTHER_VARIABLES: [&str; 17] = [
+    "TALLY_DEMO_WRITE_KEY",
+    "TALLY_DEMO_READ_KEY",
+    "TALLY_DEMO_ADMIN_KEY",
+    "TALLY_LOG",
+    "TALLY_DATA",
+    "TALLY_KAFKA_URI",
+    "TALLY_SCYLLA_URI",
+    "TALLY_HDFS_URI",
+    "TALLY_S3_ENDPOINT",
+    "TALLY_S3_MASTER",
+    "TALLY_REQUIRE_BACKENDS",
+    "TALLY_CHROMIUM",
+    "TALLY_PYTHON",
+    "TALLY_CLUSTER_EVENTS",
+    "TALLY_TESTBED_CACHE",
+    "TALLY_URL",
+    "TALLY_WRITE_KEY",
+];
+
+/// A warning for each `TALLY_*` variable in `env` that Tally does not read (a misspelled
+/// setting is otherwise ignored without a word), with the closest setting's name.
+pub fn unknown_variables(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let settings = setting_variables();
+    env.into_iter()
+        .map(|(var, _)| var)
+        .filter(|var| var.starts_with(ENV_PREFIX))
+        .filter(|var| !is_setting_variable(var) && !OTHER_VARIABLES.contains(&var.as_str()))
+        .map(|var| {
+            let closest = (settings.iter().map(String::as_str))
+                .chain(OTHER_VARIABLES)
+                .map(|known| (strsim::damerau_levenshtein(&var, known), known))
+                .min()
+                .filter(|(distance, _)| *distance <= 3);
+            match closest {
+                Some((_, known)) => {
+                    format!("{var} is not a Tally setting and is ignored; did you mean {known}?")
+                }
+                None => format!("{var} is not a Tally setting and is ignored"),
+            }
+        })
+        .collect()
 }
 
 fn apply_env(
@@ -794,6 +850,25 @@ mod tests {
         assert_eq!(
             config.objects.options["aws_endpoint"],
             "http://127.0.0.1:9000"
+        );
+    }
+
+    #[test]
+    fn a_misspelled_variable_is_named_with_the_setting_it_resembles() {
+        let warnings = unknown_variables(env(&[
+            ("TALLY_INGEST_MAX_LATENES_SECS", "300"),
+            ("TALLY_NOTHING_LIKE_ANY", "1"),
+            ("TALLY_INGEST_LISTEN", "127.0.0.1:1"),
+            ("TALLY_KAFKA_CLIENT_SASL_PASSWORD", "x"),
+            ("TALLY_DEMO_WRITE_KEY", "k"),
+            ("HOME", "/root"),
+        ]));
+        assert_eq!(
+            warnings,
+            [
+                "TALLY_INGEST_MAX_LATENES_SECS is not a Tally setting and is ignored; did you mean TALLY_INGEST_MAX_LATENESS_SECS?",
+                "TALLY_NOTHING_LIKE_ANY is not a Tally setting and is ignored",
+            ]
         );
     }
 

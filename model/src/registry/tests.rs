@@ -384,3 +384,16 @@ fn offered_tags_are_kept_where_declared_and_dropped_elsewhere() {
         "tag 'context.os.name' must be a string, got 7"
     );
 }
+
+/// A required tag sent with a value of the wrong type is one mistake, told once: not also as
+/// missing.
+#[test]
+fn a_required_tag_of_the_wrong_type_is_not_also_missing() {
+    let found = reasons(json!({
+        "event_type": "purchase", "user_id": "u1", "tags": {"revenue": "12"}
+    }));
+    assert_eq!(
+        found,
+        ["wrong_tag_type: tag 'revenue' must be a number, got \"12\""]
+    );
+}

@@ -106,8 +106,14 @@ impl TagRegistry {
             self.keep_offered(offered, spec, &mut tags, context, &mut reasons);
         }
         if let (Some(event_type), Some(spec)) = (event_type, event_spec) {
+            // A required tag sent with a wrong value has its own reason already.
+            let sent = |required: &str| {
+                (fields.get("tags").and_then(Value::as_object)).is_some_and(|submitted| {
+                    (submitted.keys()).any(|name| self.canonical_tag(name) == Some(required))
+                })
+            };
             for required in &spec.required {
-                if !tags.contains_key(required) {
+                if !tags.contains_key(required) && !sent(required) {
                     reasons.push(RejectReason::new(
                         "missing_tag",
                         format!("missing required tag '{required}' for event type '{event_type}'"),

@@ -185,9 +185,18 @@ impl Translator<'_> {
                 }
                 Ok(Box::new(BooleanQuery::new(any)))
             }
-            UserInputLeaf::Range { .. } => Err(SearchQueryError::Unsupported(
+            // A range of times is the request's; values are matched as text, so a range of
+            // tag values would compare them as text ("10" before "9").
+            UserInputLeaf::Range { field, .. } => Err(SearchQueryError::Unsupported(
                 "ranges",
-                "give the time range with start_time and end_time",
+                match field.as_deref() {
+                    None | Some("ts" | "received_at") => {
+                        "give the time range with start_time and end_time"
+                    }
+                    Some(_) => {
+                        "a tag's values are matched as text: name the values (latency_ms:IN [1 2 3 4 5]), or group a view by the tag and filter it with /v1/query"
+                    }
+                },
             )),
             UserInputLeaf::Regex { .. } => Err(SearchQueryError::Unsupported(
                 "regular expressions",

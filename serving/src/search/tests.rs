@@ -270,7 +270,14 @@ fn mistakes_and_costly_queries_are_refused_with_what_to_write() {
     let (_dir, index) = opened();
     for (q, says) in [
         ("url:(", "is not a query"),
-        ("latency_ms:[1 TO 5]", "ranges are not supported"),
+        (
+            "latency_ms:[1 TO 5]",
+            "ranges are not supported in q; a tag's values are matched as text",
+        ),
+        (
+            "ts:[1 TO 5]",
+            "give the time range with start_time and end_time",
+        ),
         ("url:/che.*/", "regular expressions are not supported"),
     ] {
         let error = index.search(&request(q), &canonical).unwrap_err();
