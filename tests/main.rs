@@ -16,6 +16,7 @@ mod notebooks;
 mod objects;
 mod openapi;
 mod raw_readers;
+mod readme;
 mod search;
 mod serving;
 mod speed;
