@@ -213,6 +213,19 @@ fn the_governance_console_changes_tags_and_keys_through_the_api() {
     );
     let (status, body) = send_tagged(WRITE_KEY, "console-4", "plan_nmae");
     assert_eq!(status, 400, "a misspelt tag is rejected: {body}");
+    // Many more, each with a long payload: the panel must stay a page, not thousands of pixels.
+    let long = "x".repeat(3000);
+    for index in 0..40 {
+        let body = format!(
+            r#"[{{"event_id":"long-{index}","event_type":"signup","user_id":"u","tags":{{"plan_nmae":"{long}"}}}}]"#
+        );
+        let authorization = format!("Bearer {WRITE_KEY}");
+        let headers = [
+            ("Authorization", authorization.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        assert_eq!(server.http("POST", "/v1/events", &headers, &body).0, 400);
+    }
     browser.go_on();
     browser.next("STORED");
     browser.next("REJECTS");

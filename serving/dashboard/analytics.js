@@ -64,10 +64,9 @@ function filters() { return $("filter").value.split(",").map((f) => f.trim()).fi
 /** [from, to) in epoch ms: a relative range ending a minute from now, or the custom one. */
 function timeRange() {
   if ($("range").value === "custom") {
-    return [new Date($("range-from").value).getTime(), new Date($("range-to").value).getTime()];
+    return [inputTime($("range-from").value), inputTime($("range-to").value)];
   }
-  const to = Date.now() + 60000;
-  return [to - Number($("range").value), to];
+  return recentRange(Number($("range").value));
 }
 
 /** The granularity asked, or for "auto" the finest the view keeps that draws few enough buckets. */
@@ -105,7 +104,7 @@ async function refresh() {
   } catch (err) {
     if (asked !== state.asked) return;
     clearAnalytics();
-    $("refreshed").textContent = `failed at ${new Date().toLocaleTimeString()}`;
+    $("refreshed").textContent = `failed at ${showTime(Date.now())}`;
     showError(err.message);
   }
 }
@@ -134,8 +133,8 @@ function render(answer, total, measure) {
   $("total").textContent = value === null ? "—" : exact.format(value);
   $("total").dataset.value = value === null ? "" : String(value);
   $("chart-measure-name").textContent = measure;
-  $("horizon").textContent = answer.horizon ?? "none yet";
-  $("refreshed").textContent = new Date().toLocaleTimeString();
+  $("horizon").textContent = answer.horizon ? showTime(Date.parse(answer.horizon)) : "none yet";
+  $("refreshed").textContent = showTime(Date.now());
   $("empty").hidden = answer.rows.length > 0;
   $("empty-snippet").textContent = emptySnippet();
   if (!answer.rows.length) {
@@ -154,7 +153,8 @@ function render(answer, total, measure) {
   }
   // The most recent buckets first.
   const newestFirst = [...answer.rows].sort((a, b) => (a.bucket < b.bucket ? 1 : a.bucket > b.bucket ? -1 : 0));
-  fill("rows", newestFirst, columns.map((name) => ({ value: (row) => formatted(row[name]) })));
+  const shown = (name, row) => (name === "bucket" ? showTime(Date.parse(row.bucket)) : formatted(row[name]));
+  fill("rows", newestFirst, columns.map((name) => ({ value: (row) => shown(name, row) })));
   if (answer.rows.length) drawChart(answer, measure, groups);
 }
 
@@ -180,6 +180,8 @@ function drawChart(answer, measure, groups) {
   const yValues = (u, splits) => splits.map((v) => compact.format(v));
   const options = {
     scales: { x: { time: true, range: () => state.xRange } },
+    // The axis in the zone shown: uPlot draws local time unless told otherwise.
+    tzDate: (ts) => (inUtc() ? uPlot.tzDate(new Date(ts * 1000), "Etc/UTC") : new Date(ts * 1000)),
     width: Math.max(600, document.body.clientWidth - 40),
     height: 320,
     series: [{}, ...names.map((name, i) => ({ label: String(name), stroke: COLORS[i % COLORS.length], width: 2, points: { show: true }, value: (u, v) => (v === null ? "—" : exact.format(v)) }))],
@@ -266,8 +268,8 @@ function rangeChanged(andRefresh) {
   const custom = $("range").value === "custom";
   for (const label of document.querySelectorAll(".custom-range")) label.hidden = !custom;
   if (custom && !$("range-from").value) {
-    $("range-from").value = localInput(Date.now() - 3600000);
-    $("range-to").value = localInput(Date.now() + 60000);
+    $("range-from").value = timeInput(Date.now() - 3600000);
+    $("range-to").value = timeInput(Date.now() + 60000);
   }
   if (andRefresh) refresh();
 }

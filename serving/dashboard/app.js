@@ -46,8 +46,35 @@ $("query-form").addEventListener("submit", (e) => { e.preventDefault(); refresh(
 $("key").addEventListener("change", start);
 $("search-form").addEventListener("submit", (e) => { e.preventDefault(); search(null); });
 $("search-next").addEventListener("click", () => search(state.searchCursor));
-$("search-from").value = localInput(Date.now() - 3600000);
-$("search-to").value = localInput(Date.now());
+$("search-range").addEventListener("change", () => {
+  const custom = $("search-range").value === "custom";
+  for (const label of document.querySelectorAll(".search-custom")) label.hidden = !custom;
+  if (custom && !$("search-from").value) {
+    $("search-from").value = timeInput(Date.now() - 3600000);
+    $("search-to").value = timeInput(Date.now() + 60000);
+  }
+});
+
+// One zone for every time shown and picked; a switch keeps the picked instants.
+$("time-zone").value = localStorage.getItem("tally-time-zone") || "utc";
+let zoneShown = $("time-zone").value;
+$("time-zone").addEventListener("change", () => {
+  const pickers = [...document.querySelectorAll("input[type=datetime-local]")].filter((input) => input.value);
+  const chosen = $("time-zone").value;
+  $("time-zone").value = zoneShown;
+  const instants = pickers.map((input) => inputTime(input.value));
+  $("time-zone").value = chosen;
+  pickers.forEach((input, i) => { input.value = timeInput(instants[i]); });
+  zoneShown = chosen;
+  localStorage.setItem("tally-time-zone", chosen);
+  // The chart's axis is set when it is made.
+  state.chart?.destroy();
+  state.chart = null;
+  if (state.overview) {
+    refresh();
+    if (!$("governance").hidden) loadGovernance();
+  }
+});
 
 // A key given as ?key= is kept in this browser and taken out of the address, so that the
 // address can be shared.

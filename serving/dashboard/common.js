@@ -30,13 +30,23 @@ function cell(row, value, className) {
   if (className) td.className = className;
 }
 
+/** Fills `table` with a row per item; a column may also give a cell's `title` (its whole
+ * text, when the cell shows only its start). */
 function fill(table, rows, columns) {
   const body = $(table).tBodies[0];
   body.replaceChildren();
   for (const item of rows) {
     const row = body.insertRow();
-    for (const column of columns) cell(row, column.value(item), column.className);
+    for (const column of columns) {
+      cell(row, column.value(item), column.className);
+      if (column.title) row.cells[row.cells.length - 1].title = column.title(item);
+    }
   }
+}
+
+/** The start of `text`, at most `length` characters, with "…" when cut. */
+function clipped(text, length) {
+  return text.length > length ? `${text.slice(0, length)}…` : text;
 }
 
 
@@ -53,9 +63,35 @@ async function change(method, path, body) {
   return answer;
 }
 
-function localInput(ms) {
-  const date = new Date(ms - new Date().getTimezoneOffset() * 60000);
-  return date.toISOString().slice(0, 16);
+// Times: every time the page shows or reads is in one zone, UTC by default (as the API
+// speaks), or this browser's local time when the header's switch says so.
+function inUtc() { return $("time-zone").value !== "local"; }
+
+/** Minutes to add to UTC for the zone shown, at `ms`. */
+function zoneOffsetMinutes(ms) { return inUtc() ? 0 : -new Date(ms).getTimezoneOffset(); }
+
+/** `ms` as "2026-12-07 19:22:20 UTC" (or "… local"). */
+function showTime(ms) {
+  const shifted = new Date(ms + zoneOffsetMinutes(ms) * 60000).toISOString();
+  return `${shifted.slice(0, 10)} ${shifted.slice(11, 19)} ${inUtc() ? "UTC" : "local"}`;
+}
+
+/** `ms` as a datetime-local input's value, in the zone shown. */
+function timeInput(ms) {
+  return new Date(ms + zoneOffsetMinutes(ms) * 60000).toISOString().slice(0, 16);
+}
+
+/** A datetime-local input's value, read in the zone shown, as epoch ms. */
+function inputTime(value) {
+  const asUtc = Date.parse(`${value}:00Z`);
+  return inUtc() ? asUtc : new Date(value).getTime();
+}
+
+/** The relative range `[to − span, to)` ending a minute from now, on whole seconds, as both
+ * analytics and search ask it: the seed API reads seconds, so both count the same events. */
+function recentRange(span) {
+  const to = Math.ceil((Date.now() + 60000) / 1000) * 1000;
+  return [to - span, to];
 }
 
 /** Adds a button per `[label, run]` to `td`. */

@@ -87,21 +87,22 @@ async function loadRejected() {
     const counts = await api("/v1/governance/rejected/counts?hours=24");
     const newestFirst = [...counts.counts].reverse();
     fill("reject-counts", newestFirst, [
-      { value: (c) => c.hour },
+      { value: (c) => showTime(Date.parse(c.hour)) },
       { value: (c) => c.code || "(before codes were kept)" },
       { value: (c) => c.source },
       { value: (c) => c.count },
     ]);
     $("reject-codes").replaceChildren(...[...new Set(counts.counts.map((c) => c.code).filter(Boolean))].map((code) => new Option(code)));
-    const filter = new URLSearchParams({ limit: "100" });
+    // The newest 20: each on one line, its payload cut short (the whole of it on hover).
+    const filter = new URLSearchParams({ limit: "20" });
     if ($("reject-code").value.trim()) filter.set("code", $("reject-code").value.trim());
     if ($("reject-source").value.trim()) filter.set("source", $("reject-source").value.trim());
     const rejected = await api(`/v1/governance/rejected?${filter}`);
     fill("rejected", rejected, [
-      { value: (r) => new Date(r.received_at).toISOString() },
+      { value: (r) => showTime(r.received_at) },
       { value: (r) => r.source },
       { value: (r) => r.reasons.join("; ") },
-      { value: (r) => r.payload, className: "payload" },
+      { value: (r) => clipped(r.payload, 120), className: "payload", title: (r) => r.payload },
     ]);
   } catch (err) {
     showError(err.message);

@@ -21,9 +21,13 @@ function marked(value, ranges) {
 }
 
 async function search(cursor) {
+  // The same range analytics would ask for the same choice.
+  const [from, to] = $("search-range").value === "custom"
+    ? [inputTime($("search-from").value), inputTime($("search-to").value)]
+    : recentRange(Number($("search-range").value));
   const params = new URLSearchParams({
-    start_time: String(Math.floor(new Date($("search-from").value).getTime() / 1000)),
-    end_time: String(Math.ceil(new Date($("search-to").value).getTime() / 1000) + 60),
+    start_time: String(Math.floor(from / 1000)),
+    end_time: String(Math.ceil(to / 1000)),
     limit: "100",
   });
   const q = $("search-q").value.trim();
@@ -34,7 +38,7 @@ async function search(cursor) {
   try {
     const answer = await api(`/v1/events/search?${params}`);
     fill("events", answer.result, [
-      { value: (e) => new Date(e.ts).toISOString() },
+      { value: (e) => showTime(e.ts) },
       { value: (e) => e.event_type },
       { value: (e) => e.user_id },
       { value: (e) => e.source },

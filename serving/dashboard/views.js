@@ -46,7 +46,7 @@ async function openReview(name) {
     const registered = versions.spec_registered ? "" : " (registered by the next batch run or reprocess)";
     $("review-summary").textContent =
       `The view's spec now computes under logic version ${versions.spec_version}${registered}; ` +
-      `new hours use version ${versions.current_version ?? "—"}. Batch horizon ${versions.horizon}.`;
+      `new hours use version ${versions.current_version ?? "—"}. Batch horizon ${versions.horizon ? showTime(Date.parse(versions.horizon)) : "none yet"}.`;
     fillWithActions("versions", versions.versions.map((v) => [
       [`${v.logic_version}${v.current ? " (current)" : ""}`, v.spec.dimensions.join(", "), v.spec.measures.join(", "), v.live_hours, v.staged_hours],
       [],
@@ -56,8 +56,8 @@ async function openReview(name) {
       const computed = versions.computed;
       const from = computed ? Date.parse(computed.from) : Date.now() - 86400000;
       const to = computed ? Date.parse(computed.to) : Date.now();
-      $("reprocess-from").value = localInput(from);
-      $("reprocess-to").value = localInput(Math.max(to, from + 3600000));
+      $("reprocess-from").value = timeInput(from);
+      $("reprocess-to").value = timeInput(Math.max(to, from + 3600000));
       review.shown = name;
       $("comparison").tBodies[0].replaceChildren();
     }
@@ -70,8 +70,8 @@ async function openReview(name) {
 
 function reviewRange() {
   return {
-    from: new Date($("reprocess-from").value).toISOString(),
-    to: new Date($("reprocess-to").value).toISOString(),
+    from: new Date(inputTime($("reprocess-from").value)).toISOString(),
+    to: new Date(inputTime($("reprocess-to").value)).toISOString(),
   };
 }
 
@@ -128,10 +128,10 @@ async function loadJobs() {
   try {
     const jobs = await api("/v1/governance/jobs");
     fill("jobs", jobs, [
-      { value: (j) => new Date(j.requested_at).toISOString() },
+      { value: (j) => showTime(j.requested_at) },
       { value: (j) => j.view },
       { value: (j) => j.work.kind === "reprocess"
-        ? `reprocess ${new Date(j.work.from).toISOString()} – ${new Date(j.work.to).toISOString()} as version ${j.work.logic_version}`
+        ? `reprocess ${showTime(j.work.from)} – ${showTime(j.work.to)} as version ${j.work.logic_version}`
         : `promote version ${j.work.logic_version}` },
       { value: (j) => j.status.state },
       { value: (j) => j.status.summary || j.status.error || (j.status.state === "running" ? `${j.status.hours_done} of ${j.status.hours_planned ?? "?"} hours` : "") },
@@ -173,7 +173,7 @@ async function compare() {
     body.replaceChildren();
     for (const r of rows) {
       const tr = body.insertRow();
-      cell(tr, r.hour);
+      cell(tr, showTime(Date.parse(r.hour)));
       cell(tr, r.measure);
       cell(tr, r.before);
       cell(tr, r.after);

@@ -14,6 +14,8 @@ const browser = await launch();
 const lines = testLines();
 try {
   const page = await openPage(browser, 900);
+  const notFound = [];
+  page.on("response", (response) => { if (response.status() === 404) notFound.push(response.url()); });
   await page.goto(url);
   const total = async () => Number(await page.getAttribute("#total", "data-value"));
   const shot = (step) => page.screenshot({ path: `${folder}/dashboard-${step}.png`, fullPage: true });
@@ -23,6 +25,11 @@ try {
   if (await page.isHidden("#empty")) fail("no empty state before any event");
   if (!(await page.textContent("#empty-snippet")).includes("/v1/events")) fail("the empty state has no snippet");
   if (page.url().includes("key=")) fail(`the key stayed in the address: ${page.url()}`);
+  if (notFound.length) fail(`the page asked for what is not there: ${notFound}`);
+  // Every time in one zone, UTC unless switched: the horizon and "refreshed" say which.
+  const zoneOf = async (id) => (await page.textContent(id)).split(" ").pop();
+  const horizon = await page.textContent("#horizon");
+  if ((await zoneOf("#refreshed")) !== "UTC" || (horizon !== "none yet" && !horizon.endsWith("UTC"))) fail(`not in UTC: ${await page.textContent(".summary")}`);
   await shot("empty");
   const before = await total();
   console.log(`READY ${before}`);
@@ -33,6 +40,14 @@ try {
   if (!(await page.$("#chart canvas"))) fail("the chart did not draw");
   if (await page.isVisible("#empty")) fail("the empty state stayed");
   await shot("events");
+  await page.selectOption("#time-zone", "local");
+  await page.waitForFunction(() => {
+    const horizon = document.getElementById("horizon").textContent;
+    return document.getElementById("refreshed").textContent.endsWith("local")
+      && (horizon === "none yet" || horizon.endsWith("local"));
+  }, null, { timeout: 30000 });
+  await page.selectOption("#time-zone", "utc");
+  await page.waitForFunction(() => document.getElementById("refreshed").textContent.endsWith("UTC"), null, { timeout: 30000 });
   console.log(`CHANGED ${await total()}`);
 
   // 3. Filtered and grouped by two dimensions, charting distinct users.

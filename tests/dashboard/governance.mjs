@@ -88,6 +88,15 @@ try {
     const rows = [...document.querySelectorAll("#rejected tbody tr")];
     return rows.length > 0 && rows.every((row) => row.textContent.includes("plan_nmae"));
   }, null, { timeout: 15000 });
+  // 41 rejects of 3 KB payloads: the newest 20 listed, a payload cut short with the whole of it
+  // on hover, so the panel stays a page tall.
+  const listed = await page.evaluate(() => {
+    const table = document.getElementById("rejected");
+    const payloads = [...table.querySelectorAll("td.payload")];
+    return { rows: table.tBodies[0].rows.length, height: table.getBoundingClientRect().height,
+      cut: payloads.every((td) => td.textContent.length <= 121 && td.title.length >= td.textContent.length - 1) };
+  });
+  if (listed.rows !== 20 || listed.height > 1200 || !listed.cut) fail(`the rejected panel: ${JSON.stringify(listed)}`);
   await shot("rejects");
   console.log("REJECTS");
 
