@@ -24,7 +24,7 @@ pub mod openapi;
 mod publishers;
 pub mod query;
 pub mod raw;
-mod review;
+pub mod review;
 pub mod search;
 mod seed;
 mod telemetry;

@@ -25,6 +25,7 @@
 mod cluster;
 mod control;
 pub mod dataflow;
+mod pipeline;
 pub mod record;
 mod telemetry;
 #[cfg(test)]

@@ -427,15 +427,15 @@ fn a_restart_replays_from_the_first_record_that_can_reach_the_horizon() {
     rig.append(&events);
     let partition = partition_of("demo", "one-user", 3);
     let start =
-        crate::worker::replay_start(rig.log.as_ref(), partition, 0..100, horizon - lead).unwrap();
+        crate::pipeline::replay_start(rig.log.as_ref(), partition, 0..100, horizon - lead).unwrap();
     let first_needed = received.iter().position(|&r| r >= horizon - lead).unwrap() as u64;
     assert_eq!(start, first_needed);
     assert_eq!(
-        crate::worker::replay_start(rig.log.as_ref(), partition, 0..100, Millis::MIN).unwrap(),
+        crate::pipeline::replay_start(rig.log.as_ref(), partition, 0..100, Millis::MIN).unwrap(),
         0
     );
     assert_eq!(
-        crate::worker::replay_start(rig.log.as_ref(), partition, 0..100, Millis::MAX).unwrap(),
+        crate::pipeline::replay_start(rig.log.as_ref(), partition, 0..100, Millis::MAX).unwrap(),
         100
     );
 }
