@@ -46,6 +46,8 @@ $("query-form").addEventListener("submit", (e) => { e.preventDefault(); refresh(
 $("key").addEventListener("change", start);
 $("search-form").addEventListener("submit", (e) => { e.preventDefault(); search(null); });
 $("search-next").addEventListener("click", () => search(state.searchCursor));
+// Search offers the ranges analytics does.
+$("search-range").replaceChildren(...[...$("range").options].map((o) => new Option(o.text, o.value, o.defaultSelected, o.defaultSelected)));
 $("search-range").addEventListener("change", () => {
   const custom = $("search-range").value === "custom";
   for (const label of document.querySelectorAll(".search-custom")) label.hidden = !custom;

@@ -24,7 +24,7 @@ use timely::worker::Worker;
 
 use crate::dataflow::CompiledViews;
 use crate::pipeline::Pipeline;
-use crate::{Shared, SpeedLayer, live_views_of};
+use crate::{Shared, SpeedLayer};
 
 /// A round of a worker's loop: one epoch of each of its dataflows.
 pub type Round = u64;
@@ -136,7 +136,7 @@ impl ChangeLead {
             return;
         }
         self.seen = generation;
-        let views = live_views_of(&catalog);
+        let views = LiveViews::of(&catalog, generation).views;
         if views == running.views.live_views() {
             return;
         }

@@ -39,11 +39,11 @@ use std::time::Duration;
 use tally_connectors::batch_views::{BatchViews, BatchViewsError};
 use tally_connectors::catalog::CatalogHandle;
 use tally_connectors::log::{EventLog, LogError, Offset};
-use tally_connectors::view_store::live::{LiveView, LiveViews};
+use tally_connectors::view_store::live::LiveViews;
 use tally_connectors::view_store::{self, ViewStore};
 use tally_model::config::SpeedConfig;
 use tally_model::time::{HOUR_MS, now_millis};
-use tally_model::{Catalog, Granularity, Millis};
+use tally_model::{Granularity, Millis};
 use thiserror::Error;
 
 pub use telemetry::SpeedMetrics;
@@ -129,10 +129,7 @@ impl SpeedLayer {
             .unwrap_or_else(|| trailing_horizon(&self.config));
         let horizon = Arc::new(AtomicI64::new(start));
         let (generation, catalog) = self.catalog.current_with_generation();
-        let live = LiveViews {
-            generation,
-            views: live_views_of(&catalog),
-        };
+        let live = LiveViews::of(&catalog, generation);
         retire_earlier_specs(self.store.as_ref(), &live)?;
         let shared = Arc::new(Shared {
             generation,
@@ -201,20 +198,6 @@ fn retire_earlier_specs(store: &dyn ViewStore, live: &LiveViews) -> Result<(), S
         tracing::info!(%tenant, %view, deleted, "retired the real-time states of an earlier view spec");
     }
     view_store::live::write(store, live).map_err(store_error)
-}
-
-/// Every tenant's view specs in `catalog`, in the catalog's order.
-pub(crate) fn live_views_of(catalog: &Catalog) -> Vec<LiveView> {
-    catalog
-        .tenants
-        .iter()
-        .flat_map(|(tenant, config)| {
-            config.views.iter().map(|spec| LiveView {
-                tenant: tenant.clone(),
-                spec: spec.clone(),
-            })
-        })
-        .collect()
 }
 
 /// How often a running speed layer looks for a newly published batch horizon.

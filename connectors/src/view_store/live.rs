@@ -4,7 +4,7 @@
 //! ones; serving keeps answering from the old spec's until this record names the new one.
 
 use serde::{Deserialize, Serialize};
-use tally_model::ViewSpec;
+use tally_model::{Catalog, ViewSpec};
 
 use super::{ViewStore, ViewStoreError};
 
@@ -31,6 +31,21 @@ pub struct LiveView {
 }
 
 impl LiveViews {
+    /// Every tenant's view specs in `catalog`, in the catalog's order, from its `generation`.
+    pub fn of(catalog: &Catalog, generation: u64) -> Self {
+        let views = catalog
+            .tenants
+            .iter()
+            .flat_map(|(tenant, config)| {
+                config.views.iter().map(|spec| LiveView {
+                    tenant: tenant.clone(),
+                    spec: spec.clone(),
+                })
+            })
+            .collect();
+        LiveViews { generation, views }
+    }
+
     /// The spec `tenant`'s view `name` answers with, if the record holds one.
     pub fn view(&self, tenant: &str, name: &str) -> Option<&ViewSpec> {
         self.views

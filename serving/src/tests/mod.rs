@@ -960,27 +960,11 @@ async fn a_raw_search_page_reads_only_the_hours_it_needs() {
 /// answer; once the record names the new spec, its states answer.
 #[actix_web::test]
 async fn a_changed_view_answers_from_the_live_spec_until_the_new_one_is_built() {
-    use tally_connectors::view_store::live::{self, LiveView, LiveViews};
+    use tally_connectors::view_store::live::{self, LiveViews};
     let rig = Rig::new().await;
     let app =
         http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
-    let live_views = |catalog: &Catalog| {
-        let views = catalog
-            .tenants
-            .iter()
-            .flat_map(|(tenant, config)| {
-                config.views.iter().map(|spec| LiveView {
-                    tenant: tenant.clone(),
-                    spec: spec.clone(),
-                })
-            })
-            .collect();
-        LiveViews {
-            generation: 0,
-            views,
-        }
-    };
-    live::write(rig.store.as_ref(), &live_views(&two_tenant_catalog())).unwrap();
+    live::write(rig.store.as_ref(), &LiveViews::of(&two_tenant_catalog(), 0)).unwrap();
     let mut changed = Tenant::demo().views[0].clone();
     changed.dimensions.push("country".into());
     let mut added = changed.clone();
@@ -1029,7 +1013,7 @@ async fn a_changed_view_answers_from_the_live_spec_until_the_new_one_is_built() 
         ),
     );
     rig.store.upsert(&states).unwrap();
-    live::write(rig.store.as_ref(), &live_views(&catalog)).unwrap();
+    live::write(rig.store.as_ref(), &LiveViews::of(&catalog, 1)).unwrap();
     let started = std::time::Instant::now();
     let answer = loop {
         let (status, answer) = get(&app, &by_country, Some("demo-read")).await;
