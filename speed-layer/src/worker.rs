@@ -100,6 +100,10 @@ pub(crate) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), Spe
                         .collect();
                     let scope = Rc::new(RefCell::new(Some(new_names)));
                     let mut built = Pipeline::build(worker, shared, (generation, views), scope);
+                    // Numbered as the running dataflow's epochs, which every worker advances
+                    // once a round: workers that start their builds in different rounds still
+                    // agree on which epochs the switch waits for.
+                    built.input.advance_to(*running.input.time());
                     built.partitions = partitions.clone();
                     built.next =
                         replay_starts(layer, &partitions, shared.horizon.load(Ordering::Acquire))?;
