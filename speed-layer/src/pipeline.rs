@@ -233,24 +233,27 @@ pub(crate) fn replay_starts(
 
 /// Feeds a build one partition's records: the running dataflow's own `entries` (read from
 /// `from`) once the build has reached `from`, else the next records it lacks before `from`.
+/// Returns whether it read records the running dataflow read before: the worker then goes
+/// on at once rather than wait for new ones.
 pub(crate) fn feed_build(
     built: &mut Pipeline,
     (slot, partition): (usize, u32),
     from: Offset,
     entries: &[LogEntry],
     (layer, horizon): (&SpeedLayer, Millis),
-) -> Result<(), SpeedError> {
+) -> Result<bool, SpeedError> {
     let copies = |entries: &[LogEntry]| {
         entries
             .iter()
             .map(|entry| (entry.offset, entry.payload.clone()))
             .collect::<Vec<_>>()
     };
-    if built.next[slot] < from {
+    let behind = built.next[slot] < from;
+    if behind {
         let lacking = usize::try_from(from - built.next[slot]).unwrap_or(usize::MAX);
         let max = lacking.min(layer.config.max_records_per_epoch);
         let earlier = match layer.log.read(partition, built.next[slot], max) {
-            Err(LogError::Unavailable(_)) => return Ok(()),
+            Err(LogError::Unavailable(_)) => return Ok(false),
             read => read?,
         };
         let before: Vec<&LogEntry> = earlier.iter().filter(|e| e.offset < from).collect();
@@ -263,7 +266,7 @@ pub(crate) fn feed_build(
             None,
         );
         if !reached {
-            return Ok(());
+            return Ok(true);
         }
         // Nothing more before `from`: the log holds no record between.
         built.next[slot] = from;
@@ -274,5 +277,5 @@ pub(crate) fn feed_build(
             built.next[slot] = from;
         }
     }
-    Ok(())
+    Ok(behind)
 }

@@ -170,6 +170,8 @@ pub(crate) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), Spe
         let mut read = 0u64;
         let mut oldest_received: Option<Millis> = None;
         let mut caught_up = true;
+        // Whether a build read records the running dataflow read before.
+        let mut build_behind = false;
         for (slot, &partition) in partitions.iter().enumerate() {
             let from = running.next[slot];
             let entries = match layer.log.read(partition, from, max_records) {
@@ -182,7 +184,8 @@ pub(crate) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), Spe
             };
             caught_up &= entries.len() < max_records;
             if let Some(built) = &mut building {
-                feed_build(built, (slot, partition), from, &entries, (layer, horizon))?;
+                build_behind |=
+                    feed_build(built, (slot, partition), from, &entries, (layer, horizon))?;
             }
             let (count, oldest) = running.feed(
                 slot,
@@ -256,7 +259,7 @@ pub(crate) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), Spe
         if let Some(built) = &mut building {
             built.take_closed();
         }
-        if read == 0 {
+        if read == 0 && !build_behind {
             std::thread::sleep(epoch_length.saturating_sub(started.elapsed()));
         }
     }
