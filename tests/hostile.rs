@@ -433,6 +433,21 @@ fn tracker_cases() -> Vec<Case> {
     let call =
         |id: &str| format!(r#"{{"type":"track","event":"click","userId":"u","messageId":"{id}"}}"#);
     let many_junk = vec![r#"{"type":"track"}"#; 10_000].join(",");
+    // 2,000 leaves under a 6,000-character key (28 KB, under the 32 KB an event may be): each
+    // leaf was refused with its whole path and a suggestion, megabytes of reply.
+    let deep_leaves: Vec<String> = (0..2_000).map(|i| format!(r#""{i}":{i}"#)).collect();
+    let deep_call = format!(
+        r#"{{"type":"track","event":"click","userId":"u","properties":{{"{}":{{{}}}}}}}"#,
+        "k".repeat(6_000),
+        deep_leaves.join(",")
+    );
+    let wide_leaves: Vec<String> = (0..800)
+        .map(|i| format!(r#""unknown_{i}":{i}"#))
+        .collect();
+    let wide_call = format!(
+        r#"{{"type":"track","event":"click","userId":"u","properties":{{{}}}}}"#,
+        wide_leaves.join(",")
+    );
     let many_valid = vec![r#"{"type":"track","event":"click","userId":"u"}"#; 10_000].join(",");
     vec![
         segment("/v1/batch")
@@ -447,6 +462,14 @@ fn tracker_cases() -> Vec<Case> {
             .json(format!(r#"{{"batch":[{many_junk}]}}"#))
             .expect("10,000 invalid calls", 400, "\"code\":\"missing_field\"")
             .max_reply(2_000),
+        segment("/v1/batch")
+            .json(format!(r#"{{"batch":[{deep_call}]}}"#))
+            .expect("2,000 properties under a 6,000-character key", 400, "unknown_tag")
+            .max_reply(2_000),
+        segment("/v1/batch")
+            .json(format!(r#"{{"batch":[{wide_call}]}}"#))
+            .expect("800 unknown properties", 400, "more problems with this event")
+            .max_reply(4_000),
         segment("/v1/batch")
             .json(format!(r#"{{"batch":[{many_valid}]}}"#))
             .expect("10,000 valid calls", 200, "\"accepted\":10000"),

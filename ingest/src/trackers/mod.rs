@@ -50,11 +50,16 @@ fn refused(collector: &Collector, refusal: Refusal) -> HttpResponse {
     refusal.into_tracker_response()
 }
 
+/// The longest dotted name flattening makes; an object under a longer one stays whole, so
+/// that it is refused once, not once per leaf.
+const MAX_FLATTENED_NAME: usize = 256;
+
 /// Adds `value` to `out` under `name`, and each field of an object under `name.field`, at
-/// any depth: `{"a":{"b":1}}` under `p` is `p.a.b`. Arrays and other leaves stay whole.
+/// any depth: `{"a":{"b":1}}` under `p` is `p.a.b`. Arrays and other leaves stay whole, and so
+/// does an object whose name is over [`MAX_FLATTENED_NAME`].
 fn flatten_into(name: String, value: Value, out: &mut Map<String, Value>) {
     match value {
-        Value::Object(fields) if !fields.is_empty() => {
+        Value::Object(fields) if !fields.is_empty() && name.len() <= MAX_FLATTENED_NAME => {
             for (field, inner) in fields {
                 flatten_into(format!("{name}.{field}"), inner, out);
             }
@@ -165,6 +170,18 @@ mod tests {
             Value::Object(flat),
             json!({"a.b": 1, "a.c.d": "x", "e": [1, {"f": 2}], "g": {}})
         );
+    }
+
+    /// Properties nesting 2,600 leaves under a 6,000-character key stay one tag, refused once,
+    /// rather than 2,600 tags each refused with its whole path.
+    #[test]
+    fn an_object_under_an_over_long_name_stays_one_tag() {
+        let leaves: Map<String, Value> = (0..2_600).map(|i| (i.to_string(), json!(i))).collect();
+        let long = "k".repeat(6_000);
+        let nested = json!({ long.clone(): leaves, "short": {"a": 1} });
+        let flat = flatten(nested.as_object().unwrap().clone());
+        assert_eq!(flat.len(), 2, "{:?}", flat.keys().collect::<Vec<_>>());
+        assert!(flat.contains_key(&long) && flat.contains_key("short.a"));
     }
 
     #[test]

@@ -305,14 +305,24 @@ fn check_aliases<T: Aliased>(
     }
 }
 
+/// The longest name a suggestion is looked for: comparing costs the product of the lengths.
+const MAX_SUGGESTED_NAME: usize = 64;
+
 /// The candidate closest to `name` by edit distance, if close enough to be a likely typo.
-/// Candidates are `(spelling, what to suggest for it)`.
+/// Candidates are `(spelling, what to suggest for it)`. A name longer than
+/// [`MAX_SUGGESTED_NAME`] gets none, and only candidates whose length is within the allowed
+/// distance are compared, so the work is bounded by the name, not by the registry's names.
 fn closest<'a>(
     name: &str,
     candidates: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Option<&'a str> {
-    let allowed = (name.chars().count() / 3).max(1);
+    let length = name.chars().count();
+    if length > MAX_SUGGESTED_NAME {
+        return None;
+    }
+    let allowed = (length / 3).max(1);
     candidates
+        .filter(|(spelling, _)| spelling.chars().count().abs_diff(length) <= allowed)
         .map(|(spelling, suggestion)| (strsim::damerau_levenshtein(name, spelling), suggestion))
         .filter(|(distance, _)| *distance <= allowed)
         .min_by_key(|(distance, _)| *distance)

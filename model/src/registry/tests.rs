@@ -397,3 +397,32 @@ fn a_required_tag_of_the_wrong_type_is_not_also_missing() {
         ["wrong_tag_type: tag 'revenue' must be a number, got \"12\""]
     );
 }
+
+/// A rejection's reasons are bounded whatever the event holds: 2,600 unknown tags under
+/// 6,000-character names give 16 reasons of at most 300 characters, the last counting the
+/// rest (each leaf had its own reason, path and suggestion: megabytes per event).
+#[test]
+fn an_event_with_thousands_of_bad_tags_gets_a_bounded_rejection() {
+    let long = "p".repeat(6_000);
+    let tags: serde_json::Map<String, Value> = (0..2_600)
+        .map(|i| (format!("{long}.{i}"), json!(i)))
+        .collect();
+    let found = reasons(json!({"event_type": "click", "user_id": "u", "tags": tags}));
+    assert_eq!(
+        found.len(),
+        crate::registry::validate::MAX_REASONS,
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .all(|r| r.chars().count() <= 20 + crate::registry::validate::MAX_REASON_CHARS + 1)
+    );
+    assert!(
+        found
+            .last()
+            .unwrap()
+            .contains("and 2585 more problems with this event"),
+        "{found:?}"
+    );
+}

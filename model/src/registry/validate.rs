@@ -10,6 +10,13 @@ use crate::time::looks_like_seconds;
 use super::*;
 
 const EVENT_FIELDS: [&str; 5] = ["event_id", "event_type", "ts", "user_id", "tags"];
+/// The most reasons an event's rejection lists; past them, one says how many more there are.
+/// Each reason costs the reply and the rejected stream its bytes, whatever the request's size.
+pub const MAX_REASONS: usize = 16;
+/// The longest reason, in characters: a name in it is the sender's and may be any length.
+pub const MAX_REASON_CHARS: usize = 300;
+/// The unknown tags of one event that get a suggestion; the others are named only.
+const MAX_SUGGESTIONS: usize = 8;
 const SERVER_FIELDS: [&str; 3] = ["tenant", "received_at", "source"];
 
 impl TagRegistry {
@@ -140,7 +147,7 @@ impl TagRegistry {
                 received_at: context.received_at,
                 source: context.source.to_owned(),
             }),
-            _ => Err(reasons),
+            _ => Err(bounded(reasons)),
         }
     }
 
@@ -219,10 +226,13 @@ impl TagRegistry {
     ) -> BTreeMap<String, TagValue> {
         let mut tags = BTreeMap::new();
         let mut seen_as: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut suggested = 0;
         for (name, value) in submitted {
             let Some(canonical) = self.canonical_tag(name) else {
-                let hint = self
-                    .suggest_tag(name)
+                suggested += 1;
+                let hint = (suggested <= MAX_SUGGESTIONS)
+                    .then(|| self.suggest_tag(name))
+                    .flatten()
                     .map(|tag| format!(" (did you mean {tag}?)"))
                     .unwrap_or_default();
                 reasons.push(RejectReason::new(
@@ -272,6 +282,26 @@ impl TagRegistry {
             }
         }
     }
+}
+
+/// `reasons` cut to [`MAX_REASONS`], each to [`MAX_REASON_CHARS`], with a last one saying how
+/// many were left out.
+fn bounded(mut reasons: Vec<RejectReason>) -> Vec<RejectReason> {
+    for reason in &mut reasons {
+        if let Some((cut, _)) = reason.message.char_indices().nth(MAX_REASON_CHARS) {
+            reason.message.truncate(cut);
+            reason.message.push('…');
+        }
+    }
+    if reasons.len() > MAX_REASONS {
+        let left_out = reasons.len() - (MAX_REASONS - 1);
+        reasons.truncate(MAX_REASONS - 1);
+        reasons.push(RejectReason::new(
+            "more_reasons",
+            format!("and {left_out} more problems with this event"),
+        ));
+    }
+    reasons
 }
 
 /// `value` as a tag of `kind`, or why not.
