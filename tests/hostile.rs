@@ -441,9 +441,7 @@ fn tracker_cases() -> Vec<Case> {
         "k".repeat(6_000),
         deep_leaves.join(",")
     );
-    let wide_leaves: Vec<String> = (0..800)
-        .map(|i| format!(r#""unknown_{i}":{i}"#))
-        .collect();
+    let wide_leaves: Vec<String> = (0..800).map(|i| format!(r#""unknown_{i}":{i}"#)).collect();
     let wide_call = format!(
         r#"{{"type":"track","event":"click","userId":"u","properties":{{{}}}}}"#,
         wide_leaves.join(",")

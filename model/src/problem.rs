@@ -79,6 +79,36 @@ pub enum CatalogProblem {
         /// The field it reads.
         field: String,
     },
+    /// A view that names a dimension or a measure twice.
+    #[error("view '{view}': {what} '{name}' is named twice; name it once")]
+    RepeatedInView {
+        /// The view.
+        view: String,
+        /// "dimension" or "measure".
+        what: &'static str,
+        /// The name repeated.
+        name: String,
+    },
+    /// A view with more dimensions or measures than a view may have.
+    #[error("view '{view}' has {count} {what}s; a view may have at most {max}")]
+    TooManyInView {
+        /// The view.
+        view: String,
+        /// "dimension" or "measure".
+        what: &'static str,
+        /// How many it has.
+        count: usize,
+        /// How many it may have.
+        max: usize,
+    },
+    /// A tenant with more views than a tenant may have.
+    #[error("{count} views; a tenant may have at most {max}")]
+    TooManyViews {
+        /// How many it has.
+        count: usize,
+        /// How many it may have.
+        max: usize,
+    },
     /// A view over an event type the registry does not declare.
     #[error("view '{view}': event type '{event_type}' is not registered")]
     UnregisteredEventType {

@@ -18,6 +18,10 @@ pub const DEMO_TENANT: &str = "demo";
 /// The source name of the demo write key.
 pub const DEMO_SOURCE: &str = "demo-web";
 
+/// The most views a tenant may have: the speed layer folds every event into each view it
+/// covers, and the batch layer recomputes each.
+pub const MAX_VIEWS: usize = 100;
+
 /// One tenant: its governance rules and its views.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,7 +68,13 @@ impl Catalog {
             }
         }
         for (name, tenant) in &tenants {
-            let registry = tenant.registry.check().err().unwrap_or_default();
+            let mut registry = tenant.registry.check().err().unwrap_or_default();
+            if tenant.views.len() > MAX_VIEWS {
+                registry.push(CatalogProblem::TooManyViews {
+                    count: tenant.views.len(),
+                    max: MAX_VIEWS,
+                });
+            }
             let views = tenant
                 .views
                 .iter()

@@ -14,6 +14,11 @@ use crate::time::Granularity;
 /// Fields every event has, usable as dimensions and in `uniq(...)`.
 pub const BUILT_IN_FIELDS: [&str; 3] = ["event_type", "user_id", "source"];
 
+/// The most dimensions a view may have.
+pub const MAX_DIMENSIONS: usize = 16;
+/// The most measures a view may have.
+pub const MAX_MEASURES: usize = 32;
+
 /// One view: which events it covers, how it groups them, what it measures, how finely.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -112,14 +117,45 @@ impl ViewSpec {
         }
     }
 
-    /// Checks the spec against the tenant's registry: every field it names exists, and
-    /// numeric measures read number tags.
+    /// Checks the spec against the tenant's registry: every field it names exists, once,
+    /// numeric measures read number tags, and it has at most [`MAX_DIMENSIONS`] dimensions
+    /// and [`MAX_MEASURES`] measures (each dimension multiplies a view's keys, and both
+    /// layers compute every one of them).
     pub fn check(&self, registry: &TagRegistry) -> Result<(), CatalogProblems> {
         let mut problems = CatalogProblems::default();
         if let Err(err) = crate::name::check_name("view", &self.name) {
             problems.push(err);
         }
         let view = || self.name.clone();
+        let names = |what: &'static str, names: Vec<String>, max: usize| {
+            let mut found = Vec::new();
+            if names.len() > max {
+                found.push(CatalogProblem::TooManyInView {
+                    view: view(),
+                    what,
+                    count: names.len(),
+                    max,
+                });
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for name in names {
+                if !seen.insert(name.clone()) {
+                    found.push(CatalogProblem::RepeatedInView {
+                        view: view(),
+                        what,
+                        name,
+                    });
+                }
+            }
+            found
+        };
+        let measures = self.measures.iter().map(ToString::to_string).collect();
+        for problem in names("dimension", self.dimensions.clone(), MAX_DIMENSIONS)
+            .into_iter()
+            .chain(names("measure", measures, MAX_MEASURES))
+        {
+            problems.push(problem);
+        }
         let kind_of = |field: &str| match BUILT_IN_FIELDS.contains(&field) {
             true => Some(TagKind::String),
             false => registry.tags.get(field).map(|tag| tag.kind),
@@ -233,5 +269,48 @@ mod tests {
         };
         assert!(view.covers("click") && !view.covers("purchase"));
         assert_eq!(view.dimension_values(&event), ["click", "ios", ""]);
+    }
+
+    /// A spec that names a dimension or a measure twice, or has too many, is refused with
+    /// what to change (a repeated dimension made every recompute of every tenant fail); so is
+    /// a tenant with too many views.
+    #[test]
+    fn repeated_and_too_many_dimensions_measures_and_views_are_refused() {
+        let tenant = crate::Tenant::demo();
+        let mut view = tenant.views[0].clone();
+        view.dimensions = vec!["os_type".into(), "os_type".into()];
+        view.measures.push(crate::Measure::Count);
+        let problems = view.check(&tenant.registry).unwrap_err().messages();
+        assert_eq!(
+            problems,
+            [
+                "view 'events_by_type': dimension 'os_type' is named twice; name it once",
+                "view 'events_by_type': measure 'count' is named twice; name it once",
+            ]
+        );
+        view.dimensions = (0..=MAX_DIMENSIONS)
+            .map(|i| ["country", "os_type", "url"][i % 3].into())
+            .collect();
+        let problems = view.check(&tenant.registry).unwrap_err().messages();
+        assert!(
+            problems[0] == "view 'events_by_type' has 17 dimensions; a view may have at most 16",
+            "{problems:?}"
+        );
+        let mut crowded = crate::Tenant::demo();
+        crowded.views = (0..=crate::tenant::MAX_VIEWS)
+            .map(|i| ViewSpec {
+                name: format!("view_{i}"),
+                ..crowded.views[0].clone()
+            })
+            .collect();
+        let tenants = [("demo".to_owned(), crowded)].into();
+        let problems = crate::Catalog::new(tenants, Vec::new())
+            .unwrap_err()
+            .messages();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("101 views; a tenant may have at most 100"),
+            "{problems:?}"
+        );
     }
 }
