@@ -108,6 +108,18 @@ pub enum BatchError {
         /// The next free version.
         next: LogicVersion,
     },
+    /// A reprocess asked for a logic version that is neither registered nor the next one.
+    #[error(
+        "{view} has no logic version {version}; reprocess as an existing version of the same spec, or as the next one, {next}"
+    )]
+    VersionUnknown {
+        /// The view (`tenant/view`).
+        view: String,
+        /// The version asked for.
+        version: LogicVersion,
+        /// The next free version.
+        next: LogicVersion,
+    },
 }
 
 impl BatchError {

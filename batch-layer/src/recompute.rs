@@ -504,6 +504,12 @@ fn choose_version(
             version,
             next: entry.next_version(),
         }),
+        // Versions are numbered in turn: one far ahead would leave nothing after it to number.
+        None if version != entry.next_version() => Err(BatchError::VersionUnknown {
+            view: view_id(&entry.tenant, &entry.view),
+            version,
+            next: entry.next_version(),
+        }),
         _ => {
             entry.versions.insert(version, spec.clone());
             if !staged {

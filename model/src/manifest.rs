@@ -150,9 +150,16 @@ impl ViewManifest {
         count_versions(&self.hours)
     }
 
-    /// The version after the newest one registered: what a changed spec gets.
+    /// The version after the newest one registered: what a changed spec gets. Past the last
+    /// number (a manifest written before versions were numbered in turn may hold it), the
+    /// first free one, so that no registered spec is ever replaced.
     pub fn next_version(&self) -> LogicVersion {
-        self.versions.keys().next_back().map_or(1, |last| last + 1)
+        let last = self.versions.keys().next_back().copied().unwrap_or(0);
+        last.checked_add(1).unwrap_or_else(|| {
+            (1..=LogicVersion::MAX)
+                .find(|version| !self.versions.contains_key(version))
+                .expect("fewer versions than numbers")
+        })
     }
 
     /// The logic version whose spec equals `spec`, registering a new one (and making it
@@ -286,5 +293,19 @@ mod tests {
         let json = serde_json::to_string(&manifest).unwrap();
         assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), manifest);
         assert!(manifest.view("t", "v").is_some() && manifest.view("t", "w").is_none());
+    }
+
+    /// A manifest that holds the last number (written before versions were numbered in turn)
+    /// numbers the next spec with the first free one, never wrapping onto version 0 or 1.
+    #[test]
+    fn the_next_version_after_the_last_number_is_the_first_free_one() {
+        let mut view = ViewManifest::new("t", &spec(&["os_type"]));
+        assert_eq!(view.next_version(), 2);
+        view.versions.insert(LogicVersion::MAX, spec(&["country"]));
+        assert_eq!(view.next_version(), 2);
+        let (version, new) = view.version_for(&spec(&["source"]));
+        assert_eq!((version, new), (2, true));
+        assert_eq!(view.versions[&1], spec(&["os_type"]));
+        assert_eq!(view.versions[&LogicVersion::MAX], spec(&["country"]));
     }
 }

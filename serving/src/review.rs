@@ -160,6 +160,11 @@ pub(crate) async fn reprocess(
                 "logic version {version} of view '{name}' was computed from a different spec; the spec now is version {ours}"
             )));
         }
+        if taken.is_none() && version != ours {
+            return Err(bad(format!(
+                "view '{name}' has no logic version {version}; the spec now is version {ours}: reprocess as {ours} (or leave logic_version out)"
+            )));
+        }
         let work = JobWork::Reprocess {
             from,
             to,

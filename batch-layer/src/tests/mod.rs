@@ -98,6 +98,15 @@ impl Rig {
     }
 
     fn recompute(&self, catalog: &Catalog, lateness: Millis, request: RunRequest) -> RunSummary {
+        self.try_recompute(catalog, lateness, request).unwrap()
+    }
+
+    fn try_recompute(
+        &self,
+        catalog: &Catalog,
+        lateness: Millis,
+        request: RunRequest,
+    ) -> Result<RunSummary, crate::BatchError> {
         let metrics = BatchMetrics::register(&mut Default::default());
         let recompute = Recompute::new(
             self.store.clone(),
@@ -105,9 +114,7 @@ impl Rig {
             lateness,
             metrics,
         );
-        self.runtime
-            .block_on(recompute.run(&request, &|_| {}))
-            .unwrap()
+        self.runtime.block_on(recompute.run(&request, &|_| {}))
     }
 
     fn manifest(&self) -> Manifest {
@@ -494,6 +501,38 @@ fn late_events_make_their_hour_dirty_and_the_next_run_recomputes_it() {
     let views = demo().tenants["demo"].views.len() as u64;
     assert_eq!(again.hours, views, "one hour, every view");
     assert_states_agree(&rig.batch_states(&demo()), &rig.expected(&demo()));
+}
+
+/// A reprocess may name an existing version of the same spec or the next one, nothing past
+/// it: version 4294967295 made the next one wrap to 0 and overwrite version 0's spec.
+#[test]
+fn a_reprocess_as_a_version_past_the_next_is_refused() {
+    let rig = rig();
+    rig.append(&sample_demo_events(base()));
+    rig.archive();
+    rig.recompute(&demo(), 0, RunRequest::default());
+    let mut fixed = demo();
+    let view = &mut fixed.tenants.get_mut("demo").unwrap().views[0];
+    view.dimensions.push("source".into());
+    let name = view.name.clone();
+    let asked = |version| RunRequest {
+        view: Some(name.clone()),
+        reprocess_as: Some(version),
+        ..RunRequest::default()
+    };
+    let refused = rig.try_recompute(&fixed, 0, asked(u32::MAX)).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("has no logic version 4294967295")
+            && refused.to_string().contains("the next one, 2"),
+        "{refused}"
+    );
+    rig.recompute(&fixed, 0, asked(2));
+    assert_eq!(
+        rig.manifest().view("demo", &name).unwrap().current_version,
+        2
+    );
 }
 
 #[test]

@@ -186,6 +186,10 @@ async fn reprocess_and_promote_are_checked_queued_and_shown_per_tenant() {
             json!({"from": BASE, "to": BASE + HOUR_MS, "hours": 3}),
             "unknown field",
         ),
+        (
+            json!({"from": BASE, "to": BASE + HOUR_MS, "logic_version": 4294967295u32}),
+            "has no logic version 4294967295",
+        ),
     ] {
         let (status, refused) = send(&app, post(reprocess, body.clone()), Some("demo-admin")).await;
         assert_eq!(status, 400, "{body}: {refused}");
