@@ -644,9 +644,15 @@ fn merge_tables(base: &mut toml::Table, overlay: toml::Table) {
 /// files are checked against it, since [`Config::parse`] ignores the `TALLY_*` variables that
 /// name no field.
 pub fn is_setting_variable(var: &str) -> bool {
+    sets_one_of(var, &setting_variables())
+}
+
+/// Whether `var` is one of `settings` (see [`setting_variables`]) or an entry of
+/// `[kafka.client]` or `[objects.options]`.
+fn sets_one_of(var: &str, settings: &[String]) -> bool {
     var.starts_with(KAFKA_CLIENT_PREFIX)
         || var.starts_with(OBJECTS_OPTIONS_PREFIX)
-        || setting_variables().iter().any(|name| name == var)
+        || settings.iter().any(|name| name == var)
 }
 
 /// The variable of every scalar setting: its path in capitals after `TALLY`.
@@ -694,7 +700,7 @@ pub fn unknown_variables(env: impl IntoIterator<Item = (String, String)>) -> Vec
     env.into_iter()
         .map(|(var, _)| var)
         .filter(|var| var.starts_with(ENV_PREFIX))
-        .filter(|var| !is_setting_variable(var) && !OTHER_VARIABLES.contains(&var.as_str()))
+        .filter(|var| !sets_one_of(var, &settings) && !OTHER_VARIABLES.contains(&var.as_str()))
         .map(|var| {
             let closest = (settings.iter().map(String::as_str))
                 .chain(OTHER_VARIABLES)

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use differential_dataflow::input::{Input, InputSession};
 use tally_connectors::log::{EventLog, LogEntry, LogError, Offset};
@@ -82,13 +83,14 @@ pub(crate) struct Pipeline {
 }
 
 impl Pipeline {
-    /// Builds the dataflow for `views` on this worker; `scope` says which states it writes.
+    /// Builds the dataflow for `views` on this worker, to be fed `partitions` from their
+    /// replay starts for the current horizon; `scope` says which states it writes.
     pub(crate) fn build(
         worker: &mut Worker,
         shared: &Shared,
         (generation, views): (u64, Arc<CompiledViews>),
-        scope: WriteScope,
-    ) -> Pipeline {
+        (partitions, scope): (&[u32], WriteScope),
+    ) -> Result<Pipeline, SpeedError> {
         let layer = &shared.layer;
         let writer = StateWriter {
             worker: worker.index(),
@@ -112,7 +114,8 @@ impl Pipeline {
             let (probe, _written) = dataflow::write_view_states(partials, writer).probe();
             (input, probe, held)
         });
-        Pipeline {
+        let horizon = shared.horizon.load(Ordering::Acquire);
+        Ok(Pipeline {
             generation,
             views,
             input,
@@ -120,14 +123,14 @@ impl Pipeline {
             held,
             events,
             scope,
-            partitions: Vec::new(),
-            next: Vec::new(),
+            partitions: partitions.to_vec(),
+            next: replay_starts(layer, partitions, horizon)?,
             open: VecDeque::new(),
-        }
+        })
     }
 
     /// Feeds one partition's records; returns the events fed and the earliest receive time
-    /// among them. `report` says whether this dataflow reports undecodable records.
+    /// among them. With `metrics`, this dataflow reports undecodable records.
     pub(crate) fn feed(
         &mut self,
         slot: usize,
@@ -181,6 +184,14 @@ impl Pipeline {
         self.probe.less_than(&epoch)
     }
 
+    /// Waits until the store reflects every epoch fed, and returns them, oldest first (see
+    /// [`take_closed`](Self::take_closed)).
+    pub(crate) fn drain(&mut self, worker: &mut Worker) -> Vec<OpenEpoch> {
+        let fed = *self.input.time();
+        worker.step_or_park_while(None, || self.pending_before(fed));
+        self.take_closed()
+    }
+
     /// The open epochs the store now reflects, oldest first; each one's events and
     /// sightings are released.
     pub(crate) fn take_closed(&mut self) -> Vec<OpenEpoch> {
@@ -202,7 +213,7 @@ impl Pipeline {
 
 /// The replay start of each of `partitions` for `horizon`: the first record that can hold
 /// an event at or after it.
-pub(crate) fn replay_starts(
+fn replay_starts(
     layer: &SpeedLayer,
     partitions: &[u32],
     horizon: Millis,
@@ -242,12 +253,6 @@ pub(crate) fn feed_build(
     entries: &[LogEntry],
     (layer, horizon): (&SpeedLayer, Millis),
 ) -> Result<bool, SpeedError> {
-    let copies = |entries: &[LogEntry]| {
-        entries
-            .iter()
-            .map(|entry| (entry.offset, entry.payload.clone()))
-            .collect::<Vec<_>>()
-    };
     let behind = built.next[slot] < from;
     if behind {
         let lacking = usize::try_from(from - built.next[slot]).unwrap_or(usize::MAX);
@@ -272,10 +277,8 @@ pub(crate) fn feed_build(
         built.next[slot] = from;
     }
     if built.next[slot] == from {
-        built.feed(slot, partition, copies(entries), horizon, None);
-        if entries.is_empty() {
-            built.next[slot] = from;
-        }
+        let copies = entries.iter().map(|e| (e.offset, e.payload.clone()));
+        built.feed(slot, partition, copies, horizon, None);
     }
     Ok(behind)
 }

@@ -20,7 +20,7 @@ use timely::worker::Worker;
 
 use crate::control::{ChangeLead, Control, ControlChannel, Round};
 use crate::dataflow::{CompiledViews, Epoch, WriteScope};
-use crate::pipeline::{OpenEpoch, Pipeline, feed_build, replay_starts};
+use crate::pipeline::{OpenEpoch, Pipeline, feed_build};
 use crate::{Shared, SpeedError, SpeedLayer, trailing_horizon};
 
 /// How often, at most, a worker records its progress in the view store while records arrive.
@@ -48,10 +48,8 @@ pub(crate) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), Spe
         worker,
         shared,
         (shared.generation, shared.views.clone()),
-        WriteScope::default(),
-    );
-    running.partitions = partitions.clone();
-    running.next = replay_starts(layer, &partitions, shared.horizon.load(Ordering::Acquire))?;
+        (&partitions, WriteScope::default()),
+    )?;
     let mut building: Option<Pipeline> = None;
     let mut caught_up_sent = false;
     let mut lead = (index == 0).then_some(ChangeLead {
@@ -99,14 +97,12 @@ pub(crate) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), Spe
                         .map(|(tenant, view)| (tenant.to_owned(), view.to_owned()))
                         .collect();
                     let scope = Rc::new(RefCell::new(Some(new_names)));
-                    let mut built = Pipeline::build(worker, shared, (generation, views), scope);
+                    let mut built =
+                        Pipeline::build(worker, shared, (generation, views), (&partitions, scope))?;
                     // Numbered as the running dataflow's epochs, which every worker advances
                     // once a round: workers that start their builds in different rounds still
                     // agree on which epochs the switch waits for.
                     built.input.advance_to(*running.input.time());
-                    built.partitions = partitions.clone();
-                    built.next =
-                        replay_starts(layer, &partitions, shared.horizon.load(Ordering::Acquire))?;
                     building = Some(built);
                     caught_up_sent = false;
                     layer.metrics.building(true);
@@ -124,14 +120,10 @@ pub(crate) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), Spe
         {
             // Both dataflows hold the same records: once the store reflects every epoch of
             // both, the built one takes over between the same two epochs on every worker.
-            let fed = *running.input.time();
-            worker.step_or_park_while(None, || running.pending_before(fed));
-            for closed in running.take_closed() {
+            for closed in running.drain(worker) {
                 closer.close(closed)?;
             }
-            let fed = *built.input.time();
-            worker.step_or_park_while(None, || built.pending_before(fed));
-            built.take_closed();
+            built.drain(worker);
             built.scope.borrow_mut().take();
             let before = std::mem::replace(&mut running, built);
             if let Some(lead) = &mut lead {
@@ -153,16 +145,13 @@ pub(crate) fn run_worker(worker: &mut Worker, shared: &Shared) -> Result<(), Spe
             false => shared.horizon.load(Ordering::Acquire),
         };
         if horizon > retired_below {
-            let fed = *running.input.time();
-            worker.step_or_park_while(None, || running.pending_before(fed));
-            for closed in running.take_closed() {
+            // The sightings of open epochs are not in the arrangement yet.
+            for closed in running.drain(worker) {
                 closer.close(closed)?;
             }
             running.retire_before(horizon);
             if let Some(built) = &mut building {
-                let fed = *built.input.time();
-                worker.step_or_park_while(None, || built.pending_before(fed));
-                built.take_closed();
+                built.drain(worker);
                 built.retire_before(horizon);
             }
             retired_below = horizon;
