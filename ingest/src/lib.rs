@@ -60,6 +60,7 @@ pub struct Collector {
     rejected: Arc<dyn EventLog>,
     limits: IngestConfig,
     metrics: Arc<IngestMetrics>,
+    pixel_timing: routes::PixelTiming,
 }
 
 impl Collector {
@@ -78,6 +79,7 @@ impl Collector {
             rejected,
             limits,
             metrics,
+            pixel_timing: routes::PixelTiming::default(),
         }
     }
 
@@ -147,8 +149,9 @@ impl Collector {
         Ok(())
     }
 
-    /// Appends the accepted events and the first `max_rejects_kept` rejects, and waits until
-    /// both are durable.
+    /// Appends the first `max_rejects_kept` rejects, then the accepted events, and waits
+    /// until both are durable. The rejects go first, so that a request that could not be
+    /// stored whole left no accepted event behind: the client's retry is the only copy.
     async fn store(
         &self,
         key: &ApiKey,
@@ -159,10 +162,7 @@ impl Collector {
         let accepted = verdict
             .accepted
             .iter()
-            .map(|event| AppendRecord {
-                partition: partition_of(&event.tenant, &event.user_id, partitions),
-                payload: serde_json::to_vec(event).expect("events serialize"),
-            })
+            .map(|event| AppendRecord::event(event, partitions))
             .collect::<Vec<_>>();
         let rejected_partition = partition_of(&key.tenant, &key.source, self.rejected.partitions());
         let rejected = verdict
@@ -189,14 +189,11 @@ impl Collector {
                 }
             })
             .collect::<Vec<_>>();
-        // Both appends are queued before either is awaited, so their fsyncs overlap.
-        let accepted_durable = (!accepted.is_empty()).then(|| self.events.append(accepted));
-        let rejected_durable = (!rejected.is_empty()).then(|| self.rejected.append(rejected));
-        if let Some(durable) = accepted_durable {
-            durable.await?;
+        if !rejected.is_empty() {
+            self.rejected.append(rejected).await?;
         }
-        if let Some(durable) = rejected_durable {
-            durable.await?;
+        if !accepted.is_empty() {
+            self.events.append(accepted).await?;
         }
         self.metrics.accepted(verdict.accepted.len());
         for (reason, events) in &verdict.rejected_by_reason {

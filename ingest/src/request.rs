@@ -12,10 +12,11 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::web::Bytes;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use base64::Engine;
 use serde::Serialize;
 use tally_connectors::log::LogError;
+use tally_connectors::rate_limit::CallerLimits;
 use tally_model::tenant::AuthError;
 use tally_model::time::now_millis;
 use tally_model::{ApiKey, Catalog, Scope};
@@ -28,6 +29,8 @@ pub(crate) struct Refusal {
     pub status: StatusCode,
     pub reason: &'static str,
     pub message: String,
+    /// Seconds to wait before retrying, sent as `Retry-After`.
+    pub retry_after_secs: Option<u64>,
 }
 
 /// A refusal's body on Tally's own routes.
@@ -51,12 +54,13 @@ impl Refusal {
             status,
             reason,
             message,
+            retry_after_secs: None,
         }
     }
 
     /// The answer on Tally's own routes: `{"error": ...}`.
     pub fn into_response(self) -> HttpResponse {
-        HttpResponse::build(self.status)
+        self.response_builder()
             .insert_header(ContentType::json())
             .json(IngestError {
                 error: self.message,
@@ -65,10 +69,18 @@ impl Refusal {
 
     /// The answer on the trackers' routes: `{"code": ..., "message": ...}`.
     pub fn into_tracker_response(self) -> HttpResponse {
-        HttpResponse::build(self.status).json(TrackerError {
+        self.response_builder().json(TrackerError {
             code: self.reason,
             message: &self.message,
         })
+    }
+
+    fn response_builder(&self) -> HttpResponseBuilder {
+        let mut builder = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after_secs {
+            builder.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        builder
     }
 }
 
@@ -100,13 +112,26 @@ pub(crate) fn authorize(
     }
 }
 
-/// The write key whose secret is `secret`, and the catalog it was checked against; `what`
-/// says where the secret came from, for the refusal.
+/// The write key whose secret is `secret`, found in the request's Basic header, path or
+/// body, and the catalog it was checked against; `what` says where the secret came from, for
+/// the refusal. The secret is charged to its key's rate limit first: the server's door sees
+/// only a bearer token and the pixel's `k`.
 pub(crate) fn write_key(
+    request: &HttpRequest,
     secret: &str,
     what: &str,
     collector: &Collector,
 ) -> Result<(ApiKey, Arc<Catalog>), Refusal> {
+    if let Some(limits) = request.app_data::<web::Data<CallerLimits>>() {
+        limits
+            .admit(None, Some(secret))
+            .map_err(|refused| Refusal {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                reason: "rate_limited",
+                message: refused.message(),
+                retry_after_secs: Some(refused.retry_after_secs()),
+            })?;
+    }
     let catalog = collector.catalog.current();
     match catalog.authorize_secret(secret, Scope::Write, now_millis()) {
         Ok(key) => Ok((key.clone(), catalog.clone())),
@@ -116,6 +141,15 @@ pub(crate) fn write_key(
             format!("{what} is not a known write key; use a key with the write scope"),
         )),
         Err(refused) => Err(Refusal::from(refused)),
+    }
+}
+
+/// Reports a failed authentication that the server's door cannot see, since the pixel
+/// answers its GIF whatever the key, to the failed-authentication limit of the caller's
+/// address.
+pub(crate) fn report_auth_failure(request: &HttpRequest) {
+    if let Some(limits) = request.app_data::<web::Data<CallerLimits>>() {
+        limits.auth_failed(request.peer_addr().map(|peer| peer.ip()));
     }
 }
 

@@ -4,7 +4,8 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
@@ -16,7 +17,7 @@ use tally_model::time::now_millis;
 
 use crate::Collector;
 use crate::intake::{BodyFormat, Intake, query_is_utf8};
-use crate::request::{IngestError, Refusal, authorize, pixel_gif, read_body};
+use crate::request::{IngestError, Refusal, authorize, pixel_gif, read_body, report_auth_failure};
 
 /// The answer to a batch: how many events were kept, and why the others were not.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -125,16 +126,59 @@ pub async fn pixel(request: HttpRequest, collector: web::Data<Collector>) -> Htt
         return crate::trackers::snowplow::get_event(request, &collector, None).await;
     }
     let started = Instant::now();
-    if let Err(err) = record_pixel(&request, &collector).await {
-        tracing::debug!(error = %err, "pixel not recorded");
+    match record_pixel(&request, &collector).await {
+        Ok(()) => collector.pixel_timing.stored(started.elapsed()),
+        Err(PixelError::UnknownKey) => {
+            // Answered no sooner than a stored pixel usually is, so that the time taken does
+            // not tell a valid key from a guess.
+            report_auth_failure(&request);
+            actix_web::rt::time::sleep(collector.pixel_timing.typical()).await;
+        }
+        Err(PixelError::NotRecorded(err)) => tracing::debug!(error = %err, "pixel not recorded"),
     }
     collector.metrics.request("pixel", 200, started);
     pixel_gif()
 }
 
-async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<(), String> {
+/// How long a stored pixel takes: a moving average that an unknown key's answer waits out.
+#[derive(Default)]
+pub(crate) struct PixelTiming {
+    micros: AtomicU64,
+}
+
+/// The longest an unknown key's answer waits, whatever the store takes.
+const MAX_PIXEL_WAIT: Duration = Duration::from_millis(50);
+
+impl PixelTiming {
+    /// Folds in one stored pixel's time, with a weight of 1/8.
+    pub(crate) fn stored(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let _ = self
+            .micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
+                Some(match average {
+                    0 => took,
+                    _ => average.saturating_sub(average / 8).saturating_add(took / 8),
+                })
+            });
+    }
+
+    /// The typical time of a stored pixel, at most [`MAX_PIXEL_WAIT`].
+    pub(crate) fn typical(&self) -> Duration {
+        Duration::from_micros(self.micros.load(Ordering::Relaxed)).min(MAX_PIXEL_WAIT)
+    }
+}
+
+/// Why a pixel was not recorded.
+enum PixelError {
+    UnknownKey,
+    NotRecorded(String),
+}
+
+async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<(), PixelError> {
+    let not_recorded = |err: &dyn std::fmt::Display| PixelError::NotRecorded(err.to_string());
     let pairs = web::Query::<Vec<(String, String)>>::from_query(request.query_string())
-        .map_err(|err| err.to_string())?
+        .map_err(|err| not_recorded(&err))?
         .into_inner();
     let key_secret = pairs
         .iter()
@@ -147,7 +191,7 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         .cloned()
     else {
         collector.metrics.unauthorized_pixel();
-        return Err("unknown write key".to_owned());
+        return Err(PixelError::UnknownKey);
     };
     let received_at = now_millis();
     if !query_is_utf8(request.query_string()) {
@@ -160,8 +204,8 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
         collector
             .store(&key, received_at, &verdict)
             .await
-            .map_err(|err| err.to_string())?;
-        return Err("the query string is not UTF-8".to_owned());
+            .map_err(|err| not_recorded(&err))?;
+        return Err(not_recorded(&"the query string is not UTF-8"));
     }
     let mut event = Map::new();
     let mut tags = Map::new();
@@ -189,7 +233,7 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
     collector
         .store(&key, received_at, &verdict)
         .await
-        .map_err(|err| err.to_string())
+        .map_err(|err| not_recorded(&err))
 }
 
 fn body_format(request: &HttpRequest) -> Result<BodyFormat, Refusal> {

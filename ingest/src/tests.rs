@@ -25,6 +25,11 @@ pub(crate) fn harness(limits: IngestConfig) -> Harness {
 
 /// A collector validating against `catalog`.
 pub(crate) fn harness_with(limits: IngestConfig, catalog: Catalog) -> Harness {
+    harness_of(limits, catalog, true)
+}
+
+/// A collector whose rejected stream takes appends only if `rejects_writable`.
+fn harness_of(limits: IngestConfig, catalog: Catalog, rejects_writable: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let open = |name: &str, partitions| {
         Arc::new(
@@ -38,7 +43,11 @@ pub(crate) fn harness_with(limits: IngestConfig, catalog: Catalog) -> Harness {
             .unwrap(),
         )
     };
-    let (events, rejected) = (open("events", 2), open("rejected", 1));
+    let (events, mut rejected) = (open("events", 2), open("rejected", 1));
+    if !rejects_writable {
+        drop(rejected);
+        rejected = Arc::new(Spool::open_read_only(&dir.path().join("rejected")).unwrap());
+    }
     let metrics = IngestMetrics::register(&mut prometheus_client::registry::Registry::default());
     let catalog = CatalogHandle::new(catalog, 0);
     let collector = web::Data::new(Collector::new(
@@ -132,6 +141,24 @@ impl Harness {
 
 fn click(user: &str) -> Value {
     json!({"event_type": "click", "user_id": user, "tags": {"os_type": "ios"}})
+}
+
+#[actix_web::test]
+async fn a_request_that_cannot_be_stored_whole_leaves_no_accepted_event_behind() {
+    let h = harness_of(
+        IngestConfig::default(),
+        Catalog::demo("write-key", "read-key"),
+        false,
+    );
+    let (status, body) = h
+        .post_json(json!([click("u1"), {"event_type": "click"}]))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("retry"), "{body}");
+    assert!(
+        h.stored_events().is_empty(),
+        "the valid event was stored though the request was refused, and its retry would store it again"
+    );
 }
 
 #[actix_web::test]
@@ -390,6 +417,23 @@ async fn the_pixel_always_answers_a_gif_and_records_like_the_api() {
     // Without `k` it is Snowplow's GET form, whose key is the app id.
     assert_eq!(h.pixel("e=pv&uid=u").await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(h.stored_events().len(), 1);
+}
+
+#[actix_web::test]
+async fn a_pixel_with_an_unknown_key_answers_no_sooner_than_a_stored_one() {
+    let h = harness(IngestConfig::default());
+    h.collector
+        .pixel_timing
+        .stored(std::time::Duration::from_millis(40));
+    let started = std::time::Instant::now();
+    let (status, gif) = h.pixel("k=a-guess&e=click&uid=u").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(gif.starts_with(b"GIF89a"));
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(40),
+        "a guessed key was answered in {:?}, sooner than a stored pixel: the time tells a valid key",
+        started.elapsed()
+    );
 }
 
 #[actix_web::test]

@@ -65,6 +65,14 @@ pub struct Config {
     pub api_keys: Vec<ConfiguredKey>,
 }
 
+/// The largest record the event log and the rejected stream take, in bytes (Kafka's own
+/// limit is set to match).
+pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+/// The largest `ingest.max_event_bytes` allowed: half a log record, so that an event's
+/// record, or a reject's payload with its capped reasons, always fits in one.
+pub const MAX_EVENT_BYTES_CEILING: usize = MAX_RECORD_BYTES / 2;
+
 /// The HTTP collector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -580,6 +588,12 @@ impl Config {
         if self.ingest.max_event_bytes > self.ingest.max_request_bytes {
             return invalid("ingest.max_event_bytes must not exceed ingest.max_request_bytes");
         }
+        if self.ingest.max_event_bytes > MAX_EVENT_BYTES_CEILING {
+            return Err(ConfigError::Invalid(format!(
+                "ingest.max_event_bytes ({}) is over {MAX_EVENT_BYTES_CEILING}: an event and a reject must fit in one log record of {MAX_RECORD_BYTES} bytes",
+                self.ingest.max_event_bytes
+            )));
+        }
         self.check_speed_cluster()
     }
 
@@ -814,6 +828,14 @@ mod tests {
         );
         let err = Config::parse("[log]\npartitions = 0\n", []).unwrap_err();
         assert!(err.to_string().contains("log.partitions"), "{err}");
+        // An event over half a log record could be acknowledged by validation and then be
+        // refused by the log: a 5xx for a size the client chose.
+        let err = Config::parse(
+            "[ingest]\nmax_request_bytes = 20000000\nmax_event_bytes = 9000000\n",
+            [],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("one log record"), "{err}");
     }
 
     #[test]

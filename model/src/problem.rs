@@ -89,6 +89,15 @@ pub enum CatalogProblem {
         /// The name repeated.
         name: String,
     },
+    /// A view that lists no event type or no measure: it would count nothing, or answer
+    /// nothing.
+    #[error("view '{view}' lists no {what}; name at least one")]
+    EmptyInView {
+        /// The view.
+        view: String,
+        /// "events" or "measures".
+        what: &'static str,
+    },
     /// A view with more dimensions or measures than a view may have.
     #[error("view '{view}' has {count} {what}s; a view may have at most {max}")]
     TooManyInView {

@@ -149,6 +149,14 @@ impl ViewSpec {
             }
             found
         };
+        for (what, empty) in [
+            ("events", self.events.is_empty()),
+            ("measures", self.measures.is_empty()),
+        ] {
+            if empty {
+                problems.push(CatalogProblem::EmptyInView { view: view(), what });
+            }
+        }
         let measures = self.measures.iter().map(ToString::to_string).collect();
         for problem in names("dimension", self.dimensions.clone(), MAX_DIMENSIONS)
             .into_iter()

@@ -20,8 +20,7 @@ pub use spool::{Spool, SpoolOptions};
 /// A record's position in its partition: 0, 1, 2, ... with no gaps.
 pub type Offset = u64;
 
-/// Largest record the log accepts.
-pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+pub use tally_model::config::MAX_RECORD_BYTES;
 
 /// One record to append.
 #[derive(Debug, Clone, PartialEq, Eq)]

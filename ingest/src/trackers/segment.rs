@@ -282,8 +282,8 @@ async fn receive(
     let received_at = now_millis();
     let body = SegmentBody::parse(&bytes, call)?;
     let (key, catalog) = match (&basic, body.write_key()) {
-        (Some(user), _) => write_key(user, "the Basic user name", collector)?,
-        (None, Some(secret)) => write_key(secret, "the body's writeKey", collector)?,
+        (Some(user), _) => write_key(request, user, "the Basic user name", collector)?,
+        (None, Some(secret)) => write_key(request, secret, "the body's writeKey", collector)?,
         (None, None) => authorize(request, collector).map_err(|refusal| {
             if refusal.status == StatusCode::UNAUTHORIZED {
                 Refusal::new(refusal.status, refusal.reason, "no write key: send it as the HTTP Basic user name with an empty password, as Segment's SDKs do, or as the body's writeKey".to_owned())
@@ -360,16 +360,22 @@ fn read_call(
         event.insert("event_type".to_owned(), event_type);
     }
     if let Some(id) = message.remove("messageId") {
-        event.insert("event_id".to_owned(), id_text(id));
+        match id_text("messageId", id) {
+            Ok(id) => {
+                event.insert("event_id".to_owned(), id);
+            }
+            Err(reason) => reasons.push(reason),
+        }
     }
     let user = ["userId", "anonymousId"]
         .iter()
-        .filter_map(|field| message.remove(*field))
-        .find(|id| !matches!(id, Value::Null) && id.as_str() != Some(""));
-    match user {
-        Some(user) => {
-            event.insert("user_id".to_owned(), id_text(user));
+        .filter_map(|field| Some((*field, message.remove(*field)?)))
+        .find(|(_, id)| !matches!(id, Value::Null) && id.as_str() != Some(""));
+    match user.map(|(field, user)| id_text(field, user)) {
+        Some(Ok(user)) => {
+            event.insert("user_id".to_owned(), user);
         }
+        Some(Err(reason)) => reasons.push(reason),
         None => reasons.push(RejectReason::new(
             "missing_field",
             "a Segment call needs a \"userId\" or an \"anonymousId\"".to_owned(),
@@ -416,11 +422,21 @@ fn read_call(
     submission(event, offered, reasons)
 }
 
-/// An id as text: the SDKs send strings, some send numbers.
-fn id_text(id: Value) -> Value {
+/// An id as text: the SDKs send strings, some send whole numbers. A number that is not
+/// whole, or too large to have been read exactly, is refused: its text would not be the one
+/// sent, and two ids could become one.
+fn id_text(field: &str, id: Value) -> Result<Value, RejectReason> {
     match id {
-        Value::Number(number) => Value::String(number.to_string()),
-        other => other,
+        Value::Number(number) if number.is_i64() || number.is_u64() => {
+            Ok(Value::String(number.to_string()))
+        }
+        Value::Number(number) => Err(RejectReason::new(
+            "invalid_id",
+            format!(
+                "\"{field}\" is the number {number}, which is not whole or too large to keep exactly; send it as a string"
+            ),
+        )),
+        other => Ok(other),
     }
 }
 

@@ -200,7 +200,7 @@ async fn receive_post(
     let bytes = read_body(request, body, collector).await?;
     let received_at = now_millis();
     let body = SnowplowBody::parse(&bytes)?;
-    let (key, catalog) = tracker_key(path_key, body.app_key(), collector)?;
+    let (key, catalog) = tracker_key(request, path_key, body.app_key(), collector)?;
     let mut judge = collector.judge(&key, &catalog, received_at, true);
     body.judge(&mut judge, path_key.is_none());
     let verdict = judge.finish();
@@ -212,13 +212,14 @@ async fn receive_post(
 
 /// The write key of a Snowplow request: the path's, else the app id's.
 fn tracker_key(
+    request: &HttpRequest,
     path_key: Option<&str>,
     app_key: Option<&str>,
     collector: &Collector,
 ) -> Result<(ApiKey, Arc<Catalog>), Refusal> {
     match (path_key, app_key) {
-        (Some(secret), _) => write_key(secret, "the path's key", collector),
-        (None, Some(aid)) => write_key(aid, "the app id (aid)", collector),
+        (Some(secret), _) => write_key(request, secret, "the path's key", collector),
+        (None, Some(aid)) => write_key(request, aid, "the app id (aid)", collector),
         (None, None) => Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -236,7 +237,7 @@ async fn receive_get(
     let received_at = now_millis();
     let fields = query_fields(query)?;
     let app_key = fields.get("aid").map(String::as_str);
-    let (key, catalog) = tracker_key(path_key, app_key, collector)?;
+    let (key, catalog) = tracker_key(request, path_key, app_key, collector)?;
     let mut judge = collector.judge(&key, &catalog, received_at, true);
     judge.event(0, query, |_| read_event(&fields, received_at));
     let verdict = judge.finish();

@@ -465,3 +465,28 @@ async fn the_snowplow_preflight_allows_the_origin_with_credentials() {
     assert_eq!(header("access-control-allow-credentials"), "true");
     assert!(header("access-control-allow-headers").contains("SP-Anonymous"));
 }
+
+#[actix_web::test]
+async fn a_numeric_message_id_is_kept_exactly_or_refused() {
+    let h = harness(IngestConfig::default());
+    // Sent as text, since a JSON value here would round the numbers before the collector.
+    let body = r#"{"batch":[
+        {"type":"track","event":"click","userId":"u","messageId":123456789012345678901234567890},
+        {"type":"track","event":"click","userId":"u","messageId":123456789012345678901234567891},
+        {"type":"track","event":"click","userId":"u","messageId":12.5},
+        {"type":"track","event":"click","userId":"u","messageId":9007199254740993}]}"#;
+    let request = TestRequest::post()
+        .uri("/v1/batch")
+        .insert_header(("Authorization", basic(KEY)))
+        .insert_header(("Content-Type", "application/json"))
+        .set_payload(body);
+    let (status, _, reply) = h.send(request).await;
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["accepted"], 1, "{reply}");
+    assert_eq!(reply["rejected_by_reason"]["invalid_id"], 3, "{reply}");
+    let reason = reply["rejected"][0]["reasons"][0].as_str().unwrap();
+    assert!(reason.contains("send it as a string"), "{reason}");
+    let ids: Vec<String> = h.stored_events().into_iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, ["9007199254740993"]);
+}

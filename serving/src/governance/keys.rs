@@ -17,8 +17,9 @@ const DEFAULT_ROTATION_GRACE_SECS: u64 = 24 * 3600;
 /// The longest grace a rotation may give the old secret.
 const MAX_ROTATION_GRACE_SECS: u64 = 30 * 24 * 3600;
 
-/// A key to create.
+/// A key to create, for the admin key's own tenant.
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct NewKey {
     /// The source name events sent with the key carry; unique per tenant.
     source: String,
@@ -70,6 +71,16 @@ pub(crate) async fn post_key(
                 return Err(bad(
                     "a key needs a source name and at least one scope".to_owned()
                 ));
+            }
+            if let Some(twice) = scopes
+                .iter()
+                .enumerate()
+                .find_map(|(at, scope)| scopes[..at].contains(scope).then_some(scope))
+            {
+                return Err(bad(format!(
+                    "scope {} is given twice; list each scope once",
+                    format!("{twice:?}").to_lowercase()
+                )));
             }
             if catalog
                 .keys
@@ -124,6 +135,7 @@ pub(crate) async fn post_key(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RotateParams {
     /// How long the old secret keeps working, in seconds [default: 86400, at most 30 days].
     grace_secs: Option<u64>,

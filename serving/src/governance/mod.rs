@@ -236,15 +236,12 @@ async fn change_catalog(
         };
         let (generation, current) = serving.catalog.current_with_generation();
         let mut catalog = (*current).clone();
-        let reply = edit(&mut catalog, &key.tenant, &body)?;
-        // Secrets whose rotation grace is over leave with the next change.
+        // Secrets whose rotation grace is over leave before the change is made, so that it
+        // sees only the keys that still work.
         let now = now_millis();
-        let keys = catalog
-            .keys
-            .values()
-            .filter(|key| key.live_at(now))
-            .cloned()
-            .collect();
+        catalog.keys.retain(|_, key| key.live_at(now));
+        let reply = edit(&mut catalog, &key.tenant, &body)?;
+        let keys = catalog.keys.values().cloned().collect();
         let checked = Catalog::new(catalog.tenants, keys).map_err(|problems| {
             bad(format!("the change leaves the catalog inconsistent: {problems}"))
         })?;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use tally_model::name::ANY_EVENT_TYPE;
 use tally_model::registry::{EventTypeSpec, SourcePolicy, TagSpec};
 use tally_model::{Tenant, ViewSpec};
 
@@ -75,6 +76,19 @@ pub(crate) async fn put_source(
 ) -> HttpResponse {
     let entry = RegistryEntry::new("source", "source policy", |tenant| {
         &mut tenant.registry.sources
+    })
+    .checked_by(|tenant, policy: &SourcePolicy| {
+        let registry = &tenant.registry;
+        match policy
+            .event_types
+            .iter()
+            .find(|name| *name != ANY_EVENT_TYPE && !registry.event_types.contains_key(*name))
+        {
+            Some(unknown) => Err(format!(
+                "event type '{unknown}' is not registered; register it first (PUT /v1/governance/event-types/{unknown}), or allow \"*\""
+            )),
+            None => Ok(()),
+        }
     });
     put_entry(&request, &serving, entry, name.into_inner(), body).await
 }
@@ -153,6 +167,8 @@ struct RegistryEntry<T> {
     /// What an entry is, for people: `tag`, `event type`, `source policy`.
     label: &'static str,
     map: fn(&mut Tenant) -> &mut BTreeMap<String, T>,
+    /// What an entry must satisfy besides the catalog's own checks, and what to do if not.
+    check: fn(&Tenant, &T) -> Result<(), String>,
 }
 
 impl<T> RegistryEntry<T> {
@@ -161,7 +177,16 @@ impl<T> RegistryEntry<T> {
         label: &'static str,
         map: fn(&mut Tenant) -> &mut BTreeMap<String, T>,
     ) -> Self {
-        RegistryEntry { route, label, map }
+        RegistryEntry {
+            route,
+            label,
+            map,
+            check: |_, _| Ok(()),
+        }
+    }
+
+    fn checked_by(self, check: fn(&Tenant, &T) -> Result<(), String>) -> Self {
+        RegistryEntry { check, ..self }
     }
 }
 
@@ -180,6 +205,8 @@ async fn put_entry<T: serde::de::DeserializeOwned>(
         Some(body),
         move |tenant, body| {
             let value: T = parsed(entry.label, body)?;
+            (entry.check)(tenant, &value)
+                .map_err(|problem| bad(format!("{} '{name}': {problem}", entry.label)))?;
             (entry.map)(tenant).insert(name.clone(), value);
             Ok(format!("{} '{name}' saved", entry.label))
         },

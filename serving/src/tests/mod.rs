@@ -429,6 +429,21 @@ async fn governance_refuses_changes_that_would_break_ingestion_and_checks_the_ke
             "source name \"a/b\" is not allowed",
         ),
         (
+            "/v1/governance/sources/web",
+            r#"{"event_types":["purchase","purchace"]}"#,
+            "event type 'purchace' is not registered",
+        ),
+        (
+            "/v1/governance/views/counts_nothing",
+            r#"{"name":"counts_nothing","events":[],"measures":["count"],"granularity":"hour"}"#,
+            "lists no events",
+        ),
+        (
+            "/v1/governance/views/answers_nothing",
+            r#"{"name":"answers_nothing","events":["*"],"measures":[],"granularity":"hour"}"#,
+            "lists no measures",
+        ),
+        (
             "/v1/governance/tags/fine",
             r#"{"type":"string","colour":1}"#,
             "the body is not a valid tag (JSON): unknown field `colour`",
@@ -501,6 +516,38 @@ async fn keys_are_kept_as_hashes_shown_by_id_and_rotated_without_downtime() {
     assert_eq!(get(&app, "/v1/governance", Some(&first)).await.0, 401);
     let last = rotated["key"].as_str().unwrap().to_owned();
     assert_eq!(get(&app, "/v1/governance", Some(&last)).await.0, 200);
+    // Its grace over, the next rotation goes ahead at once: the expired secret is pruned
+    // before the check, not by some later change.
+    let (status, again) = rotate_dash("?grace_secs=0").await;
+    assert_eq!(status, 200, "{again}");
+    let last = again["key"].as_str().unwrap().to_owned();
+    // A misspelt parameter is refused, not ignored with the default grace of a day.
+    let (status, typo) = rotate_dash("?grace=5").await;
+    assert_eq!(status, 400, "{typo}");
+    assert!(typo["error"].as_str().unwrap().contains("grace"), "{typo}");
+    // Keys are made for the admin key's own tenant, and each scope is listed once.
+    for (body, reason) in [
+        (
+            serde_json::json!({"source": "x", "scopes": ["read"], "tenant": "other"}),
+            "tenant",
+        ),
+        (
+            serde_json::json!({"source": "x", "scopes": ["read", "read"]}),
+            "given twice",
+        ),
+    ] {
+        let (status, refused) = admin(
+            http::TestRequest::post()
+                .uri("/v1/governance/keys")
+                .set_json(&body),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {refused}");
+        assert!(
+            refused["error"].as_str().unwrap().contains(reason),
+            "{body}: {refused}"
+        );
+    }
 
     // Nothing Tally shows or keeps holds a secret, whole or in part.
     let (_, overview) = get(&app, "/v1/governance", Some("demo-admin")).await;
