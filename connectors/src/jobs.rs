@@ -5,8 +5,10 @@
 //! schedulers that want the same run of a job exactly one gets it.
 //!
 //! Ids start with the request time, so listing the folder yields jobs oldest first. Finished
-//! jobs beyond the newest [`KEEP_FINISHED`] are deleted by the scheduler; unfinished jobs are
-//! bounded by [`MAX_UNFINISHED`] per tenant at submission.
+//! jobs beyond the newest [`KEEP_FINISHED`] are deleted by the scheduler. Unfinished jobs are
+//! bounded by [`MAX_UNFINISHED`] per tenant: a job is submitted only once it holds one of the
+//! tenant's slots, `job-slots/<tenant>/<slot>/<turn>`, each turn written create-only, so that
+//! of concurrent submitters (on any number of serving replicas) at most that many succeed.
 
 use std::sync::Arc;
 
@@ -23,6 +25,10 @@ use crate::object_store::get_optional;
 const PREFIX: &str = "jobs";
 /// Where the claims on their runs are kept.
 const CLAIMS: &str = "job-claims";
+/// Where each tenant's slots for unfinished jobs are kept.
+const SLOTS: &str = "job-slots";
+/// Longer than a submission takes from taking its slot to writing its job.
+const SUBMISSION_MS: Millis = 60_000;
 /// Finished jobs kept for the console's history.
 pub const KEEP_FINISHED: usize = 100;
 /// Jobs of one tenant that may wait or run at once; more are refused.
@@ -75,12 +81,6 @@ impl JobStore {
         work: JobWork,
         now: Millis,
     ) -> Result<BatchJob, JobError> {
-        let unfinished = (self.list().await?.iter())
-            .filter(|job| job.tenant == tenant && !job.status.is_finished())
-            .count();
-        if unfinished >= MAX_UNFINISHED {
-            return Err(JobError::TooMany(unfinished));
-        }
         let job = BatchJob {
             id: format!(
                 "{:013}-{:016x}",
@@ -93,6 +93,7 @@ impl JobStore {
             requested_at: now,
             status: JobStatus::Queued,
         };
+        self.take_slot(tenant, &job.id, now).await?;
         let path = path_of(&job.id);
         (self.store)
             .put_opts(
@@ -103,6 +104,69 @@ impl JobStore {
             .await
             .map_err(|source| JobError::Store { path, source })?;
         Ok(job)
+    }
+
+    /// Takes one of the tenant's [`MAX_UNFINISHED`] slots for job `id`, at `now`. A slot is
+    /// free when it was never taken, or its latest turn's job is finished, or gone for longer
+    /// than a submission takes; it is taken by writing its next turn create-only, which
+    /// exactly one of several submitters manages.
+    async fn take_slot(&self, tenant: &str, id: &str, now: Millis) -> Result<(), JobError> {
+        for slot in 0..MAX_UNFINISHED {
+            let turns = self.listed(&format!("{SLOTS}/{tenant}/{slot}")).await?;
+            let latest = turns
+                .iter()
+                .filter_map(|meta| {
+                    let turn = meta.location.filename()?.parse::<u64>().ok()?;
+                    Some((turn, meta.last_modified.timestamp_millis()))
+                })
+                .max();
+            let next = match latest {
+                None => 0,
+                Some((turn, taken_at)) => {
+                    let holder = match self.slot_holder(tenant, slot, turn).await? {
+                        Some(holder) => self.get(&holder).await?,
+                        None => None,
+                    };
+                    let busy = match holder {
+                        Some(job) => !job.status.is_finished(),
+                        // Its job is being written, or its submission failed long ago.
+                        None => now.saturating_sub(taken_at) < SUBMISSION_MS,
+                    };
+                    if busy {
+                        continue;
+                    }
+                    turn.saturating_add(1)
+                }
+            };
+            let path = format!("{SLOTS}/{tenant}/{slot}/{next:020}");
+            let taken = (self.store)
+                .put_opts(
+                    &ObjectPath::from(path.as_str()),
+                    PutPayload::from(id.to_owned()),
+                    PutMode::Create.into(),
+                )
+                .await;
+            match taken {
+                Ok(_) => return Ok(()),
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(source) => return Err(JobError::Store { path, source }),
+            }
+        }
+        Err(JobError::TooMany(MAX_UNFINISHED))
+    }
+
+    /// The job that took `turn` of a tenant's `slot`.
+    async fn slot_holder(
+        &self,
+        tenant: &str,
+        slot: usize,
+        turn: u64,
+    ) -> Result<Option<String>, JobError> {
+        let path = format!("{SLOTS}/{tenant}/{slot}/{turn:020}");
+        let bytes = get_optional(self.store.as_ref(), &path)
+            .await
+            .map_err(|source| JobError::Store { path, source })?;
+        Ok(bytes.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// The job `id`, if there is one.
@@ -206,7 +270,33 @@ impl JobStore {
                 }
             }
         }
+        self.prune_slot_turns().await?;
         Ok(excess)
+    }
+
+    /// Deletes every turn of a slot but its latest, which says whether the slot is free.
+    async fn prune_slot_turns(&self) -> Result<(), JobError> {
+        let mut turns: Vec<String> = (self.listed(SLOTS).await?.into_iter())
+            .map(|meta| meta.location.to_string())
+            .collect();
+        // Turns are zero-padded: sorted, each slot's latest comes last among its own.
+        turns.sort();
+        let slot_of = |path: &str| path.rsplit_once('/').map(|(slot, _)| slot.to_owned());
+        for (at, path) in turns.iter().enumerate() {
+            let later = turns.get(at.saturating_add(1));
+            if later.is_some_and(|later| slot_of(later) == slot_of(path)) {
+                match self.store.delete(&ObjectPath::from(path.as_str())).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(source) => {
+                        return Err(JobError::Store {
+                            path: path.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The objects under `prefix`.
@@ -291,6 +381,32 @@ mod tests {
         assert!(matches!(refused, JobError::TooMany(n) if n == MAX_UNFINISHED));
         // Another tenant is not held up by this one.
         jobs.submit("u", "v", promote(), 100).await.unwrap();
+        // A finished job frees its slot for the next.
+        let mut finished = jobs.list().await.unwrap()[0].clone();
+        finished.status = JobStatus::Done {
+            summary: String::new(),
+            finished_at: 0,
+        };
+        jobs.update(&finished).await.unwrap();
+        jobs.submit("t", "v", promote(), 101).await.unwrap();
+        assert!(jobs.submit("t", "v", promote(), 102).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn concurrent_submissions_never_pass_the_cap() {
+        let (_dir, jobs) = store();
+        let submissions = (0..40).map(|i| {
+            let jobs = jobs.clone();
+            tokio::spawn(async move { jobs.submit("t", "v", promote(), i).await })
+        });
+        let results = futures::future::join_all(submissions).await;
+        let accepted = results
+            .into_iter()
+            .filter(|result| result.as_ref().unwrap().is_ok())
+            .count();
+        assert_eq!(accepted, MAX_UNFINISHED, "40 at once against a cap of {MAX_UNFINISHED}");
+        let unfinished = jobs.list().await.unwrap().len();
+        assert_eq!(unfinished, MAX_UNFINISHED);
     }
 
     #[tokio::test]
