@@ -1,13 +1,14 @@
 //! The door of the HTTP server: every request to a layer's route is admitted by the caller
 //! limits ([`CallerLimits`]) before it reaches the layer, a 401 is reported back to them, a
-//! request head that trickles in is cut off, and a path no route takes gets a JSON 404.
+//! request head that trickles in is cut off, `HEAD` is answered as `GET` without a body, and a
+//! path no route takes gets a JSON 404.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::{StatusCode, header};
+use actix_web::http::{Method, StatusCode, header};
 use actix_web::middleware::Next;
 use actix_web::{HttpResponse, web};
 use tally_connectors::rate_limit::CallerLimits;
@@ -43,6 +44,20 @@ pub async fn limit_callers(
         limits.auth_failed(address);
     }
     Ok(response.map_into_left_body())
+}
+
+/// Answers `HEAD` as the `GET` of the same path would be answered, without its body
+/// (RFC 9110, 9.3.2): the routes are declared for `GET` only.
+pub async fn head_as_get(
+    mut request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody, ()>>, actix_web::Error> {
+    if request.method() != Method::HEAD {
+        return Ok(next.call(request).await?.map_into_left_body());
+    }
+    request.head_mut().method = Method::GET;
+    let response = next.call(request).await?;
+    Ok(response.map_body(|_, _| EitherBody::right(())))
 }
 
 /// Answers a request no route takes, in JSON like every other refusal.

@@ -213,6 +213,7 @@ pub fn serve(
                 .app_data(services.clone())
                 .app_data(caller_limits.clone())
                 .wrap(actix_web::middleware::from_fn(guard::limit_callers))
+                .wrap(actix_web::middleware::from_fn(guard::head_as_get))
                 .configure(operations_routes);
             let app = match &collector {
                 Some(collector) => app.configure(Collector::configure(collector.clone())),

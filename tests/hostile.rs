@@ -482,6 +482,10 @@ fn tracker_cases() -> Vec<Case> {
         segment("/v1/batch")
             .json(format!(r#"{{"batch":[{many_valid}]}}"#))
             .expect("10,000 valid calls", 200, "\"accepted\":10000"),
+        segment("/v1/track")
+            .header("Content-Type", "application/xml")
+            .body(call("hostile-seg-xml"))
+            .expect("a Segment call as XML", 415, "unsupported_media_type"),
         segment("/v1/batch")
             .json("[1, 2, 3]")
             .expect("not a batch", 400, "not a Segment batch"),
@@ -813,6 +817,9 @@ fn governance_cases() -> Vec<Case> {
         request("GET", "/v1/governance")
             .key(READ_KEY)
             .expect("the overview", 200, "\"id\""),
+        request("GET", "/v1/events/search?evnt_type=click")
+            .key(READ_KEY)
+            .expect("a misspelt search parameter", 400, "unknown field"),
     ]
 }
 
@@ -823,6 +830,12 @@ fn other_cases() -> Vec<Case> {
         request("GET", "/v1/query%00?view=x").expect("a NUL in the path", 404, ""),
         request("BREW", "/v1/events").expect("an unknown method", 405, ""),
         request("GET", "/healthz").expect("health", 200, ""),
+        request("HEAD", "/healthz")
+            .expect("HEAD on a GET route", 200, "")
+            .max_reply(0),
+        request("HEAD", "/v1/query?view=events_by_type")
+            .expect("HEAD without a key", 401, "")
+            .max_reply(0),
     ]
 }
 

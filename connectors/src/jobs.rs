@@ -404,7 +404,10 @@ mod tests {
             .into_iter()
             .filter(|result| result.as_ref().unwrap().is_ok())
             .count();
-        assert_eq!(accepted, MAX_UNFINISHED, "40 at once against a cap of {MAX_UNFINISHED}");
+        assert_eq!(
+            accepted, MAX_UNFINISHED,
+            "40 at once against a cap of {MAX_UNFINISHED}"
+        );
         let unfinished = jobs.list().await.unwrap().len();
         assert_eq!(unfinished, MAX_UNFINISHED);
     }

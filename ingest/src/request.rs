@@ -189,6 +189,29 @@ pub(crate) fn basic_user(request: &HttpRequest) -> Option<String> {
     (!user.is_empty()).then(|| user.to_owned())
 }
 
+/// Refuses a tracker's body declared as anything but JSON: `application/json`, the
+/// `text/plain` that `navigator.sendBeacon` sends, or no type at all, as some SDKs send.
+pub(crate) fn tracker_json(request: &HttpRequest) -> Result<(), Refusal> {
+    let Some(content_type) = request.headers().get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let content_type = content_type.to_str().unwrap_or("?");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" | "text/plain" | "" => Ok(()),
+        _ => Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type '{content_type}' is not accepted; send application/json"),
+        )),
+    }
+}
+
 /// The request body, within `ingest.max_request_bytes` and `ingest.body_timeout_secs`, and
 /// decompressed when its `Content-Encoding` is gzip: the limit holds for the decompressed
 /// bytes too, so a gzip bomb is refused once it has inflated that far.

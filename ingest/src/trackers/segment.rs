@@ -26,7 +26,7 @@ use super::{
 };
 use crate::Collector;
 use crate::intake::{Judge, Submission, invalid_json};
-use crate::request::{Refusal, authorize, basic_user, read_body, write_key};
+use crate::request::{Refusal, authorize, basic_user, read_body, tracker_json, write_key};
 use crate::routes::{IngestReply, reply};
 use crate::strict_json;
 
@@ -278,6 +278,7 @@ async fn receive(
     call: Option<Call>,
 ) -> Result<HttpResponse, Refusal> {
     let basic = basic_user(request);
+    tracker_json(request)?;
     let bytes = read_body(request, body, collector).await?;
     let received_at = now_millis();
     let body = SegmentBody::parse(&bytes, call)?;

@@ -33,7 +33,7 @@ use tally_model::{ApiKey, Catalog, Millis, RejectReason};
 use super::{UnreadableBody, corrected_time, flatten_into, refused, store_and_answer, submission};
 use crate::Collector;
 use crate::intake::{Judge, Submission, invalid_json, query_is_utf8};
-use crate::request::{Refusal, pixel_gif, read_body, write_key};
+use crate::request::{Refusal, pixel_gif, read_body, tracker_json, write_key};
 use crate::strict_json;
 
 /// The schema every `POST` body declares, at any 1-0-x revision.
@@ -197,6 +197,7 @@ async fn receive_post(
     collector: &Collector,
     path_key: Option<&str>,
 ) -> Result<HttpResponse, Refusal> {
+    tracker_json(request)?;
     let bytes = read_body(request, body, collector).await?;
     let received_at = now_millis();
     let body = SnowplowBody::parse(&bytes)?;
