@@ -214,6 +214,7 @@ pub fn serve(
                 .app_data(caller_limits.clone())
                 .wrap(actix_web::middleware::from_fn(guard::limit_callers))
                 .wrap(actix_web::middleware::from_fn(guard::head_as_get))
+                .wrap(actix_web::middleware::from_fn(guard::close_unread_bodies))
                 .configure(operations_routes);
             let app = match &collector {
                 Some(collector) => app.configure(Collector::configure(collector.clone())),
@@ -225,11 +226,14 @@ pub fn serve(
             };
             app.default_service(web::route().to(guard::no_such_route))
         });
-        let server = match config.ingest.workers {
-            0 => server,
-            workers => server.workers(workers),
-        }
-        .client_request_timeout(guard::REQUEST_HEAD_TIMEOUT);
+        let workers = match config.ingest.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            workers => workers,
+        };
+        let server = server
+            .workers(workers)
+            .max_connections(guard::connections_per_worker(workers))
+            .client_request_timeout(guard::REQUEST_HEAD_TIMEOUT);
         let server = server
             .bind(listen)
             .with_context(|| format!("listening on {listen} (set --listen)"))?;

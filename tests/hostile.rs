@@ -1069,3 +1069,67 @@ fn floods_get_429_with_retry_after_and_key_guessing_is_blocked() {
     }
     assert!(server.metric("tally_http_auth_failures_total") >= 6);
 }
+
+/// Opens a connection to `path` whose chunked body trickles a byte every 100 ms, and says
+/// whether the server closed it within `patience`, while the body still came.
+fn closed_while_trickling(address: &str, method: &str, path: &str, patience: Duration) -> bool {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: tally\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = [0; 4096];
+    while started.elapsed() < patience {
+        if stream.write_all(b"1\r\n[\r\n").is_err() {
+            return true;
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+#[test]
+fn a_body_trickled_to_any_route_does_not_hold_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = up(dir.path(), &[]);
+    // Each answered at once, then the rest of its body would be drained for as long as it
+    // came: a connection (and a file descriptor) held for good, on every route.
+    let routes = [
+        ("GET", "/healthz".to_owned()),
+        ("POST", "/nope".to_owned()),
+        ("POST", "/v1/events".to_owned()),
+        ("POST", "/v1/batch".to_owned()),
+        ("GET", "/v1/query?view=events_by_type".to_owned()),
+    ];
+    let held: Vec<String> = std::thread::scope(|scope| {
+        let trickles: Vec<_> = routes
+            .iter()
+            .map(|(method, path)| {
+                let address = &server.address;
+                let closed = scope.spawn(move || {
+                    closed_while_trickling(address, method, path, Duration::from_secs(15))
+                });
+                (format!("{method} {path}"), closed)
+            })
+            .collect();
+        trickles
+            .into_iter()
+            .filter_map(|(route, closed)| (!closed.join().unwrap()).then_some(route))
+            .collect()
+    });
+    assert!(
+        held.is_empty(),
+        "connections held open while a body trickled: {held:?}"
+    );
+    // A body the route reads whole keeps its connection as usual.
+    assert_eq!(server.http("GET", "/healthz", &[], "").0, 200);
+}
