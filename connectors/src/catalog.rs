@@ -69,6 +69,10 @@ pub enum CatalogError {
 /// deleted key's hash does not linger.
 pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(3600);
 
+/// Superseded generations kept whatever their age: older ones go with the next save even
+/// within [`SUPERSEDED_GRACE`], so that a burst of changes cannot pile up generations.
+pub const KEEP_SUPERSEDED: u64 = 16;
+
 /// The catalog in an object store.
 #[derive(Clone)]
 pub struct CatalogStore {
@@ -170,7 +174,9 @@ impl CatalogStore {
                 .and_then(|name| name.strip_prefix("catalog-")?.strip_suffix(".json"))
                 .and_then(|number| number.parse::<u64>().ok());
             let superseded = generation.is_some_and(|g| g.saturating_add(1) < current);
-            if superseded && object.last_modified < cutoff {
+            let beyond_kept =
+                generation.is_some_and(|g| g.saturating_add(KEEP_SUPERSEDED) < current);
+            if superseded && (object.last_modified < cutoff || beyond_kept) {
                 match self.store.delete(&object.location).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(source) => return Err(store_error(object.location.as_ref(), source)),
@@ -326,5 +332,20 @@ mod tests {
             "the current generation and the one before it stay"
         );
         assert_eq!(pruning.load().await.unwrap().unwrap().generation, 4);
+        // A burst of changes within the grace keeps only the newest superseded ones.
+        let mut generation = 4;
+        for _ in 0..KEEP_SUPERSEDED + 10 {
+            generation = keeping
+                .save(&Catalog::demo("w", "r"), generation)
+                .await
+                .unwrap()
+                .generation;
+        }
+        assert_eq!(
+            generations().len() as u64,
+            KEEP_SUPERSEDED + 1,
+            "{:?}",
+            generations()
+        );
     }
 }

@@ -216,6 +216,39 @@ impl CallerLimits {
     }
 }
 
+/// Governance changes one tenant may make a minute: each writes a whole catalog
+/// generation.
+pub const GOVERNANCE_CHANGES_PER_MINUTE: u32 = 60;
+
+/// Each tenant's governance changes, within [`GOVERNANCE_CHANGES_PER_MINUTE`].
+pub struct ChangeBudget {
+    limiter: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+impl Default for ChangeBudget {
+    fn default() -> Self {
+        let per_minute =
+            NonZeroU32::new(GOVERNANCE_CHANGES_PER_MINUTE).expect("the budget is not zero");
+        ChangeBudget {
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            clock: DefaultClock::default(),
+        }
+    }
+}
+
+impl ChangeBudget {
+    /// Charges one change to `tenant`; past its budget, how long until the next is allowed.
+    pub fn charge(&self, tenant: &str) -> Result<(), Duration> {
+        if self.limiter.len() >= MAX_TRACKED {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(&tenant.to_owned())
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
 /// A keyed limiter of `rate` per second with a burst of `burst_seconds` of it; none for 0.
 fn per_second<K: std::hash::Hash + Eq + Clone>(
     rate: u32,

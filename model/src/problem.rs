@@ -110,12 +110,26 @@ pub enum CatalogProblem {
         /// How many it may have.
         max: usize,
     },
-    /// A tenant with more views than a tenant may have.
-    #[error("{count} views; a tenant may have at most {max}")]
-    TooManyViews {
+    /// A tenant with more of something (views, tags, keys...) than a tenant may have.
+    #[error("{count} {what}; a tenant may have at most {max}")]
+    TooMany {
+        /// What there are too many of: "views", "tags", ...
+        what: &'static str,
         /// How many it has.
         count: usize,
         /// How many it may have.
+        max: usize,
+    },
+    /// A registry entry that lists more names than an entry may.
+    #[error("{entry} lists {count} {what}; an entry may list at most {max}")]
+    TooManyInEntry {
+        /// The entry: "tag 'os_type'", "event type 'click'", ...
+        entry: String,
+        /// What it lists: "aliases", "tags", "event types".
+        what: &'static str,
+        /// How many it lists.
+        count: usize,
+        /// How many it may list.
         max: usize,
     },
     /// A view over an event type the registry does not declare.

@@ -22,6 +22,14 @@ pub const DEMO_SOURCE: &str = "demo-web";
 /// covers, and the batch layer recomputes each.
 pub const MAX_VIEWS: usize = 100;
 
+/// The most API keys a tenant may have. With the registry's own bounds
+/// ([`crate::registry::MAX_ENTRIES`]), they bound the catalog, which every governance change
+/// writes whole.
+pub const MAX_KEYS: usize = 1_000;
+
+/// The most bytes of JSON one tenant's registry and views may take in the catalog.
+pub const MAX_TENANT_BYTES: usize = 1 << 20;
+
 /// One tenant: its governance rules and its views.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,11 +77,16 @@ impl Catalog {
         }
         for (name, tenant) in &tenants {
             let mut registry = tenant.registry.check().err().unwrap_or_default();
-            if tenant.views.len() > MAX_VIEWS {
-                registry.push(CatalogProblem::TooManyViews {
-                    count: tenant.views.len(),
-                    max: MAX_VIEWS,
-                });
+            let keys = keys.iter().filter(|key| key.tenant == *name).count();
+            let bytes = serde_json::to_vec(tenant).map_or(0, |json| json.len());
+            for (what, count, max) in [
+                ("views", tenant.views.len(), MAX_VIEWS),
+                ("keys", keys, MAX_KEYS),
+                ("bytes of registry and views", bytes, MAX_TENANT_BYTES),
+            ] {
+                if count > max {
+                    registry.push(CatalogProblem::TooMany { what, count, max });
+                }
             }
             let views = tenant
                 .views
@@ -299,6 +312,34 @@ mod tests {
         assert!(
             problems[0] == "view 'events_by_type' has 17 dimensions; a view may have at most 16",
             "{problems:?}"
+        );
+        // A registry that every governance change would write whole, however large.
+        let mut aliased = Tenant::demo();
+        let os = aliased.registry.tags.get_mut("os_type").unwrap();
+        os.aliases = (0..=crate::registry::MAX_ALIASES)
+            .map(|i| format!("os_{i}"))
+            .collect();
+        let tenants = [("demo".to_owned(), aliased)].into();
+        let problems = Catalog::new(tenants, Vec::new()).unwrap_err().messages();
+        assert!(
+            problems[0].contains("tag 'os_type' lists 33 aliases; an entry may list at most 32"),
+            "{problems:?}"
+        );
+        let mut large = Tenant::demo();
+        for i in 0..900 {
+            let mut spec = large.registry.tags["url"].clone();
+            spec.aliases = (0..20)
+                .map(|j| format!("{}_{i}_{j}", "a".repeat(50)))
+                .collect();
+            large.registry.tags.insert(format!("tag_{i}"), spec);
+        }
+        let tenants = [("demo".to_owned(), large)].into();
+        let problems = Catalog::new(tenants, Vec::new()).unwrap_err().messages();
+        assert_eq!(
+            problems,
+            [
+                "tenant 'demo': 1106253 bytes of registry and views; a tenant may have at most 1048576"
+            ]
         );
         let mut crowded = Tenant::demo();
         crowded.views = (0..=MAX_VIEWS)

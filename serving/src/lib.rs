@@ -40,6 +40,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use tally_connectors::batch_views::{BatchHour, BatchViews, BatchViewsError, FifoCache, row_bytes};
 use tally_connectors::catalog::{CatalogHandle, CatalogStore};
+use tally_connectors::rate_limit::ChangeBudget;
 use tally_connectors::view_store::{ViewKey, ViewStore, ViewStoreError};
 use tally_model::config::ServingConfig;
 use tally_model::time::{HOUR_MS, now_millis};
@@ -82,6 +83,8 @@ pub struct Serving {
     realtime_builds: Mutex<HashMap<RowsKey, Arc<RealtimeBuild>>>,
     /// Which spec's real-time states answer each view.
     live_specs: LiveSpecs,
+    /// Each tenant's governance changes a minute.
+    governance_changes: ChangeBudget,
 }
 
 /// One build of real-time rows that the queries missing its key share: `None` once it
@@ -232,6 +235,7 @@ impl Serving {
             realtime_rows: Mutex::new(FifoCache::new(REALTIME_ROWS_CACHE_BYTES)),
             realtime_builds: Mutex::default(),
             live_specs: LiveSpecs::default(),
+            governance_changes: ChangeBudget::default(),
         }
     }
 

@@ -27,6 +27,11 @@ pub const MAX_TAG_NUMBER: f64 = 1e15;
 pub const MAX_EVENT_ID_LEN: usize = 128;
 /// Longest accepted `user_id`.
 pub const MAX_USER_ID_LEN: usize = 256;
+/// The most tags, event types or source policies a tenant may declare, and the most names
+/// one entry may list: every governance change writes the whole catalog.
+pub const MAX_ENTRIES: usize = 1_000;
+/// The most aliases one tag or event type may have.
+pub const MAX_ALIASES: usize = 32;
 
 /// A tenant's governance rules.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -207,6 +212,50 @@ impl TagRegistry {
         for (what, name) in names.chain(aliases).chain(event_types).chain(sources) {
             if let Err(err) = check_name(what, name) {
                 problems.push(err);
+            }
+        }
+        for (what, count) in [
+            ("tags", self.tags.len()),
+            ("event types", self.event_types.len()),
+            ("source policies", self.sources.len()),
+        ] {
+            if count > MAX_ENTRIES {
+                problems.push(CatalogProblem::TooMany {
+                    what,
+                    count,
+                    max: MAX_ENTRIES,
+                });
+            }
+        }
+        let lists = (self.tags.iter())
+            .map(|(name, spec)| (format!("tag '{name}'"), "aliases", spec.aliases.len()))
+            .chain(self.event_types.iter().flat_map(|(name, spec)| {
+                [
+                    ("aliases", spec.aliases.len()),
+                    (
+                        "tags",
+                        spec.required.len().saturating_add(spec.optional.len()),
+                    ),
+                ]
+                .map(|(what, count)| (format!("event type '{name}'"), what, count))
+            }))
+            .chain(self.sources.iter().map(|(name, policy)| {
+                let count = policy.event_types.len();
+                (format!("source '{name}'"), "event types", count)
+            }));
+        for (entry, what, count) in lists {
+            let max = if what == "aliases" {
+                MAX_ALIASES
+            } else {
+                MAX_ENTRIES
+            };
+            if count > max {
+                problems.push(CatalogProblem::TooManyInEntry {
+                    entry,
+                    what,
+                    count,
+                    max,
+                });
             }
         }
         for alias in self.event_types.values().flat_map(|spec| &spec.aliases) {

@@ -22,6 +22,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tally_connectors::catalog::{CatalogError, CatalogStore};
+use tally_connectors::rate_limit::GOVERNANCE_CHANGES_PER_MINUTE;
 use tally_model::time::{format_rfc3339, now_millis};
 use tally_model::{Catalog, Scope, Tenant};
 
@@ -234,6 +235,15 @@ async fn change_catalog(
                 "this process serves a read-only catalog; change it where tally up or tally serve runs".to_owned(),
             ));
         };
+        if let Err(wait) = serving.governance_changes.charge(&key.tenant) {
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this tenant made {GOVERNANCE_CHANGES_PER_MINUTE} governance changes in the last minute, the most allowed (each writes the whole catalog); retry after {} s",
+                    wait.as_secs().max(1)
+                ),
+            ));
+        }
         let (generation, current) = serving.catalog.current_with_generation();
         let mut catalog = (*current).clone();
         // Secrets whose rotation grace is over leave before the change is made, so that it

@@ -1194,3 +1194,27 @@ async fn a_time_in_the_wrong_unit_is_refused_naming_the_unit() {
         );
     }
 }
+
+#[actix_web::test]
+async fn a_tenant_may_change_its_governance_only_so_often() {
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    let change = |n: u32| {
+        http::TestRequest::put()
+            .uri(&format!("/v1/governance/tags/tag_{n}"))
+            .set_json(serde_json::json!({"type": "string"}))
+    };
+    let limit = tally_connectors::rate_limit::GOVERNANCE_CHANGES_PER_MINUTE;
+    for n in 0..limit {
+        let (status, answer) = send(&app, change(n), Some("demo-admin")).await;
+        assert_eq!(status, 200, "change {n}: {answer}");
+    }
+    // Each change writes a whole catalog generation: past the budget, the tenant waits.
+    let (status, refused) = send(&app, change(limit), Some("demo-admin")).await;
+    assert_eq!(status, 429, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("retry after"),
+        "{refused}"
+    );
+}
