@@ -12,6 +12,7 @@ use tally_batch_layer::telemetry::BatchMetrics;
 use tally_ingest::Collector;
 use tally_ingest::forwarder::ForwarderStatus;
 use tally_model::time::format_rfc3339;
+use tally_serving::raw::LogReach;
 use tally_serving::search::indexer::IndexerStatus;
 use tally_speed_layer::SpeedHandle;
 
@@ -29,6 +30,8 @@ pub struct Services {
     pub batch: Option<Arc<BatchMetrics>>,
     /// The full-text search indexer's state, when this process runs it.
     pub search: Option<Arc<IndexerStatus>>,
+    /// Whether serving's raw reads reach the event log, when this process serves.
+    pub raw_reads: Option<Arc<LogReach>>,
     /// `/openapi.json`, rendered once.
     pub openapi: String,
 }
@@ -56,6 +59,7 @@ pub fn operations_server(
         speed: None,
         batch: Some(batch),
         search: None,
+        raw_reads: None,
         openapi: openapi_document(false, false),
     });
     let server = HttpServer::new(move || {
@@ -132,7 +136,7 @@ async fn healthz() -> HttpResponse {
 
 /// `GET /readyz`: every layer in this process can do its work.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready, or degraded (Kafka or the object store unreachable: events are kept in the log and forwarded or archived when it returns; or a gap at the seam between the layers; or the search index rebuilding or failing: searches with q= miss events meanwhile)", body = Object),
+    responses((status = 200, description = "Ready, or degraded, with every reason in `error` (Kafka or the object store unreachable: events are kept in the log and forwarded or archived when it returns, and raw reads answer from the archive alone meanwhile; or a gap at the seam between the layers; or the search index rebuilding or failing: searches with q= miss events meanwhile)", body = Object),
         (status = 503, description = "A layer failed; `error` says which and why", body = Object)))]
 async fn readyz(services: web::Data<Services>) -> HttpResponse {
     let collector = services
@@ -179,11 +183,20 @@ async fn readyz(services: web::Data<Services>) -> HttpResponse {
         .and_then(|s| s.retrying())
         .map(|error| format!("the speed layer waits for the view store: {error}"));
     let search = services.search.as_ref().and_then(|s| s.degraded());
-    match forwarding.or(batch).or(views).or(seam).or(search) {
-        None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Some(error) => HttpResponse::Ok().json(serde_json::json!({
+    let raw_reads = services
+        .raw_reads
+        .as_ref()
+        .and_then(|reach| reach.degraded())
+        .map(|error| format!("raw reads: {error}"));
+    let degraded: Vec<String> = [forwarding, batch, views, seam, search, raw_reads]
+        .into_iter()
+        .flatten()
+        .collect();
+    match degraded.is_empty() {
+        true => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        false => HttpResponse::Ok().json(serde_json::json!({
             "status": "degraded",
-            "error": error,
+            "error": degraded.join("; "),
         })),
     }
 }

@@ -191,6 +191,7 @@ pub fn serve(
         speed: speed.clone(),
         batch: batch_metrics,
         search: search_indexer.as_ref().map(SearchIndexer::status),
+        raw_reads: serving.as_ref().map(|serving| serving.raw().log_reach()),
         openapi: openapi_document(mode.runs_collector(), mode.runs_serving()),
     });
     let listen = match mode {

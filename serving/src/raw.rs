@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ops::ControlFlow;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
@@ -105,6 +106,44 @@ pub struct RawEvents {
     objects: Arc<dyn ObjectStore>,
     log: Option<Arc<dyn EventLog>>,
     rejected: Option<Arc<dyn EventLog>>,
+    log_reach: Arc<LogReach>,
+}
+
+/// Whether raw reads last reached the event log's tail. While the log is unreachable (a
+/// broker outage), they answer from the archive alone and say so.
+#[derive(Default)]
+pub struct LogReach {
+    /// Why the last read missed the log, and when.
+    unreachable: Mutex<Option<(Instant, String)>>,
+}
+
+/// How long a read that missed the log keeps `/readyz` degraded, unless a later read reaches
+/// it: reads are made on demand, so none may come to clear it.
+const UNREACHABLE_REPORTED_FOR: Duration = Duration::from_secs(30);
+
+impl LogReach {
+    /// Why raw reads miss events, while the log cannot be reached.
+    pub fn degraded(&self) -> Option<String> {
+        let unreachable = self.unreachable.lock().expect("log reach lock");
+        (unreachable.as_ref())
+            .filter(|(when, _)| when.elapsed() < UNREACHABLE_REPORTED_FOR)
+            .map(|(_, why)| why.clone())
+    }
+
+    fn record(&self, unreachable: Option<String>) {
+        *self.unreachable.lock().expect("log reach lock") =
+            unreachable.map(|why| (Instant::now(), why));
+    }
+}
+
+/// What a scan of raw events read.
+#[derive(Debug)]
+pub struct Scanned {
+    /// The hours read.
+    pub hours: usize,
+    /// Why events may be missing: the log's tail could not be read, so events not yet
+    /// archived are not in it.
+    pub incomplete: Option<String>,
 }
 
 impl RawEvents {
@@ -119,7 +158,13 @@ impl RawEvents {
             objects,
             log,
             rejected,
+            log_reach: Arc::default(),
         }
+    }
+
+    /// Whether raw reads reach the event log, for `/readyz`.
+    pub fn log_reach(&self) -> Arc<LogReach> {
+        self.log_reach.clone()
     }
 
     /// Up to `limit` of the tenant's most recently received rejected events that `wanted`
@@ -243,13 +288,24 @@ impl RawEvents {
         &self,
         filter: &RawFilter<'_>,
         mut visit: impl FnMut(Vec<Event>) -> ControlFlow<()>,
-    ) -> Result<usize, RawError> {
+    ) -> Result<Scanned, RawError> {
         let mut tail: BTreeMap<Millis, Vec<Event>> = BTreeMap::new();
+        let mut incomplete = None;
         if let Some(log) = &self.log {
             let log = log.clone();
             let unarchived = tokio::task::spawn_blocking(move || unarchived_tail(log.as_ref()))
                 .await
-                .expect("reading the log tail does not panic")?;
+                .expect("reading the log tail does not panic");
+            let unarchived = match unarchived {
+                Err(LogError::Unavailable(cause)) => {
+                    incomplete = Some(format!(
+                        "the event log cannot be reached ({cause}): events not yet archived are missing until it returns"
+                    ));
+                    Vec::new()
+                }
+                read => read?,
+            };
+            self.log_reach.record(incomplete.clone());
             for event in unarchived.into_iter().filter(|event| filter.matches(event)) {
                 let hour = Granularity::Hour.bucket_start(event.ts);
                 tail.entry(hour).or_default().push(event);
@@ -272,7 +328,10 @@ impl RawEvents {
             }
             hour = hour.saturating_add(HOUR_MS);
         }
-        Ok(read)
+        Ok(Scanned {
+            hours: read,
+            incomplete,
+        })
     }
 
     /// Every archived event of the hour starting at `hour`, of every tenant, as archived

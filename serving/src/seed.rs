@@ -21,7 +21,7 @@ use tally_model::time::{DAY_MS, checked_range, now_millis, parse_unix_seconds};
 use tally_model::{ApiKey, Event, Measure, Millis, Scope};
 
 use crate::query::QueryParams;
-use crate::raw::{RawEvents, RawFilter};
+use crate::raw::{RawEvents, RawFilter, Scanned};
 use crate::search::{MAX_RESULT_WINDOW, SearchError, SearchRequest};
 use crate::{Refusal, Serving, bad};
 
@@ -71,8 +71,8 @@ pub(crate) struct SeedAnswer<T> {
     /// Search with `q` only: how many events match, on every page.
     #[serde(skip_serializing_if = "Option::is_none")]
     total: Option<usize>,
-    /// Search with `q` only, and only while the index misses events (it is rebuilding from
-    /// the archive, or failing): why hits may be missing.
+    /// Only while the answer may miss events: why (the search index is rebuilding or
+    /// failing, or the event log cannot be reached and events not yet archived are missing).
     #[serde(skip_serializing_if = "Option::is_none")]
     incomplete: Option<String>,
 }
@@ -111,13 +111,17 @@ pub(crate) async fn count(request: HttpRequest, serving: web::Data<Serving>) -> 
         count_events(&serving, &key, params.event_type.as_deref(), start, end).await
     }
     .await;
-    respond(
-        &serving,
-        "events_count",
-        started,
-        result,
-        PageNotes::default(),
-    )
+    let (result, notes) = match result {
+        Ok((count, incomplete)) => (
+            Ok(count),
+            PageNotes {
+                incomplete,
+                ..PageNotes::default()
+            },
+        ),
+        Err(refused) => (Err(refused), PageNotes::default()),
+    };
+    respond(&serving, "events_count", started, result, notes)
 }
 
 /// `GET /v1/events/search?event_type=E&start_time=S&end_time=E&limit=L&cursor=C`: raw events
@@ -154,9 +158,14 @@ pub(crate) async fn search(request: HttpRequest, serving: web::Data<Serving>) ->
             user_id: params.user_id.as_deref(),
             range: start..end,
         };
-        let (page, next, hours) = raw_page(&serving.raw, filter, after, limit).await?;
-        tracing::debug!(hours, events = page.len(), "a raw search page");
+        let (page, next, scanned) = raw_page(&serving.raw, filter, after, limit).await?;
+        tracing::debug!(
+            hours = scanned.hours,
+            events = page.len(),
+            "a raw search page"
+        );
         notes.next_cursor = Some(next);
+        notes.incomplete = scanned.incomplete;
         Ok(serde_json::to_value(page).expect("events serialize"))
     }
     .await;
@@ -171,12 +180,12 @@ pub(crate) async fn raw_page(
     mut filter: RawFilter<'_>,
     after: Option<(Millis, String)>,
     limit: usize,
-) -> Result<(Vec<Event>, Option<String>, usize), Refusal> {
+) -> Result<(Vec<Event>, Option<String>, Scanned), Refusal> {
     if let Some((ts, _)) = &after {
         filter.range.start = filter.range.start.max(*ts);
     }
     let mut page: Vec<Event> = Vec::new();
-    let read = raw
+    let scanned = raw
         .scan_hours(&filter, |events| {
             let later = events.into_iter().filter(|e| {
                 (after.as_ref()).is_none_or(|(ts, id)| (e.ts, &e.event_id) > (*ts, id))
@@ -194,7 +203,7 @@ pub(crate) async fn raw_page(
         format!("{}:{}", last.ts, last.event_id)
     });
     page.truncate(limit);
-    Ok((page, next, read))
+    Ok((page, next, scanned))
 }
 
 /// A page of full-text hits.
@@ -312,7 +321,7 @@ async fn count_events(
     event_type: Option<&str>,
     start: Millis,
     end: Millis,
-) -> Result<u64, Refusal> {
+) -> Result<(u64, Option<String>), Refusal> {
     let catalog = serving.catalog.current();
     let view = catalog.tenants.get(&key.tenant).and_then(|tenant| {
         tenant.views.iter().find(|view| {
@@ -336,8 +345,8 @@ async fn count_events(
             counted = counted.saturating_add(events.len() as u64);
             ControlFlow::Continue(())
         });
-        counting.await.map_err(server_error)?;
-        return Ok(counted);
+        let scanned = counting.await.map_err(server_error)?;
+        return Ok((counted, scanned.incomplete));
     };
     let params = QueryParams {
         view: Some(view.name.clone()),
@@ -355,12 +364,13 @@ async fn count_events(
         .query(&key.tenant, &params)
         .await
         .map_err(|err| (err.status(), err.to_string()))?;
-    Ok(answer
+    let count = answer
         .rows
         .values()
         .iter()
         .filter_map(|row| row["count"].as_u64())
-        .sum())
+        .sum();
+    Ok((count, None))
 }
 
 fn parse_cursor(text: &str) -> Result<(Millis, String), Refusal> {

@@ -974,14 +974,14 @@ async fn a_raw_search_page_reads_only_the_hours_it_needs() {
         range: start..BASE + 30 * DAY_MS,
     };
     let raw = rig.serving.raw();
-    let (page, next, hours) = crate::seed::raw_page(raw, filter(BASE), None, 1)
+    let (page, next, scanned) = crate::seed::raw_page(raw, filter(BASE), None, 1)
         .await
         .unwrap();
     assert_eq!(page[0].event_id, unique[0].event_id);
     assert!(next.is_some());
     let before_first = usize::try_from((first_hour - BASE) / HOUR_MS).unwrap();
     assert_eq!(
-        hours,
+        scanned.hours,
         before_first + 1,
         "the empty hours before it, then its own"
     );
@@ -989,7 +989,7 @@ async fn a_raw_search_page_reads_only_the_hours_it_needs() {
     // From a cursor in the last hour, the page starts there.
     let last = &unique[unique.len() - 2];
     let after = Some((last.ts, last.event_id.clone()));
-    let (page, next, hours) = crate::seed::raw_page(raw, filter(BASE), after, 5)
+    let (page, next, scanned) = crate::seed::raw_page(raw, filter(BASE), after, 5)
         .await
         .unwrap();
     assert_eq!(page.len(), 1);
@@ -999,7 +999,7 @@ async fn a_raw_search_page_reads_only_the_hours_it_needs() {
     let to_the_end =
         usize::try_from((BASE + 30 * DAY_MS - Granularity::Hour.bucket_start(last.ts)) / HOUR_MS)
             .unwrap();
-    assert_eq!(hours, to_the_end);
+    assert_eq!(scanned.hours, to_the_end);
 }
 
 /// While the speed layer builds a changed view's states, queries answer from the spec it
