@@ -151,10 +151,10 @@ pub fn run(command: BatchCommand) -> anyhow::Result<()> {
             BatchCommand::Run(args) => {
                 let request = args.range.request(None)?;
                 let summary = recompute_once(&args.config, &request).await?;
-                print_summary(&summary);
+                print_published(&summary);
                 let config = settings::load(&args.config)?;
                 explain_the_horizon(summary.horizon, lateness_ms(&config));
-                Ok(())
+                failed_views(&summary)
             }
             BatchCommand::Reprocess(args) => {
                 let request = RunRequest {
@@ -163,8 +163,8 @@ pub fn run(command: BatchCommand) -> anyhow::Result<()> {
                     ..args.range.request(Some(args.logic_version))?
                 };
                 let summary = recompute_once(&args.config, &request).await?;
-                print_summary(&summary);
-                Ok(())
+                print_published(&summary);
+                failed_views(&summary)
             }
             BatchCommand::Promote(args) => {
                 let recompute = recompute_for(&args.config).await?;
@@ -467,7 +467,19 @@ fn explain_the_horizon(horizon: Millis, lateness: Millis) {
     );
 }
 
-fn print_summary(summary: &RunSummary) {
+/// Fails when a view could not be recomputed (the others were), saying which and why.
+fn failed_views(summary: &RunSummary) -> anyhow::Result<()> {
+    if summary.failed_views.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} view(s) could not be recomputed; the other views were published, and serving refuses these views' queries until a run computes them: {}. Fix the view's spec (PUT /v1/governance/views/<name>) and run again",
+        summary.failed_views.len(),
+        summary.failed_views.join("; ")
+    )
+}
+
+fn print_published(summary: &RunSummary) {
     match summary.generation {
         Some(generation) => println!(
             "published manifest generation {generation}: {} view-hours, {} rows from {} raw rows; horizon {}",

@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use polars::prelude::*;
-use tally_connectors::batch_views::BatchViews;
+use tally_connectors::batch_views::{BatchViews, BatchViewsError};
 use tally_connectors::catalog::CatalogHandle;
 use tally_model::layout::{RawStream, parse_hour_partition, view_object_path};
 use tally_model::manifest::{HourEntry, LogicVersion, Manifest, RawInputs, ViewManifest, view_id};
@@ -216,7 +216,17 @@ impl Recompute {
 
         progress(RunProgress::Planned { hours: work.len() });
         let mut summary = RunSummary::default();
-        for (hour, jobs) in work {
+        let planned: BTreeSet<String> = (work.values().flatten())
+            .map(|job| job.view_id.clone())
+            .collect();
+        // A view that failed an hour computes no later one: its hours stop where it failed.
+        let mut failed = BTreeSet::new();
+        for (hour, mut jobs) in work {
+            jobs.retain(|job| !failed.contains(&job.view_id));
+            if jobs.is_empty() {
+                progress(RunProgress::HourDone { raw_rows: 0 });
+                continue;
+            }
             let raw = &raw_hours[&hour];
             let raw_rows = self
                 .compute_hour(
@@ -224,13 +234,27 @@ impl Recompute {
                     raw,
                     jobs,
                     (stamp, request.stage),
-                    &mut manifest,
+                    (&mut manifest, &mut failed),
                     &mut summary,
                 )
                 .await?;
             summary.raw_rows += raw_rows;
             progress(RunProgress::HourDone { raw_rows });
         }
+        for view in planned.difference(&failed) {
+            if let Some(entry) = manifest.views.get_mut(view) {
+                entry.failing = None;
+            }
+            self.metrics.view_recovered(view);
+        }
+        summary.failed_views = (failed.iter())
+            .filter_map(|view| {
+                Some(format!(
+                    "{view}: {}",
+                    manifest.views.get(view)?.failing.as_ref()?
+                ))
+            })
+            .collect();
 
         if let Some(through) = archived {
             let final_end =
@@ -275,14 +299,15 @@ impl Recompute {
     }
 
     /// Reads, dedupes and aggregates one hour for its jobs, writing their states as objects
-    /// named by `stamp`, live or `staged`; returns the raw rows read.
+    /// named by `stamp`, live or `staged`; returns the raw rows read. A view whose plan fails
+    /// is marked failing in the manifest and added to `failed`; the others go on.
     async fn compute_hour(
         &self,
         hour: Millis,
         raw: &RawHour,
         jobs: Vec<Job>,
         (stamp, staged): (RunStamp, bool),
-        manifest: &mut Manifest,
+        (manifest, failed): (&mut Manifest, &mut BTreeSet<String>),
         summary: &mut RunSummary,
     ) -> Result<u64, BatchError> {
         let mut objects = Vec::with_capacity(raw.objects.len());
@@ -303,6 +328,13 @@ impl Recompute {
                 .await
                 .expect("building an hour's states does not panic")?;
         for (job, states) in built {
+            let states = match states {
+                Ok(states) => states,
+                Err(error) => {
+                    self.view_failed(&job, &error, (manifest, failed));
+                    continue;
+                }
+            };
             let object = match states.rows.is_empty() {
                 true => None,
                 false => {
@@ -314,10 +346,20 @@ impl Recompute {
                         stamp.generation,
                         stamp.run,
                     );
-                    self.views
+                    let written = self
+                        .views
                         .write_states(&path, &job.spec.dimensions, &states.rows)
-                        .await?;
-                    Some(path)
+                        .await;
+                    match written {
+                        Ok(()) => Some(path),
+                        // The view's states do not encode: its own failure. A store that
+                        // fails is every view's, and fails the run.
+                        Err(error @ BatchViewsError::Parquet(_)) => {
+                            self.view_failed(&job, &BatchError::from(error), (manifest, failed));
+                            continue;
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
                 }
             };
             summary.hours += 1;
@@ -343,6 +385,22 @@ impl Recompute {
             );
         }
         Ok(raw_rows)
+    }
+
+    /// Marks `job`'s view failing with `error`, in the manifest and the metrics, so that its
+    /// later hours are skipped and the other views go on.
+    fn view_failed(
+        &self,
+        job: &Job,
+        error: &BatchError,
+        (manifest, failed): (&mut Manifest, &mut BTreeSet<String>),
+    ) {
+        tracing::error!(view = %job.view_id, %error, "a view's recompute failed; the other views go on");
+        self.metrics.view_failed(&job.view_id, error);
+        if let Some(entry) = manifest.views.get_mut(&job.view_id) {
+            entry.failing = Some(error.to_string());
+        }
+        failed.insert(job.view_id.clone());
     }
 
     /// Every raw events object, grouped by hour, with each hour's input fingerprint.
@@ -384,7 +442,7 @@ impl Recompute {
 
     /// Moves each view's horizon to the end of its contiguous computed hours before
     /// `final_end` (hours that can no longer receive events), and the manifest's to the least
-    /// of them. Horizons never move back: the speed layer has dropped what lies before them.
+    /// of the views that are not failing. Horizons never move back: the speed layer has dropped what lies before them.
     /// Hours raw retention had frozen at `frozen_at` count as computed.
     fn advance_horizons(
         &self,
@@ -400,6 +458,9 @@ impl Recompute {
                 least = least.min(manifest.horizon);
                 continue;
             };
+            // A failing view keeps its own horizon; serving refuses its queries rather than
+            // let it hold back every other view's.
+            let failing = entry.failing.is_some();
             let frozen_end = frozen_before(catalog, tenant, spec, frozen_at);
             let first_gap = raw_hours
                 .range(..final_end)
@@ -410,7 +471,9 @@ impl Recompute {
                 })
                 .map_or(final_end, |(hour, _)| *hour);
             entry.horizon = entry.horizon.max(first_gap);
-            least = least.min(entry.horizon);
+            if !failing {
+                least = least.min(entry.horizon);
+            }
         }
         if least > manifest.horizon {
             tracing::info!(horizon = %format_rfc3339(least), "batch horizon advances");
@@ -433,13 +496,17 @@ fn catalog_views<'a>(
     })
 }
 
+/// A job with its states, or why its view's plan failed.
+type BuiltJob = (Job, Result<BuiltStates, BatchError>);
+
 /// Decodes an hour's raw objects (only the columns its jobs read), dedupes them once, and
-/// builds every job's states. Returns the raw rows read and each job with its states.
+/// builds every job's states. Returns the raw rows read and each job with its states, or
+/// why its plan failed: one view's failure is its own.
 fn build_hour(
     hour: Millis,
     objects: Vec<(String, bytes::Bytes)>,
     jobs: Vec<Job>,
-) -> Result<(u64, Vec<(Job, BuiltStates)>), BatchError> {
+) -> Result<(u64, Vec<BuiltJob>), BatchError> {
     let columns: BTreeSet<String> = jobs
         .iter()
         .flat_map(|job| plan::raw_columns(&job.spec))
@@ -472,7 +539,7 @@ fn build_hour(
                 view: job.view_id.clone(),
                 hour: format_rfc3339(hour),
                 source,
-            })?;
+            });
         built.push((job, states));
     }
     Ok((raw_rows, built))

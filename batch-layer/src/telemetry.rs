@@ -59,6 +59,9 @@ pub struct BatchMetrics {
     horizon: Gauge,
     failing: Family<JobLabels, Gauge>,
     failures: Mutex<BTreeMap<BatchJob, String>>,
+    failing_views: Gauge,
+    /// Views whose last recompute failed, by view id, with why.
+    view_failures: Mutex<BTreeMap<String, String>>,
 }
 
 /// What one recompute did, for the metrics and the operator.
@@ -74,6 +77,9 @@ pub struct RunSummary {
     pub horizon: Millis,
     /// The published manifest generation; none when nothing changed.
     pub generation: Option<u64>,
+    /// Views whose recompute failed in this run, each with why; the others were computed all
+    /// the same.
+    pub failed_views: Vec<String>,
 }
 
 impl BatchMetrics {
@@ -142,14 +148,46 @@ impl BatchMetrics {
             "1 while a batch job's last attempt failed (it retries), by job",
             metrics.failing.clone(),
         );
+        batch.register(
+            "failing_views",
+            "Views whose last recompute failed; the others are computed all the same",
+            metrics.failing_views.clone(),
+        );
         Arc::new(metrics)
     }
 
-    /// The failure of the first batch job whose last attempt failed, for `/readyz`.
+    /// The failure of the first batch job whose last attempt failed, or of the first view
+    /// whose recompute failed, for `/readyz`.
     pub fn failure(&self) -> Option<String> {
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let (job, error) = failures.iter().next()?;
-        Some(format!("{}: {error}", job.name()))
+        if let Some((job, error)) = failures.iter().next() {
+            return Some(format!("{}: {error}", job.name()));
+        }
+        let views = self.view_failures.lock().unwrap_or_else(|p| p.into_inner());
+        let (view, error) = views.iter().next()?;
+        let others = match views.len() {
+            1 => String::new(),
+            n => format!(" (and {} more failing views)", n - 1),
+        };
+        Some(format!(
+            "view {view} cannot be recomputed, and serving refuses its queries: {error}{others}; fix its spec (PUT /v1/governance/views/<name>), the other views are computed all the same"
+        ))
+    }
+
+    /// A view's recompute failed with `error`; the other views went on.
+    pub(crate) fn view_failed(&self, view: &str, error: &dyn std::fmt::Display) {
+        let mut views = self.view_failures.lock().unwrap_or_else(|p| p.into_inner());
+        views.insert(view.to_owned(), error.to_string());
+        self.failing_views.set(views.len() as i64);
+    }
+
+    /// A view was recomputed without failing.
+    pub(crate) fn view_recovered(&self, view: &str) {
+        let mut views = self.view_failures.lock().unwrap_or_else(|p| p.into_inner());
+        if views.remove(view).is_some() {
+            tracing::info!(view, "the view is recomputed again");
+        }
+        self.failing_views.set(views.len() as i64);
     }
 
     /// `job`'s last attempt failed with `error`; it will retry.

@@ -53,6 +53,11 @@ pub struct ViewManifest {
     /// them only when they ask for that version, until a promotion moves them into `hours`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub staged: BTreeMap<Millis, HourEntry>,
+    /// Why the view's last recompute failed, and at which hour: its hours stop there, and it
+    /// no longer holds back the manifest's horizon (serving refuses its queries instead),
+    /// until a run computes it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
 }
 
 /// One computed hour of one view.
@@ -105,6 +110,7 @@ impl ViewManifest {
             horizon: Millis::MIN,
             hours: BTreeMap::new(),
             staged: BTreeMap::new(),
+            failing: None,
         }
     }
 

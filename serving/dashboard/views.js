@@ -12,11 +12,14 @@ const review = { view: null, versions: null, job: null, shown: null };
 function loadViews() {
   const body = $("views").tBodies[0];
   body.replaceChildren();
+  const failing = state.overview.failing_views || {};
   for (const view of state.overview.views) {
     const row = body.insertRow();
-    for (const value of [view.name, view.events.join(", "), view.dimensions.join(", "), view.measures.join(", "), view.granularity]) {
+    const name = failing[view.name] ? `${view.name} (failing: ${failing[view.name]})` : view.name;
+    for (const value of [name, view.events.join(", "), view.dimensions.join(", "), view.measures.join(", "), view.granularity]) {
       cell(row, value);
     }
+    if (failing[view.name]) row.classList.add("failing");
     // Looking at versions is for every key; changing is for an admin key.
     const buttons = [["Versions", () => openReview(view.name)]];
     if (isAdmin()) buttons.unshift(["Edit", () => editView(view)]);
@@ -44,9 +47,13 @@ async function openReview(name) {
     $("review").hidden = false;
     $("review-view").textContent = name;
     const registered = versions.spec_registered ? "" : " (registered by the next batch run or reprocess)";
+    const failing = versions.failing
+      ? ` The batch layer cannot recompute it: ${versions.failing}. Fix its spec; queries reaching before the horizon are refused meanwhile.`
+      : "";
     $("review-summary").textContent =
       `The view's spec now computes under logic version ${versions.spec_version}${registered}; ` +
-      `new hours use version ${versions.current_version ?? "—"}. Batch horizon ${versions.horizon ? showTime(Date.parse(versions.horizon)) : "none yet"}.`;
+      `new hours use version ${versions.current_version ?? "—"}. Batch horizon ${versions.horizon ? showTime(Date.parse(versions.horizon)) : "none yet"}.` +
+      failing;
     fillWithActions("versions", versions.versions.map((v) => [
       [`${v.logic_version}${v.current ? " (current)" : ""}`, v.spec.dimensions.join(", "), v.spec.measures.join(", "), v.live_hours, v.staged_hours],
       [],

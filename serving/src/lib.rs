@@ -43,7 +43,7 @@ use tally_connectors::catalog::{CatalogHandle, CatalogStore};
 use tally_connectors::rate_limit::ChangeBudget;
 use tally_connectors::view_store::{ViewKey, ViewStore, ViewStoreError};
 use tally_model::config::ServingConfig;
-use tally_model::time::{HOUR_MS, now_millis};
+use tally_model::time::{HOUR_MS, format_rfc3339, now_millis};
 use tally_model::{AggregateState, ApiKey, Granularity, Millis, Scope};
 use thiserror::Error;
 
@@ -128,13 +128,29 @@ pub enum ServingError {
     /// The view changed, and the real-time states that answer the query are still being built.
     #[error("{0}")]
     Building(String),
+    /// The batch layer cannot recompute the view, so part of the range is in neither layer.
+    #[error(
+        "view '{view}' cannot be recomputed by the batch layer ({reason}), so its hours from {from} on are missing before the batch horizon; fix its spec (PUT /v1/governance/views/{view}), or query from the horizon on ({horizon})"
+    )]
+    ViewFailing {
+        /// The view.
+        view: String,
+        /// Why its recompute fails.
+        reason: String,
+        /// Where its own batch hours stop.
+        from: String,
+        /// The batch horizon, from which the speed layer answers.
+        horizon: String,
+    },
 }
 
 impl ServingError {
     fn status(&self) -> StatusCode {
         match self {
             ServingError::Query(_) => StatusCode::BAD_REQUEST,
-            ServingError::Building(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServingError::Building(_) | ServingError::ViewFailing { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -302,6 +318,20 @@ impl Serving {
         };
         let manifest = self.batch_views.manifest().await?;
         let horizon = manifest.as_ref().map(|m| m.horizon);
+        if query.batch_only.is_none()
+            && let Some(manifest) = &manifest
+            && let Some(entry) = manifest.view(tenant, &view.name)
+            && let Some(reason) = &entry.failing
+            && range.start < manifest.horizon
+            && range.end > entry.horizon
+        {
+            return Err(ServingError::ViewFailing {
+                view: view.name.clone(),
+                reason: reason.clone(),
+                from: format_rfc3339(entry.horizon.max(range.start)),
+                horizon: format_rfc3339(manifest.horizon),
+            });
+        }
         let seam = match query.batch_only {
             Some(_) => range.end,
             None => horizon.unwrap_or(Millis::MIN).clamp(range.start, range.end),

@@ -87,6 +87,7 @@ pub(crate) async fn versions(
             "spec_registered": registered,
             "current_version": entry.map(|entry| entry.current_version),
             "horizon": format_rfc3339(manifest.horizon),
+            "failing": entry.and_then(|entry| entry.failing.clone()),
             "computed": first.zip(last).map(|(first, last)| json!({
                 "from": format_rfc3339(first),
                 "to": format_rfc3339(last.saturating_add(tally_model::time::HOUR_MS)),

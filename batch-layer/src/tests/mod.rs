@@ -786,3 +786,56 @@ fn a_run_before_any_partition_has_archived_publishes_nothing_and_does_not_overfl
     let views = BatchViews::new(rig.store.clone());
     assert_eq!(rig.runtime.block_on(views.manifest()).unwrap(), None);
 }
+
+#[test]
+fn a_view_whose_recompute_fails_holds_back_no_other_view() {
+    let rig = rig();
+    rig.append(&sample_demo_events(base()));
+    rig.archive();
+    // A catalog saved before specs were checked: one view names a dimension twice, which
+    // its plan refuses. It is built as stored, past Catalog::new's checks.
+    let mut broken = demo();
+    let tenant = broken.tenants.get_mut("demo").unwrap();
+    let mut dup = tenant.views[0].clone();
+    dup.name = "dup".to_owned();
+    dup.dimensions = vec!["os_type".to_owned(), "os_type".to_owned()];
+    tenant.views.push(dup);
+    let summary = rig.recompute(&broken, 0, RunRequest::default());
+    assert_eq!(summary.failed_views.len(), 1, "{:?}", summary.failed_views);
+    assert!(
+        summary.failed_views[0].starts_with("demo/dup: "),
+        "{:?}",
+        summary.failed_views
+    );
+    let manifest = rig.manifest();
+    let failing = manifest.view("demo", "dup").unwrap();
+    assert!(failing.failing.is_some());
+    assert!(failing.hours.is_empty());
+    // Every other view computed its hours, and the horizon moved on without the failing one.
+    assert_states_agree(&rig.batch_states(&demo()), &rig.expected(&demo()));
+    let others = demo().tenants["demo"].views.len();
+    let advanced = (manifest.views.values())
+        .filter(|entry| entry.view != "dup" && entry.horizon == manifest.horizon)
+        .count();
+    assert_eq!(advanced, others);
+    assert!(
+        manifest.horizon > failing.horizon,
+        "the horizon waited for the failing view"
+    );
+
+    // Its spec fixed, the next run computes it, and it fails no more.
+    let mut fixed = broken.clone();
+    let tenant = fixed.tenants.get_mut("demo").unwrap();
+    tenant.views.last_mut().unwrap().dimensions = vec!["os_type".to_owned()];
+    let summary = rig.recompute(&fixed, 0, RunRequest::default());
+    assert!(
+        summary.failed_views.is_empty(),
+        "{:?}",
+        summary.failed_views
+    );
+    let manifest = rig.manifest();
+    let recovered = manifest.view("demo", "dup").unwrap();
+    assert_eq!(recovered.failing, None);
+    assert_eq!(recovered.horizon, manifest.horizon);
+    assert_states_agree(&rig.batch_states(&fixed), &rig.expected(&fixed));
+}

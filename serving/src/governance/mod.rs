@@ -15,6 +15,7 @@ pub(crate) mod keys;
 pub(crate) mod registry;
 pub(crate) mod rejected;
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -98,6 +99,16 @@ pub(crate) async fn overview(request: HttpRequest, serving: web::Data<Serving>) 
         let key = serving.authorize(&request, Scope::Read)?;
         let catalog = serving.catalog.current();
         let tenant = &catalog.tenants[&key.tenant];
+        // Views the batch layer cannot recompute, with why: the console marks them.
+        let manifest = serving.batch_views.manifest().await.map_err(|error| {
+            tracing::error!(%error, "reading the batch manifest for the governance overview");
+            (StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+        })?;
+        let failing_views: BTreeMap<&str, &str> = (manifest.iter())
+            .flat_map(|manifest| manifest.views.values())
+            .filter(|entry| entry.tenant == key.tenant)
+            .filter_map(|entry| Some((entry.view.as_str(), entry.failing.as_deref()?)))
+            .collect();
         let keys: Vec<Value> = catalog
             .keys
             .values()
@@ -113,6 +124,7 @@ pub(crate) async fn overview(request: HttpRequest, serving: web::Data<Serving>) 
             "you": {"id": key.id(), "source": key.source, "scopes": key.scopes},
             "registry": tenant.registry,
             "views": tenant.views,
+            "failing_views": failing_views,
             "keys": keys,
         }))
     })

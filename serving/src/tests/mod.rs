@@ -1218,3 +1218,50 @@ async fn a_tenant_may_change_its_governance_only_so_often() {
         "{refused}"
     );
 }
+
+#[actix_web::test]
+async fn a_view_the_batch_layer_cannot_recompute_is_refused_where_its_hours_are_missing() {
+    use tally_model::manifest::{Manifest, ViewManifest, view_id};
+    let rig = Rig::new().await;
+    let app =
+        http::init_service(App::new().configure(Serving::configure(rig.serving.clone()))).await;
+    // The batch layer moved the horizon on without this view: its hours stop an hour in.
+    let spec = Tenant::demo().views[0].clone();
+    let mut entry = ViewManifest::new(DEMO_TENANT, &spec);
+    entry.horizon = BASE + HOUR_MS;
+    entry.failing = Some("a plan error".to_owned());
+    let manifest = Manifest {
+        generation: 1,
+        published_at: 0,
+        horizon: BASE + 3 * HOUR_MS,
+        views: BTreeMap::from([(view_id(DEMO_TENANT, &spec.name), entry)]),
+    };
+    rig.serving.batch_views.publish(&manifest).await.unwrap();
+    let query = |from: Millis, to: Millis| {
+        format!(
+            "/v1/query?view={}&from={from}&to={to}&granularity=all",
+            spec.name
+        )
+    };
+    let (status, refused) = get(&app, &query(BASE, BASE + 4 * HOUR_MS), Some("demo-read")).await;
+    assert_eq!(status, 503, "{refused}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot be recomputed by the batch layer (a plan error)"),
+        "{error}"
+    );
+    // From the horizon on, the speed layer answers it whole.
+    let (status, answer) = get(
+        &app,
+        &query(BASE + 3 * HOUR_MS, BASE + 4 * HOUR_MS),
+        Some("demo-read"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    // The console is told which view fails, and why.
+    let (_, overview) = get(&app, "/v1/governance", Some("demo-read")).await;
+    assert_eq!(
+        overview["failing_views"][&spec.name], "a plan error",
+        "{overview}"
+    );
+}
