@@ -447,6 +447,9 @@ fn tracker_cases() -> Vec<Case> {
         wide_leaves.join(",")
     );
     let many_valid = vec![r#"{"type":"track","event":"click","userId":"u"}"#; 10_000].join(",");
+    // Each refused naming its call type whole: 150 KB of reasons for a 150 KB request.
+    let long_type = format!(r#"{{"type":"{}","userId":"u"}}"#, "t".repeat(5_000));
+    let long_types = vec![long_type.as_str(); 30].join(",");
     vec![
         segment("/v1/batch")
             .json(format!(r#"{{"batch":[{}]}}"#, call("hostile-seg-1")))
@@ -486,6 +489,10 @@ fn tracker_cases() -> Vec<Case> {
             .header("Content-Type", "application/xml")
             .body(call("hostile-seg-xml"))
             .expect("a Segment call as XML", 415, "unsupported_media_type"),
+        segment("/v1/batch")
+            .json(format!(r#"{{"batch":[{long_types}]}}"#))
+            .expect("30 calls of a 5,000-character type", 400, "unknown_call")
+            .max_reply(16_000),
         segment("/v1/batch")
             .json("[1, 2, 3]")
             .expect("not a batch", 400, "not a Segment batch"),

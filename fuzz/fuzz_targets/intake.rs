@@ -1,5 +1,6 @@
-//! Event intake: any body as Tally's JSON or NDJSON, as a Segment batch or call, or as
-//! Snowplow's payload_data, and any pixel or Snowplow query string. Whatever comes in, intake
+//! Event intake: any body as Tally's JSON or NDJSON, and the pixel's UTF-8 check of any query
+//! string (the trackers' formats, Snowplow's query string included, have a target of their
+//! own, `trackers`). Whatever comes in, intake
 //! answers without panicking, every event is accepted or rejected, and the rejects' details
 //! stay within their bound.
 #![no_main]
@@ -8,8 +9,6 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use tally_ingest::intake::{BodyFormat, Intake, Judge, query_is_utf8};
-use tally_ingest::trackers::segment::{Call, SegmentBody};
-use tally_ingest::trackers::snowplow::{SnowplowBody, query_fields, read_event};
 use tally_model::registry::ValidationContext;
 use tally_model::{TagRegistry, Tenant};
 
@@ -31,36 +30,15 @@ fuzz_target!(|data: &[u8]| {
         max_age_ms: 86_400_000,
         tag_values_as_text: selector & 8 != 0,
     };
-    let judge = || Judge::new(&REGISTRY, context.clone(), 32 * 1024, MAX_DETAILED);
-    let verdict = match selector & 7 {
-        0 => judge().native_body(body, BodyFormat::Json),
-        1 => judge().native_body(body, BodyFormat::NdJson),
-        2 | 3 => {
-            let call = (selector & 1 == 1).then_some(Call::Track);
-            let mut judge = judge();
-            if let Ok(segment) = SegmentBody::parse(body, call) {
-                segment.judge(&mut judge);
-            }
-            judge.finish()
-        }
-        4 | 5 => {
-            let mut judge = judge();
-            if let Ok(snowplow) = SnowplowBody::parse(body) {
-                snowplow.judge(&mut judge, selector & 1 == 1);
-            }
-            judge.finish()
-        }
-        _ => {
-            let mut judge = judge();
-            if let Ok(query) = std::str::from_utf8(body) {
-                let _ = query_is_utf8(query);
-                if let Ok(fields) = query_fields(query) {
-                    judge.event(0, query, |_| read_event(&fields, RECEIVED_AT));
-                }
-            }
-            judge.finish()
-        }
+    let format = match selector & 1 {
+        0 => BodyFormat::Json,
+        _ => BodyFormat::NdJson,
     };
+    let verdict = Judge::new(&REGISTRY, context, 32 * 1024, MAX_DETAILED).native_body(body, format);
+    // The pixel's check of its query string, which refuses what does not decode to UTF-8.
+    if let Ok(query) = std::str::from_utf8(body) {
+        let _ = query_is_utf8(query);
+    }
     check(&verdict);
 });
 

@@ -24,8 +24,14 @@ static INDEX: LazyLock<(tempfile::TempDir, SearchIndex)> = LazyLock::new(|| {
             tenant: "t".to_owned(),
             user_id: format!("u{}", i % 7),
             tags: BTreeMap::from([
-                ("url".to_owned(), TagValue::String(format!("/checkout/ü{i}/é"))),
-                ("os_type".to_owned(), TagValue::String(["ios", "android"][i % 2].to_owned())),
+                (
+                    "url".to_owned(),
+                    TagValue::String(format!("/checkout/ü{i}/é")),
+                ),
+                (
+                    "os_type".to_owned(),
+                    TagValue::String(["ios", "android"][i % 2].to_owned()),
+                ),
                 ("revenue".to_owned(), TagValue::Number(i as f64 / 3.0)),
                 ("vip".to_owned(), TagValue::Bool(i % 5 == 0)),
             ]),
@@ -56,7 +62,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(page.hits.len() <= 10 && page.hits.len() <= page.total);
         for highlight in page.hits.iter().flat_map(|hit| &hit.highlights) {
             for [start, end] in &highlight.ranges {
-                assert!(start <= end && *end <= highlight.value.len(), "{highlight:?}");
+                assert!(
+                    start <= end && *end <= highlight.value.len(),
+                    "{highlight:?}"
+                );
                 assert!(highlight.value.is_char_boundary(*start), "{highlight:?}");
                 assert!(highlight.value.is_char_boundary(*end), "{highlight:?}");
             }

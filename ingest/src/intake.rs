@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use tally_model::registry::ValidationContext;
+use tally_model::registry::{ValidationContext, bounded_reasons};
 use tally_model::{Event, RejectReason, TagRegistry};
 
 use crate::strict_json;
@@ -57,7 +57,10 @@ impl Intake {
         verdict
     }
 
-    fn reject(&mut self, rejection: Rejection) {
+    fn reject(&mut self, mut rejection: Rejection) {
+        // However an event was refused, its reasons cost the reply and the rejected stream
+        // no more than their cap: a name quoted in one is the sender's, of any length.
+        rejection.reasons = bounded_reasons(std::mem::take(&mut rejection.reasons));
         self.rejected_count = self.rejected_count.saturating_add(1);
         if let Some(first) = rejection.reasons.first() {
             let count = self.rejected_by_reason.entry(first.code).or_default();

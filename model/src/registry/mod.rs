@@ -7,7 +7,7 @@
 
 mod validate;
 
-pub use validate::json_type;
+pub use validate::{MAX_REASON_CHARS, MAX_REASONS, bounded as bounded_reasons, json_type};
 
 use std::collections::BTreeMap;
 

@@ -286,7 +286,7 @@ impl TagRegistry {
 
 /// `reasons` cut to [`MAX_REASONS`], each to [`MAX_REASON_CHARS`], with a last one saying how
 /// many were left out.
-fn bounded(mut reasons: Vec<RejectReason>) -> Vec<RejectReason> {
+pub fn bounded(mut reasons: Vec<RejectReason>) -> Vec<RejectReason> {
     for reason in &mut reasons {
         if let Some((cut, _)) = reason.message.char_indices().nth(MAX_REASON_CHARS) {
             reason.message.truncate(cut);
