@@ -21,6 +21,8 @@ struct Case {
     reason: &'static str,
     max_reply_bytes: usize,
     max_time: Duration,
+    /// CPU time the server's HTTP workers may spend on it.
+    max_cpu: Duration,
     /// Event ids the request must get acknowledged (a 202).
     acknowledges: Vec<String>,
 }
@@ -94,6 +96,7 @@ impl Request {
             reason,
             max_reply_bytes: 16 * 1024,
             max_time: Duration::from_secs(5),
+            max_cpu: Duration::from_millis(500),
             acknowledges: Vec::new(),
         }
     }
@@ -885,9 +888,16 @@ fn every_hostile_request_gets_its_answer_within_bounds_and_the_service_stays_who
     assert!(cases.len() >= 80, "the catalog has {} cases", cases.len());
     let mut failures = Vec::new();
     let mut acknowledged = Vec::new();
+    let mut costliest = Vec::new();
     for case in &cases {
+        let cpu_before = server.http_workers_cpu();
         let reply = send_raw(&server.address, &case.request);
+        let cpu = server.http_workers_cpu().saturating_sub(cpu_before);
+        costliest.push((cpu, case.name));
         let mut wrong = Vec::new();
+        if cpu > case.max_cpu {
+            wrong.push(format!("{cpu:?} of CPU (at most {:?})", case.max_cpu));
+        }
         if reply.status != case.status {
             wrong.push(format!("status {} (want {})", reply.status, case.status));
         }
@@ -914,6 +924,11 @@ fn every_hostile_request_gets_its_answer_within_bounds_and_the_service_stays_who
         }
         acknowledged.extend(case.acknowledges.iter().cloned());
     }
+    costliest.sort();
+    eprintln!(
+        "the costliest cases in CPU: {:?}",
+        &costliest[costliest.len().saturating_sub(5)..]
+    );
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n{}",

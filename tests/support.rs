@@ -71,6 +71,28 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// CPU time the process's HTTP workers have spent (actix's `actix-rt|system…` threads,
+    /// where requests are read and judged), from `/proc`, at its clock tick's resolution.
+    /// Work a handler moves to a blocking thread is not in it.
+    pub fn http_workers_cpu(&self) -> Duration {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let ticks: u64 = std::fs::read_dir(tasks)
+            .expect("the process's threads")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+            .filter_map(|stat| {
+                // `pid (comm) state ...`: the command name may hold spaces, so split after it.
+                let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+                let fields: Vec<&str> = rest.split(' ').collect();
+                let (user, system) = (fields.get(11)?, fields.get(12)?);
+                comm.starts_with("actix-rt")
+                    .then(|| Some(user.parse::<u64>().ok()? + system.parse::<u64>().ok()?))?
+            })
+            .sum();
+        // SAFETY: sysconf reads a constant of the system.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
+
     /// Starts `tally up` on a free port and waits until it listens.
     pub fn up(data_dir: &Path) -> Tally {
         Tally::up_with(data_dir, tally())
