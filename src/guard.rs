@@ -3,22 +3,25 @@
 //! request head that trickles in is cut off, `HEAD` is answered as `GET` without a body, and a
 //! path no route takes gets a JSON 404.
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::HttpMessage;
 use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
-use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Extensions, Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::{ConnectionType, Method, StatusCode, header};
 use actix_web::middleware::Next;
+use actix_web::rt::net::TcpStream;
 use actix_web::web::Bytes;
 use actix_web::{HttpResponse, web};
 use futures::StreamExt;
-use tally_connectors::rate_limit::CallerLimits;
+use tally_connectors::rate_limit::{CallerLimits, ConnectionCount, OpenConnection};
 use tally_model::key::bearer_secret;
 
 /// Operations routes, which probes and scrapers call often from one address.
@@ -27,11 +30,25 @@ const UNLIMITED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// How long a client may take to send its request head; actix-web's default is 5 s.
 pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Admits a request through the caller limits, or answers 429 with `Retry-After`.
+/// Admits a request through the caller limits, or answers 429 with `Retry-After`: first the
+/// cap on its address's connections (every route), then the rate limits (all but probes).
 pub async fn limit_callers(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    // Before anything else, probes included: the cap is on descriptors, whatever the route.
+    if let Some(connection) = request.conn_data::<OpenConnection>()
+        && connection.over_cap
+    {
+        let response = HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
+            .insert_header((header::RETRY_AFTER, "1"))
+            .insert_header((header::CONNECTION, "close"))
+            .json(serde_json::json!({"error": format!(
+                "this address holds more connections than the {} allowed; reuse the open ones (keep-alive) or close some",
+                connection.cap()
+            )}));
+        return Ok(request.into_response(response).map_into_right_body());
+    }
     let Some(limits) = request.app_data::<web::Data<CallerLimits>>().cloned() else {
         return Ok(next.call(request).await?.map_into_left_body());
     };
@@ -168,6 +185,21 @@ impl MessageBody for HoldingUnreadBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         Pin::new(&mut self.answer).poll_next(cx)
+    }
+}
+
+/// Counts a new connection against its address's cap, for the connection's lifetime
+/// ([`limit_callers`] refuses the requests of one over the cap).
+pub fn count_connection(
+    connections: &Arc<ConnectionCount>,
+    connection: &dyn Any,
+    data: &mut Extensions,
+) {
+    let peer = connection
+        .downcast_ref::<TcpStream>()
+        .and_then(|stream| stream.peer_addr().ok());
+    if let Some(peer) = peer {
+        data.insert(connections.opened(peer.ip()));
     }
 }
 

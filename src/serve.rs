@@ -13,7 +13,7 @@ use tally_batch_layer::telemetry::BatchMetrics;
 use tally_connectors::batch_views::BatchViews;
 use tally_connectors::catalog::{CatalogHandle, CatalogStore};
 use tally_connectors::log::{EventLog, Spool, SpoolOptions, kafka};
-use tally_connectors::rate_limit::{CallerLimits, RateLimitMetrics};
+use tally_connectors::rate_limit::{CallerLimits, ConnectionCount, RateLimitMetrics};
 use tally_connectors::view_store::{Access, ViewStore};
 use tally_ingest::forwarder::{Forwarder, ForwarderMetrics};
 use tally_ingest::{Collector, IngestMetrics};
@@ -184,6 +184,7 @@ pub fn serve(
         &config.limits,
         RateLimitMetrics::register(&mut registry),
     ));
+    let connections = ConnectionCount::new(config.limits.connections_per_address);
     let services = web::Data::new(Services {
         registry,
         collector: collector.clone(),
@@ -232,6 +233,9 @@ pub fn serve(
             workers => workers,
         };
         let server = server
+            .on_connect(move |connection, data| {
+                guard::count_connection(&connections, connection, data)
+            })
             .workers(workers)
             .max_connections(guard::connections_per_worker(workers))
             .client_request_timeout(guard::REQUEST_HEAD_TIMEOUT);

@@ -1155,3 +1155,29 @@ fn a_body_trickled_to_any_route_does_not_hold_its_connection() {
     // A body the route reads whole keeps its connection as usual.
     assert_eq!(server.http("GET", "/healthz", &[], "").0, 200);
 }
+
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = up(dir.path(), &[("TALLY_LIMITS_CONNECTIONS_PER_ADDRESS", "8")]);
+    // Eight connections held open without a request, as a slow client would.
+    let held: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&server.address).unwrap())
+        .collect();
+    let health = request("GET", "/healthz").bytes();
+    // The server counts a connection once a worker takes it: the ninth is refused then.
+    server.wait_for(
+        "a ninth connection to be refused",
+        Duration::from_secs(10),
+        |s| {
+            let reply = send_raw(&s.address, &health);
+            reply.status == 429 && reply.body.contains("more connections than the 8 allowed")
+        },
+    );
+    drop(held);
+    server.wait_for(
+        "a connection to be served again",
+        Duration::from_secs(10),
+        |s| send_raw(&s.address, &health).status == 200,
+    );
+}

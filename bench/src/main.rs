@@ -1,8 +1,9 @@
 //! `tally-bench`: the benchmarks behind every figure in docs/performance.md, each a
-//! subcommand: `ingest`, `speed`, `batch`, `query`, `kafka`, `trackers`, `search`.
+//! subcommand: `ingest`, `speed`, `batch`, `query`, `kafka`, `trackers`, `search`, `flood`.
 
 mod batch;
 mod common;
+mod flood;
 mod ingest;
 mod kafka;
 mod query;
@@ -43,6 +44,8 @@ enum BenchCommand {
     Trackers(trackers::TrackersBenchArgs),
     /// The full-text search index: its rate beside ingest, its size, and query latency.
     Search(search::SearchBenchArgs),
+    /// A `tally up` process's memory through a bounded mixed flood, and after it.
+    Flood(flood::FloodBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         BenchCommand::Kafka(args) => kafka::run(args),
         BenchCommand::Trackers(args) => trackers::run(args),
         BenchCommand::Search(args) => search::run(args),
+        BenchCommand::Flood(args) => flood::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

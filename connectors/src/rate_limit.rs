@@ -216,6 +216,62 @@ impl CallerLimits {
     }
 }
 
+/// The connections each client address holds open, against `limits.connections_per_address`.
+pub struct ConnectionCount {
+    per_address: Mutex<HashMap<IpAddr, u32>>,
+    cap: u32,
+}
+
+/// One open connection, counted against its address until dropped (when the server drops the
+/// connection's data).
+pub struct OpenConnection {
+    address: IpAddr,
+    /// Whether its address already held the most connections when it opened.
+    pub over_cap: bool,
+    count: Arc<ConnectionCount>,
+}
+
+impl ConnectionCount {
+    /// Counts connections against `cap` per address (0: no cap).
+    pub fn new(cap: u32) -> Arc<ConnectionCount> {
+        Arc::new(ConnectionCount {
+            per_address: Mutex::default(),
+            cap,
+        })
+    }
+
+    /// Counts a connection from `address` until the returned guard drops.
+    pub fn opened(self: &Arc<Self>, address: IpAddr) -> OpenConnection {
+        let mut per_address = self.per_address.lock().expect("connections lock");
+        let count = per_address.entry(address).or_default();
+        *count = count.saturating_add(1);
+        OpenConnection {
+            address,
+            over_cap: self.cap > 0 && *count > self.cap,
+            count: self.clone(),
+        }
+    }
+}
+
+impl OpenConnection {
+    /// The cap of its address's connections, for the refusal's message.
+    pub fn cap(&self) -> u32 {
+        self.count.cap
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let mut per_address = self.count.per_address.lock().expect("connections lock");
+        if let Some(count) = per_address.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_address.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// Governance changes one tenant may make a minute: each writes a whole catalog
 /// generation.
 pub const GOVERNANCE_CHANGES_PER_MINUTE: u32 = 60;
@@ -330,6 +386,25 @@ mod tests {
             Ok(()),
             "others go on"
         );
+    }
+
+    #[test]
+    fn connections_are_counted_per_address_until_they_close() {
+        let count = ConnectionCount::new(2);
+        let (one, two) = (address(1).unwrap(), address(2).unwrap());
+        let first = count.opened(one);
+        let second = count.opened(one);
+        assert!(!first.over_cap && !second.over_cap);
+        assert!(count.opened(one).over_cap, "a third from one address");
+        assert!(!count.opened(two).over_cap, "another address has its own");
+        drop(first);
+        assert!(
+            !count.opened(one).over_cap,
+            "a closed connection frees its place"
+        );
+        let uncapped = ConnectionCount::new(0);
+        let held: Vec<_> = (0..1000).map(|_| uncapped.opened(one)).collect();
+        assert!(held.iter().all(|connection| !connection.over_cap));
     }
 
     #[test]

@@ -334,6 +334,11 @@ pub struct LimitsConfig {
     /// every request is refused until the minute refills, so keys cannot be guessed.
     #[serde(default = "default_auth_failures_per_minute")]
     pub auth_failures_per_minute_per_address: u32,
+    /// Connections one client address may hold open at once; a request on one more is
+    /// answered 429 and its connection closed, so that one address cannot take every
+    /// connection the server has. 0: no cap (behind a proxy, every caller shares its address).
+    #[serde(default = "default_connections_per_address")]
+    pub connections_per_address: u32,
 }
 
 /// The demo tenant's keys.
@@ -358,6 +363,11 @@ const fn default_requests_per_second_per_key() -> u32 {
 /// Generous for one browser or server, and for a small office behind one NAT address.
 const fn default_requests_per_second_per_address() -> u32 {
     500
+}
+/// Far more than a browser opens (six) or a server's connection pool, far fewer than the
+/// connections the server can hold.
+const fn default_connections_per_address() -> u32 {
+    512
 }
 const fn default_burst_seconds() -> u32 {
     2
