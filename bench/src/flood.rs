@@ -28,6 +28,9 @@ pub struct FloodBenchArgs {
     /// Seconds of flood.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// Events in each of Tally's batches; Segment's batches carry half as many calls.
+    #[arg(long, default_value_t = 10)]
+    batch: u64,
     /// Seconds the process is then left idle before its memory is read.
     #[arg(long, default_value_t = 60)]
     settle_seconds: u64,
@@ -46,6 +49,7 @@ pub struct FloodBenchArgs {
 struct FloodReport {
     rate: u64,
     seconds: u64,
+    batch: u64,
     settle_seconds: u64,
     requests: u64,
     /// Requests that got no answer at all (a refused connection, a timeout).
@@ -58,6 +62,10 @@ struct FloodReport {
     rss_before_mb: f64,
     rss_peak_mb: f64,
     rss_after_mb: f64,
+    /// The heap's part of the memory after.
+    rss_anon_after_mb: f64,
+    /// Mapped files' part of the memory after (the kernel may reclaim it).
+    rss_file_after_mb: f64,
     after_over_before: f64,
     goal_after_over_before: f64,
 }
@@ -78,12 +86,18 @@ impl Drop for Process {
 
 /// The process's resident memory, in MiB.
 fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    status_mb(pid, "VmRSS")
+}
+
+/// A memory line of `/proc/<pid>/status`, in MiB: `VmRSS`, or its parts `RssAnon` (the heap)
+/// and `RssFile` (mapped files, such as the search index's, which the kernel may reclaim).
+fn status_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS in /proc/<pid>/status")?;
+        .with_context(|| format!("no {field} in /proc/<pid>/status"))?;
     Ok(kib / 1024.0)
 }
 
@@ -144,7 +158,8 @@ pub fn run(args: FloodBenchArgs) -> anyhow::Result<()> {
             "bench: {} requests/s for {} s ({:.0} MiB resident before) ...",
             args.rate, args.seconds, before
         );
-        let counts = flood(&client, &address, args.rate, args.seconds).await;
+        let counts = flood(&client, &address, (args.rate, args.seconds, args.batch)).await;
+        let events_accepted = accepted_events(&client, &address).await?;
         eprintln!(
             "bench: left idle for {} s ({:.0} MiB resident at the end of the flood) ...",
             args.settle_seconds,
@@ -152,21 +167,25 @@ pub fn run(args: FloodBenchArgs) -> anyhow::Result<()> {
         );
         actix_web::rt::time::sleep(Duration::from_secs(args.settle_seconds)).await;
         let after = rss_mb(pid)?;
+        let (anon_after, file_after) = (status_mb(pid, "RssAnon")?, status_mb(pid, "RssFile")?);
         sampling.abort();
         let peak = *peak.lock().expect("peak lock");
         anyhow::Ok(FloodReport {
             rate: args.rate,
             seconds: args.seconds,
+            batch: args.batch,
             settle_seconds: args.settle_seconds,
             requests: counts.sent.load(Ordering::Relaxed),
             unanswered: counts.unanswered.load(Ordering::Relaxed),
             answered_2xx: counts.ok.load(Ordering::Relaxed),
             answered_4xx: counts.refused.load(Ordering::Relaxed),
             answered_5xx: counts.failed.load(Ordering::Relaxed),
-            events_accepted: counts.events.load(Ordering::Relaxed),
+            events_accepted,
             rss_before_mb: before,
             rss_peak_mb: peak.max(after),
             rss_after_mb: after,
+            rss_anon_after_mb: anon_after,
+            rss_file_after_mb: file_after,
             after_over_before: after / before,
             goal_after_over_before: GOAL_AFTER_OVER_BEFORE,
         })
@@ -187,15 +206,33 @@ pub fn run(args: FloodBenchArgs) -> anyhow::Result<()> {
             report.events_accepted
         );
         println!(
-            "resident memory: {:.0} MiB before, {:.0} MiB at the peak, {:.0} MiB after {} s idle: {:.2}x before (goal: within {GOAL_AFTER_OVER_BEFORE}x)",
+            "resident memory: {:.0} MiB before, {:.0} MiB at the peak, {:.0} MiB after {} s idle ({:.0} MiB heap, {:.0} MiB mapped files): {:.2}x before (goal: within {GOAL_AFTER_OVER_BEFORE}x)",
             report.rss_before_mb,
             report.rss_peak_mb,
             report.rss_after_mb,
             report.settle_seconds,
+            report.rss_anon_after_mb,
+            report.rss_file_after_mb,
             report.after_over_before
         );
     }
     Ok(())
+}
+
+/// The events the process acknowledged, from its `/metrics`.
+async fn accepted_events(client: &awc::Client, address: &str) -> anyhow::Result<u64> {
+    let mut response = (client.get(format!("http://{address}/metrics")).send().await)
+        .map_err(|err| anyhow::anyhow!("reading /metrics: {err}"))?;
+    let body = response.body().limit(16 << 20).await?;
+    let metrics = String::from_utf8_lossy(&body);
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("tally_ingest_events_accepted_total ")?
+                .parse()
+                .ok()
+        })
+        .context("no tally_ingest_events_accepted_total in /metrics")
 }
 
 /// Reads the process's resident memory every 100 ms into `peak`.
@@ -218,7 +255,6 @@ struct Counts {
     ok: AtomicU64,
     refused: AtomicU64,
     failed: AtomicU64,
-    events: AtomicU64,
 }
 
 /// One request of the mix.
@@ -228,13 +264,12 @@ struct Shot {
     key: Option<&'static str>,
     content_type: &'static str,
     body: Vec<u8>,
-    events: u64,
 }
 
-/// The `n`th request of the mix: in 20, nine batches of 100 events, three Segment batches of
-/// 50 calls, two pixels, two queries, two searches, one batch of invalid events and one
-/// 64 KB body that is not JSON.
-fn shot(n: u64, now: i64) -> Shot {
+/// The `n`th request of the mix: in 20, nine batches of `batch` events, three Segment batches
+/// of half as many calls, two pixels, two queries, two searches, one batch of invalid events
+/// and one 64 KB body that is not JSON.
+fn shot(n: u64, batch: u64, now: i64) -> Shot {
     use actix_web::http::Method;
     let user = |i: u64| format!("user-{}", (n * 131 + i * 7) % 50_000);
     let get = |path: String, key| Shot {
@@ -243,19 +278,17 @@ fn shot(n: u64, now: i64) -> Shot {
         key,
         content_type: "",
         body: Vec::new(),
-        events: 0,
     };
-    let post = |path: &str, body: String, events| Shot {
+    let post = |path: &str, body: String| Shot {
         method: Method::POST,
         path: path.to_owned(),
         key: Some(BENCH_WRITE_KEY),
         content_type: "application/json",
         body: body.into_bytes(),
-        events,
     };
     match n % 20 {
         0..=8 => {
-            let events: Vec<String> = (0..100)
+            let events: Vec<String> = (0..batch)
                 .map(|i| {
                     format!(
                         r#"{{"event_id":"flood-{n}-{i}","event_type":"page_view","user_id":"{}","tags":{{"url":"/page/{}","os_type":"ios","country":"fr"}}}}"#,
@@ -264,10 +297,10 @@ fn shot(n: u64, now: i64) -> Shot {
                     )
                 })
                 .collect();
-            post("/v1/events", format!("[{}]", events.join(",")), 100)
+            post("/v1/events", format!("[{}]", events.join(",")))
         }
         9..=11 => {
-            let calls: Vec<String> = (0..50)
+            let calls: Vec<String> = (0..(batch / 2).max(1))
                 .map(|i| {
                     format!(
                         r#"{{"type":"track","event":"click","userId":"{}","messageId":"flood-seg-{n}-{i}","properties":{{"url":"/p/{i}"}}}}"#,
@@ -275,11 +308,7 @@ fn shot(n: u64, now: i64) -> Shot {
                     )
                 })
                 .collect();
-            post(
-                "/v1/batch",
-                format!(r#"{{"batch":[{}]}}"#, calls.join(",")),
-                50,
-            )
+            post("/v1/batch", format!(r#"{{"batch":[{}]}}"#, calls.join(",")))
         }
         12 | 13 => get(
             format!(
@@ -301,16 +330,21 @@ fn shot(n: u64, now: i64) -> Shot {
             Some(BENCH_READ_KEY),
         ),
         18 => {
-            let junk: Vec<&str> = vec![r#"{"event_type":"click","tags":{"nope":1}}"#; 100];
-            post("/v1/events", format!("[{}]", junk.join(",")), 0)
+            let junk: Vec<&str> =
+                vec![r#"{"event_type":"click","tags":{"nope":1}}"#; batch as usize];
+            post("/v1/events", format!("[{}]", junk.join(",")))
         }
-        _ => post("/v1/events", "x".repeat(64 * 1024), 0),
+        _ => post("/v1/events", "x".repeat(64 * 1024)),
     }
 }
 
 /// Sends the mix at `rate` a second for `seconds`, open-loop: each request leaves at its time
 /// whatever the others do, up to [`MAX_IN_FLIGHT`] at once.
-async fn flood(client: &awc::Client, address: &str, rate: u64, seconds: u64) -> Arc<Counts> {
+async fn flood(
+    client: &awc::Client,
+    address: &str,
+    (rate, seconds, batch): (u64, u64, u64),
+) -> Arc<Counts> {
     let counts = Arc::new(Counts::default());
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let started = Instant::now();
@@ -332,7 +366,7 @@ async fn flood(client: &awc::Client, address: &str, rate: u64, seconds: u64) -> 
                     .expect("the semaphore is open")
             }
         };
-        let shot = shot(n, now_millis());
+        let shot = shot(n, batch, now_millis());
         let mut request = client.request(shot.method, format!("http://{address}{}", shot.path));
         if let Some(key) = shot.key {
             request = request.insert_header(("Authorization", format!("Bearer {key}")));
@@ -354,9 +388,6 @@ async fn flood(client: &awc::Client, address: &str, rate: u64, seconds: u64) -> 
                         _ => &counts.failed,
                     };
                     class.fetch_add(1, Ordering::Relaxed);
-                    if status.is_success() {
-                        counts.events.fetch_add(shot.events, Ordering::Relaxed);
-                    }
                 }
                 Err(_) => {
                     counts.unanswered.fetch_add(1, Ordering::Relaxed);
