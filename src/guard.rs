@@ -72,7 +72,7 @@ pub async fn limit_callers(
 
 /// File descriptors kept for the process's own work, whatever its clients hold: the spool's
 /// segments, the view store, search commits, the object store's and Kafka's connections.
-const RESERVED_DESCRIPTORS: u64 = 1024;
+pub const RESERVED_DESCRIPTORS: u64 = 1024;
 
 /// The connections each of `workers` HTTP workers may hold: the open-files limit, raised to
 /// its hard maximum, less [`RESERVED_DESCRIPTORS`], shared between them. Connections past it

@@ -189,25 +189,30 @@ pub(crate) fn basic_user(request: &HttpRequest) -> Option<String> {
     (!user.is_empty()).then(|| user.to_owned())
 }
 
-/// Refuses a tracker's body declared as anything but JSON: `application/json`, the
-/// `text/plain` that `navigator.sendBeacon` sends, or no type at all, as some SDKs send.
-pub(crate) fn tracker_json(request: &HttpRequest) -> Result<(), Refusal> {
-    let Some(content_type) = request.headers().get(header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let content_type = content_type.to_str().unwrap_or("?");
-    let mime = content_type
-        .split(';')
-        .next()
+/// The request's `Content-Type` as sent (empty when none), and its media type in lower case
+/// without parameters: `application/json; charset=utf-8` is `application/json`.
+pub(crate) fn media_type(request: &HttpRequest) -> (Option<String>, String) {
+    let sent = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|value| value.to_str().unwrap_or("?").to_owned());
+    let mime = (sent.as_deref().unwrap_or_default().split(';').next())
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    match mime.as_str() {
-        "application/json" | "text/plain" | "" => Ok(()),
-        _ => Err(Refusal::new(
+    (sent, mime)
+}
+
+/// Refuses a tracker's body declared as anything but JSON: `application/json`, the
+/// `text/plain` that `navigator.sendBeacon` sends, or no type at all, as some SDKs send.
+pub(crate) fn tracker_json(request: &HttpRequest) -> Result<(), Refusal> {
+    match media_type(request) {
+        (None, _) => Ok(()),
+        (_, mime) if matches!(mime.as_str(), "application/json" | "text/plain" | "") => Ok(()),
+        (Some(sent), _) => Err(Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!("Content-Type '{content_type}' is not accepted; send application/json"),
+            format!("Content-Type '{sent}' is not accepted; send application/json"),
         )),
     }
 }

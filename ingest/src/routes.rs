@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -17,7 +16,9 @@ use tally_model::time::now_millis;
 
 use crate::Collector;
 use crate::intake::{BodyFormat, Intake, query_is_utf8};
-use crate::request::{IngestError, Refusal, authorize, pixel_gif, read_body, report_auth_failure};
+use crate::request::{
+    IngestError, Refusal, authorize, media_type, pixel_gif, read_body, report_auth_failure,
+};
 
 /// The answer to a batch: how many events were kept, and why the others were not.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -237,17 +238,8 @@ async fn record_pixel(request: &HttpRequest, collector: &Collector) -> Result<()
 }
 
 fn body_format(request: &HttpRequest) -> Result<BodyFormat, Refusal> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let (sent, mime) = media_type(request);
+    let content_type = sent.unwrap_or_default();
     match mime.as_str() {
         // text/plain is what navigator.sendBeacon sends without a CORS preflight.
         "application/json" | "text/plain" => Ok(BodyFormat::Json),
