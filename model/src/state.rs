@@ -192,11 +192,7 @@ impl AggregateState {
                         MeasureState::Max(value)
                     }
                 }
-                4 => MeasureState::Uniq(decode_sketch(
-                    input.sized()?,
-                    HllSketch::deserialize,
-                    HllSketch::serialize,
-                )?),
+                4 => MeasureState::Uniq(decode_hll(input.sized()?)?),
                 5 => MeasureState::Quantiles(decode_sketch(
                     input.sized()?,
                     KllSketch::deserialize,
@@ -545,6 +541,21 @@ fn decode_sketch<S, E: std::fmt::Display>(
         })?;
     }
     Ok(sketch)
+}
+
+/// Decodes an HLL sketch, and refuses it unless it also yields an estimate: on register
+/// values no sketch of its own holds, the library asserts rather than fails, and a state
+/// read back from a store would panic the query that sums it up.
+fn decode_hll(bytes: &[u8]) -> Result<HllSketch, StateDecodeError> {
+    let sketch = decode_sketch(bytes, HllSketch::deserialize, HllSketch::serialize)?;
+    let estimate =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sketch.composite_estimate()));
+    match estimate {
+        Ok(estimate) if estimate.is_finite() => Ok(sketch),
+        _ => Err(StateDecodeError::Sketch(
+            "its registers give no estimate".to_owned(),
+        )),
+    }
 }
 
 fn new_hll() -> HllSketch {

@@ -222,6 +222,19 @@ fn merging_different_shapes_is_an_error_not_a_panic() {
     );
 }
 
+/// Found by the `aggregate_state` fuzz target in CI on 2026-12-07: an HLL image whose
+/// registers make the library's estimate assert, so that summing the state up panicked.
+#[test]
+fn a_sketch_that_gives_no_estimate_is_refused_rather_than_panicking_a_query() {
+    let crash = include_bytes!("../../../fuzz/seeds/aggregate_state/hll-without-an-estimate");
+    match AggregateState::decode(crash) {
+        Err(StateDecodeError::Sketch(reason)) => {
+            assert!(reason.contains("no estimate"), "{reason}")
+        }
+        other => panic!("expected a refused sketch, got {other:?}"),
+    }
+}
+
 /// Found by the `aggregate_state` fuzz target: a LIST-mode HLL image whose coupon
 /// count exceeds its filled slots decoded, then encoded into bytes that did not.
 #[test]
