@@ -543,19 +543,31 @@ fn decode_sketch<S, E: std::fmt::Display>(
     Ok(sketch)
 }
 
-/// Decodes an HLL sketch, and refuses it unless it also yields an estimate: on register
-/// values no sketch of its own holds, the library asserts rather than fails, and a state
-/// read back from a store would panic the query that sums it up.
+/// Decodes an HLL sketch, and refuses it unless its estimator's numbers are numbers: in HLL
+/// mode the library reads the HIP accumulator and the register sums (kxq0, kxq1) from the
+/// image as written, and asserts on a NaN when it estimates, so a state read back from a
+/// store would panic the query that sums it up.
 fn decode_hll(bytes: &[u8]) -> Result<HllSketch, StateDecodeError> {
-    let sketch = decode_sketch(bytes, HllSketch::deserialize, HllSketch::serialize)?;
-    let estimate =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sketch.composite_estimate()));
-    match estimate {
-        Ok(estimate) if estimate.is_finite() => Ok(sketch),
-        _ => Err(StateDecodeError::Sketch(
-            "its registers give no estimate".to_owned(),
-        )),
+    /// The preamble of an image in HLL mode: 10 four-byte ints, the mode in byte 7's low
+    /// bits (2: HLL), then the three f64 from byte 8 (DataSketches' HLL format).
+    const HLL_PREAMBLE_INTS: u8 = 10;
+    const HLL_MODE: u8 = 2;
+    let in_hll_mode = bytes.first() == Some(&HLL_PREAMBLE_INTS)
+        && bytes.get(7).map(|mode| mode & 3) == Some(HLL_MODE);
+    let estimator_is_numbers = (0..3).all(|field| {
+        let at = 8 + 8 * field;
+        bytes
+            .get(at..at + 8)
+            .and_then(|raw| <[u8; 8]>::try_from(raw).ok())
+            .map(f64::from_le_bytes)
+            .is_some_and(|value| value.is_finite() && value >= 0.0)
+    });
+    if in_hll_mode && !estimator_is_numbers {
+        return Err(StateDecodeError::Sketch(
+            "its estimator holds a value that is no number, which gives no estimate".to_owned(),
+        ));
     }
+    decode_sketch(bytes, HllSketch::deserialize, HllSketch::serialize)
 }
 
 fn new_hll() -> HllSketch {
