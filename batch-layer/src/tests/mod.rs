@@ -19,7 +19,7 @@ use tally_connectors::view_store::ViewKey;
 use tally_model::layout::RawStream;
 use tally_model::manifest::Manifest;
 use tally_model::time::{HOUR_MS, now_millis};
-use tally_model::{AggregateState, Catalog, Event, Millis};
+use tally_model::{AggregateState, Catalog, Event, Granularity, Millis};
 
 use crate::archiver::{self, Archiver, CONSUMER, RollPolicy};
 use crate::recompute::{Recompute, RunRequest};
@@ -65,9 +65,11 @@ fn policy() -> RollPolicy {
     }
 }
 
-/// Events over three hours that all closed hours ago.
+/// Events over three whole hours that all closed hours ago: the start of the hour six
+/// hours back, so that the first hour holds a third of them whenever the tests run (from a
+/// minute before the hour, it held none).
 fn base() -> Millis {
-    now_millis() - 6 * HOUR_MS
+    Granularity::Hour.bucket_start(now_millis() - 6 * HOUR_MS)
 }
 
 impl Rig {
