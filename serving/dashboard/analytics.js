@@ -100,12 +100,12 @@ async function refresh() {
     const [answer, total] = await Promise.all([api(`/v1/query?${params}`), api(`/v1/query?${whole}`)]);
     if (asked !== state.asked) return;
     render(answer, total.rows[0]?.[measure], measure);
-    showError("");
+    clearError("analytics");
   } catch (err) {
     if (asked !== state.asked) return;
     clearAnalytics();
     $("refreshed").textContent = `failed at ${showTime(Date.now())}`;
-    showError(err.message);
+    showError(err.message, "analytics");
   }
 }
 

@@ -15,7 +15,20 @@ const state = { overview: null, chart: null, searchCursor: null, timer: null, xR
 
 function key() { return $("key").value.trim(); }
 
-function showError(message) { $("error").textContent = message || ""; }
+/**
+ * Shows what went wrong (nothing: clears it). `from` names the part of the console that
+ * showed it, so that a later success of another part (the analytics' periodic refresh) does
+ * not wipe an error the user has yet to read.
+ */
+function showError(message, from = "") {
+  $("error").textContent = message || "";
+  $("error").dataset.from = message ? from : "";
+}
+
+/** Clears the error if the part `from` showed it. */
+function clearError(from) {
+  if ($("error").dataset.from === from) showError("");
+}
 
 async function api(path) {
   const response = await fetch(path, { headers: { Authorization: `Bearer ${key()}` } });

@@ -5,7 +5,7 @@
 //    that may carry it (with an alias that is markup, shown as text), saved through the
 //    forms: "TAGGED";
 // 2. a tag `tier` claiming the same alias: the live check warns, and saving is refused with
-//    the API's reason: "REFUSED <reason>";
+//    the API's reason, still shown after the analytics' refresh: "REFUSED <reason>";
 // 3. the demo write key rotated: the new secret shown once, "SECRET <secret>", then gone
 //    from the page once the user says it is stored: "STORED";
 // 4. the rejected events: counted per hour by reason code, and listed by code: "REJECTS";
@@ -63,6 +63,9 @@ try {
   await page.waitForFunction(() => document.getElementById("error").textContent.includes("plan_name"), null, { timeout: 15000 });
   if ((await page.textContent("#tags")).includes("tier")) fail("the colliding tag was saved");
   await shot("refused");
+  // The analytics' periodic refresh (every 2 s, on every tab) leaves the refusal for the
+  // user to read: it clears only an error of its own.
+  await page.evaluate(() => refresh());
   console.log(`REFUSED ${await page.textContent("#error")}`);
 
   // 3. Rotate the demo write key: its new secret, shown once.

@@ -551,11 +551,16 @@ fn free_port_pair() -> u16 {
         .expect("a free pair of ports")
 }
 
-/// `127.0.0.1:<a port free just now>`.
+/// `127.0.0.1:<a port free just now>`, for a server a test starts later (a speed cluster's
+/// peer). The port is below Linux's ephemeral range (32768 and up), so that the client
+/// sockets the tests open meanwhile cannot take it before the server binds it: a port the
+/// kernel had handed out itself did, and the peer failed with "Address already in use".
 pub fn free_local_address() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new();
+    let port = (0u64..)
+        .map(|attempt| 20_000 + (random.hash_one(attempt) % 12_000) as u16)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port");
     format!("127.0.0.1:{port}")
 }
