@@ -40,13 +40,14 @@ pub async fn limit_callers(
     if let Some(connection) = request.conn_data::<OpenConnection>()
         && connection.over_cap
     {
-        let response = HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
-            .insert_header((header::RETRY_AFTER, "1"))
-            .insert_header((header::CONNECTION, "close"))
-            .json(serde_json::json!({"error": format!(
-                "this address holds more connections than the {} allowed; reuse the open ones (keep-alive) or close some",
-                connection.cap()
-            )}));
+        let message = format!(
+            "this address holds more connections than the {} allowed; reuse the open ones (keep-alive) or close some",
+            connection.cap()
+        );
+        let mut response = too_many_requests(1, message);
+        response
+            .head_mut()
+            .set_connection_type(ConnectionType::Close);
         return Ok(request.into_response(response).map_into_right_body());
     }
     let Some(limits) = request.app_data::<web::Data<CallerLimits>>().cloned() else {
@@ -58,9 +59,7 @@ pub async fn limit_callers(
     let address = client_address(&request);
     let secret = key_secret(&request);
     if let Err(refused) = limits.admit(address, secret.as_deref()) {
-        let response = HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
-            .insert_header((header::RETRY_AFTER, refused.retry_after_secs().to_string()))
-            .json(serde_json::json!({"error": refused.message()}));
+        let response = too_many_requests(refused.retry_after_secs(), refused.message());
         return Ok(request.into_response(response).map_into_right_body());
     }
     let response = next.call(request).await?;
@@ -68,6 +67,13 @@ pub async fn limit_callers(
         limits.auth_failed(address);
     }
     Ok(response.map_into_left_body())
+}
+
+/// A 429 saying why and when to come back.
+fn too_many_requests(retry_after_secs: u64, message: String) -> HttpResponse {
+    HttpResponse::build(StatusCode::TOO_MANY_REQUESTS)
+        .insert_header((header::RETRY_AFTER, retry_after_secs.to_string()))
+        .json(serde_json::json!({ "error": message }))
 }
 
 /// File descriptors kept for the process's own work, whatever its clients hold: the spool's
