@@ -138,7 +138,7 @@ impl JobStore {
                     turn.saturating_add(1)
                 }
             };
-            let path = format!("{SLOTS}/{tenant}/{slot}/{next:020}");
+            let path = slot_path(tenant, slot, next);
             let taken = (self.store)
                 .put_opts(
                     &ObjectPath::from(path.as_str()),
@@ -162,7 +162,7 @@ impl JobStore {
         slot: usize,
         turn: u64,
     ) -> Result<Option<String>, JobError> {
-        let path = format!("{SLOTS}/{tenant}/{slot}/{turn:020}");
+        let path = slot_path(tenant, slot, turn);
         let bytes = get_optional(self.store.as_ref(), &path)
             .await
             .map_err(|source| JobError::Store { path, source })?;
@@ -309,6 +309,11 @@ impl JobStore {
                 source,
             })
     }
+}
+
+/// Where `turn` of a tenant's `slot` is kept; turns are zero-padded, so they sort in order.
+fn slot_path(tenant: &str, slot: usize, turn: u64) -> String {
+    format!("{SLOTS}/{tenant}/{slot}/{turn:020}")
 }
 
 fn path_of(id: &str) -> String {
